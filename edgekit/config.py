@@ -1,0 +1,153 @@
+"""Frozen dataclasses for configuration, and strict loading of them from mappings (YAML, JSON).
+
+Strict because a typo in a recipe (`epoch: 3`) that is silently ignored costs a user an afternoon:
+unknown keys and wrong types are errors that name the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from edgekit.errors import EdgekitError
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentations applied to training batches as a tf.data map step (0 disables a transform)."""
+
+    enabled: bool = True
+    flip: bool = True
+    rotation: float = 0.05
+    zoom: float = 0.1
+    translation: float = 0.1
+    contrast: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `edgekit train` needs; saved in the run so `--resume` and lineage can replay it."""
+
+    data: str | None = None  # None: the embedded digits dataset
+    extra_data: tuple[str, ...] = ()
+    image_size: int | None = None  # None: 32 for digits, 96 for folders
+    alpha: float = 0.35
+    weights: str | None = None  # None: none for digits, imagenet for folders
+    epochs: int = 30
+    fine_tune_epochs: int = 0
+    fine_tune_at: int = 100  # body layer index from which fine-tuning unfreezes
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    fine_tune_learning_rate: float = 1e-4
+    validation_fraction: float = 0.2
+    seed: int = 42
+    dropout: float = 0.2
+    bn_momentum: float = 0.9
+    patience: int = 8
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    strategy: str = "auto"
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    strict: bool = False
+    cache: bool = True
+    max_image_pixels: int = 40_000_000
+    steps_per_epoch: int | None = None  # cap, for smoke tests and multi-worker checks
+    name: str | None = None
+    runs_dir: str | None = None
+
+    def resolved(self) -> TrainConfig:
+        """Fill the dataset-dependent defaults so the saved config says what actually ran."""
+        digits = self.data is None
+        updates: dict[str, Any] = {}
+        if self.image_size is None:
+            updates["image_size"] = 32 if digits else 96
+        if self.weights is None:
+            updates["weights"] = "none" if digits else "imagenet"
+        if digits and self.augment.flip:
+            # a mirrored 2 is not a 2: flipping digits teaches the model the wrong thing
+            updates["augment"] = dataclasses.replace(self.augment, flip=False)
+        return dataclasses.replace(self, **updates)
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.fine_tune_epochs >= 0, "--fine-tune-epochs must be 0 or more"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (0.0 < self.validation_fraction < 1.0, "--validation-fraction must be between 0 and 1"),
+            (self.alpha > 0, "--alpha must be positive"),
+            (self.learning_rate > 0, "--learning-rate must be positive"),
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
+            (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise EdgekitError(message)
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against a (simple) annotation; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except EdgekitError:
+                continue
+        raise EdgekitError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise EdgekitError(f"{where}: must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise EdgekitError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is type(None):
+        if value is not None:
+            raise EdgekitError(f"{where}: expected nothing (null), got {value!r}")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise EdgekitError(f"{where}: expected int, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise EdgekitError(f"{where}: expected a mapping, got {value!r}")
+        return from_mapping(tp, value, where)
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise EdgekitError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_mapping(cls: type, mapping: dict, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types.
+
+    `where` prefixes every message (e.g. "recipes/int8.yaml: stage 2 (prune)").
+    """
+    if not isinstance(mapping, dict):
+        raise EdgekitError(f"{where}: expected a mapping of fields, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise EdgekitError(
+            f"{where}: unknown field {unknown[0]!r}; known fields are {', '.join(sorted(known))}"
+        )
+    values = {name: _coerce(value, hints[name], f"{where}: field {name!r}") for name, value in mapping.items()}
+    return cls(**values)

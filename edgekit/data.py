@@ -1,0 +1,452 @@
+"""Datasets (the embedded digits, image folders) and the tf.data pipelines that feed them.
+
+Images are checked once with Pillow before any training starts, because tf.data fails mid-epoch
+on the first corrupt file; bad files are skipped and listed (or fatal with `strict`).
+Pixels stay raw RGB in [0, 255]: normalisation lives inside the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# what tf.io.decode_image reads natively; anything else is decoded by Pillow inside the pipeline
+TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
+TF_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
+SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
+CACHE_LIMIT_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Labelled images: file paths (folder datasets) or in-memory uint8 pixels (embedded digits)."""
+
+    labels: tuple[str, ...]
+    targets: np.ndarray
+    paths: tuple[str, ...] | None = None
+    tf_decodable: tuple[bool, ...] | None = None
+    pixels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageSet(
+            labels=self.labels,
+            targets=self.targets[indices],
+            paths=tuple(self.paths[i] for i in indices) if self.paths is not None else None,
+            tf_decodable=tuple(self.tf_decodable[i] for i in indices) if self.tf_decodable else None,
+            pixels=self.pixels[indices] if self.pixels is not None else None,
+        )
+
+    def concat(self, other: ImageSet) -> ImageSet:
+        if (self.paths is None) != (other.paths is None):
+            raise EdgekitError("cannot mix in-memory and file datasets; export the digits to a folder first")
+        return ImageSet(
+            labels=self.labels,
+            targets=np.concatenate([self.targets, other.targets]),
+            paths=(self.paths or ()) + (other.paths or ()) if self.paths is not None else None,
+            tf_decodable=(self.tf_decodable or ()) + (other.tf_decodable or ()) if self.paths else None,
+            pixels=np.concatenate([self.pixels, other.pixels]) if self.pixels is not None else None,
+        )
+
+
+@dataclass
+class DatasetSplits:
+    """The splits of one dataset plus the description that goes into the run's manifest."""
+
+    labels: tuple[str, ...]
+    train: ImageSet
+    validation: ImageSet
+    test: ImageSet | None = None
+    description: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to (re)load a dataset: the same spec always yields the same splits."""
+
+    data: str | None = None
+    extra_data: tuple[str, ...] = ()
+    image_size: int = 32
+    seed: int = 42
+    validation_fraction: float = 0.2
+    strict: bool = False
+    max_image_pixels: int = 40_000_000
+
+
+# ---------------------------------------------------------------- embedded digits
+
+
+def render_digits(image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 8x8 digits as uint8 RGB at `image_size` (bilinear, like the file pipeline)."""
+    from sklearn.datasets import load_digits
+
+    from edgekit.compat import tf
+
+    digits = load_digits()
+    small = (digits.images * (255.0 / 16.0)).round().astype(np.float32)[..., None]
+    big = tf.image.resize(small, [image_size, image_size], method="bilinear").numpy()
+    pixels = np.clip(np.round(big), 0, 255).astype(np.uint8).repeat(3, axis=-1)
+    return pixels, digits.target.astype(np.int32)
+
+
+def load_digits_splits(spec: DataSpec) -> DatasetSplits:
+    import sklearn
+
+    pixels, targets = render_digits(spec.image_size)
+    labels = tuple(str(i) for i in range(10))
+    full = ImageSet(labels=labels, targets=targets, pixels=pixels)
+    train_idx, val_idx = stratified_split(targets, spec.validation_fraction, spec.seed)
+    description = {
+        "source": "digits",
+        "origin": f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})",
+        "n_images": int(len(targets)),
+        "fingerprint": hashlib.sha256(pixels.tobytes()).hexdigest(),
+        "split": {"validation_fraction": spec.validation_fraction, "seed": spec.seed,
+                  "train": int(len(train_idx)), "validation": int(len(val_idx))},
+    }
+    return DatasetSplits(labels, full.subset(train_idx), full.subset(val_idx), None, description)
+
+
+def export_digits(out_dir: Path, image_size: int = 32, limit_per_class: int | None = None) -> Path:
+    """Write the embedded digits as a class-folder PNG dataset (the format `--data` reads)."""
+    from PIL import Image
+
+    pixels, targets = render_digits(image_size)
+    out_dir = Path(out_dir)
+    counts: dict[int, int] = {}
+    for index, (image, target) in enumerate(zip(pixels, targets)):
+        if limit_per_class is not None and counts.get(int(target), 0) >= limit_per_class:
+            continue
+        counts[int(target)] = counts.get(int(target), 0) + 1
+        folder = out_dir / str(int(target))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"digit_{index:04d}.png")
+    return out_dir
+
+
+# ---------------------------------------------------------------- image folders
+
+
+class BadImage(Exception):
+    """Why one file cannot be used as an image."""
+
+
+def inspect_image(path: Path, max_pixels: int) -> bool:
+    """Fully decode `path` once; return whether tf.io can decode it natively. Raise BadImage otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise BadImage(f"{width}x{height} is over the {max_pixels:,}-pixel limit for safe decoding")
+                if width < 1 or height < 1:
+                    raise BadImage("has no pixels")
+                image.load()
+                return image.format in TF_FORMATS and image.mode in TF_MODES
+    except Image.DecompressionBombError:
+        raise BadImage(f"is over the {max_pixels:,}-pixel limit for safe decoding") from None
+    except UnidentifiedImageError:
+        raise BadImage("is not a recognised image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"cannot be decoded ({str(exc).splitlines()[0][:100] if str(exc) else 'corrupt'})") \
+            from None
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@dataclass
+class ScannedFolder:
+    labels: tuple[str, ...]
+    paths: list[str]
+    targets: list[int]
+    tf_decodable: list[bool]
+    skipped: list[tuple[str, str]]
+    fingerprint: str
+
+
+def scan_class_folders(root: Path, spec: DataSpec, labels: tuple[str, ...] | None = None) -> ScannedFolder:
+    """Find and check every image under `root/<class>/`. `labels` fixes the class list and order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgekitError(f"{root}: no such data folder; pass a folder with one sub-folder per class")
+    folders = _class_folders(root)
+    if not folders:
+        raise EdgekitError(f"{root}: no class folders; expected {root}/<class name>/<images>")
+    found = {f.name: _image_files(f) for f in folders}
+    if labels is None:
+        labels = tuple(name for name in sorted(found))
+    else:
+        unknown = sorted(set(found) - set(labels))
+        if unknown:
+            raise EdgekitError(
+                f"{root / unknown[0]}: class {unknown[0]!r} is not one of the model's classes "
+                f"({', '.join(labels)}); rename or remove that folder"
+            )
+    for name, files in found.items():
+        if not files:
+            raise EdgekitError(
+                f"{root / name}: class folder has no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); "
+                "add images or remove the folder"
+            )
+    candidates = [(str(path), labels.index(name)) for name, files in found.items() for path in files]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda c: _check(c[0], spec.max_image_pixels), candidates))
+    paths, targets, tf_ok, skipped = [], [], [], []
+    for (path, target), (ok, reason) in zip(candidates, results):
+        if reason is not None:
+            if spec.strict:
+                raise EdgekitError(f"{path}: {reason}; fix or remove it, or drop --strict to skip such files")
+            skipped.append((path, reason))
+            continue
+        paths.append(path)
+        targets.append(target)
+        tf_ok.append(ok)
+    for name in found:
+        if labels.index(name) not in targets:
+            raise EdgekitError(f"{root / name}: class folder has no readable image; fix or remove its files")
+    if skipped:
+        listed = "; ".join(f"{p} ({r})" for p, r in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        log.warning("skipped %d unreadable image(s): %s%s (use --strict to stop instead)", len(skipped), listed,
+                    more)
+    return ScannedFolder(labels, paths, targets, tf_ok, skipped, _fingerprint(root, paths))
+
+
+def _check(path: str, max_pixels: int) -> tuple[bool, str | None]:
+    try:
+        return inspect_image(Path(path), max_pixels), None
+    except BadImage as exc:
+        return False, str(exc)
+
+
+def _fingerprint(root: Path, paths: list[str]) -> str:
+    """A hash of the file list (relative path and size): changes when files are added, removed or edited."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(f"{Path(path).relative_to(root)}\t{Path(path).stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def _folder_set(scan: ScannedFolder) -> ImageSet:
+    return ImageSet(scan.labels, np.asarray(scan.targets, dtype=np.int32), tuple(scan.paths),
+                    tuple(scan.tf_decodable))
+
+
+def _split_dir(root: Path, split: str) -> Path | None:
+    for name in SPLIT_NAMES[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def load_folder_splits(spec: DataSpec) -> DatasetSplits:
+    root = Path(spec.data).expanduser()
+    train_dir = _split_dir(root, "train") if root.is_dir() else None
+    description: dict = {"source": "folder", "path": str(root.resolve())}
+    if train_dir is not None:
+        train_scan = scan_class_folders(train_dir, spec)
+        labels = train_scan.labels
+        val_dir, test_dir = _split_dir(root, "validation"), _split_dir(root, "test")
+        train = _folder_set(train_scan)
+        scans = {"train": train_scan}
+        if val_dir is not None:
+            scans["validation"] = scan_class_folders(val_dir, spec, labels)
+            validation = _folder_set(scans["validation"])
+            split = {"layout": "train/validation folders"}
+        else:
+            train_idx, val_idx = stratified_split(train.targets, spec.validation_fraction, spec.seed)
+            train, validation = train.subset(train_idx), train.subset(val_idx)
+            split = {"layout": "train folder, stratified split", "validation_fraction":
+                     spec.validation_fraction, "seed": spec.seed}
+        test = None
+        if test_dir is not None:
+            scans["test"] = scan_class_folders(test_dir, spec, labels)
+            test = _folder_set(scans["test"])
+    else:
+        scan = scan_class_folders(root, spec)
+        labels = scan.labels
+        scans = {"all": scan}
+        full = _folder_set(scan)
+        train_idx, val_idx = stratified_split(full.targets, spec.validation_fraction, spec.seed)
+        train, validation, test = full.subset(train_idx), full.subset(val_idx), None
+        split = {"layout": "class folders, stratified split", "validation_fraction": spec.validation_fraction,
+                 "seed": spec.seed}
+    if len(labels) < 2:
+        raise EdgekitError(f"{root}: only one class ({labels[0]}); a classifier needs at least two class folders")
+    split.update(train=len(train), validation=len(validation), test=len(test) if test is not None else 0)
+    description.update(
+        n_files=sum(len(s.paths) for s in scans.values()),
+        fingerprint=hashlib.sha256("".join(s.fingerprint for s in scans.values()).encode()).hexdigest(),
+        skipped=[{"path": p, "reason": r} for s in scans.values() for p, r in s.skipped],
+        split=split,
+    )
+    return DatasetSplits(labels, train, validation, test, description)
+
+
+def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-class split; every class with two or more images gets at least one validation image."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for cls in np.unique(targets):
+        members = np.flatnonzero(targets == cls)
+        rng.shuffle(members)
+        n_val = 0 if len(members) < 2 else min(len(members) - 1, max(1, round(fraction * len(members))))
+        val_idx.extend(members[:n_val])
+        train_idx.extend(members[n_val:])
+    return np.sort(np.asarray(train_idx, dtype=np.int64)), np.sort(np.asarray(val_idx, dtype=np.int64))
+
+
+def load_dataset(spec: DataSpec) -> DatasetSplits:
+    """The splits a spec names, with extra (feedback) folders folded into the training split."""
+    splits = load_digits_splits(spec) if spec.data is None else load_folder_splits(spec)
+    extras = []
+    for extra in spec.extra_data:
+        scan = scan_class_folders(Path(extra).expanduser(), spec, splits.labels)
+        extra_set = _folder_set(scan)
+        if splits.train.paths is None:
+            extra_set = ImageSet(extra_set.labels, extra_set.targets,
+                                 pixels=load_pixels(extra_set, spec.image_size).astype(np.uint8))
+        splits.train = splits.train.concat(extra_set)
+        extras.append({"path": str(Path(extra).resolve()), "n_files": len(scan.paths),
+                       "fingerprint": scan.fingerprint,
+                       "skipped": [{"path": p, "reason": r} for p, r in scan.skipped]})
+    if extras:
+        splits.description["extra_data"] = extras
+        splits.description["split"]["train"] = len(splits.train)
+    return splits
+
+
+def spec_from_description(description: dict, image_size: int) -> DataSpec:
+    """Rebuild the DataSpec a run was trained with from its manifest's dataset record."""
+    split = description.get("split", {})
+    return DataSpec(
+        data=description.get("path") if description.get("source") == "folder" else None,
+        extra_data=tuple(e["path"] for e in description.get("extra_data", [])),
+        image_size=image_size,
+        seed=split.get("seed", 42),
+        validation_fraction=split.get("validation_fraction", 0.2),
+    )
+
+
+# ---------------------------------------------------------------- tf.data pipelines
+
+
+def _pil_decode(path: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path.decode()) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _decode_fn(image_size: int):
+    from edgekit.compat import tf
+
+    def decode(path, tf_ok):
+        def with_tf():
+            raw = tf.io.read_file(path)
+            return tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
+
+        def with_pillow():
+            image = tf.numpy_function(_pil_decode, [path], tf.uint8, stateful=False)
+            return tf.ensure_shape(image, [None, None, 3])
+
+        image = tf.cond(tf_ok, with_tf, with_pillow)
+        image = tf.image.resize(image, [image_size, image_size], method="bilinear")
+        return tf.ensure_shape(image, [image_size, image_size, 3])
+
+    return decode
+
+
+def augmenter(augment, seed: int):
+    """The training-time augmentations as a Keras Sequential (used inside tf.data, not in the model)."""
+    from edgekit.compat import keras
+
+    layers = []
+    if augment.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if augment.rotation > 0:
+        layers.append(keras.layers.RandomRotation(augment.rotation, fill_mode="nearest", seed=seed))
+    if augment.zoom > 0:
+        layers.append(keras.layers.RandomZoom(augment.zoom, fill_mode="nearest", seed=seed))
+    if augment.translation > 0:
+        layers.append(keras.layers.RandomTranslation(augment.translation, augment.translation,
+                                                     fill_mode="nearest", seed=seed))
+    if augment.contrast > 0:
+        layers.append(keras.layers.RandomContrast(augment.contrast, seed=seed))
+    return keras.Sequential(layers, name="augment") if layers else None
+
+
+def make_pipeline(images: ImageSet, image_size: int, batch_size: int, *, training: bool = False,
+                  augment=None, seed: int = 0, cache: bool = True, drop_remainder: bool = False):
+    """tf.data: parallel decode and resize → cache (when it fits) → shuffle → batch → augment → prefetch."""
+    from edgekit.compat import tf
+
+    autotune = tf.data.AUTOTUNE
+    labels = tf.constant(images.targets, dtype=tf.int32)
+    if images.pixels is not None:
+        pixels = images.pixels
+        if pixels.shape[1] != image_size:
+            pixels = tf.image.resize(pixels, [image_size, image_size], method="bilinear").numpy()
+        ds = tf.data.Dataset.from_tensor_slices((tf.cast(pixels, tf.float32), labels))
+    else:
+        decode = _decode_fn(image_size)
+        ds = tf.data.Dataset.from_tensor_slices((list(images.paths), list(images.tf_decodable), labels))
+        ds = ds.map(lambda p, ok, y: (decode(p, ok), y), num_parallel_calls=autotune, deterministic=True)
+    if cache and len(images) * image_size * image_size * 3 * 4 <= CACHE_LIMIT_BYTES:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(images), 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    aug = augmenter(augment, seed) if (training and augment is not None and augment.enabled) else None
+    if aug is not None:
+        ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 255.0), y),
+                    num_parallel_calls=autotune)
+    return ds.prefetch(autotune)
+
+
+def load_pixels(images: ImageSet, image_size: int, batch_size: int = 256) -> np.ndarray:
+    """Every image decoded and resized exactly as the pipeline does, as one float32 array."""
+    batches = [x.numpy() for x, _ in make_pipeline(images, image_size, batch_size, cache=False)]
+    return np.concatenate(batches) if batches else np.zeros((0, image_size, image_size, 3), np.float32)
+
+
+def calibration_images(images: ImageSet, image_size: int, count: int, seed: int) -> np.ndarray:
+    """A seeded, class-balanced sample of training images for int8 calibration."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))
+    by_class: dict[int, list[int]] = {}
+    for index in order:
+        by_class.setdefault(int(images.targets[index]), []).append(int(index))
+    picked: list[int] = []
+    while len(picked) < min(count, len(images)):
+        for members in by_class.values():
+            if members and len(picked) < count:
+                picked.append(members.pop())
+    return load_pixels(images.subset(np.asarray(sorted(picked))), image_size)

@@ -1,0 +1,9 @@
+"""The one exception type users see: a message that names what is at fault and how to fix it.
+
+The CLI turns an `EdgekitError` into a single line on stderr and exit code 1; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class EdgekitError(Exception):
+    """A user-facing failure; `str(error)` is the whole one-line message."""

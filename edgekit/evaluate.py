@@ -1,0 +1,251 @@
+"""Metrics for Keras and .tflite models through one code path.
+
+Both kinds of model are wrapped as a `Predictor` (float32 pixels in [0, 255] → class probabilities),
+so the accuracy reported for a `.tflite` file is measured by running that exact file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.artifacts import (
+    MANIFEST,
+    atomic_path,
+    read_manifest,
+    sha256_file,
+    write_json_atomic,
+    write_manifest,
+)
+from edgekit.errors import EdgekitError
+
+
+class KerasPredictor:
+    """A Keras classifier as a predictor."""
+
+    runtime = {"name": "keras", "version": None}
+
+    def __init__(self, model, batch_size: int = 128):
+        self.model = model
+        self.batch_size = batch_size
+        self.input_size = tuple(model.input_shape[1:3])
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(images, batch_size=self.batch_size, verbose=0), dtype=np.float32)
+
+
+class TFLitePredictor:
+    """A .tflite file run through the first available interpreter, one image per invoke.
+
+    Integer models get their inputs quantized and outputs dequantized with the file's own parameters.
+    """
+
+    def __init__(self, path: Path, num_threads: int | None = None, runtime: str | None = None):
+        from edgekit.compat import load_interpreter
+
+        self.path = Path(path)
+        self.interpreter, rt = load_interpreter(self.path, num_threads=num_threads, runtime=runtime)
+        self.runtime = {"name": rt.name, "version": rt.version, "threads": num_threads}
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.input_size = tuple(int(d) for d in self.input["shape"][1:3])
+
+    def quantize_input(self, image: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if np.issubdtype(dtype, np.integer):
+            scale, zero_point = self.input["quantization"]
+            info = np.iinfo(dtype)
+            image = np.clip(np.round(image / scale + zero_point), info.min, info.max)
+        return image.astype(dtype)[None]
+
+    def dequantize_output(self, raw: np.ndarray) -> np.ndarray:
+        if np.issubdtype(raw.dtype, np.integer):
+            scale, zero_point = self.output["quantization"]
+            return (raw.astype(np.float32) - zero_point) * scale
+        return raw.astype(np.float32)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        outputs = []
+        for image in images:
+            self.interpreter.set_tensor(self.input["index"], self.quantize_input(image))
+            self.interpreter.invoke()
+            outputs.append(self.dequantize_output(self.interpreter.get_tensor(self.output["index"]))[0])
+        return np.stack(outputs) if outputs else np.zeros((0, self.output["shape"][-1]), np.float32)
+
+
+def open_predictor(path: Path, num_threads: int | None = None):
+    """A predictor for a .keras/.h5 file or a .tflite file, chosen by suffix."""
+    path = Path(path)
+    if path.suffix == ".tflite":
+        return TFLitePredictor(path, num_threads=num_threads)
+    if path.suffix in (".keras", ".h5"):
+        from edgekit.model import load_keras_model
+
+        return KerasPredictor(load_keras_model(path))
+    raise EdgekitError(f"{path}: unknown model type; pass a .keras, .h5 or .tflite file or a run directory")
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: tuple[str, ...]) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    y_pred = probs.argmax(axis=1)
+    ids = list(range(len(labels)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=ids, zero_division=0
+    )
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(np.mean(y_pred == y_true)) if len(y_true) else 0.0,
+        "macro_precision": float(np.mean(precision)),
+        "macro_recall": float(np.mean(recall)),
+        "macro_f1": float(np.mean(f1)),
+        "per_class": {
+            label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
+    }
+
+
+def plot_confusion(matrix: list[list[int]], labels: tuple[str, ...], title: str, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(matrix)
+    size = max(4.0, 0.5 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = cm.max() / 2 if cm.size else 0
+    for (row, col), count in np.ndenumerate(cm):
+        ax.text(col, row, str(count), ha="center", va="center", color="white" if count > threshold else "black",
+                fontsize=8)
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    runtime: dict
+    out_dir: Path | None
+
+
+def find_manifest_for(model_path: Path) -> tuple[Path, dict] | None:
+    """The manifest that describes a model file: the one in its directory (runs and variants)."""
+    directory = Path(model_path).parent
+    if (directory / MANIFEST).is_file():
+        return directory, read_manifest(directory)
+    return None
+
+
+def evaluate_predictor(predictor, images: np.ndarray, targets: np.ndarray, labels: tuple[str, ...]) -> dict:
+    probs = predictor.predict(images)
+    if probs.shape[1] != len(labels):
+        raise EdgekitError(f"model has {probs.shape[1]} outputs but the dataset has {len(labels)} classes")
+    metrics = classification_metrics(targets, probs, labels)
+    metrics["predictions"] = probs.argmax(axis=1).tolist()
+    return metrics
+
+
+def write_eval(out_dir: Path, model_path: Path, metrics: dict, runtime: dict, labels: tuple[str, ...],
+               dataset: dict) -> None:
+    """Write metrics.json, confusion.png and a manifest naming the evaluated file as parent."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "metrics.json", {"metrics": metrics, "runtime": runtime})
+    plot_confusion(metrics["confusion_matrix"], labels, f"{model_path.name}: accuracy {metrics['accuracy']:.3f}",
+                   out_dir / "confusion.png")
+    write_manifest(out_dir, {
+        "kind": "eval",
+        "parent": {"path": str(model_path.resolve()), "sha256": sha256_file(model_path)},
+        "dataset": dataset,
+        "runtime": runtime,
+        "metrics": {k: v for k, v in metrics.items() if k not in ("predictions",)},
+    }, ["metrics.json", "confusion.png"])
+
+
+def summary_line(metrics: dict) -> str:
+    return (f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+            f"precision {metrics['macro_precision']:.4f}  recall {metrics['macro_recall']:.4f}  (n={metrics['n']})")
+
+
+def dumps(result: EvalResult) -> str:
+    return json.dumps({"metrics": result.metrics, "runtime": result.runtime,
+                       "out_dir": str(result.out_dir) if result.out_dir else None}, indent=2)
+
+
+def resolve_model(path: Path) -> tuple[Path, dict | None]:
+    """A model file and its manifest (checked against the file's sha256), from a file or directory."""
+    from edgekit.artifacts import verify_files
+
+    path = Path(path)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        model_file = path / manifest.get("model", {}).get("file", "model.keras")
+        verify_files(path, manifest, [model_file.name])
+        return model_file, manifest
+    if not path.exists():
+        raise EdgekitError(f"{path}: no such model file or directory")
+    found = find_manifest_for(path)
+    if found and path.name in found[1].get("files", {}):
+        verify_files(found[0], found[1], [path.name])
+        return path, found[1]
+    return path, None
+
+
+def evaluation_data(manifest: dict | None, data: str | None, image_size: int, strict: bool = False):
+    """(pixels, targets, labels, dataset record): `--data` when given, else the run's validation split."""
+    from edgekit.data import (
+        DataSpec,
+        ImageSet,
+        load_dataset,
+        load_pixels,
+        scan_class_folders,
+        spec_from_description,
+    )
+
+    labels = tuple(manifest["model"]["labels"]) if manifest else None
+    if data is None:
+        if manifest is None or "dataset" not in manifest:
+            raise EdgekitError("this model has no manifest naming its dataset; pass --data DIR")
+        splits = load_dataset(spec_from_description(manifest["dataset"], image_size))
+        images = splits.validation
+        record = {"source": "validation split of the training run", **manifest["dataset"]}
+    else:
+        root = Path(data)
+        for split in ("test", "validation", "val"):
+            if (root / split).is_dir():
+                root = root / split
+                break
+        spec = DataSpec(data=str(root), image_size=image_size, strict=strict)
+        scan = scan_class_folders(root, spec, labels)
+        labels = scan.labels
+        images = ImageSet(labels, np.asarray(scan.targets, dtype=np.int32), tuple(scan.paths),
+                          tuple(scan.tf_decodable))
+        record = {"source": "folder", "path": str(root.resolve()), "n_files": len(scan.paths),
+                  "fingerprint": scan.fingerprint}
+    return load_pixels(images, image_size), images.targets, labels, record
+
+
+def evaluate_model(path: Path, data: str | None = None, out_dir: Path | None = None,
+                   num_threads: int | None = None, strict: bool = False, write: bool = True) -> EvalResult:
+    """`edgekit eval`: metrics of a .keras or .tflite model on its validation split or a folder."""
+    model_file, manifest = resolve_model(Path(path))
+    predictor = open_predictor(model_file, num_threads=num_threads)
+    pixels, targets, labels, record = evaluation_data(manifest, data, predictor.input_size[0], strict)
+    metrics = evaluate_predictor(predictor, pixels, targets, labels)
+    if write:
+        out_dir = Path(out_dir) if out_dir else model_file.parent / f"eval-{model_file.stem}"
+        write_eval(out_dir, model_file, metrics, predictor.runtime, labels, record)
+    return EvalResult(metrics, predictor.runtime, out_dir if write else None)

@@ -1,0 +1,295 @@
+"""`edgekit train`: fit the flat MobileNetV2 classifier and write a run directory with its manifest.
+
+Transfer learning trains the head on a frozen body, then optionally fine-tunes the top of the body
+at a lower learning rate. Distribution goes through tf.distribute; interruption is survived with
+Keras's BackupAndRestore, so `--resume` continues from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit import config as cfg
+from edgekit.artifacts import (
+    MANIFEST,
+    atomic_path,
+    default_runs_dir,
+    utc_now,
+    write_json_atomic,
+    write_manifest,
+    write_text_atomic,
+)
+from edgekit.compat import keras, tf
+from edgekit.data import DataSpec, load_dataset, load_pixels, make_pipeline
+from edgekit.errors import EdgekitError
+from edgekit.evaluate import KerasPredictor, evaluate_predictor
+from edgekit.model import ModelSpec, build_classifier, check_image_size, resolve_weights, set_body_trainable
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "train_config.json"
+MODEL_FILE = "model.keras"
+BEST_WEIGHTS = "checkpoints/best.weights.h5"
+PREPROCESSING = {
+    "pixel_range": [0, 255],
+    "color": "RGB",
+    "resize": "bilinear",
+    "resize_mode": "squash to input size, no crop, no antialias (tf.image.resize)",
+    "normalization": "inside the model: x / 127.5 - 1",
+}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    manifest: dict
+
+
+# ---------------------------------------------------------------- hardware and distribution
+
+
+def _tf_config() -> dict | None:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise EdgekitError("TF_CONFIG is not valid JSON; see the tf.distribute multi-worker guide") from None
+
+
+def select_strategy(name: str):
+    """The tf.distribute strategy for `--strategy`, and a short description of it."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "auto":
+        if _tf_config():
+            name = "multiworker"
+        elif len(gpus) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "default":
+        return tf.distribute.get_strategy(), "default"
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(), f"mirrored ({len(gpus)} GPU)" if gpus else "mirrored (CPU)"
+    if name == "multiworker":
+        config = _tf_config()
+        if not config or "cluster" not in config:
+            raise EdgekitError("--strategy multiworker needs TF_CONFIG with 'cluster' and 'task' set on every worker")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return strategy, f"multiworker ({strategy.num_replicas_in_sync} replicas)"
+    raise EdgekitError(f"--strategy {name!r}: choose one of {', '.join(cfg.STRATEGIES)}")
+
+
+def is_chief() -> bool:
+    """Only the chief writes the run directory in multi-worker training; the others write scratch."""
+    config = _tf_config()
+    if not config or "task" not in config:
+        return True
+    task = config["task"]
+    if task.get("type") == "chief":
+        return True
+    has_chief = "chief" in config.get("cluster", {})
+    return not has_chief and task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def use_mixed_precision(setting: str) -> bool:
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+def new_run_dir(config: cfg.TrainConfig) -> Path:
+    runs_dir = Path(config.runs_dir) if config.runs_dir else default_runs_dir()
+    name = config.name or f"{'digits' if config.data is None else Path(config.data).name}-" \
+                          f"{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = runs_dir / name
+    if (run_dir / MANIFEST).exists():
+        raise EdgekitError(f"{run_dir}: a finished run already exists; pass another --name")
+    if (run_dir / CONFIG_FILE).exists():
+        raise EdgekitError(f"{run_dir}: an unfinished run exists; continue it with --resume {run_dir}")
+    return run_dir
+
+
+def load_resume_config(run_dir: Path) -> cfg.TrainConfig:
+    run_dir = Path(run_dir)
+    if (run_dir / MANIFEST).exists():
+        raise EdgekitError(f"{run_dir}: this run already finished; nothing to resume")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise EdgekitError(f"{run_dir}: no {CONFIG_FILE}; is this a run directory made by `edgekit train`?")
+    config = cfg.from_mapping(cfg.TrainConfig, json.loads(path.read_text()), str(path))
+    return dataclasses.replace(config, runs_dir=str(run_dir.parent), name=run_dir.name)
+
+
+def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig) -> list:
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
+        keras.callbacks.ModelCheckpoint(str(run_dir / BEST_WEIGHTS), monitor="val_accuracy", mode="max",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3),
+                                          min_lr=1e-6),
+        keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), update_freq="epoch"),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+    ]
+
+
+def _compile(model, learning_rate: float) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def _phases(config: cfg.TrainConfig, pretrained: bool) -> list[tuple[str, int, int, float, int | None]]:
+    """(name, first epoch, last epoch, learning rate, body layers trainable from) for each fit call."""
+    if not pretrained:
+        return [("scratch", 0, config.epochs, config.learning_rate, 0)]
+    phases = [("head", 0, config.epochs, config.learning_rate, None)]
+    if config.fine_tune_epochs:
+        phases.append(("fine-tune", config.epochs, config.epochs + config.fine_tune_epochs,
+                       config.fine_tune_learning_rate, config.fine_tune_at))
+    return phases
+
+
+def _phase_weights(phase: str) -> str:
+    return f"checkpoints/after-{phase}.weights.h5"
+
+
+def _finished_phases(work_dir: Path) -> list[str]:
+    state = work_dir / "state.json"
+    return json.loads(state.read_text())["finished_phases"] if state.is_file() else []
+
+
+def _finish_phase(work_dir: Path, phase: str, model) -> None:
+    """Mark a fit call done (BackupAndRestore forgets a phase once it ends) so --resume skips it."""
+    with atomic_path(work_dir / _phase_weights(phase)) as tmp:
+        model.save_weights(str(tmp))
+    write_json_atomic(work_dir / "state.json", {"finished_phases": _finished_phases(work_dir) + [phase]})
+
+
+def _float32_copy(model, spec: ModelSpec):
+    """Rebuild under the float32 policy and copy weights, so exported models never carry float16 layers."""
+    keras.mixed_precision.set_global_policy("float32")
+    clone = build_classifier(spec)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
+    """Train a classifier and write its run directory; returns the directory and manifest."""
+    if resume is not None:
+        config = load_resume_config(resume)
+    config = config.resolved()
+    config.validate()
+    check_image_size(config.image_size)
+    weights_path = resolve_weights(config.weights, config.alpha, config.image_size)
+    strategy, strategy_name = select_strategy(config.strategy)
+    chief = is_chief()
+    run_dir = Path(resume) if resume is not None else new_run_dir(config)
+    work_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="edgekit-worker-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(work_dir / CONFIG_FILE, cfg.to_dict(config))
+
+    keras.utils.set_random_seed(config.seed)
+    spec = DataSpec(config.data, tuple(config.extra_data), config.image_size, config.seed,
+                    config.validation_fraction, config.strict, config.max_image_pixels)
+    splits = load_dataset(spec)
+    mixed = use_mixed_precision(config.mixed_precision)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    model_spec = ModelSpec(len(splits.labels), config.image_size, config.alpha, config.dropout,
+                           config.bn_momentum)
+    train_ds = make_pipeline(splits.train, config.image_size, config.batch_size, training=True,
+                             augment=config.augment, seed=config.seed, cache=config.cache)
+    val_ds = make_pipeline(splits.validation, config.image_size, config.batch_size, cache=config.cache)
+    log.info("training on %d images, validating on %d, %d classes, strategy %s%s", len(splits.train),
+             len(splits.validation), len(splits.labels), strategy_name, ", mixed_float16" if mixed else "")
+
+    started = time.time()
+    fit_seconds, images_seen, epochs_run = 0.0, 0, 0
+    with strategy.scope():
+        model = build_classifier(model_spec, weights_path)
+    done = _finished_phases(work_dir)
+    for phase, first, last, learning_rate, trainable_from in _phases(config, weights_path is not None):
+        if phase in done:
+            model.load_weights(str(work_dir / _phase_weights(phase)))
+            log.info("phase %s already finished; continuing after it", phase)
+            continue
+        if trainable_from == 0:
+            for layer in model.layers:
+                layer.trainable = True
+        else:
+            set_body_trainable(model, trainable_from)
+        with strategy.scope():
+            _compile(model, learning_rate)
+        phase_start = time.time()
+        history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
+                            steps_per_epoch=config.steps_per_epoch, validation_steps=None,
+                            callbacks=_callbacks(work_dir, phase, config), verbose=1 if chief else 0)
+        fit_seconds += time.time() - phase_start
+        ran = len(history.epoch)
+        epochs_run += ran
+        steps = config.steps_per_epoch or -(-len(splits.train) // config.batch_size)
+        images_seen += ran * min(len(splits.train), steps * config.batch_size)
+        _finish_phase(work_dir, phase, model)
+
+    if (work_dir / BEST_WEIGHTS).exists():
+        model.load_weights(str(work_dir / BEST_WEIGHTS))
+    if mixed:
+        model = _float32_copy(model, model_spec)
+    if not chief:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        return TrainResult(run_dir, {})
+
+    metrics = evaluate_predictor(KerasPredictor(model), load_pixels(splits.validation, config.image_size),
+                                 splits.validation.targets, splits.labels)
+    metrics.pop("predictions")
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        model.save(tmp)
+    write_text_atomic(run_dir / "labels.txt", "\n".join(splits.labels) + "\n")
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    manifest = {
+        "kind": "run",
+        "name": run_dir.name,
+        "model": {
+            "file": MODEL_FILE,
+            "input_size": [config.image_size, config.image_size, 3],
+            **PREPROCESSING,
+            "labels": list(splits.labels),
+            "architecture": {"family": "MobileNetV2", **dataclasses.asdict(model_spec)},
+            "weights": config.weights,
+            "parameters": int(model.count_params()),
+        },
+        "dataset": splits.description,
+        "config": cfg.to_dict(config),
+        "seed": config.seed,
+        "hardware": {"gpus": len(tf.config.list_physical_devices("GPU")), "strategy": strategy_name,
+                     "replicas": strategy.num_replicas_in_sync, "mixed_precision": mixed},
+        "training": {"epochs_run": epochs_run, "fit_seconds": round(fit_seconds, 2),
+                     "throughput_images_per_s": round(images_seen / fit_seconds, 1) if fit_seconds else None},
+        "wall_time_s": round(time.time() - started, 2),
+        "finished": utc_now(),
+        "metrics": {"validation": metrics},
+    }
+    files = [MODEL_FILE, "labels.txt", CONFIG_FILE] + (["history.csv"] if (run_dir / "history.csv").exists()
+                                                       else [])
+    manifest = write_manifest(run_dir, manifest, files)
+    return TrainResult(run_dir, manifest)
+
+
+def validation_accuracy(manifest: dict) -> float:
+    return float(manifest["metrics"]["validation"]["accuracy"])
+
