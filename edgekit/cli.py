@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -71,13 +71,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JS
 @app.command()
 @user_errors
 def train(
-    data: Annotated[Optional[str], typer.Option(help="Image folder (one sub-folder per class, or train/ "
+    data: Annotated[str | None, typer.Option(help="Image folder (one sub-folder per class, or train/ "
                                                      "validation/ [test/]); default: the embedded digits.")] = None,
-    extra_data: Annotated[Optional[list[str]], typer.Option(
+    extra_data: Annotated[list[str] | None, typer.Option(
         help="Extra class folders folded into training (e.g. from `edgekit feedback export`).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Square input size; default 32 (digits) or 96.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Square input size; default 32 (digits) or 96.")] = None,
     alpha: Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")] = 0.35,
-    weights: Annotated[Optional[str], typer.Option(
+    weights: Annotated[str | None, typer.Option(
         help="imagenet | none | PATH to no-top .h5 weights; default none for digits, imagenet for --data.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs (head epochs when transfer learning).")] = 30,
     fine_tune_epochs: Annotated[int, typer.Option(help="Extra epochs fine-tuning the top of the body.")] = 0,
@@ -97,10 +97,10 @@ def train(
     strategy: Annotated[str, typer.Option(help="auto | default | mirrored | multiworker (TF_CONFIG).")] = "auto",
     mixed_precision: Annotated[str, typer.Option(help="auto (on with a GPU) | on | off.")] = "auto",
     strict: Annotated[bool, typer.Option(help="Stop at the first unreadable image instead of skipping it.")] = False,
-    steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap steps per epoch (smoke tests).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Run name; default <dataset>-<timestamp>.")] = None,
-    runs_dir: Annotated[Optional[Path], typer.Option(help="Where runs go; default $EDGEKIT_HOME/runs.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run directory.")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke tests).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name; default <dataset>-<timestamp>.")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Where runs go; default $EDGEKIT_HOME/runs.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a MobileNetV2 classifier; with no options, on the embedded digits, offline.
@@ -146,10 +146,10 @@ def train(
 @user_errors
 def eval_command(
     model: Annotated[Path, typer.Argument(help="A .keras or .tflite file, or a run / variant directory.")],
-    data: Annotated[Optional[str], typer.Option(help="Class-folder dataset; default the run's validation split.")]
+    data: Annotated[str | None, typer.Option(help="Class-folder dataset; default the run's validation split.")]
     = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where metrics.json and confusion.png go.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Interpreter threads for .tflite models.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where metrics.json and confusion.png go.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Interpreter threads for .tflite models.")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first unreadable image.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -164,6 +164,103 @@ def eval_command(
     payload = {"model": str(model), "runtime": result.runtime, "out_dir": str(result.out_dir),
                "metrics": {k: v for k, v in result.metrics.items() if k != "predictions"}}
     emit(payload, as_json, f"{model}: {summary_line(result.metrics)}\nwritten to {result.out_dir}")
+
+
+# ---------------------------------------------------------------- compress
+
+
+def _run_dir(run_dir: Path | None) -> Path:
+    from edgekit.artifacts import latest_run
+
+    return run_dir if run_dir is not None else latest_run()
+
+
+@app.command()
+@user_errors
+def compress(
+    run_dir: Annotated[Path | None, typer.Argument(help="A training run directory; default: the latest run.")]
+    = None,
+    recipe: Annotated[list[str] | None, typer.Option(
+        help="A shipped recipe name (int8-ptq, prune50-int8, ...) or a YAML file; repeatable.")] = None,
+    all_recipes: Annotated[bool, typer.Option("--all", help="Every shipped recipe.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Full-integer int8 conversion.")] = False,
+    float16: Annotated[bool, typer.Option("--float16", help="Float16 weights.")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic-range (int8 weights) conversion.")] = False,
+    prune: Annotated[float | None, typer.Option(help="Magnitude-prune to this sparsity first (e.g. 0.5).")]
+    = None,
+    cluster: Annotated[int | None, typer.Option(help="Cluster weights to this many centroids first.")] = None,
+    qat: Annotated[bool, typer.Option("--qat", help="Quantization-aware fine-tuning before int8.")] = False,
+    uint8_io: Annotated[bool, typer.Option("--uint8-io", help="uint8 model input/output (integer-only targets).")]
+    = False,
+    calibration_samples: Annotated[int, typer.Option(help="Training images used to calibrate int8.")] = 100,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per shorthand stage.")] = 2,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe(s) as YAML and stop.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Then print the table of every variant of the run.")]
+    = False,
+    threads: Annotated[int | None, typer.Option(help="Interpreter threads for the accuracy pass.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Turn a trained run into .tflite variants, each measured on the validation split.
+
+    $ edgekit compress --int8
+    $ edgekit compress runs/digits-20260101-120000 --prune 0.5 --qat --int8
+    $ edgekit compress --recipe prune50-int8 --recipe cluster16-int8 --compare
+    """
+    from edgekit.recipes import load_recipe, recipe_from_flags, shipped_recipes
+
+    names = list(recipe or []) + (shipped_recipes() if all_recipes else [])
+    recipes = [load_recipe(name) for name in names]
+    if any((int8, float16, dynamic, prune is not None, cluster is not None, qat)) or not recipes:
+        if not recipes and not any((int8, float16, dynamic, prune is not None, cluster is not None, qat)):
+            raise EdgekitError("nothing to do: pass --recipe NAME, --all, or a shorthand such as --int8")
+        recipes.append(recipe_from_flags(int8=int8, float16=float16, dynamic=dynamic, prune=prune, qat=qat,
+                                         cluster=cluster, uint8_io=uint8_io,
+                                         calibration_samples=calibration_samples, epochs=epochs))
+    if dry_run:
+        typer.echo("---\n".join(r.to_yaml() for r in recipes))
+        return
+    from edgekit.compress.pipeline import compress as run_compress
+    from edgekit.report import write_variant_report
+
+    run = _run_dir(run_dir)
+    results = []
+    for item in recipes:
+        typer.echo(f"compressing {run.name} with recipe {item.name} ...", err=True)
+        variant = run_compress(run, item, threads=threads)
+        validation = variant.manifest["metrics"]["validation"]
+        results.append({"variant": item.name, "dir": str(variant.directory), "accuracy": validation["accuracy"],
+                        "size": variant.manifest["tflite"]["size"]})
+        if not as_json:
+            typer.echo(f"{item.name}: {variant.directory / 'model.tflite'}  accuracy {validation['accuracy']:.4f}  "
+                       f"size {variant.manifest['tflite']['size']:,} B")
+    if compare:
+        rows, markdown = write_variant_report(run)
+        if as_json:
+            typer.echo(json.dumps({"variants": results, "report": rows}, indent=2, default=str))
+        else:
+            typer.echo(markdown)
+    elif as_json:
+        typer.echo(json.dumps({"variants": results}, indent=2))
+
+
+@app.command()
+@user_errors
+def report(
+    run_dir: Annotated[Path | None, typer.Argument(help="A training run directory; default: the latest run.")]
+    = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One table of every compressed variant of a run: size, gzip size, sparsity, accuracy, delta vs float.
+
+    $ edgekit report runs/digits-20260101-120000
+    """
+    from edgekit.report import write_variant_report
+
+    run = _run_dir(run_dir)
+    rows, markdown = write_variant_report(run)
+    if not rows:
+        raise EdgekitError(f"{run}: no compressed variants yet; run `edgekit compress {run} --int8` first")
+    emit({"run": str(run), "variants": rows}, as_json, markdown)
 
 
 # ---------------------------------------------------------------- info

@@ -1,0 +1,42 @@
+"""Shared fixtures: an isolated EDGEKIT_HOME per test and one tiny trained run per session.
+
+Training and TFLite conversion dominate test time on 2 cores, so anything expensive is built once
+per session and shared read-only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def edgekit_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "edgekit-home"
+    home.mkdir()
+    monkeypatch.setenv("EDGEKIT_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """200 digits as a class-folder PNG dataset at 32 px (20 per class)."""
+    from edgekit.data import export_digits
+
+    return export_digits(tmp_path_factory.mktemp("digits") / "data", image_size=32, limit_per_class=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished run on the embedded digits: alpha 0.35, 32 px, a few epochs (about 40 s)."""
+    from edgekit.config import TrainConfig
+    from edgekit.train import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    result = train(TrainConfig(epochs=4, name="tiny", runs_dir=str(runs), patience=10))
+    return result.run_dir

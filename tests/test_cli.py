@@ -1,0 +1,97 @@
+"""The CLI contract: help with examples, one-line errors, --json, eval and info on real runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekit.cli import app
+
+runner = CliRunner()
+
+
+def _commands():
+    return sorted(command.name or command.callback.__name__ for command in app.registered_commands) + sorted(
+        group.name for group in app.registered_groups
+    )
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_has_help_with_an_example(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "$ edgekit" in result.output
+
+
+def _one_line_error(result):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[-1]
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    line = _one_line_error(runner.invoke(app, ["train", "--data", str(tmp_path / "nope")]))
+    assert "nope: no such data folder" in line
+
+
+def test_bad_image_size_is_one_line(tmp_path):
+    line = _one_line_error(runner.invoke(app, ["train", "--image-size", "16"]))
+    assert "--image-size 16" in line
+
+
+def test_unknown_weights_is_one_line(digits_folder):
+    line = _one_line_error(runner.invoke(app, ["train", "--data", str(digits_folder), "--weights", "imagenett"]))
+    assert "--weights 'imagenett'" in line
+
+
+def test_eval_of_a_run_matches_its_manifest(tiny_run, tmp_path):
+    result = runner.invoke(app, ["eval", str(tiny_run), "--out", str(tmp_path / "eval"), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert payload["metrics"]["accuracy"] == pytest.approx(manifest["metrics"]["validation"]["accuracy"])
+    assert set(payload["metrics"]) >= {"macro_precision", "macro_recall", "macro_f1", "per_class",
+                                       "confusion_matrix"}
+    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "eval" / "manifest.json").read_text())["parent"]["sha256"] == \
+        manifest["files"]["model.keras"]["sha256"]
+
+
+def test_eval_on_a_folder(tiny_run, digits_folder, tmp_path):
+    result = runner.invoke(app, ["eval", str(tiny_run / "model.keras"), "--data", str(digits_folder), "--json",
+                                 "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["n"] == 200
+
+
+def test_eval_rejects_a_file_that_is_not_tflite(tmp_path):
+    bogus = tmp_path / "model.tflite"
+    bogus.write_bytes(b"definitely not a flatbuffer")
+    line = _one_line_error(runner.invoke(app, ["eval", str(bogus), "--data", str(tmp_path)]))
+    assert "model.tflite: not a TFLite model" in line
+
+
+def test_eval_rejects_a_tampered_run(tiny_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    (copy / "model.keras").write_bytes(b"tampered")
+    line = _one_line_error(runner.invoke(app, ["eval", str(copy)]))
+    assert "model.keras: sha256" in line
+
+
+def test_info_prints_the_manifest(tiny_run):
+    human = runner.invoke(app, ["info", str(tiny_run)])
+    assert human.exit_code == 0 and "run" in human.output and "labels (10)" in human.output
+    machine = runner.invoke(app, ["info", str(tiny_run), "--json"])
+    assert json.loads(machine.stdout)["kind"] == "run"
+
+
+def test_info_on_a_plain_folder_is_one_line(tmp_path):
+    line = _one_line_error(runner.invoke(app, ["info", str(tmp_path)]))
+    assert "no manifest.json" in line

@@ -1,0 +1,216 @@
+"""Datasets and pipelines: digits, class folders, bad files, splits, decoding parity."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgekit.config import AugmentConfig
+from edgekit.data import DataSpec, export_digits, load_dataset, load_pixels, make_pipeline, stratified_split
+from edgekit.errors import EdgekitError
+
+
+def _image(path, size=(40, 30), color=(200, 30, 30), fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+    return path
+
+
+def _two_class_folder(root, per_class=4):
+    for cls, color in (("cat", (250, 0, 0)), ("dog", (0, 0, 250))):
+        for i in range(per_class):
+            _image(root / cls / f"{i}.png", color=color)
+    return root
+
+
+def test_digits_split_is_stratified_and_seeded():
+    a = load_dataset(DataSpec(image_size=32, seed=1))
+    b = load_dataset(DataSpec(image_size=32, seed=1))
+    c = load_dataset(DataSpec(image_size=32, seed=2))
+    assert len(a.train) + len(a.validation) == 1797
+    assert a.labels == tuple(str(i) for i in range(10))
+    assert np.array_equal(a.validation.targets, b.validation.targets)
+    assert np.array_equal(a.validation.pixels, b.validation.pixels)
+    assert not np.array_equal(a.validation.pixels, c.validation.pixels)
+    counts = np.bincount(a.validation.targets, minlength=10)
+    assert counts.min() >= 30 and counts.max() <= 40  # about 20% of ~180 per class
+    assert a.train.pixels.shape[1:] == (32, 32, 3) and a.train.pixels.dtype == np.uint8
+
+
+def test_stratified_split_keeps_singletons_in_train():
+    targets = np.array([0, 0, 0, 0, 0, 1, 2, 2])
+    train, val = stratified_split(targets, 0.2, seed=0)
+    assert set(train) | set(val) == set(range(8)) and not set(train) & set(val)
+    assert 5 in train  # the only image of class 1 must be trained on
+    assert {int(targets[i]) for i in val} == {0, 2}
+
+
+def test_class_folders_with_random_split(tmp_path):
+    root = _two_class_folder(tmp_path / "data", per_class=5)
+    (root / "README.txt").write_text("not an image")
+    (root / "cat" / "notes.txt").write_text("ignored")
+    splits = load_dataset(DataSpec(data=str(root), image_size=32))
+    assert splits.labels == ("cat", "dog")
+    assert len(splits.train) == 8 and len(splits.validation) == 2
+    assert splits.description["n_files"] == 10
+    assert splits.description["split"]["layout"].startswith("class folders")
+
+
+def test_train_validation_layout(tmp_path):
+    root = tmp_path / "data"
+    _two_class_folder(root / "train", per_class=3)
+    _two_class_folder(root / "validation", per_class=2)
+    _two_class_folder(root / "test", per_class=1)
+    splits = load_dataset(DataSpec(data=str(root), image_size=32))
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (6, 4, 2)
+
+
+def test_validation_class_unknown_to_train_is_an_error(tmp_path):
+    root = tmp_path / "data"
+    _two_class_folder(root / "train")
+    _image(root / "validation" / "bird" / "0.png")
+    with pytest.raises(EdgekitError, match=r"bird.*not one of the model's classes"):
+        load_dataset(DataSpec(data=str(root), image_size=32))
+
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(EdgekitError, match=r"nope: no such data folder"):
+        load_dataset(DataSpec(data=str(tmp_path / "nope")))
+
+
+def test_empty_data_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgekitError, match=r"empty: no class folders"):
+        load_dataset(DataSpec(data=str(tmp_path / "empty")))
+
+
+def test_class_folder_without_images(tmp_path):
+    root = _two_class_folder(tmp_path / "data")
+    (root / "bird").mkdir()
+    (root / "bird" / "x.txt").write_text("hello")
+    with pytest.raises(EdgekitError, match=r"bird: class folder has no images"):
+        load_dataset(DataSpec(data=str(root)))
+
+
+def test_class_folder_with_only_corrupt_images(tmp_path):
+    root = _two_class_folder(tmp_path / "data")
+    (root / "bird").mkdir()
+    (root / "bird" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(EdgekitError, match=r"bird: class folder has no readable image"):
+        load_dataset(DataSpec(data=str(root)))
+
+
+def test_only_one_class(tmp_path):
+    _image(tmp_path / "data" / "cat" / "0.png")
+    _image(tmp_path / "data" / "cat" / "1.png")
+    with pytest.raises(EdgekitError, match=r"only one class \(cat\)"):
+        load_dataset(DataSpec(data=str(tmp_path / "data")))
+
+
+def _with_bad_files(root):
+    _two_class_folder(root, per_class=4)
+    good = root / "cat" / "good.jpg"
+    _image(good, size=(64, 64), fmt="JPEG")
+    data = good.read_bytes()
+    (root / "cat" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "dog" / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    return root
+
+
+def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path, caplog):
+    root = _with_bad_files(tmp_path / "data")
+    with caplog.at_level(logging.WARNING):
+        splits = load_dataset(DataSpec(data=str(root), image_size=32))
+    skipped = {s["path"].rsplit("/", 1)[-1] for s in splits.description["skipped"]}
+    assert skipped == {"truncated.jpg", "garbage.png"}
+    assert len(splits.train) + len(splits.validation) == 9
+    assert "skipped 2 unreadable image(s)" in caplog.text and "truncated.jpg" in caplog.text
+
+
+def test_strict_makes_a_corrupt_image_fatal(tmp_path):
+    root = _with_bad_files(tmp_path / "data")
+    with pytest.raises(EdgekitError, match=r"(truncated\.jpg|garbage\.png): .*drop --strict"):
+        load_dataset(DataSpec(data=str(root), strict=True))
+
+
+def test_images_too_large_to_decode_safely_are_skipped(tmp_path):
+    root = _two_class_folder(tmp_path / "data")
+    _image(root / "dog" / "huge.png", size=(2000, 1500))
+    splits = load_dataset(DataSpec(data=str(root), max_image_pixels=1_000_000))
+    [skipped] = splits.description["skipped"]
+    assert skipped["path"].endswith("huge.png") and "pixel limit" in skipped["reason"]
+
+
+def test_every_supported_format_decodes(tmp_path):
+    root = tmp_path / "data"
+    color = (10, 120, 240)
+    for fmt, ext in (("PNG", "png"), ("JPEG", "jpg"), ("BMP", "bmp"), ("GIF", "gif"), ("WEBP", "webp")):
+        _image(root / "a" / f"x.{ext}", size=(16, 16), color=color, fmt=fmt)
+        _image(root / "b" / f"y.{ext}", size=(16, 16), color=color, fmt=fmt)
+    Image.new("CMYK", (16, 16), (0, 0, 0, 0)).save(root / "a" / "cmyk.jpg")
+    splits = load_dataset(DataSpec(data=str(root), image_size=16, validation_fraction=0.1))
+    pixels = load_pixels(splits.train.concat(splits.validation), 16)
+    assert pixels.shape == (11, 16, 16, 3)
+    assert not splits.description["skipped"]
+    webp = [i for i, p in enumerate(splits.train.paths) if p.endswith(".webp")]
+    assert webp and not splits.train.tf_decodable[webp[0]]  # routed through Pillow
+
+
+def test_pipeline_resize_matches_tf_image_resize(tmp_path):
+    from edgekit.compat import tf
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        Image.fromarray(array).save(root / cls / "img.png")
+    splits = load_dataset(DataSpec(data=str(root), image_size=24))
+    ours = load_pixels(splits.train, 24)[0]
+    expected = tf.image.resize(array.astype(np.float32), [24, 24], method="bilinear").numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_pipeline_batches_and_augmentation_switch():
+    splits = load_dataset(DataSpec(image_size=32))
+    small = splits.train.subset(np.arange(64))
+    off = AugmentConfig(enabled=False)
+    x1, y1 = next(iter(make_pipeline(small, 32, 16, training=True, augment=off, seed=3)))
+    assert x1.shape == (16, 32, 32, 3) and y1.shape == (16,)
+    assert float(x1.numpy().min()) >= 0.0 and float(x1.numpy().max()) <= 255.0
+    on = AugmentConfig(enabled=True, flip=False, rotation=0.1, zoom=0.2, translation=0.1, contrast=0.2)
+    plain = next(iter(make_pipeline(small, 32, 64, augment=on)))[0].numpy()  # not training: no augmentation
+    np.testing.assert_array_equal(plain, small.pixels.astype(np.float32))
+    augmented = next(iter(make_pipeline(small, 32, 64, training=True, augment=on, seed=3)))[0].numpy()
+    assert augmented.shape == plain.shape and not np.allclose(np.sort(augmented.ravel()), np.sort(plain.ravel()))
+
+
+def test_extra_data_is_folded_into_training(tmp_path, digits_folder):
+    extra = tmp_path / "feedback"
+    shutil.copytree(digits_folder / "3", extra / "3")
+    base = load_dataset(DataSpec(data=str(digits_folder), image_size=32))
+    merged = load_dataset(DataSpec(data=str(digits_folder), image_size=32, extra_data=(str(extra),)))
+    assert len(merged.train) == len(base.train) + 20
+    assert len(merged.validation) == len(base.validation)
+    assert merged.description["extra_data"][0]["n_files"] == 20
+
+
+def test_extra_data_with_unknown_class_is_an_error(tmp_path, digits_folder):
+    _image(tmp_path / "feedback" / "eleven" / "0.png")
+    with pytest.raises(EdgekitError, match=r"eleven.*not one of the model's classes"):
+        load_dataset(DataSpec(data=str(digits_folder), extra_data=(str(tmp_path / "feedback"),)))
+
+
+def test_export_digits_round_trips_through_the_folder_pipeline(tmp_path):
+    root = export_digits(tmp_path / "d", image_size=32, limit_per_class=3)
+    splits = load_dataset(DataSpec(data=str(root), image_size=32, validation_fraction=0.34))
+    digits = load_dataset(DataSpec(image_size=32))
+    from_files = load_pixels(splits.train, 32)
+    # every exported image is pixel-identical to some embedded digit
+    all_pixels = np.concatenate([digits.train.pixels, digits.validation.pixels]).astype(np.float32)
+    for image in from_files[:5]:
+        assert np.any(np.all(all_pixels == image, axis=(1, 2, 3)))
