@@ -1,0 +1,285 @@
+"""Device profiles: one YAML file per target saying how to reach it and how to run models on it.
+
+Shipped profiles live in the package (`devices/` at the top of the repository); a user's own profiles in
+`$EDGEKIT_HOME/devices/*.yaml` override shipped ones of the same name, so a user points `rpi4` at their
+own Pi without editing the package. A profile is checked field by field when it is read, because a typo
+found on the device, after a model was copied over SSH, costs far more than one found here.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from edgekit.artifacts import edgekit_home
+from edgekit.errors import EdgekitError
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "resources" / "devices"
+RUNNER_NAME = "edgekit_runner.py"
+
+ARCHES = ("x86_64", "aarch64", "armv7l", "any")
+CONNECTIONS = ("local", "ssh")
+RUNTIMES = ("auto", "litert", "tflite_runtime", "tf.lite")
+DELEGATES = ("none", "edgetpu")
+# Options edgekit sets itself: letting a profile turn host-key checking off would defeat its purpose.
+RESERVED_SSH_OPTIONS = ("batchmode", "stricthostkeychecking")
+DEFAULT_SSH_WORKDIR = "~/edgekit"
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Where a benchmark or deployment runs and with what: read from one YAML file."""
+
+    name: str
+    description: str
+    arch: str
+    connection: str
+    host: str | None = None
+    user: str | None = None
+    port: int | None = None  # None: whatever ~/.ssh/config says, else 22
+    identity_file: str | None = None
+    known_hosts_file: str | None = None
+    ssh_options: tuple[tuple[str, str], ...] = ()
+    python: str | None = None  # None: python3 over SSH, the interpreter running edgekit locally
+    runtime: str = "auto"
+    delegate: str = "none"
+    threads: int = 4
+    workdir: str | None = None  # None: ~/edgekit over SSH, $EDGEKIT_HOME/targets/<name> locally
+    aliases: tuple[str, ...] = ()
+    reference_latency_ms: dict = field(default_factory=dict, hash=False)
+    source: str = field(default="", compare=False)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.connection == "ssh"
+
+    @property
+    def address(self) -> str:
+        """host:port as a user would type it, for messages."""
+        if not self.is_remote:
+            return "localhost"
+        return f"{self.host}:{self.port or 22}"
+
+    @property
+    def interpreter(self) -> str:
+        if self.python:
+            return self.python
+        return "python3" if self.is_remote else sys.executable
+
+    @property
+    def remote_workdir(self) -> str:
+        if self.workdir:
+            return self.workdir
+        if self.is_remote:
+            return DEFAULT_SSH_WORKDIR
+        return str(edgekit_home() / "targets" / self.name)
+
+
+def _is_str(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str_list(value) -> bool:
+    return isinstance(value, list) and all(_is_str(item) for item in value)
+
+
+def _is_option_map(value) -> bool:
+    scalars = (str, int, float, bool)
+    return isinstance(value, dict) and all(_is_str(k) and isinstance(v, scalars) for k, v in value.items())
+
+
+def _is_latency_map(value) -> bool:
+    return isinstance(value, dict) and all(
+        _is_str(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for k, v in value.items()
+    )
+
+
+def _one_of(choices):
+    return lambda value: value in choices, "one of " + ", ".join(choices)
+
+
+# YAML key -> (check, what the check wants). Order is the order in which problems are reported.
+_FIELDS = {
+    "name": (_is_str, "a non-empty string"),
+    "description": (_is_str, "a non-empty string"),
+    "arch": _one_of(ARCHES),
+    "connection": _one_of(CONNECTIONS),
+    "host": (_is_str, "a host name or address"),
+    "user": (_is_str, "a user name"),
+    "port": (lambda v: _is_int(v) and 0 < v < 65536, "an integer port between 1 and 65535"),
+    "identity_file": (_is_str, "a path to a private key"),
+    "known_hosts_file": (_is_str, "a path to a known_hosts file"),
+    "ssh_options": (_is_option_map, "a mapping of ssh option names to values, e.g. {Compression: 'yes'}"),
+    "python": (_is_str, "the Python interpreter to run on the device, e.g. python3"),
+    "runtime": _one_of(RUNTIMES),
+    "delegate": _one_of(DELEGATES),
+    "threads": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),
+    "workdir": (_is_str, "a directory on the device, e.g. ~/edgekit"),
+    "aliases": (_is_str_list, "a list of names, e.g. [pi]"),
+    "reference_latency_ms": (_is_latency_map, "a mapping of variant name to milliseconds"),
+}
+_REQUIRED = ("description", "arch", "connection")
+_SSH_ONLY = ("host", "user", "port", "identity_file", "known_hosts_file", "ssh_options")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise EdgekitError(f"{path}: cannot read device profile ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise EdgekitError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise EdgekitError(f"{path}: a device profile must be a YAML mapping of fields, e.g. `arch: aarch64`")
+    return data
+
+
+def _check_fields(path: str, data: dict) -> None:
+    unknown = sorted(str(key) for key in data if key not in _FIELDS)
+    if unknown:
+        raise EdgekitError(f"{path}: unknown field {unknown[0]!r}; known fields: {', '.join(_FIELDS)}")
+    for key in _REQUIRED:
+        if data.get(key) is None:
+            raise EdgekitError(f"{path}: missing required field {key!r} ({_FIELDS[key][1]})")
+    for key, value in data.items():
+        check, wanted = _FIELDS[key]
+        if value is not None and not check(value):
+            raise EdgekitError(f"{path}: field {key!r} must be {wanted}, got {value!r}")
+    if data["connection"] == "ssh" and data.get("host") is None:
+        raise EdgekitError(f"{path}: missing required field 'host' (needed for connection: ssh)")
+    if data["connection"] == "local":
+        stray = [key for key in _SSH_ONLY if data.get(key) is not None]
+        if stray:
+            raise EdgekitError(f"{path}: field {stray[0]!r} only applies to connection: ssh")
+    reserved = [k for k in data.get("ssh_options") or {} if k.lower() in RESERVED_SSH_OPTIONS]
+    if reserved:
+        raise EdgekitError(
+            f"{path}: field 'ssh_options' must not set {reserved[0]}; edgekit always checks host keys "
+            "(use --accept-new-host-key to trust a device on first contact)"
+        )
+
+
+def _option_value(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _local_path(path: Path, value: str | None) -> str | None:
+    """Key files named relative to the profile resolve against its folder, like includes in ssh_config."""
+    if value is None or value.startswith("~") or Path(value).is_absolute():
+        return value
+    return str((path.parent / value).resolve())
+
+
+def parse_profile(path: Path, data: dict, where: str | None = None) -> DeviceProfile:
+    """Check a profile's fields and build it; every problem is one line naming the file and field."""
+    path = Path(path)
+    _check_fields(where or str(path), data)
+    values = {key: value for key, value in data.items() if value is not None}
+    values.setdefault("name", path.stem)
+    values["aliases"] = tuple(values.get("aliases", ()))
+    values["ssh_options"] = tuple((k, _option_value(v)) for k, v in values.get("ssh_options", {}).items())
+    values["reference_latency_ms"] = {k: float(v) for k, v in values.get("reference_latency_ms", {}).items()}
+    for key in ("identity_file", "known_hosts_file"):
+        values[key] = _local_path(path, values.get(key))
+    return DeviceProfile(**values, source=str(path))
+
+
+def read_profile(path: Path) -> DeviceProfile:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekitError(f"{path}: no such device profile file")
+    return parse_profile(path, _read_yaml(path))
+
+
+def user_devices_dir() -> Path:
+    return edgekit_home() / "devices"
+
+
+def _profile_dirs() -> list[Path]:
+    """Shipped first, then the user's; inside the repository the two can be the same folder."""
+    dirs = [SHIPPED_DIR]
+    user_dir = user_devices_dir()
+    if user_dir.is_dir() and user_dir.resolve() != SHIPPED_DIR:
+        dirs.append(user_dir)
+    return dirs
+
+
+def _profiles_by_name() -> dict[str, DeviceProfile]:
+    found: dict[str, DeviceProfile] = {}
+    for directory in _profile_dirs():
+        in_this_dir: dict[str, DeviceProfile] = {}
+        for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
+            profile = read_profile(path)
+            if profile.name in in_this_dir:
+                raise EdgekitError(
+                    f"{path}: device name {profile.name!r} is also used by {in_this_dir[profile.name].source}; "
+                    "rename one of them"
+                )
+            in_this_dir[profile.name] = profile
+        found.update(in_this_dir)  # a user profile replaces the shipped one of the same name
+    return found
+
+
+def list_profiles() -> list[DeviceProfile]:
+    """Every known device, user profiles overriding shipped ones, sorted by name."""
+    return sorted(_profiles_by_name().values(), key=lambda profile: profile.name)
+
+
+def _looks_like_path(name_or_path: str) -> bool:
+    return name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path or "\\" in name_or_path
+
+
+def load_profile(name_or_path: str | Path) -> DeviceProfile:
+    """A device by name (`rpi4`), alias (`pi`) or path to a YAML file (`./my-pi.yaml`)."""
+    if isinstance(name_or_path, Path) or _looks_like_path(str(name_or_path)):
+        return read_profile(Path(name_or_path).expanduser())
+    profiles = _profiles_by_name()
+    if name_or_path in profiles:
+        return profiles[name_or_path]
+    matches = [p for p in profiles.values() if name_or_path in p.aliases]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        files = " and ".join(p.source for p in matches)
+        raise EdgekitError(f"device alias {name_or_path!r} is claimed by {files}; remove it from one of them")
+    known = ", ".join(
+        p.name + (f" ({', '.join(p.aliases)})" if p.aliases else "") for p in sorted(
+            profiles.values(), key=lambda p: p.name)
+    )
+    raise EdgekitError(
+        f"unknown device {name_or_path!r}; known devices: {known}. "
+        f"Add your own as {user_devices_dir() / (str(name_or_path) + '.yaml')} or pass a path to a .yaml file"
+    )
+
+
+def with_overrides(profile: DeviceProfile, **changes) -> DeviceProfile:
+    """The profile with command-line overrides (e.g. `host=`, `threads=`), checked like YAML fields."""
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if not changes:
+        return profile
+    data = {key: getattr(profile, key) for key in _FIELDS}
+    data["aliases"] = list(profile.aliases)
+    data["ssh_options"] = dict(profile.ssh_options) or None
+    data = {key: value for key, value in data.items() if value is not None}
+    data.update(changes)
+    where = f"{profile.source or profile.name} with overrides {', '.join(sorted(changes))}"
+    return parse_profile(Path(profile.source or "."), data, where=where)
+
+
+def runner_path() -> Path:
+    """The standalone on-device runner, copied next to every deployed model."""
+    path = SHIPPED_DIR / RUNNER_NAME
+    if not path.is_file():
+        raise EdgekitError(f"{path}: the on-device runner is missing from the installation; reinstall edgekit")
+    return path
