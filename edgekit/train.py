@@ -181,11 +181,18 @@ def _finish_phase(work_dir: Path, phase: str, model) -> None:
     write_json_atomic(work_dir / "state.json", {"finished_phases": _finished_phases(work_dir) + [phase]})
 
 
-def _float32_copy(model, spec: ModelSpec):
-    """Rebuild under the float32 policy and copy weights, so exported models never carry float16 layers."""
+def _exportable_copy(model, spec: ModelSpec, best_weights: Path):
+    """The best weights in a plain float32 model built outside any distribution strategy.
+
+    Exported models must not carry mixed-precision layers or distributed variables (loading h5 weights
+    into MultiWorkerMirroredStrategy variables fails on batch-norm statistics).
+    """
     keras.mixed_precision.set_global_policy("float32")
     clone = build_classifier(spec)
-    clone.set_weights(model.get_weights())
+    if best_weights.exists():
+        clone.load_weights(str(best_weights))
+    else:
+        clone.set_weights(model.get_weights())
     return clone
 
 
@@ -246,10 +253,7 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
         images_seen += ran * min(len(splits.train), steps * config.batch_size)
         _finish_phase(work_dir, phase, model)
 
-    if (work_dir / BEST_WEIGHTS).exists():
-        model.load_weights(str(work_dir / BEST_WEIGHTS))
-    if mixed:
-        model = _float32_copy(model, model_spec)
+    model = _exportable_copy(model, model_spec, work_dir / BEST_WEIGHTS)
     if not chief:
         shutil.rmtree(work_dir, ignore_errors=True)
         return TrainResult(run_dir, {})

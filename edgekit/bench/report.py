@@ -1,0 +1,159 @@
+"""Benchmark results as files people read: JSON (with the environment), CSV, Markdown and a Pareto plot.
+
+Result files name their device and time, and the JSON carries versions, CPU and runtime, because a
+latency without its environment cannot be compared with anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import time
+from pathlib import Path
+
+from edgekit.artifacts import atomic_path, library_versions, write_json_atomic, write_manifest, write_text_atomic
+from edgekit.errors import EdgekitError
+from edgekit.report import human_size, markdown_table
+
+CSV_FIELDS = ["variant", "device", "runtime", "runtime_version", "delegate", "threads", "size", "accuracy",
+              "mean", "p50", "p90", "p99", "min", "max", "n", "throughput_ips", "peak_rss_mb", "load_ms",
+              "first_ms", "status", "error"]
+
+
+def _flat(row: dict) -> dict:
+    latency = row.get("latency_ms") or {}
+    return {**{k: row.get(k) for k in CSV_FIELDS}, **{k: latency.get(k) for k in ("mean", "p50", "p90", "p99",
+                                                                                  "min", "max", "n")}}
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def results_markdown(rows: list[dict]) -> str:
+    table = []
+    for row in rows:
+        flat = _flat(row)
+        runtime = f"{flat['runtime']} {flat['runtime_version']}" if flat["runtime"] else "-"
+        status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error')}"
+        table.append([row["variant"], runtime, row["delegate"], row["threads"] or "default",
+                      human_size(row["size"]), _fmt(row["accuracy"], ".4f"), _fmt(flat["mean"]), _fmt(flat["p50"]),
+                      _fmt(flat["p90"]), _fmt(flat["p99"]), _fmt(flat["min"]), _fmt(flat["max"]),
+                      flat["n"] or "-", _fmt(row.get("throughput_ips"), ".1f"), _fmt(row.get("peak_rss_mb"), ".0f"),
+                      _fmt(row.get("load_ms"), ".1f"), _fmt(row.get("first_ms")), status])
+    return markdown_table(["variant", "runtime", "delegate", "threads", "size", "accuracy", "mean ms", "p50",
+                           "p90", "p99", "min", "max", "n", "img/s", "peak MB", "load ms", "first ms", "status"],
+                          table)
+
+
+def results_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(_flat(row))
+    return buffer.getvalue()
+
+
+def pareto_plot(rows: list[dict], title: str, target: Path) -> bool:
+    """Accuracy against p90 latency, marker area by file size; the frontier drawn as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(r["latency_ms"]["p90"], r["accuracy"], r["size"], f"{r['variant']} t{r['threads'] or '-'}")
+              for r in rows if r["status"] != "error" and r.get("latency_ms") and r.get("accuracy") is not None]
+    if not points:
+        return False
+    largest = max(p[2] for p in points)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for latency, accuracy, size, label in points:
+        ax.scatter(latency, accuracy, s=40 + 800 * size / largest, alpha=0.6)
+        ax.annotate(label, (latency, accuracy), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    frontier, best = [], -1.0
+    for latency, accuracy, _, _ in sorted(points):
+        if accuracy > best:
+            frontier.append((latency, accuracy))
+            best = accuracy
+    ax.plot(*zip(*frontier), color="gray", linestyle="--", linewidth=1, label="Pareto frontier")
+    ax.set_xlabel("p90 latency (ms)")
+    ax.set_ylabel("accuracy (validation, measured on the .tflite)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def environment(device: dict) -> dict:
+    return {"host": platform.node(), "host_cpu": _cpu_model(), "host_python": platform.python_version(),
+            "versions": library_versions(), **device}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_results(out_dir: Path, device_name: str, result, settings: dict, parents: list[dict]) -> Path:
+    """Write results.json/.csv/.md and pareto.png into `out_dir`, described by a manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"device": device_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "partial": result.partial,
+               "settings": settings, "environment": environment(result.device), "rows": result.rows}
+    write_json_atomic(out_dir / "results.json", payload)
+    write_text_atomic(out_dir / "results.csv", results_csv(result.rows))
+    markdown = results_markdown(result.rows)
+    note = "\n\n**partial results**: some variants failed; see the status column.\n" if result.partial else "\n"
+    write_text_atomic(out_dir / "results.md", f"# edgekit bench on {device_name}\n\n{markdown}{note}")
+    files = ["results.json", "results.csv", "results.md"]
+    if pareto_plot(result.rows, f"{device_name}: accuracy vs p90 latency", out_dir / "pareto.png"):
+        files.append("pareto.png")
+    write_manifest(out_dir, {"kind": "bench", "device": device_name, "parents": parents,
+                             "partial": result.partial}, files)
+    return out_dir
+
+
+def compare(a_path: Path, b_path: Path) -> tuple[list[dict], str]:
+    """Per-variant change between two results.json files: p50 ratio B/A, accuracy delta."""
+    def load(path: Path) -> dict:
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EdgekitError(f"{path}: not a readable bench results.json ({exc})") from None
+
+    a, b = load(a_path), load(b_path)
+
+    def key(row):
+        return (row["variant"], row.get("delegate"), row.get("threads"))
+
+    a_rows = {key(r): r for r in a.get("rows", [])}
+    rows = []
+    for row in b.get("rows", []):
+        before = a_rows.get(key(row))
+        if before is None:
+            continue
+        p50_a = (before.get("latency_ms") or {}).get("p50")
+        p50_b = (row.get("latency_ms") or {}).get("p50")
+        acc_a, acc_b = before.get("accuracy"), row.get("accuracy")
+        rows.append({"variant": row["variant"], "delegate": row.get("delegate"), "threads": row.get("threads"),
+                     "p50_a": p50_a, "p50_b": p50_b, "p50_ratio": p50_b / p50_a if p50_a and p50_b else None,
+                     "accuracy_delta": acc_b - acc_a if acc_a is not None and acc_b is not None else None})
+    if not rows:
+        raise EdgekitError(f"{a_path} and {b_path} share no variant to compare")
+    table = markdown_table(["variant", "delegate", "threads", "p50 A ms", "p50 B ms", "B/A", "Δ accuracy"],
+                           [[r["variant"], r["delegate"], r["threads"] or "default", _fmt(r["p50_a"]),
+                             _fmt(r["p50_b"]), _fmt(r["p50_ratio"], ".2f") + "x" if r["p50_ratio"] else "-",
+                             _fmt(r["accuracy_delta"] * 100 if r["accuracy_delta"] is not None else None, "+.1f")]
+                            for r in rows])
+    return rows, table
