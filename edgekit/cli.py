@@ -263,6 +263,210 @@ def report(
     emit({"run": str(run), "variants": rows}, as_json, markdown)
 
 
+# ---------------------------------------------------------------- bench, deploy, doctor
+
+DeviceOption = Annotated[str, typer.Option("--device", "-d", help="Device profile name (desktop, pi, rpi5, coral, "
+                                                                  "...) or a profile .yaml file.")]
+AcceptKeyOption = Annotated[bool, typer.Option("--accept-new-host-key",
+                                               help="Trust an SSH host key seen for the first time.")]
+
+
+def _threads(value: str | None) -> tuple[int | None, ...]:
+    if not value:
+        return (None,)
+    try:
+        threads = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise EdgekitError(f"--threads {value!r}: expected numbers separated by commas, e.g. 1,2,4") from None
+    if any(t < 1 for t in threads):
+        raise EdgekitError(f"--threads {value!r}: thread counts must be at least 1")
+    return threads
+
+
+@app.command()
+@user_errors
+def bench(
+    models: Annotated[list[Path] | None, typer.Argument(help="Run directories, variant directories or .tflite "
+                                                             "files; default: the latest run.")] = None,
+    device: DeviceOption = "desktop",
+    threads: Annotated[str | None, typer.Option(help="Thread counts to sweep, e.g. 1,2,4; default: the "
+                                                     "profile's.")] = None,
+    runs: Annotated[int, typer.Option(help="At least this many timed runs per row.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 5,
+    min_seconds: Annotated[float, typer.Option(help="And at least this long per row.")] = 2.0,
+    delegate: Annotated[str | None, typer.Option(help="Also time with this delegate (edgetpu).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results folder; default <run>/bench/<device>-<time>.")] = None,
+    compare: Annotated[list[Path] | None, typer.Option(
+        help="Compare two results.json files instead of benchmarking (pass twice).")] = None,
+    accept_new_host_key: AcceptKeyOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Accuracy, size and latency of every variant on a target, as one table plus a Pareto plot.
+
+    $ edgekit bench --device desktop --threads 1,2
+    $ edgekit bench runs/digits-20260101-120000 --device pi
+    $ edgekit bench --compare before/results.json --compare after/results.json
+    """
+    import time as _time
+
+    from edgekit.bench.report import compare as compare_results
+    from edgekit.bench.report import results_markdown, write_results
+    from edgekit.bench.run import BenchSettings, collect_variants, run_bench
+    from edgekit.devices import load_profile
+
+    if compare:
+        if len(compare) != 2:
+            raise EdgekitError("--compare takes exactly two results.json files (pass it twice)")
+        rows, table = compare_results(compare[0], compare[1])
+        emit({"rows": rows}, as_json, table)
+        return
+    profile = load_profile(device)
+    targets = list(models) if models else [_run_dir(None)]
+    variants = collect_variants(targets)
+    settings = BenchSettings(threads=_threads(threads) if threads else (profile.threads,), runs=runs,
+                             warmup=warmup, min_seconds=min_seconds, delegate=delegate,
+                             accept_new_host_key=accept_new_host_key)
+    result = run_bench(variants, profile, settings)
+    anchor = targets[0] if targets[0].is_dir() else targets[0].parent
+    out_dir = out or anchor / "bench" / f"{profile.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    parents = [{"path": str(v.path.resolve()), "sha256": (v.manifest or {}).get("files", {}).get(
+        v.path.name, {}).get("sha256")} for v in variants]
+    write_results(out_dir, profile.name, result, {k: getattr(settings, k) for k in
+                                                  ("threads", "runs", "warmup", "min_seconds", "delegate")},
+                  parents)
+    for row in result.rows:
+        if row["status"] != "ok":
+            typer.echo(f"warning: {row['variant']} ({row['delegate']}, threads {row['threads']}): {row['error']}",
+                       err=True)
+    emit({"device": profile.name, "out_dir": str(out_dir), "partial": result.partial, "rows": result.rows},
+         as_json, results_markdown(result.rows) + f"\nwritten to {out_dir}")
+    if all(row["status"] == "error" for row in result.rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def deploy(
+    model: Annotated[Path, typer.Argument(help="A .tflite file or a variant directory.")],
+    device: DeviceOption = "desktop",
+    accept_new_host_key: AcceptKeyOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Install a model (with its manifest and labels) and the runner on a device; sha256 checked there.
+
+    $ edgekit deploy runs/digits-20260101-120000/compressed/int8-ptq --device pi
+    """
+    from edgekit.bench.targets import deploy as deploy_model
+    from edgekit.devices import load_profile
+
+    path = model / "model.tflite" if model.is_dir() else model
+    result = deploy_model(load_profile(device), path, accept_new_host_key=accept_new_host_key)
+    emit(result, as_json, f"deployed {path.name} (sha256 {result['model_sha256'][:12]}…) to {result['device']}:"
+                          f" {result['model']}\nrun it: {result['classify']}")
+
+
+@app.command()
+@user_errors
+def doctor(
+    device: DeviceOption = "desktop",
+    accept_new_host_key: AcceptKeyOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """What a device has (Python, numpy, interpreters, Edge TPU runtime, cores, memory) and what is missing.
+
+    $ edgekit doctor --device pi
+    """
+    from edgekit.bench.targets import doctor as run_doctor
+    from edgekit.devices import load_profile
+
+    report = run_doctor(load_profile(device), accept_new_host_key=accept_new_host_key)
+    emit(report, as_json, _doctor_text(report))
+    if not report.get("ok", True):
+        raise typer.Exit(1)
+
+
+def _doctor_text(report: dict) -> str:
+    lines = [f"{key}: {value}" for key, value in report.items()
+             if key not in ("missing", "warnings", "interpreters") and not isinstance(value, (dict, list))]
+    for name, info in (report.get("interpreters") or {}).items():
+        lines.append(f"interpreter {name}: {info}")
+    lines += [f"missing: {line}" for line in report.get("missing") or []]
+    lines += [f"warning: {line}" for line in report.get("warnings") or []]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- feedback
+
+feedback_app = typer.Typer(help="Bring device logs (wrong predictions, corrections) back into training.",
+                           no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.callback()
+def feedback_group() -> None:
+    """Pull or import a device's prediction log, then export its corrections as a dataset.
+
+    $ edgekit feedback pull --device pi && edgekit feedback export --out feedback-data
+    """
+
+
+@feedback_app.command("import")
+@user_errors
+def feedback_import(
+    db: Annotated[Path, typer.Argument(help="An edgekit_runner.db copied from a device.")],
+    name: Annotated[str | None, typer.Option(help="Name of the import.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Snapshot a runner database and its saved samples into $EDGEKIT_HOME/feedback.
+
+    $ edgekit feedback import ./edgekit_runner.db
+    """
+    from edgekit.feedback import import_db, summarize
+
+    target = import_db(db, name=name)
+    counts = summarize(target / "device.db")
+    emit({"import": str(target), **counts}, as_json,
+         f"imported {counts['predictions']} predictions and {counts['feedback']} corrections into {target}")
+
+
+@feedback_app.command("pull")
+@user_errors
+def feedback_pull(
+    device: DeviceOption,
+    name: Annotated[str | None, typer.Option(help="Name of the import.")] = None,
+    accept_new_host_key: AcceptKeyOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Fetch the runner database and samples from a device over SSH, then import them.
+
+    $ edgekit feedback pull --device pi
+    """
+    from edgekit.devices import load_profile
+    from edgekit.feedback import pull, summarize
+
+    target = pull(load_profile(device), name=name, accept_new_host_key=accept_new_host_key)
+    counts = summarize(target / "device.db")
+    emit({"import": str(target), **counts}, as_json,
+         f"pulled {counts['predictions']} predictions and {counts['feedback']} corrections into {target}")
+
+
+@feedback_app.command("export")
+@user_errors
+def feedback_export(
+    out: Annotated[Path, typer.Option(help="New folder for the class-folder dataset.")],
+    imports: Annotated[list[Path] | None, typer.Argument(help="Imports to export; default: all.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write corrected samples as a class-folder dataset for `edgekit train --extra-data`.
+
+    $ edgekit feedback export --out feedback-data && edgekit train --data photos --extra-data feedback-data
+    """
+    from edgekit.feedback import export, report_markdown
+
+    report = export(out, imports)
+    emit(report, as_json, report_markdown(report) + f"\nwritten to {out}")
+
+
 # ---------------------------------------------------------------- info
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -151,3 +152,57 @@ def report_markdown(report: dict) -> str:
     return (f"# Feedback dataset\n\n{report['written']} corrected samples "
             f"({report['corrections_without_image']} corrections had no saved image).\n\n"
             f"## Corrections per class\n\n{per_class}\n\n## What the model confuses on the device\n\n{confusions}\n")
+
+
+# Runs on the device with only the standard library: a consistent snapshot of every model's log (the
+# backup API includes rows still in the WAL file) and its samples, packed into one tar to fetch.
+_PACK_LOGS = """
+import glob, json, os, sqlite3, tarfile, tempfile
+found = []
+with tarfile.open("feedback-pull.tar", "w") as tar:
+    for db in sorted(glob.glob("models/*/edgekit_runner.db")):
+        folder = os.path.dirname(db)
+        tag = os.path.basename(folder)
+        fd, snap = tempfile.mkstemp(suffix=".db"); os.close(fd)
+        src = sqlite3.connect("file:" + db + "?mode=ro", uri=True, timeout=10)
+        dst = sqlite3.connect(snap)
+        src.backup(dst); dst.close(); src.close()
+        tar.add(snap, arcname=tag + "/edgekit_runner.db"); os.unlink(snap)
+        if os.path.isdir(os.path.join(folder, "samples")):
+            tar.add(os.path.join(folder, "samples"), arcname=tag + "/samples")
+        found.append(tag)
+print(json.dumps(found))
+"""
+
+
+def pull(profile, name: str | None = None, accept_new_host_key: bool = False) -> Path:
+    """Fetch every runner log from a device's work directory and import them; returns the last import."""
+    import json as _json
+    import tarfile
+
+    from edgekit.bench.targets import make_target
+
+    target = make_target(profile, accept_new_host_key=accept_new_host_key)
+    target.prepare()
+    code, out, err = target.run([profile.interpreter, "-c", _PACK_LOGS], timeout=300, what="pack runner logs")
+    if code != 0:
+        reason = (err.strip().splitlines() or ["no output"])[-1]
+        raise EdgekitError(f"{profile.name}: could not read the runner logs ({reason})")
+    tags = _json.loads(out.decode().strip().splitlines()[-1])
+    if not tags:
+        raise EdgekitError(f"{profile.name}: no runner logs under {target.workdir}/models/*/; deploy a model with "
+                           "`edgekit deploy` and run the runner there first")
+    base = name or f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tempfile.TemporaryDirectory(prefix="edgekit-pull-") as scratch_name:
+        scratch = Path(scratch_name)
+        archive = target.fetch("feedback-pull.tar", scratch / "pull.tar")
+        with tarfile.open(archive) as tar:
+            for member in tar.getmembers():
+                if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts or member.issym() \
+                        or member.islnk():
+                    raise EdgekitError(f"{profile.name}: refusing unsafe path {member.name!r} in the pulled logs")
+            tar.extractall(scratch / "logs")
+        imported = [import_db(scratch / "logs" / tag / "edgekit_runner.db", name=f"{base}-{tag}",
+                              samples_dir=scratch / "logs" / tag / "samples") for tag in tags]
+    return imported[-1]
+

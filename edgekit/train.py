@@ -253,10 +253,11 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
         images_seen += ran * min(len(splits.train), steps * config.batch_size)
         _finish_phase(work_dir, phase, model)
 
-    model = _exportable_copy(model, model_spec, work_dir / BEST_WEIGHTS)
     if not chief:
+        # a worker must not read variables after fit: that is a collective op the chief may have left
         shutil.rmtree(work_dir, ignore_errors=True)
         return TrainResult(run_dir, {})
+    model = _exportable_copy(model, model_spec, work_dir / BEST_WEIGHTS)
 
     metrics = evaluate_predictor(KerasPredictor(model), load_pixels(splits.validation, config.image_size),
                                  splits.validation.targets, splits.labels)

@@ -1,0 +1,93 @@
+"""The way back: runner log on the device → import / pull → export → next training run."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from runner_models import LABELS, build_keras_model, color_images, convert, write_variant
+from typer.testing import CliRunner
+
+from edgekit.cli import app
+from edgekit.devices import runner_path
+
+cli = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def device_log(tmp_path_factory):
+    """A deployed colour model whose runner logged 6 predictions (inputs kept) and 3 corrections."""
+    root = tmp_path_factory.mktemp("device")
+    model = write_variant(root / "models" / "abc123", convert(build_keras_model()))
+    images, _ = color_images(6, seed=5)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(root / f"in{i}.png")
+    run = subprocess.run([sys.executable, str(runner_path()), "classify", str(model), str(root), "--save-all",
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    ids = [result["id"] for result in json.loads(run.stdout)]
+    corrections = {ids[0]: "blue", ids[1]: "blue", ids[2]: "green"}
+    for prediction_id, label in corrections.items():
+        done = subprocess.run([sys.executable, str(runner_path()), "feedback", prediction_id, label, "--db",
+                               str(model.parent / "edgekit_runner.db")], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    return root, model.parent / "edgekit_runner.db", corrections
+
+
+def test_import_snapshots_the_log_and_samples(device_log):
+    _, db, corrections = device_log
+    result = cli.invoke(app, ["feedback", "import", str(db), "--name", "pi1", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["predictions"] == 6 and payload["feedback"] == len(corrections)
+    imported = payload["import"]
+    assert len(list((__import__("pathlib").Path(imported) / "samples").rglob("*.*"))) == 6
+
+
+def test_export_writes_a_class_folder_dataset_with_a_report(device_log, tmp_path):
+    _, db, corrections = device_log
+    assert cli.invoke(app, ["feedback", "import", str(db), "--name", "pi1"]).exit_code == 0
+    out = tmp_path / "fb"
+    result = cli.invoke(app, ["feedback", "export", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["written"] == 3 and report["per_class"] == {"blue": 2, "green": 1}
+    assert sorted(p.parent.name for p in out.rglob("*.png")) == ["blue", "blue", "green"]
+    assert {p.stem for p in out.rglob("*.png")} == set(corrections)
+    assert (out / "feedback_report.md").read_text().startswith("# Feedback dataset")
+
+
+def test_next_training_run_folds_the_feedback_in(device_log, tmp_path):
+    from edgekit.config import TrainConfig
+    from edgekit.train import train
+
+    _, db, _ = device_log
+    assert cli.invoke(app, ["feedback", "import", str(db), "--name", "pi1"]).exit_code == 0
+    feedback_dir = tmp_path / "fb"
+    assert cli.invoke(app, ["feedback", "export", "--out", str(feedback_dir)]).exit_code == 0
+    data = tmp_path / "colors"
+    images, labels = color_images(30, seed=9)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (data / LABELS[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(data / LABELS[label] / f"{i}.png")
+    result = train(TrainConfig(data=str(data), extra_data=(str(feedback_dir),), image_size=32, weights="none",
+                               epochs=1, batch_size=16, name="next", runs_dir=str(tmp_path / "runs")))
+    extra = result.manifest["dataset"]["extra_data"]
+    assert extra[0]["path"] == str(feedback_dir.resolve()) and extra[0]["n_files"] == 3
+    assert result.manifest["dataset"]["split"]["train"] == 24 + 3
+
+
+def test_import_of_a_file_that_is_not_a_runner_log(tmp_path):
+    bogus = tmp_path / "x.db"
+    sqlite3.connect(bogus).execute("CREATE TABLE t (a)").connection.commit()
+    result = cli.invoke(app, ["feedback", "import", str(bogus)])
+    assert result.exit_code == 1 and "x.db: not a runner database" in result.output
+
+
+def test_export_without_imports_says_what_to_do(tmp_path):
+    result = cli.invoke(app, ["feedback", "export", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "edgekit feedback import" in result.output
