@@ -371,7 +371,13 @@ def _decode_fn(image_size: int):
     def decode(path, tf_ok):
         def with_tf():
             raw = tf.io.read_file(path)
-            return tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
+            # the accurate DCT is what Pillow (and so the device runner) uses; TF's default fast one
+            # differs by a few grey levels on most pixels of a camera JPEG
+            return tf.cond(
+                tf.io.is_jpeg(raw),
+                lambda: tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE"),
+                lambda: tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8),
+            )
 
         def with_pillow():
             image = tf.numpy_function(_pil_decode, [path], tf.uint8, stateful=False)

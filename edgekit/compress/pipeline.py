@@ -52,7 +52,7 @@ def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, d
     from edgekit.compress.finetune import fine_tune
 
     modules = {"prune": prune, "cluster": cluster, "qat": qat}
-    timings, sparsity, previous = [], {}, None
+    timings, sparsity, previous = [], {}, []
     for stage in recipe.stages:
         if stage.type not in modules:
             continue
@@ -60,14 +60,16 @@ def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, d
         module = modules[stage.type]
         if stage.type == "qat":
             wrapped, callbacks = module.apply(model, stage.params, previous=previous)
-        else:
+        elif stage.type == "prune":
             wrapped, callbacks = module.apply(model, stage.params, steps_per_epoch=len(train_ds))
+        else:
+            wrapped, callbacks = module.apply(model, stage.params)
         fine_tune(wrapped, train_ds, val_ds, epochs=stage.params.epochs, learning_rate=stage.params.learning_rate,
                   callbacks=callbacks)
         model = module.finalize(wrapped)
         if stage.type == "prune":
             sparsity = prune.measure_sparsity(model)
-        previous = stage.type
+        previous.append(stage.type)
         timings.append({"stage": stage.type, "seconds": round(time.time() - started, 2)})
     return model, sparsity, timings
 

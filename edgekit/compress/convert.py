@@ -1,0 +1,282 @@
+"""Keras model → TFLite flatbuffer (float32, float16, dynamic-range or full-integer int8), and what is inside one.
+
+The converter is fed a concrete function with a static [1, H, W, 3] input rather than the Keras
+model: `from_keras_model` first exports a Keras SavedModel, which on two cores costs 15-50 s per
+call, while the frozen-function path converts the same graph to the same ops in 2-5 s. Batch 1 is
+also what the Edge TPU compiler needs (it rejects dynamic shapes); hosts can still resize the input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from edgekit.compat import keras, tf
+from edgekit.compress.finetune import check_params
+from edgekit.errors import EdgekitError
+
+MODES = ("float32", "float16", "dynamic", "int8")
+IO_DTYPES = ("float32", "int8", "uint8")
+# Ops that may touch float tensors in an int8 model: the boundary converters for float32 input/output.
+BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
+
+
+@dataclass(frozen=True)
+class ConvertParams:
+    """`io_dtype` int8/uint8 makes the model take and return integers (uint8 for the Edge TPU)."""
+
+    mode: Literal["float32", "float16", "dynamic", "int8"] = "float32"
+    calibration_samples: int = 100
+    io_dtype: Literal["float32", "int8", "uint8"] = "float32"
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.mode not in MODES:
+            found.append(("mode", f"must be one of {', '.join(MODES)}"))
+        if self.io_dtype not in IO_DTYPES:
+            found.append(("io_dtype", f"must be one of {', '.join(IO_DTYPES)}"))
+        elif self.io_dtype != "float32" and self.mode != "int8":
+            found.append(("io_dtype", f"integer input/output needs mode int8, not {self.mode}"))
+        if self.calibration_samples < 0:
+            found.append(("calibration_samples", "must be 0 or more"))
+        return found
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Send the converter's C++ chatter (written straight to fds 1 and 2) and warnings to a scratch file."""
+    with tempfile.TemporaryFile() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            saved = (os.dup(1), os.dup(2))
+        except (OSError, ValueError):  # no real file descriptors (embedded interpreters): stay noisy
+            yield
+            return
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _input_shape(model: keras.Model) -> tuple[int, int, int]:
+    if len(model.inputs) != 1:
+        raise EdgekitError(f"convert: model {model.name!r} has {len(model.inputs)} inputs; edgekit expects one image")
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise EdgekitError(f"convert: model input shape {shape} is not a fixed (height, width, channels)")
+    return shape
+
+
+def _calibration_set(images: np.ndarray | None, params: ConvertParams, shape: tuple[int, int, int]) -> np.ndarray:
+    if images is None or len(images) == 0 or params.calibration_samples == 0:
+        raise EdgekitError(
+            "int8 needs calibration images: pass representative training images (raw 0..255 pixels) and "
+            "calibration_samples >= 1, or add a qat stage first, or use mode float16 or dynamic"
+        )
+    images = np.asarray(images)
+    if images.ndim != 4 or tuple(images.shape[1:]) != shape:
+        raise EdgekitError(
+            f"convert: calibration images have shape {tuple(images.shape)}, the model takes (N, {', '.join(map(str, shape))}); "
+            "pass images at the model's input size"
+        )
+    images = images[: params.calibration_samples].astype(np.float32)
+    if float(images.max()) <= 1.0:
+        raise EdgekitError(
+            "convert: calibration images look normalised (all values <= 1); pass raw 0..255 pixels, "
+            "the model rescales them itself"
+        )
+    return images
+
+
+def _converter(model: keras.Model, shape: tuple[int, int, int]):
+    name = model.inputs[0].name.split(":")[0] or "image"
+    function = tf.function(lambda x: model(x, training=False))
+    concrete = function.get_concrete_function(tf.TensorSpec((1, *shape), tf.float32, name=name))
+    # No trackable object on purpose: with one the converter re-exports a SavedModel (the slow path).
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete])
+
+
+def _configure(converter, params: ConvertParams, calibration: np.ndarray | None, qat: bool) -> None:
+    if params.mode == "float32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if params.mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if params.mode != "int8":
+        return
+    if not qat:
+
+        def representative_dataset():
+            for image in calibration:
+                yield [image[np.newaxis]]
+
+        converter.representative_dataset = representative_dataset
+        # With a QAT model this would trip a TF 2.21 check that wants a representative dataset even
+        # though the ranges are already in the graph; `_check_integer_only` catches float fallbacks.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if params.io_dtype != "float32":
+        io = {"int8": tf.int8, "uint8": tf.uint8}[params.io_dtype]
+        converter.inference_input_type = io
+        converter.inference_output_type = io
+
+
+def convert(model: keras.Model, params: ConvertParams, representative_images: np.ndarray | None = None) -> bytes:
+    """The .tflite bytes for `model` under `params`.
+
+    `representative_images` are raw training pixels (N, H, W, 3) for int8 calibration; a QAT model
+    already carries its ranges and ignores them.
+    """
+    from edgekit.compress.qat import is_qat_model
+
+    check_params("convert", params)
+    shape = _input_shape(model)
+    qat = is_qat_model(model)
+    if qat and params.mode != "int8":
+        raise EdgekitError(
+            f"convert: a quantization-aware model converts only to int8, not {params.mode}; "
+            "use mode int8 or drop the qat stage"
+        )
+    calibration = None
+    if params.mode == "int8" and not qat:
+        calibration = _calibration_set(representative_images, params, shape)
+    converter = _converter(model, shape)
+    _configure(converter, params, calibration, qat)
+    try:
+        with _quiet():
+            content = converter.convert()
+    except Exception as exc:  # noqa: BLE001 - ConverterError is not exported by tf.lite
+        if not isinstance(exc, (ValueError, RuntimeError)) and type(exc).__name__ != "ConverterError":
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = next((line for line in lines if "error:" in line), lines[0] if lines else type(exc).__name__)
+        raise EdgekitError(f"convert: TFLite {params.mode} conversion failed: {reason[:240]}") from None
+    if params.mode == "int8":
+        _check_integer_only(content)
+    return bytes(content)
+
+
+def _check_integer_only(content: bytes) -> None:
+    floats = sorted({op["op"] for op in _operators(content) if op["op"] not in BOUNDARY_OPS and op["float"]})
+    if floats:
+        raise EdgekitError(
+            f"convert: the int8 model still computes {', '.join(floats)} in float; those layers cannot be "
+            "fully quantized, so remove them or use mode dynamic"
+        )
+
+
+# --- reading a .tflite flatbuffer -------------------------------------------------------------------
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated
+
+    return schema_py_generated
+
+
+def _names(enum_class) -> dict[int, str]:
+    return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
+
+
+def _root(content: bytes):
+    if len(content) < 8 or content[4:8] != b"TFL3":
+        raise EdgekitError("not a TFLite model (no 'TFL3' flatbuffer identifier)")
+    return _schema().Model.GetRootAs(content, 0)
+
+
+def _tensor_info(tensor, dtype_names: dict[int, str]) -> dict:
+    quant = tensor.Quantization()
+    scales = quant.ScaleAsNumpy() if quant is not None and quant.ScaleLength() else np.zeros(0)
+    zeros = quant.ZeroPointAsNumpy() if quant is not None and quant.ZeroPointLength() else np.zeros(0)
+    if len(scales) == 1:
+        quantization = {"scale": float(scales[0]), "zero_point": int(zeros[0])}
+    elif len(scales) > 1:
+        quantization = {"scale": [float(s) for s in scales], "zero_point": [int(z) for z in zeros],
+                        "axis": int(quant.QuantizedDimension())}
+    else:
+        quantization = None
+    return {
+        "name": tensor.Name().decode(),
+        "dtype": dtype_names.get(tensor.Type(), str(tensor.Type())).lower(),
+        "shape": [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else [],
+        "quantization": quantization,
+    }
+
+
+def _op_name(model, index: int, op_names: dict[int, str]) -> str:
+    code = model.OperatorCodes(index)
+    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    if op_names.get(builtin) == "CUSTOM":
+        return code.CustomCode().decode()
+    return op_names.get(builtin, f"BUILTIN_{builtin}")
+
+
+def _operators(content: bytes) -> list[dict]:
+    schema = _schema()
+    model = _root(content)
+    graph = model.Subgraphs(0)
+    op_names = _names(schema.BuiltinOperator)
+    float_type = schema.TensorType.FLOAT32
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        tensors = [t for t in list(op.InputsAsNumpy()) + list(op.OutputsAsNumpy()) if t >= 0]
+        is_float = any(graph.Tensors(int(t)).Type() == float_type for t in tensors)
+        ops.append({"op": _op_name(model, op.OpcodeIndex(), op_names), "float": is_float})
+    return ops
+
+
+def describe_tflite(content: bytes) -> dict:
+    """Inputs and outputs (dtype, shape, scale/zero point), op counts and tensor count of the main graph."""
+    schema = _schema()
+    model = _root(content)
+    graph = model.Subgraphs(0)
+    dtypes = _names(schema.TensorType)
+    return {
+        "inputs": [_tensor_info(graph.Tensors(int(i)), dtypes) for i in graph.InputsAsNumpy()],
+        "outputs": [_tensor_info(graph.Tensors(int(i)), dtypes) for i in graph.OutputsAsNumpy()],
+        "ops": dict(sorted(Counter(op["op"] for op in _operators(content)).items())),
+        "tensor_count": graph.TensorsLength(),
+        "subgraph_count": model.SubgraphsLength(),
+        "size_bytes": len(content),
+    }
+
+
+def tflite_weights(content: bytes) -> dict[str, np.ndarray]:
+    """Every constant tensor of the main graph, by name, as stored (int8 weights stay int8)."""
+    schema = _schema()
+    model = _root(content)
+    graph = model.Subgraphs(0)
+    numpy_types = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.float16,
+                   schema.TensorType.INT8: np.int8, schema.TensorType.UINT8: np.uint8,
+                   schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}
+    found = {}
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        dtype = numpy_types.get(tensor.Type())
+        buffer = model.Buffers(tensor.Buffer()) if tensor.Buffer() > 0 else None
+        if dtype is None or buffer is None:
+            continue
+        if buffer.DataLength():
+            raw = buffer.DataAsNumpy().tobytes()
+        elif buffer.Offset() > 1:  # large models keep tensor data after the flatbuffer
+            raw = content[buffer.Offset(): buffer.Offset() + buffer.Size()]
+        else:
+            continue
+        shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
+        found[tensor.Name().decode()] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return found
