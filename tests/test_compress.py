@@ -156,7 +156,7 @@ def test_report_tabulates_every_variant(variants, tiny_run):
     assert result.exit_code == 0, result.output
     rows = {row["variant"]: row for row in json.loads(result.stdout)["variants"]}
     assert {"float32", "int8-ptq"} <= set(rows)
-    assert rows["float32"]["size_vs_float32"] == 1.0 and rows["int8-ptq"]["size_vs_float32"] < 0.35
+    assert rows["float32"]["size_vs_float32"] == 1.0 and rows["int8-ptq"]["size_vs_float32"] < 0.42
     assert (tiny_run / "compressed" / "report.md").read_text().startswith("# Variants of")
 
 

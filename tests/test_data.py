@@ -214,3 +214,19 @@ def test_export_digits_round_trips_through_the_folder_pipeline(tmp_path):
     all_pixels = np.concatenate([digits.train.pixels, digits.validation.pixels]).astype(np.float32)
     for image in from_files[:5]:
         assert np.any(np.all(all_pixels == image, axis=(1, 2, 3)))
+
+
+def test_jpeg_decoding_matches_pillow_exactly(tmp_path):
+    """The device runner decodes with Pillow; training and eval must see the same pixels."""
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.integers(0, 256, size=(8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    noisy = np.clip(smooth + rng.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        Image.fromarray(noisy).save(root / cls / "photo.jpg", quality=85)
+    splits = load_dataset(DataSpec(data=str(root), image_size=64))
+    ours = load_pixels(splits.train, 64)[0]
+    with Image.open(root / "a" / "photo.jpg") as image:
+        pillow = np.asarray(image.convert("RGB"), dtype=np.float32)
+    np.testing.assert_array_equal(ours, pillow)

@@ -9,6 +9,7 @@ accuracy and latency are known to describe the same bytes. A failed variant beco
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -235,6 +236,8 @@ def _bench_variant(target: Target, variant: Variant, profile: DeviceProfile, set
 
 
 def _delegate_message(delegate: str | None, error: str) -> str:
-    if delegate == "edgetpu" and "edgetpu" not in error.lower():
-        return f"edgetpu: not available ({error})"
-    return error
+    """Lead with '<delegate>: not available (reason)' when that is what went wrong."""
+    if not delegate:
+        return error
+    found = re.search(rf"{re.escape(delegate)}: not available \(.*?\)(?=;|$)", error)
+    return found.group(0) if found else f"{delegate}: not available ({error})"

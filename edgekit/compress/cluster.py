@@ -15,7 +15,8 @@ from edgekit.compat import keras
 from edgekit.compress.finetune import check_params, common_problems, kernel_arrays, working_copy
 from edgekit.errors import EdgekitError
 
-import tensorflow_model_optimization as tfmot  # noqa: E402,I001 - after edgekit.compat sets TF_USE_LEGACY_KERAS
+# isort: split
+import tensorflow_model_optimization as tfmot  # after edgekit.compat has set TF_USE_LEGACY_KERAS
 
 CENTROID_INITS = {
     "kmeans++": "KMEANS_PLUS_PLUS",

@@ -1,4 +1,4 @@
-"""Keras model → TFLite flatbuffer (float32, float16, dynamic-range or full-integer int8), and what is inside one.
+"""Keras model → TFLite bytes (float32, float16, dynamic-range or full-integer int8), and what is inside them.
 
 The converter is fed a concrete function with a static [1, H, W, 3] input rather than the Keras
 model: `from_keras_model` first exports a Keras SavedModel, which on two cores costs 15-50 s per
@@ -75,14 +75,16 @@ def _quiet():
 
 def _input_shape(model: keras.Model) -> tuple[int, int, int]:
     if len(model.inputs) != 1:
-        raise EdgekitError(f"convert: model {model.name!r} has {len(model.inputs)} inputs; edgekit expects one image")
+        raise EdgekitError(
+            f"convert: model {model.name!r} has {len(model.inputs)} inputs; edgekit expects one image"
+        )
     shape = tuple(model.inputs[0].shape[1:])
     if len(shape) != 3 or any(d is None for d in shape):
         raise EdgekitError(f"convert: model input shape {shape} is not a fixed (height, width, channels)")
     return shape
 
 
-def _calibration_set(images: np.ndarray | None, params: ConvertParams, shape: tuple[int, int, int]) -> np.ndarray:
+def _calibration_set(images: np.ndarray | None, params: ConvertParams, shape: tuple[int, ...]) -> np.ndarray:
     if images is None or len(images) == 0 or params.calibration_samples == 0:
         raise EdgekitError(
             "int8 needs calibration images: pass representative training images (raw 0..255 pixels) and "
@@ -91,8 +93,8 @@ def _calibration_set(images: np.ndarray | None, params: ConvertParams, shape: tu
     images = np.asarray(images)
     if images.ndim != 4 or tuple(images.shape[1:]) != shape:
         raise EdgekitError(
-            f"convert: calibration images have shape {tuple(images.shape)}, the model takes (N, {', '.join(map(str, shape))}); "
-            "pass images at the model's input size"
+            f"convert: calibration images have shape {tuple(images.shape)} but the model takes "
+            f"(N, {', '.join(map(str, shape))}); pass images at the model's input size"
         )
     images = images[: params.calibration_samples].astype(np.float32)
     if float(images.max()) <= 1.0:
@@ -135,7 +137,9 @@ def _configure(converter, params: ConvertParams, calibration: np.ndarray | None,
         converter.inference_output_type = io
 
 
-def convert(model: keras.Model, params: ConvertParams, representative_images: np.ndarray | None = None) -> bytes:
+def convert(
+    model: keras.Model, params: ConvertParams, representative_images: np.ndarray | None = None
+) -> bytes:
     """The .tflite bytes for `model` under `params`.
 
     `representative_images` are raw training pixels (N, H, W, 3) for int8 calibration; a QAT model

@@ -26,9 +26,9 @@ def check_flat(model: keras.Model, stage: str) -> None:
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             raise EdgekitError(
-                f"{stage}: layer {layer.name!r} is a nested Keras model ({type(layer).__name__}); tfmot cannot "
-                "wrap a model inside a model, so build the classifier flat (edgekit.model.build_classifier "
-                "wires the MobileNetV2 layers directly between input and head)"
+                f"{stage}: layer {layer.name!r} is a nested Keras model ({type(layer).__name__}); tfmot "
+                "cannot wrap a model inside a model, so build the classifier flat (edgekit.model."
+                "build_classifier wires the MobileNetV2 layers directly between input and head)"
             )
 
 

@@ -16,7 +16,8 @@ from edgekit.compat import keras
 from edgekit.compress.finetune import check_params, common_problems, kernel_arrays, working_copy
 from edgekit.errors import EdgekitError
 
-import tensorflow_model_optimization as tfmot  # noqa: E402,I001 - after edgekit.compat sets TF_USE_LEGACY_KERAS
+# isort: split
+import tensorflow_model_optimization as tfmot  # after edgekit.compat has set TF_USE_LEGACY_KERAS
 
 SCHEDULES = ("polynomial", "constant")
 DEFAULT_FREQUENCY = 100
@@ -51,7 +52,7 @@ class PruneParams:
         if not 0.0 <= self.target_sparsity < 1.0:
             found.append(("target_sparsity", "must be in [0, 1); 1 would remove every weight"))
         if not 0.0 <= self.initial_sparsity <= self.target_sparsity:
-            found.append(("initial_sparsity", f"must be between 0 and target_sparsity ({self.target_sparsity})"))
+            found.append(("initial_sparsity", f"must be in [0, target_sparsity={self.target_sparsity}]"))
         if self.schedule not in SCHEDULES:
             found.append(("schedule", f"must be one of {', '.join(SCHEDULES)}"))
         if self.begin_step < 0:
@@ -61,7 +62,7 @@ class PruneParams:
         if self.frequency is not None and self.frequency < 1:
             found.append(("frequency", "must be 1 or more, or unset"))
         if self.structured_2x4 and self.target_sparsity != 0.5:
-            found.append(("target_sparsity", "structured_2x4 is always 50% sparse; set 0.5 or drop structured_2x4"))
+            found.append(("target_sparsity", "structured_2x4 is always 50% sparse; use 0.5 or drop 2x4"))
         return found + common_problems(self.epochs, self.learning_rate)
 
 

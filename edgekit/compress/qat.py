@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edgekit.compat import keras
-from edgekit.compress.finetune import check_params, common_problems, working_copy
+from edgekit.compress.finetune import check_flat, check_params, common_problems, working_copy
 from edgekit.errors import EdgekitError
 
-import tensorflow_model_optimization as tfmot  # noqa: E402,I001 - after edgekit.compat sets TF_USE_LEGACY_KERAS
+# isort: split
+import tensorflow_model_optimization as tfmot  # after edgekit.compat has set TF_USE_LEGACY_KERAS
 
 PRESERVE = ("auto", "none", "sparsity", "clusters", "sparsity+clusters")
 PIXEL_RANGE = (0.0, 255.0)  # the classifier's input contract (see edgekit.model)
 NO_QAT_HINT = "or use post-training int8 (--int8 without --qat)"
+OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")  # tf ops called on Keras tensors
 _UNSUPPORTED = re.compile(r"Layer (\S+?):<class '([\w.]+)'> is not supported")
 
 
@@ -120,7 +122,9 @@ def _split_rescaling(model: keras.Model) -> tuple[keras.Model, dict[str, tuple[f
             )
         scale, offset = inner.get("scale"), inner.get("offset")
         if not all(isinstance(v, (int, float)) for v in (scale, offset)):
-            raise EdgekitError(f"qat: Rescaling layer {layer_config['name']!r} has per-channel scales; {NO_QAT_HINT}")
+            raise EdgekitError(
+                f"qat: Rescaling layer {layer_config['name']!r} has per-channel scales; {NO_QAT_HINT}"
+            )
         name = layer_config["name"]
         if offset == 0 or scale == 1:
             ranges[name] = _affine_range(scale, offset, *PIXEL_RANGE)
@@ -154,14 +158,24 @@ def _split_rescaling(model: keras.Model) -> tuple[keras.Model, dict[str, tuple[f
     return rebuilt, ranges
 
 
+def _check_quantizable(model: keras.Model) -> None:
+    """Fail fast, before any cloning, on layers tfmot would skip silently or trip over deep inside."""
+    check_flat(model, "qat")
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if isinstance(layer, keras.layers.Lambda) or kind in OP_LAYERS:
+            fix = "remove it" if kind == "Lambda" else "replace the raw TensorFlow op with a Keras layer"
+            raise EdgekitError(
+                f"qat: layer {layer.name!r} ({kind}) cannot be quantization-aware trained; {fix}, "
+                + NO_QAT_HINT
+            )
+
+
 def _annotator(ranges: dict[str, tuple[float, float]]):
     def annotate(layer):
-        if isinstance(layer, keras.layers.Lambda):
-            raise EdgekitError(
-                f"qat: layer {layer.name!r} (Lambda) cannot be quantization-aware trained; remove it, {NO_QAT_HINT}"
-            )
         if isinstance(layer, keras.layers.Rescaling):
-            return tfmot.quantization.keras.quantize_annotate_layer(layer, RescaleQuantizeConfig(*ranges[layer.name]))
+            config = RescaleQuantizeConfig(*ranges[layer.name])
+            return tfmot.quantization.keras.quantize_annotate_layer(layer, config)
         return tfmot.quantization.keras.quantize_annotate_layer(layer)
 
     return annotate
@@ -180,7 +194,8 @@ def _unsupported_layer_error(exc: Exception, model: keras.Model) -> EdgekitError
         first = message.splitlines()[0] if message else type(exc).__name__
         return EdgekitError(f"qat: tfmot cannot quantize this model ({first[:200]}); {NO_QAT_HINT}")
     return EdgekitError(
-        f"qat: layer {name!r} ({cls}) cannot be quantization-aware trained; remove or replace it, {NO_QAT_HINT}"
+        f"qat: layer {name!r} ({cls}) cannot be quantization-aware trained; remove or replace it, "
+        + NO_QAT_HINT
     )
 
 
@@ -207,6 +222,7 @@ def apply(
 ) -> tuple[keras.Model, list[keras.callbacks.Callback]]:
     """A quantization-aware copy of `model` (no callbacks needed); `previous` is the earlier stages' kinds."""
     check_params("qat", params)
+    _check_quantizable(model)
     plain, ranges = _split_rescaling(working_copy(model, "qat"))
     preserve = resolve_preserve(params.preserve, previous)
     with quantize_scope():
