@@ -7,11 +7,13 @@ Keras's BackupAndRestore, so `--resume` continues from the last finished epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -243,9 +245,10 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
         with strategy.scope():
             _compile(model, learning_rate)
         phase_start = time.time()
-        history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
-                            steps_per_epoch=config.steps_per_epoch, validation_steps=None,
-                            callbacks=_callbacks(work_dir, phase, config), verbose=1 if chief else 0)
+        with contextlib.redirect_stdout(sys.stderr):  # progress is not a result: keep stdout for results
+            history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
+                                steps_per_epoch=config.steps_per_epoch, validation_steps=None,
+                                callbacks=_callbacks(work_dir, phase, config), verbose=1 if chief else 0)
         fit_seconds += time.time() - phase_start
         ran = len(history.epoch)
         epochs_run += ran

@@ -95,3 +95,11 @@ def test_info_prints_the_manifest(tiny_run):
 def test_info_on_a_plain_folder_is_one_line(tmp_path):
     line = _one_line_error(runner.invoke(app, ["info", str(tmp_path)]))
     assert "no manifest.json" in line
+
+
+def test_train_json_keeps_progress_off_stdout(tmp_path):
+    result = runner.invoke(app, ["train", "--epochs", "1", "--steps-per-epoch", "2", "--runs-dir", str(tmp_path),
+                                 "--name", "j", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["run_dir"].endswith("/j") and 0 <= payload["validation"]["accuracy"] <= 1

@@ -174,3 +174,16 @@ def test_prune_qat_int8_shorthand_end_to_end(tiny_run):
     manifest = variant.manifest
     assert manifest["sparsity"]["overall"] == pytest.approx(0.5, abs=0.06)
     assert manifest["tflite"]["gzip_size"] < 0.8 * manifest["tflite"]["size"]
+
+
+def test_edgetpu_recipe_writes_a_uint8_static_model_and_a_report(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("compressed", "bench"))
+    variant = compress(run, load_recipe("edgetpu"))
+    tflite = variant.manifest["tflite"]
+    assert tflite["inputs"][0]["dtype"] == "uint8" and tflite["outputs"][0]["dtype"] == "uint8"
+    assert tflite["inputs"][0]["shape"][0] == 1
+    report = json.loads((variant.directory / "edgetpu_report.json").read_text())
+    assert report["n_ops"] > 50 and report["compatible"], report["summary"]
+    assert variant.manifest["edgetpu"]["compiler"]["found"] is False
+    assert "edgetpu_compiler not found" in variant.manifest["edgetpu"]["compiler"]["message"]

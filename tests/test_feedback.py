@@ -91,3 +91,41 @@ def test_import_of_a_file_that_is_not_a_runner_log(tmp_path):
 def test_export_without_imports_says_what_to_do(tmp_path):
     result = cli.invoke(app, ["feedback", "export", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "edgekit feedback import" in result.output
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    import sshd_fixture
+
+    yield from sshd_fixture.serve(tmp_path_factory)
+
+
+def test_pull_over_ssh_brings_the_device_log_back(sshd, tmp_path):
+    """Deploy over SSH, classify and correct on the 'device', then `edgekit feedback pull`."""
+    import yaml
+
+    profile = tmp_path / "loopback.yaml"
+    profile.write_text(yaml.safe_dump(sshd.profile(tmp_path / "device", python=sys.executable)))
+    variant = write_variant(tmp_path / "variant", convert(build_keras_model()))
+    deployed = cli.invoke(app, ["deploy", str(variant), "--device", str(profile), "--json"])
+    assert deployed.exit_code == 0, deployed.output
+    remote_model = json.loads(deployed.stdout)["model"]
+    images, _ = color_images(2, seed=3)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / "device" / f"cam{i}.png")
+    run = subprocess.run([sys.executable, str(tmp_path / "device" / "edgekit_runner.py"), "classify", remote_model,
+                          str(tmp_path / "device" / "cam0.png"), str(tmp_path / "device" / "cam1.png"), "--save-all",
+                          "--json"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    first = json.loads(run.stdout)[0]["id"]
+    db = tmp_path / "device" / "models" / json.loads(deployed.stdout)["model_sha256"][:12] / "edgekit_runner.db"
+    fixed = subprocess.run([sys.executable, str(tmp_path / "device" / "edgekit_runner.py"), "feedback", first,
+                            "green", "--db", str(db)], capture_output=True, text=True, timeout=60)
+    assert fixed.returncode == 0, fixed.stderr
+    pulled = cli.invoke(app, ["feedback", "pull", "--device", str(profile), "--name", "pi", "--json"])
+    assert pulled.exit_code == 0, pulled.output
+    payload = json.loads(pulled.stdout)
+    assert payload["predictions"] == 2 and payload["feedback"] == 1
+    out = tmp_path / "fb"
+    assert cli.invoke(app, ["feedback", "export", "--out", str(out)]).exit_code == 0
+    assert [p.parent.name for p in out.rglob("*.png")] == ["green"]

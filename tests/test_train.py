@@ -133,3 +133,27 @@ def test_default_training_reaches_95_percent_on_digits(tmp_path):
     """The README's promise: `edgekit train` with defaults, offline, >= 95% in minutes."""
     result = train(TrainConfig(name="default", runs_dir=str(tmp_path)))
     assert result.manifest["metrics"]["validation"]["accuracy"] >= 0.95
+
+
+def test_transfer_learning_freezes_the_body_then_fine_tunes_its_top(digits_folder, tmp_path):
+    """Pretrained weights from a file: phase 1 trains only the head, phase 2 the body from layer 100 on."""
+    import numpy as np
+
+    from edgekit.compat import keras
+    from edgekit.model import ModelSpec, build_classifier
+
+    body = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35)
+    weights = tmp_path / "pretrained_no_top.h5"
+    body.save_weights(str(weights))
+    result = train(TrainConfig(data=str(digits_folder), image_size=32, weights=str(weights), epochs=1,
+                               fine_tune_epochs=1, fine_tune_at=100, batch_size=32, name="tl",
+                               runs_dir=str(tmp_path / "runs"), augment=TrainConfig().augment))
+    assert result.manifest["training"]["epochs_run"] == 2
+    trained = keras.models.load_model(result.run_dir / "model.keras", compile=False)
+    reference = build_classifier(ModelSpec(10, 32), weights=str(weights))
+    early, late = "Conv1", "block_16_project"
+    np.testing.assert_array_equal(trained.get_layer(early).get_weights()[0],
+                                  reference.get_layer(early).get_weights()[0])
+    assert not np.array_equal(trained.get_layer(late).get_weights()[0], reference.get_layer(late).get_weights()[0])
+    bn = "block_16_project_BN"  # batch norm stays frozen while fine-tuning
+    np.testing.assert_array_equal(trained.get_layer(bn).get_weights()[2], reference.get_layer(bn).get_weights()[2])
