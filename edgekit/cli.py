@@ -397,14 +397,13 @@ def _doctor_text(report: dict) -> str:
 
 # ---------------------------------------------------------------- feedback
 
-feedback_app = typer.Typer(help="Bring device logs (wrong predictions, corrections) back into training.",
-                           no_args_is_help=True)
+feedback_app = typer.Typer(no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 
 
 @feedback_app.callback()
 def feedback_group() -> None:
-    """Pull or import a device's prediction log, then export its corrections as a dataset.
+    """Bring device logs (wrong predictions, corrections) back into training.
 
     $ edgekit feedback pull --device pi && edgekit feedback export --out feedback-data
     """

@@ -7,8 +7,10 @@ pixels in [0, 255] go in), so a device never has to know how the model was train
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +67,10 @@ def resolve_imagenet_weights(alpha: float, image_size: int, timeout_s: float = 1
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)
     try:
-        return keras.utils.get_file(name, WEIGHTS_BASE_URL + name, cache_subdir="models")
+        with contextlib.redirect_stdout(sys.stderr):  # Keras announces downloads on stdout
+            return keras.utils.get_file(name, WEIGHTS_BASE_URL + name, cache_subdir="models")
     except Exception as exc:  # noqa: BLE001 - any download failure means the same thing to the user
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(" on http")[0][:120]
         raise EdgekitError(
             f"--weights imagenet: {name} is not in {cache_dir} and cannot be downloaded ({reason}); "
             f"copy that file there, pass --weights PATH to it, or pass --weights none"

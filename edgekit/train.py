@@ -205,6 +205,9 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
     config = config.resolved()
     config.validate()
     check_image_size(config.image_size)
+    for folder in ([config.data] if config.data else []) + list(config.extra_data):
+        if not Path(folder).expanduser().is_dir():  # before the weights: the more basic mistake first
+            raise EdgekitError(f"{folder}: no such data folder; pass a folder with one sub-folder per class")
     weights_path = resolve_weights(config.weights, config.alpha, config.image_size)
     strategy, strategy_name = select_strategy(config.strategy)
     chief = is_chief()

@@ -13,14 +13,17 @@ runner = CliRunner()
 
 
 def _commands():
-    return sorted(command.name or command.callback.__name__ for command in app.registered_commands) + sorted(
-        group.name for group in app.registered_groups
-    )
+    """Every command path, sub-commands of groups included (e.g. ['feedback', 'pull'])."""
+    paths = [[command.name or command.callback.__name__] for command in app.registered_commands]
+    for group in app.registered_groups:
+        paths.append([group.name])
+        paths += [[group.name, sub.name or sub.callback.__name__] for sub in group.typer_instance.registered_commands]
+    return sorted(paths)
 
 
-@pytest.mark.parametrize("command", _commands())
+@pytest.mark.parametrize("command", _commands(), ids=" ".join)
 def test_every_command_has_help_with_an_example(command):
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "$ edgekit" in result.output
 

@@ -161,6 +161,8 @@ def test_prune_schedule_fits_short_runs():
     (prune.PruneParams(begin_step=10, end_step=5), "end_step"),
     (cluster.ClusterParams(clusters=1), "clusters"),
     (qat.QATParams(learning_rate=0.0), "learning_rate"),
+    (qat.QATParams(epochs=0), "epochs"),
+    (qat.QATParams(preserve="everything"), "preserve"),
     (ConvertParams(mode="float16", io_dtype="uint8"), "io_dtype"),
 ])
 def test_params_report_impossible_values(params, field):

@@ -49,9 +49,10 @@ def working_copy(model: keras.Model, stage: str) -> keras.Model:
 
 
 def common_problems(epochs: int, learning_rate: float) -> list[tuple[str, str]]:
+    """A stage's wrappers only do their work while training, so every stage needs at least one epoch."""
     found = []
-    if epochs < 0:
-        found.append(("epochs", "must be 0 or more"))
+    if epochs < 1:
+        found.append(("epochs", "must be at least 1"))
     if not learning_rate > 0:
         found.append(("learning_rate", "must be greater than 0"))
     return found
@@ -88,8 +89,8 @@ def fine_tune(
     The classifier ends in a softmax, so the loss takes probabilities. `run_eagerly` skips the graph
     trace, which costs 20-30 s for MobileNetV2 on two cores: worth it only for a handful of steps.
     """
-    for field, why in common_problems(epochs, learning_rate):
-        raise EdgekitError(f"fine-tune: {field} {why}")
+    if epochs < 0 or not learning_rate > 0:
+        raise EdgekitError(f"fine-tune: epochs {epochs} must be >= 0 and learning_rate {learning_rate} > 0")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),

@@ -202,19 +202,16 @@ def _unsupported_layer_error(exc: Exception, model: keras.Model) -> EdgekitError
 def _pin_input_range(qat_model: keras.Model) -> None:
     """Start the input quantizer at 0..255 so uint8 pixels map 1:1 onto the int8 input.
 
-    tfmot's input quantizer tracks the min and max it has seen, starting from 0..0; pinning it keeps
-    a short (or zero-epoch) QAT from calibrating the input on an unlucky batch.
+    tfmot's input quantizer (an internal QuantizeLayer) tracks the min and max it has seen, starting
+    from 0..0; pinning it keeps a short QAT from calibrating the input on one unlucky batch.
     """
     for layer in qat_model.layers:
-        if type(layer).__name__ != "QuantizeLayer" or not getattr(layer, "quantizer_vars", None):
+        variables = getattr(layer, "quantizer_vars", None)
+        if type(layer).__name__ != "QuantizeLayer" or not {"min_var", "max_var"} <= set(variables or {}):
             continue
-        consumers = [node.outbound_layer for node in layer._outbound_nodes]
-        feeds_rescaling = any(
-            isinstance(getattr(c, "layer", None), keras.layers.Rescaling) for c in consumers
-        )
-        if feeds_rescaling and {"min_var", "max_var"} <= set(layer.quantizer_vars):
-            layer.quantizer_vars["min_var"].assign(PIXEL_RANGE[0])
-            layer.quantizer_vars["max_var"].assign(PIXEL_RANGE[1])
+        if any(layer.input is tensor for tensor in qat_model.inputs):
+            variables["min_var"].assign(PIXEL_RANGE[0])
+            variables["max_var"].assign(PIXEL_RANGE[1])
 
 
 def apply(
@@ -231,7 +228,8 @@ def apply(
             qat_model = tfmot.quantization.keras.quantize_apply(annotated, scheme=_scheme(preserve))
         except (RuntimeError, ValueError) as exc:
             raise _unsupported_layer_error(exc, plain) from None
-    _pin_input_range(qat_model)
+    if ranges:  # the input feeds a Rescaling layer: it takes raw pixels
+        _pin_input_range(qat_model)
     return qat_model, []
 
 
