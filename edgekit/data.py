@@ -390,25 +390,6 @@ def _decode_fn(image_size: int):
     return decode
 
 
-def augmenter(augment, seed: int):
-    """The training-time augmentations as a Keras Sequential (used inside tf.data, not in the model)."""
-    from edgekit.compat import keras
-
-    layers = []
-    if augment.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if augment.rotation > 0:
-        layers.append(keras.layers.RandomRotation(augment.rotation, fill_mode="nearest", seed=seed))
-    if augment.zoom > 0:
-        layers.append(keras.layers.RandomZoom(augment.zoom, fill_mode="nearest", seed=seed))
-    if augment.translation > 0:
-        layers.append(keras.layers.RandomTranslation(augment.translation, augment.translation,
-                                                     fill_mode="nearest", seed=seed))
-    if augment.contrast > 0:
-        layers.append(keras.layers.RandomContrast(augment.contrast, seed=seed))
-    return keras.Sequential(layers, name="augment") if layers else None
-
-
 def make_pipeline(images: ImageSet, image_size: int, batch_size: int, *, training: bool = False,
                   augment=None, seed: int = 0, cache: bool = True, drop_remainder: bool = False):
     """tf.data: parallel decode and resize → cache (when it fits) → shuffle → batch → augment → prefetch."""
@@ -430,10 +411,10 @@ def make_pipeline(images: ImageSet, image_size: int, batch_size: int, *, trainin
     if training:
         ds = ds.shuffle(min(len(images), 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    aug = augmenter(augment, seed) if (training and augment is not None and augment.enabled) else None
-    if aug is not None:
-        ds = ds.map(lambda x, y: (tf.clip_by_value(aug(x, training=True), 0.0, 255.0), y),
-                    num_parallel_calls=autotune)
+    if training and augment is not None and augment.enabled:
+        from edgekit.augment import augment_batch
+
+        ds = ds.map(lambda x, y: (augment_batch(x, augment, seed), y), num_parallel_calls=autotune)
     return ds.prefetch(autotune)
 
 
