@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.bench.report import cpu_model
 from edgekit.compat import keras, tf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,22 +20,12 @@ WORK = ROOT / "benchmarks" / "work"
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def environment() -> dict:
     import PIL
     import scipy
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_average": list(os.getloadavg()),
         "tensorflow": tf.__version__,

@@ -420,12 +420,9 @@ def feedback_import(
 
     $ edgekit feedback import ./edgekit_runner.db
     """
-    from edgekit.feedback import import_db, summarize
+    from edgekit.feedback import import_db
 
-    target = import_db(db, name=name)
-    counts = summarize(target / "device.db")
-    emit({"import": str(target), **counts}, as_json,
-         f"imported {counts['predictions']} predictions and {counts['feedback']} corrections into {target}")
+    _report_imports([import_db(db, name=name)], "imported", as_json)
 
 
 @feedback_app.command("pull")
@@ -441,12 +438,19 @@ def feedback_pull(
     $ edgekit feedback pull --device pi
     """
     from edgekit.devices import load_profile
-    from edgekit.feedback import pull, summarize
+    from edgekit.feedback import pull
 
-    target = pull(load_profile(device), name=name, accept_new_host_key=accept_new_host_key)
-    counts = summarize(target / "device.db")
-    emit({"import": str(target), **counts}, as_json,
-         f"pulled {counts['predictions']} predictions and {counts['feedback']} corrections into {target}")
+    _report_imports(pull(load_profile(device), name=name, accept_new_host_key=accept_new_host_key), "pulled",
+                    as_json)
+
+
+def _report_imports(imports: list[Path], verb: str, as_json: bool) -> None:
+    from edgekit.feedback import summarize
+
+    counts = [summarize(target / "device.db") for target in imports]
+    predictions, feedback = sum(c["predictions"] for c in counts), sum(c["feedback"] for c in counts)
+    emit({"imports": [str(t) for t in imports], "predictions": predictions, "feedback": feedback}, as_json,
+         f"{verb} {predictions} predictions and {feedback} corrections into {', '.join(map(str, imports))}")
 
 
 @feedback_app.command("export")

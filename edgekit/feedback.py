@@ -175,8 +175,8 @@ print(json.dumps(found))
 """
 
 
-def pull(profile, name: str | None = None, accept_new_host_key: bool = False) -> Path:
-    """Fetch every runner log from a device's work directory and import them; returns the last import."""
+def pull(profile, name: str | None = None, accept_new_host_key: bool = False) -> list[Path]:
+    """Fetch every runner log (one per deployed model) from a device and import each; returns the imports."""
     import json as _json
     import tarfile
 
@@ -204,5 +204,5 @@ def pull(profile, name: str | None = None, accept_new_host_key: bool = False) ->
             tar.extractall(scratch / "logs")
         imported = [import_db(scratch / "logs" / tag / "edgekit_runner.db", name=f"{base}-{tag}",
                               samples_dir=scratch / "logs" / tag / "samples") for tag in tags]
-    return imported[-1]
+    return imported
 

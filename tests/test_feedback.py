@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -44,8 +45,8 @@ def test_import_snapshots_the_log_and_samples(device_log):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["predictions"] == 6 and payload["feedback"] == len(corrections)
-    imported = payload["import"]
-    assert len(list((__import__("pathlib").Path(imported) / "samples").rglob("*.*"))) == 6
+    [imported] = payload["imports"]
+    assert len(list((Path(imported) / "samples").rglob("*.*"))) == 6
 
 
 def test_export_writes_a_class_folder_dataset_with_a_report(device_log, tmp_path):

@@ -92,11 +92,11 @@ def pareto_plot(rows: list[dict], title: str, target: Path) -> bool:
 
 
 def environment(device: dict) -> dict:
-    return {"host": platform.node(), "host_cpu": _cpu_model(), "host_python": platform.python_version(),
+    return {"host": platform.node(), "host_cpu": cpu_model(), "host_python": platform.python_version(),
             "versions": library_versions(), **device}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
