@@ -79,6 +79,9 @@ def pareto_plot(rows: list[dict], title: str, target: Path) -> bool:
             frontier.append((latency, accuracy))
             best = accuracy
     ax.plot(*zip(*frontier), color="gray", linestyle="--", linewidth=1, label="Pareto frontier")
+    latencies = [p[0] for p in points]
+    if min(latencies) > 0 and max(latencies) / min(latencies) > 10:
+        ax.set_xscale("log")  # one slow outlier must not squash every other variant into a dot
     ax.set_xlabel("p90 latency (ms)")
     ax.set_ylabel("accuracy (validation, measured on the .tflite)")
     ax.set_title(title)
