@@ -50,6 +50,14 @@ def describe_manifest(directory: Path, manifest: dict) -> str:
     if recipe:
         stages = " → ".join(s.get("type", "?") for s in recipe.get("stages", []))
         lines.append(f"  recipe: {recipe.get('name')} ({stages})")
+    tflite = manifest.get("tflite")
+    if tflite:
+        inputs = tflite.get("inputs") or [{}]
+        sparsity = (manifest.get("sparsity") or {}).get("overall")
+        n_ops = sum((tflite.get("ops") or {}).values())
+        lines.append(f"  tflite: {human_size(tflite.get('size'))} (gzip {human_size(tflite.get('gzip_size'))}), "
+                     f"input {inputs[0].get('dtype')} {inputs[0].get('shape')}, {n_ops} ops"
+                     + (f", sparsity {sparsity:.1%}" if sparsity is not None else ""))
     training = manifest.get("training")
     if training:
         lines.append(f"  training: {training.get('epochs_run')} epochs, {training.get('fit_seconds')} s, "
