@@ -72,24 +72,15 @@ def params_class(stage_type: str) -> type:
 
 
 def _value_problems(stage_type: str, params: Any, has_qat: bool) -> list[tuple[str, str]]:
-    """(field, why) for values that have the right type but cannot work."""
-    problems = []
-    get = lambda name: getattr(params, name, None)  # noqa: E731
-    if get("epochs") is not None and get("epochs") < 1:
-        problems.append(("epochs", "must be at least 1"))
-    if get("learning_rate") is not None and get("learning_rate") <= 0:
-        problems.append(("learning_rate", "must be positive"))
-    if stage_type == "prune":
-        if not 0.0 <= params.target_sparsity < 1.0:
-            problems.append(("target_sparsity", "must be in [0, 1); 1 would remove every weight"))
-    if stage_type == "cluster" and params.clusters < 2:
-        problems.append(("clusters", "must be at least 2"))
-    if stage_type == "convert" and params.mode == "int8":
-        if params.calibration_samples < 1 and not has_qat:
-            problems.append(("calibration_samples", "int8 needs calibration images (at least 1) unless a qat "
-                                                    "stage comes first"))
-    if stage_type == "convert" and params.io_dtype != "float32" and params.mode != "int8":
-        problems.append(("io_dtype", f"integer input/output needs mode int8, not {params.mode}"))
+    """(field, why) for values that have the right type but cannot work.
+
+    Each stage's parameters know their own limits (`problems()`); the recipe adds what needs context:
+    int8 without calibration images works only after a qat stage.
+    """
+    problems = list(params.problems()) if hasattr(params, "problems") else []
+    if stage_type == "convert" and params.mode == "int8" and params.calibration_samples < 1 and not has_qat:
+        problems.append(("calibration_samples", "int8 needs calibration images (at least 1) unless a qat stage "
+                                                "comes first"))
     return problems
 
 
