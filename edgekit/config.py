@@ -10,6 +10,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from edgekit.errors import EdgekitError
@@ -67,6 +68,9 @@ class TrainConfig:
             updates["image_size"] = 32 if digits else 96
         if self.weights is None:
             updates["weights"] = "none" if digits else "imagenet"
+        if not digits:  # absolute, so --resume and lineage work from any directory
+            updates["data"] = str(Path(self.data).expanduser().resolve())
+        updates["extra_data"] = tuple(str(Path(p).expanduser().resolve()) for p in self.extra_data)
         if digits and self.augment.flip:
             # a mirrored 2 is not a 2: flipping digits teaches the model the wrong thing
             updates["augment"] = dataclasses.replace(self.augment, flip=False)
