@@ -187,3 +187,15 @@ def test_edgetpu_recipe_writes_a_uint8_static_model_and_a_report(tiny_run, tmp_p
     assert report["n_ops"] > 50 and report["compatible"], report["summary"]
     assert variant.manifest["edgetpu"]["compiler"]["found"] is False
     assert "edgetpu_compiler not found" in variant.manifest["edgetpu"]["compiler"]["message"]
+
+
+def test_run_without_a_model_is_refused(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("compressed", "bench", "model.keras"))
+    result = cli.invoke(app, ["compress", str(copy), "--int8"])
+    assert result.exit_code == 1 and "model.keras: missing" in result.output and "Traceback" not in result.output
+
+
+def test_folder_that_is_not_a_run_is_refused(tmp_path):
+    result = cli.invoke(app, ["compress", str(tmp_path), "--int8"])
+    assert result.exit_code == 1 and "no manifest.json" in result.output
