@@ -211,7 +211,12 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
     weights_path = resolve_weights(config.weights, config.alpha, config.image_size)
     strategy, strategy_name = select_strategy(config.strategy)
     chief = is_chief()
-    run_dir = Path(resume) if resume is not None else new_run_dir(config)
+    if resume is not None:
+        run_dir = Path(resume)
+    elif chief:
+        run_dir = new_run_dir(config)
+    else:  # workers never touch the run directory: the chief may be creating it right now
+        run_dir = Path(config.runs_dir or default_runs_dir()) / (config.name or "worker")
     work_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="edgekit-worker-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(work_dir / CONFIG_FILE, cfg.to_dict(config))
