@@ -157,3 +157,15 @@ def test_transfer_learning_freezes_the_body_then_fine_tunes_its_top(digits_folde
     assert not np.array_equal(trained.get_layer(late).get_weights()[0], reference.get_layer(late).get_weights()[0])
     bn = "block_16_project_BN"  # batch norm stays frozen while fine-tuning
     np.testing.assert_array_equal(trained.get_layer(bn).get_weights()[2], reference.get_layer(bn).get_weights()[2])
+
+
+def test_mixed_precision_run_exports_a_float32_model(tmp_path):
+    """What a GPU run does (mixed_float16, float32 softmax), forced on the CPU for one step."""
+    from edgekit.compat import keras
+
+    result = train(TrainConfig(epochs=1, steps_per_epoch=1, mixed_precision="on", name="mp",
+                               runs_dir=str(tmp_path)))
+    assert result.manifest["hardware"]["mixed_precision"] is True
+    model = keras.models.load_model(result.run_dir / "model.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks into later work
