@@ -6,7 +6,6 @@ so the accuracy reported for a `.tflite` file is measured by running that exact 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,11 +177,6 @@ def write_eval(out_dir: Path, model_path: Path, metrics: dict, runtime: dict, la
 def summary_line(metrics: dict) -> str:
     return (f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
             f"precision {metrics['macro_precision']:.4f}  recall {metrics['macro_recall']:.4f}  (n={metrics['n']})")
-
-
-def dumps(result: EvalResult) -> str:
-    return json.dumps({"metrics": result.metrics, "runtime": result.runtime,
-                       "out_dir": str(result.out_dir) if result.out_dir else None}, indent=2)
 
 
 def resolve_model(path: Path) -> tuple[Path, dict | None]:

@@ -305,7 +305,3 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
     manifest = write_manifest(run_dir, manifest, files)
     return TrainResult(run_dir, manifest)
 
-
-def validation_accuracy(manifest: dict) -> float:
-    return float(manifest["metrics"]["validation"]["accuracy"])
-
