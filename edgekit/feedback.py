@@ -180,7 +180,7 @@ def pull(profile, name: str | None = None, accept_new_host_key: bool = False) ->
     import json as _json
     import tarfile
 
-    from edgekit.bench.targets import make_target
+    from edgekit.transport.targets import make_target
 
     target = make_target(profile, accept_new_host_key=accept_new_host_key)
     target.prepare()

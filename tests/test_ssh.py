@@ -16,8 +16,8 @@ import pytest
 import sshd_fixture
 import yaml
 
-from edgekit.bench.ssh import SshClient
-from edgekit.bench.targets import LocalTarget, SshTarget, deploy, doctor, make_target
+from edgekit.transport.ssh import SshClient
+from edgekit.transport.targets import LocalTarget, SshTarget, deploy, doctor, make_target
 from edgekit.devices import RUNNER_NAME, load_profile, parse_profile, runner_path
 from edgekit.errors import EdgekitError
 

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from edgekit.artifacts import MANIFEST, sha256_file, verify_files
-from edgekit.bench.ssh import SshClient, describe_exit, last_line, remote_quote, run_process
+from edgekit.transport.ssh import SshClient, describe_exit, last_line, remote_quote, run_process
 from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
 
