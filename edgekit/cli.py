@@ -356,7 +356,7 @@ def deploy(
 
     $ edgekit deploy runs/digits-20260101-120000/compressed/int8-ptq --device pi
     """
-    from edgekit.transport.targets import deploy as deploy_model
+    from edgekit.deploy import deploy as deploy_model
     from edgekit.devices import load_profile
 
     path = model / "model.tflite" if model.is_dir() else model
@@ -376,7 +376,7 @@ def doctor(
 
     $ edgekit doctor --device pi
     """
-    from edgekit.transport.targets import doctor as run_doctor
+    from edgekit.deploy import doctor as run_doctor
     from edgekit.devices import load_profile
 
     report = run_doctor(load_profile(device), accept_new_host_key=accept_new_host_key)

@@ -21,10 +21,9 @@ import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
 from edgekit.errors import EdgekitError  # noqa: E402
+from edgekit.tflite import read_tflite  # noqa: E402
 
-__all__ = ["tf", "keras", "Runtime", "available_runtimes", "load_interpreter", "check_tflite_file"]
-
-TFLITE_IDENTIFIER = b"TFL3"
+__all__ = ["tf", "keras", "Runtime", "available_runtimes", "load_interpreter"]
 
 
 @dataclass(frozen=True)
@@ -92,23 +91,6 @@ def get_runtime(name: str | None = None) -> Runtime:
         raise EdgekitError(f"runtime {name!r} is not installed here ({exc})") from None
 
 
-def check_tflite_file(path: Path) -> bytes:
-    """Read a .tflite file and reject what is obviously not a TFLite flatbuffer.
-
-    Returns the bytes so the caller loads exactly what was checked.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EdgekitError(f"{path}: no such model file")
-    content = path.read_bytes()
-    if len(content) < 8 or content[4:8] != TFLITE_IDENTIFIER:
-        raise EdgekitError(
-            f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier); pass a .tflite file "
-            "written by the TFLite converter"
-        )
-    return content
-
-
 _PROBE = (
     "import sys, os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'\n"
     "from edgekit.compat import get_runtime\n"
@@ -145,7 +127,7 @@ def load_interpreter(
     Malformed files become an `EdgekitError` naming the file, never a crash of this process.
     """
     path = Path(path)
-    content = check_tflite_file(path)
+    content = read_tflite(path)
     rt = get_runtime(runtime)
     if rt.name not in _SAFE_ON_BAD_FILES:
         _probe_in_child(path, rt)

@@ -117,11 +117,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in args:
             raise EdgekitError(f"{where}: must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
-    if origin in (tuple, list):
+    if origin in (tuple, list) or tp in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise EdgekitError(f"{where}: expected a list, got {value!r}")
         inner = args[0] if args else Any
         return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise EdgekitError(f"{where}: expected a mapping, got {value!r}")
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, inner, f"{where}[{k!r}]") for k, v in value.items()}
     if tp is type(None):
         if value is not None:
             raise EdgekitError(f"{where}: expected nothing (null), got {value!r}")

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.artifacts import MANIFEST, read_manifest, sha256_file, verify_files
-from edgekit.transport.targets import Target, make_target
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
+from edgekit.transport.targets import Target, make_target
 
 log = logging.getLogger(__name__)
 
