@@ -6,6 +6,7 @@ Results go to stdout (`--json` for machines), progress and warnings to stderr. A
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -26,10 +27,20 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from edgekit import __version__
+
+        typer.echo(f"edgekit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the edgekit version and exit.")] = False,
 ) -> None:
     """edgekit: train → compress → bench → deploy → feedback, one artifact directory at a time."""
     _state["debug"] = debug
@@ -123,19 +134,19 @@ def train(
         name=name, runs_dir=str(runs_dir) if runs_dir else None,
     )
     result = run_training(config, resume=resume)
-    if not result.manifest:
+    if result.manifest is None:
         typer.echo("worker finished (the chief writes the run)", err=True)
         return
-    validation = result.manifest["metrics"]["validation"]
-    training = result.manifest["training"]
+    manifest = result.manifest
+    validation, training = manifest.metrics.validation, manifest.training
     emit(
-        {"run_dir": str(result.run_dir), "validation": validation, "training": training,
-         "wall_time_s": result.manifest["wall_time_s"]},
+        {"run_dir": str(result.run_dir), "validation": dataclasses.asdict(validation),
+         "training": dataclasses.asdict(training), "wall_time_s": manifest.wall_time_s},
         as_json,
-        f"run: {result.run_dir}\nvalidation accuracy: {validation['accuracy']:.4f} "
-        f"(macro-F1 {validation['macro_f1']:.4f}, n={validation['n']})\n"
-        f"epochs: {training['epochs_run']}, wall time {result.manifest['wall_time_s']:.0f} s, "
-        f"{training['throughput_images_per_s']} images/s",
+        f"run: {result.run_dir}\nvalidation accuracy: {validation.accuracy:.4f} "
+        f"(macro-F1 {validation.macro_f1:.4f}, n={validation.n})\n"
+        f"epochs: {training.epochs_run}, wall time {manifest.wall_time_s:.0f} s, "
+        f"{training.throughput_images_per_s} images/s",
     )
 
 
@@ -198,6 +209,8 @@ def compress(
     compare: Annotated[bool, typer.Option("--compare", help="Then print the table of every variant of the run.")]
     = False,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads for the accuracy pass.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a variant of the same name made by a different "
+                                                        "recipe (an identical recipe is never redone).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Turn a trained run into .tflite variants, each measured on the validation split.
@@ -206,39 +219,37 @@ def compress(
     $ edgekit compress runs/digits-20260101-120000 --prune 0.5 --qat --int8
     $ edgekit compress --recipe prune50-int8 --recipe cluster16-int8 --compare
     """
-    from edgekit.recipes import load_recipe, recipe_from_flags, shipped_recipes
+    from edgekit.recipes import check_unique_names, load_recipe, recipe_from_flags, shipped_recipes
 
-    names = list(recipe or []) + (shipped_recipes() if all_recipes else [])
-    recipes = [load_recipe(name) for name in names]
-    if any((int8, float16, dynamic, prune is not None, cluster is not None, qat)) or not recipes:
-        if not recipes and not any((int8, float16, dynamic, prune is not None, cluster is not None, qat)):
-            raise EdgekitError("nothing to do: pass --recipe NAME, --all, or a shorthand such as --int8")
+    if threads is not None and threads < 1:
+        raise EdgekitError(f"--threads {threads}: must be at least 1")
+    recipes = [load_recipe(name) for name in list(recipe or []) + (shipped_recipes() if all_recipes else [])]
+    shorthand = any((int8, float16, dynamic, prune is not None, cluster is not None, qat))
+    if shorthand:
         recipes.append(recipe_from_flags(int8=int8, float16=float16, dynamic=dynamic, prune=prune, qat=qat,
                                          cluster=cluster, uint8_io=uint8_io,
                                          calibration_samples=calibration_samples, epochs=epochs))
+    if not recipes:
+        raise EdgekitError("nothing to do: pass --recipe NAME, --all, or a shorthand such as --int8")
+    check_unique_names(recipes)
     if dry_run:
         typer.echo("---\n".join(r.to_yaml() for r in recipes))
         return
-    from edgekit.compress.pipeline import compress as run_compress
+    from edgekit.compress.pipeline import compress_all
     from edgekit.report import write_variant_report
 
     run = _run_dir(run_dir)
-    results = []
-    for item in recipes:
-        typer.echo(f"compressing {run.name} with recipe {item.name} ...", err=True)
-        variant = run_compress(run, item, threads=threads)
-        validation = variant.manifest["metrics"]["validation"]
-        results.append({"variant": item.name, "dir": str(variant.directory), "accuracy": validation["accuracy"],
-                        "size": variant.manifest["tflite"]["size"]})
-        if not as_json:
-            typer.echo(f"{item.name}: {variant.directory / 'model.tflite'}  accuracy {validation['accuracy']:.4f}  "
-                       f"size {variant.manifest['tflite']['size']:,} B")
+    variants = compress_all(run, recipes, threads=threads, force=force)
+    results = [{"variant": v.manifest.name, "dir": str(v.directory), "status": v.status,
+                "recipe_hash": v.manifest.recipe_hash, "accuracy": v.manifest.metrics.validation.accuracy,
+                "size": v.manifest.tflite["size"]} for v in variants]
+    if not as_json:
+        for r in results:
+            typer.echo(f"{r['variant']}: {r['dir']}/model.tflite  accuracy {r['accuracy']:.4f}  size {r['size']:,} B"
+                       f"  ({r['status']})")
     if compare:
         rows, markdown = write_variant_report(run)
-        if as_json:
-            typer.echo(json.dumps({"variants": results, "report": rows}, indent=2, default=str))
-        else:
-            typer.echo(markdown)
+        emit({"variants": results, "report": rows}, as_json, markdown)
     elif as_json:
         typer.echo(json.dumps({"variants": results}, indent=2))
 
@@ -258,8 +269,6 @@ def report(
 
     run = _run_dir(run_dir)
     rows, markdown = write_variant_report(run)
-    if not rows:
-        raise EdgekitError(f"{run}: no compressed variants yet; run `edgekit compress {run} --int8` first")
     emit({"run": str(run), "variants": rows}, as_json, markdown)
 
 
@@ -329,8 +338,10 @@ def bench(
     result = run_bench(variants, profile, settings)
     anchor = targets[0] if targets[0].is_dir() else targets[0].parent
     out_dir = out or anchor / "bench" / f"{profile.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    parents = [{"path": str(v.path.resolve()), "sha256": (v.manifest or {}).get("files", {}).get(
-        v.path.name, {}).get("sha256")} for v in variants]
+    from edgekit.manifests import ParentRef
+
+    parents = [ParentRef(path=str(v.path.resolve()), sha256=v.sha256, kind="variant" if v.manifest else None,
+                         file=v.path.name) for v in variants]
     write_results(out_dir, profile.name, result, {k: getattr(settings, k) for k in
                                                   ("threads", "runs", "warmup", "min_seconds", "delegate")},
                   parents)
@@ -476,19 +487,19 @@ def feedback_export(
 @app.command()
 @user_errors
 def info(
-    path: Annotated[Path, typer.Argument(help="A run, variant or result directory, or a file inside one.")],
+    path: Annotated[Path, typer.Argument(help="A run, variant or result directory, a file inside one, or any "
+                                              ".tflite model.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Show an artifact's manifest: what it is, where it came from, how it measured.
+    """Show what an artifact is, where it came from and how it measured; describe any .tflite model.
 
     $ edgekit info runs/digits-20260101-120000
+    $ edgekit info face_detector.tflite
     """
-    from edgekit.artifacts import read_manifest
-    from edgekit.report import describe_manifest
+    from edgekit.inspect import describe_path
 
-    directory = path if path.is_dir() else path.parent
-    manifest = read_manifest(directory)
-    emit(manifest, as_json, describe_manifest(directory, manifest))
+    payload, text = describe_path(path)
+    emit(payload, as_json, text)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ Both go through `edgekit.transport`, so the desktop and a Pi over SSH are reache
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
-from edgekit.artifacts import MANIFEST, sha256_file, verify_files
+from edgekit import manifests
+from edgekit.artifacts import MANIFEST, edgekit_home, sha256_file
 from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
 from edgekit.transport.targets import make_target
@@ -22,12 +22,9 @@ def _verified_manifest(model_path: Path, manifest_path: Path | None) -> Path | N
     manifest_path = manifest_path or model_path.parent / MANIFEST
     if not manifest_path.is_file():
         return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EdgekitError(f"{manifest_path}: not valid JSON; the file is damaged") from None
-    if model_path.name in (manifest.get("files") or {}):
-        verify_files(model_path.parent, manifest, names=[model_path.name])
+    manifest = manifests.read_file(manifest_path)
+    if model_path.name in manifest.files:
+        manifests.verify_files(model_path.parent, manifest, names=[model_path.name])
     return manifest_path
 
 
@@ -58,13 +55,26 @@ def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | No
     target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
     target.prepare()
     files = {name: {"path": target.path(name), "sha256": target.put(local, name)} for name, local in uploads.items()}
-    return {
+    record = _record_deployment(profile, target.workdir, target.path(model_rel), model_path, model_sha, files)
+    return {"record": str(record),
         "device": profile.name, "address": profile.address, "workdir": target.workdir,
         "runner": target.path(RUNNER_NAME), "model": target.path(model_rel),
         "model_sha256": model_sha, "files": files,
         "classify": f"{profile.interpreter} {shlex.quote(target.path(RUNNER_NAME))} classify "
                     f"{shlex.quote(target.path(model_rel))} IMAGE_OR_DIR",
     }
+
+
+def _record_deployment(profile: DeviceProfile, workdir: str, remote_model: str, model_path: Path, model_sha: str,
+                       files: dict) -> Path:
+    """A deployment manifest under $EDGEKIT_HOME/deployments/<device>/<sha12>: what went where, verified."""
+    directory = edgekit_home() / "deployments" / profile.name / model_sha[:12]
+    directory.mkdir(parents=True, exist_ok=True)
+    parent = manifests.ParentRef(path=str(model_path.resolve()), sha256=model_sha, file=model_path.name)
+    manifests.write(directory, manifests.DeploymentManifest(
+        device=profile.name, address=profile.address, workdir=workdir, model=remote_model, model_sha256=model_sha,
+        parent=parent, remote_files=files), [])
+    return directory
 
 
 def doctor(profile: DeviceProfile, *, runner: Path | None = None, accept_new_host_key: bool = False,

@@ -11,14 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifacts import (
-    MANIFEST,
-    atomic_path,
-    read_manifest,
-    sha256_file,
-    write_json_atomic,
-    write_manifest,
-)
+from edgekit import manifests
+from edgekit.artifacts import MANIFEST, atomic_path, sha256_file, write_json_atomic
 from edgekit.errors import EdgekitError
 
 
@@ -141,11 +135,11 @@ class EvalResult:
     out_dir: Path | None
 
 
-def find_manifest_for(model_path: Path) -> tuple[Path, dict] | None:
+def find_manifest_for(model_path: Path) -> tuple[Path, manifests.Manifest] | None:
     """The manifest that describes a model file: the one in its directory (runs and variants)."""
     directory = Path(model_path).parent
     if (directory / MANIFEST).is_file():
-        return directory, read_manifest(directory)
+        return directory, manifests.read(directory)
     return None
 
 
@@ -165,13 +159,10 @@ def write_eval(out_dir: Path, model_path: Path, metrics: dict, runtime: dict, la
     write_json_atomic(out_dir / "metrics.json", {"metrics": metrics, "runtime": runtime})
     plot_confusion(metrics["confusion_matrix"], labels, f"{model_path.name}: accuracy {metrics['accuracy']:.3f}",
                    out_dir / "confusion.png")
-    write_manifest(out_dir, {
-        "kind": "eval",
-        "parent": {"path": str(model_path.resolve()), "sha256": sha256_file(model_path)},
-        "dataset": dataset,
-        "runtime": runtime,
-        "metrics": {k: v for k, v in metrics.items() if k not in ("predictions",)},
-    }, ["metrics.json", "confusion.png"])
+    parent = manifests.ParentRef(path=str(model_path.resolve()), sha256=sha256_file(model_path), file=model_path.name)
+    manifests.write(out_dir, manifests.EvalManifest(parent=parent, dataset=dataset, runtime=runtime,
+                                                    metrics=manifests.to_metrics(metrics)),
+                    ["metrics.json", "confusion.png"])
 
 
 def summary_line(metrics: dict) -> str:
@@ -179,26 +170,27 @@ def summary_line(metrics: dict) -> str:
             f"precision {metrics['macro_precision']:.4f}  recall {metrics['macro_recall']:.4f}  (n={metrics['n']})")
 
 
-def resolve_model(path: Path) -> tuple[Path, dict | None]:
+def resolve_model(path: Path) -> tuple[Path, manifests.RunManifest | manifests.VariantManifest | None]:
     """A model file and its manifest (checked against the file's sha256), from a file or directory."""
-    from edgekit.artifacts import verify_files
-
     path = Path(path)
     if path.is_dir():
-        manifest = read_manifest(path)
-        model_file = path / manifest.get("model", {}).get("file", "model.keras")
-        verify_files(path, manifest, [model_file.name])
+        manifest = manifests.read(path)
+        if not isinstance(manifest, (manifests.RunManifest, manifests.VariantManifest)):
+            raise EdgekitError(f"{path}: is a {manifest.KIND} artifact; pass a run or variant directory or a model")
+        model_file = path / manifest.model.file
+        manifests.verify_files(path, manifest, [model_file.name])
         return model_file, manifest
     if not path.exists():
         raise EdgekitError(f"{path}: no such model file or directory")
     found = find_manifest_for(path)
-    if found and path.name in found[1].get("files", {}):
-        verify_files(found[0], found[1], [path.name])
+    if found and path.name in found[1].files and isinstance(found[1], (manifests.RunManifest,
+                                                                      manifests.VariantManifest)):
+        manifests.verify_files(found[0], found[1], [path.name])
         return path, found[1]
     return path, None
 
 
-def evaluation_data(manifest: dict | None, data: str | None, image_size: int, strict: bool = False):
+def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = False):
     """(pixels, targets, labels, dataset record): `--data` when given, else the run's validation split."""
     from edgekit.data import (
         DataSpec,
@@ -209,13 +201,13 @@ def evaluation_data(manifest: dict | None, data: str | None, image_size: int, st
         spec_from_description,
     )
 
-    labels = tuple(manifest["model"]["labels"]) if manifest else None
+    labels = tuple(manifest.model.labels) if manifest else None
     if data is None:
-        if manifest is None or "dataset" not in manifest:
+        if manifest is None or not manifest.dataset:
             raise EdgekitError("this model has no manifest naming its dataset; pass --data DIR")
-        splits = load_dataset(spec_from_description(manifest["dataset"], image_size))
+        splits = load_dataset(spec_from_description(manifest.dataset, image_size))
         images = splits.validation
-        record = {"source": "validation split of the training run", **manifest["dataset"]}
+        record = {"source": "validation split of the training run", **manifest.dataset}
     else:
         root = Path(data)
         for split in ("test", "validation", "val"):

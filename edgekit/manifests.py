@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from edgekit.artifacts import MANIFEST, file_record, library_versions, utc_now, write_json_atomic
+from edgekit.artifacts import MANIFEST, file_record, library_versions, sha256_file, utc_now, write_json_atomic
 from edgekit.config import from_mapping
 from edgekit.errors import EdgekitError
 
@@ -265,6 +265,14 @@ def read(directory: Path, expected: type[M] | None = None) -> M:
     if not path.is_file():
         what = f"an edgekit {expected.KIND}" if expected else "an edgekit artifact (run, variant, ...)"
         raise EdgekitError(f"{directory}: no {MANIFEST}, so not {what} directory")
+    return read_file(path, expected)
+
+
+def read_file(path: Path, expected: type[M] | None = None) -> M:
+    """A manifest file by path (the one `read` finds in a directory, or one passed on its own)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgekitError(f"{path}: no such manifest file")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -296,3 +304,20 @@ def parent_ref(directory: Path, manifest: Manifest, main_file: str | None = None
     main_file = main_file or manifest.MAIN_FILE
     return ParentRef(path=str(Path(directory).resolve()), sha256=manifest.sha256(main_file), kind=manifest.KIND,
                      file=main_file)
+
+
+def verify_files(directory: Path, manifest: Manifest | None = None, names: list[str] | None = None) -> Manifest:
+    """Check that files listed in the manifest still have their recorded sha256; returns the manifest."""
+    directory = Path(directory)
+    manifest = manifest if manifest is not None else read(directory)
+    for name in names if names is not None else list(manifest.files):
+        if name not in manifest.files:
+            raise EdgekitError(f"{directory / MANIFEST}: lists no file {name!r}")
+        path = directory / name
+        if not path.is_file():
+            raise EdgekitError(f"{path}: missing, but listed in {MANIFEST}; the artifact is incomplete")
+        actual, recorded = sha256_file(path), manifest.files[name].sha256
+        if actual != recorded:
+            raise EdgekitError(f"{path}: sha256 {actual[:12]}… does not match {recorded[:12]}… in {MANIFEST}; the "
+                               "file was changed after it was written — re-create it")
+    return manifest

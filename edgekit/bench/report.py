@@ -13,7 +13,8 @@ import platform
 import time
 from pathlib import Path
 
-from edgekit.artifacts import atomic_path, library_versions, write_json_atomic, write_manifest, write_text_atomic
+from edgekit import manifests
+from edgekit.artifacts import atomic_path, library_versions, write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
 from edgekit.report import human_size, markdown_table
 
@@ -109,7 +110,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_results(out_dir: Path, device_name: str, result, settings: dict, parents: list[dict]) -> Path:
+def write_results(out_dir: Path, device_name: str, result, settings: dict,
+                  parents: list[manifests.ParentRef]) -> Path:
     """Write results.json/.csv/.md and pareto.png into `out_dir`, described by a manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"device": device_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "partial": result.partial,
@@ -122,8 +124,8 @@ def write_results(out_dir: Path, device_name: str, result, settings: dict, paren
     files = ["results.json", "results.csv", "results.md"]
     if pareto_plot(result.rows, f"{device_name}: accuracy vs p90 latency", out_dir / "pareto.png"):
         files.append("pareto.png")
-    write_manifest(out_dir, {"kind": "bench", "device": device_name, "parents": parents,
-                             "partial": result.partial}, files)
+    manifests.write(out_dir, manifests.BenchManifest(device=device_name, parents=tuple(parents),
+                                                     partial=result.partial, settings=settings), files)
     return out_dir
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifacts import MANIFEST, read_manifest, sha256_file, verify_files
+from edgekit import manifests
+from edgekit.artifacts import sha256_file
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
 from edgekit.transport.targets import Target, make_target
@@ -29,13 +30,17 @@ OUTPUT_TOLERANCE = 1e-4  # float outputs from another build of the same runtime 
 
 
 @dataclass
-class Variant:
-    """A .tflite file to benchmark, with its manifest when it has one."""
+class BenchModel:
+    """A .tflite file to benchmark, with its variant manifest when it has one (any .tflite works)."""
 
     name: str
     path: Path
-    manifest: dict | None = None
+    manifest: manifests.VariantManifest | None = None
     problem: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return sha256_file(self.path)
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,11 @@ class BenchResult:
     partial: bool = False
 
 
-def collect_variants(paths: list[Path]) -> list[Variant]:
+def collect_variants(paths: list[Path]) -> list[BenchModel]:
     """Expand run directories into their compressed variants; keep explicit .tflite files as given."""
-    variants: list[Variant] = []
+    variants: list[BenchModel] = []
     for path in map(Path, paths):
-        if path.is_dir() and (path / MANIFEST).is_file() and read_manifest(path).get("kind") == "run":
+        if path.is_dir() and isinstance(manifests.read_optional(path), manifests.RunManifest):
             found = sorted(path.glob("compressed/*/model.tflite"))
             if not found:
                 raise EdgekitError(f"{path}: no compressed variants; run `edgekit compress {path} --int8` first")
@@ -75,29 +80,29 @@ def collect_variants(paths: list[Path]) -> list[Variant]:
     return variants
 
 
-def _variant(path: Path) -> Variant:
+def _variant(path: Path) -> BenchModel:
     if not path.is_file():
         raise EdgekitError(f"{path}: no such model file")
     directory = path.parent
-    if not (directory / MANIFEST).is_file():
-        return Variant(path.stem, path)
-    manifest = read_manifest(directory)
-    name = manifest.get("name") or path.stem
+    manifest = manifests.read_optional(directory)
+    if not isinstance(manifest, manifests.VariantManifest) or path.name not in manifest.files:
+        return BenchModel(path.stem, path)
+    name = manifest.name or path.stem
     try:
-        verify_files(directory, manifest, [path.name])
+        manifests.verify_files(directory, manifest, [path.name])
     except EdgekitError as exc:
-        return Variant(name, path, manifest, problem=str(exc))
-    return Variant(name, path, manifest)
+        return BenchModel(name, path, manifest, problem=str(exc))
+    return BenchModel(name, path, manifest)
 
 
-def bench_inputs(variant: Variant, out: Path, count: int) -> np.ndarray | None:
+def bench_inputs(variant: BenchModel, out: Path, count: int) -> np.ndarray | None:
     """Validation images at the model's size, saved as .npz for the runner; None without a dataset."""
     from edgekit.data import load_dataset, load_pixels, spec_from_description
 
-    if not variant.manifest or "dataset" not in variant.manifest:
+    if variant.manifest is None or not variant.manifest.dataset:
         return None
-    size = variant.manifest["model"]["input_size"][0]
-    splits = load_dataset(spec_from_description(variant.manifest["dataset"], size))
+    size = variant.manifest.model.image_size
+    splits = load_dataset(spec_from_description(variant.manifest.dataset, size))
     images = splits.validation.subset(np.arange(min(count, len(splits.validation))))
     pixels = load_pixels(images, size)
     np.savez(out, x=pixels)
@@ -125,22 +130,18 @@ def _compare_outputs(report: dict, reference: np.ndarray, dequantize) -> dict:
             "equal": argmax_equal and diff <= OUTPUT_TOLERANCE}
 
 
-def _dequantizer(manifest: dict | None):
-    outputs = ((manifest or {}).get("tflite") or {}).get("outputs") or []
-    quant = outputs[0].get("quantization") if outputs else None
-    if outputs and str(outputs[0].get("dtype")) in ("int8", "uint8") and quant:
-        scale, zero_point = quant["scale"], quant["zero_point"]
-        scale = scale[0] if isinstance(scale, list) else scale
-        zero_point = zero_point[0] if isinstance(zero_point, list) else zero_point
-        return lambda raw: (raw - zero_point) * scale
-    return lambda raw: raw
+def _dequantizer(path: Path):
+    """Raw outputs the runner recorded → real numbers, with the file's own output quantization."""
+    from edgekit.tflite import dequantizer, parse_file
+
+    return dequantizer(parse_file(path).outputs[0].as_dict())
 
 
-def _row(variant: Variant, profile: DeviceProfile, threads: int | None, delegate: str | None) -> dict:
-    metrics = ((variant.manifest or {}).get("metrics") or {}).get("validation") or {}
+def _row(variant: BenchModel, profile: DeviceProfile, threads: int | None, delegate: str | None) -> dict:
+    accuracy = variant.manifest.metrics.validation.accuracy if variant.manifest else None
     return {"variant": variant.name, "path": str(variant.path), "device": profile.name, "threads": threads,
             "delegate": delegate or "none", "size": variant.path.stat().st_size,
-            "accuracy": metrics.get("accuracy"), "status": "ok", "error": None}
+            "accuracy": accuracy, "status": "ok", "error": None}
 
 
 def _fill_row(row: dict, report: dict, check: dict, profile: DeviceProfile) -> None:
@@ -168,7 +169,7 @@ def _delegate_runs(profile: DeviceProfile, settings: BenchSettings) -> list[str 
     return [None] if delegate is None else [None, delegate]
 
 
-def run_bench(variants: list[Variant], profile: DeviceProfile, settings: BenchSettings) -> BenchResult:
+def run_bench(variants: list[BenchModel], profile: DeviceProfile, settings: BenchSettings) -> BenchResult:
     target = make_target(profile, accept_new_host_key=settings.accept_new_host_key)
     result = BenchResult(device={"profile": profile.name, "address": getattr(profile, "address", None)})
     try:
@@ -189,7 +190,7 @@ def run_bench(variants: list[Variant], profile: DeviceProfile, settings: BenchSe
     return result
 
 
-def _bench_variant(target: Target, variant: Variant, profile: DeviceProfile, settings: BenchSettings,
+def _bench_variant(target: Target, variant: BenchModel, profile: DeviceProfile, settings: BenchSettings,
                    scratch: Path, result: BenchResult) -> None:
     delegates = _delegate_runs(profile, settings)
     if variant.problem:
@@ -227,7 +228,7 @@ def _bench_variant(target: Target, variant: Variant, profile: DeviceProfile, set
                 report = target.run_runner(args, timeout=settings.timeout_s, check=False)
                 if report.get("error") and not report.get("latency_ms"):
                     raise EdgekitError(_delegate_message(delegate, report["error"]))
-                _fill_row(row, report, _compare_outputs(report, reference, _dequantizer(variant.manifest)),
+                _fill_row(row, report, _compare_outputs(report, reference, _dequantizer(variant.path)),
                           profile)
             except EdgekitError as exc:
                 row.update(status="error", error=str(exc))

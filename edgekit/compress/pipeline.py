@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import manifests
-from edgekit.artifacts import verify_files, write_bytes_atomic, write_text_atomic
+from edgekit.artifacts import check_writable, write_bytes_atomic, write_text_atomic
 from edgekit.data import calibration_images, load_dataset, load_pixels, make_pipeline, spec_from_description
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
@@ -61,7 +61,7 @@ def load_context(run_dir: Path) -> CompressContext:
     """Verify the run, then load its model, dataset, validation pixels and the float model's outputs."""
     run_dir = Path(run_dir)
     run = manifests.read(run_dir, manifests.RunManifest)
-    verify_files(run_dir, names=[run.MAIN_FILE])
+    manifests.verify_files(run_dir, run, names=[run.MAIN_FILE])
     model = load_keras_model(run_dir / run.MAIN_FILE)
     splits = load_dataset(spec_from_description(run.dataset, run.model.image_size))
     val_pixels = load_pixels(splits.validation, run.model.image_size)
@@ -154,6 +154,35 @@ def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return Variant(final_dir, manifest, status="replaced" if replacing else "written")
+
+
+def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = None,
+                 force: bool = False) -> list[Variant]:
+    """Apply several recipes to one run, loading the run, its data and the float reference only once.
+
+    Recipes whose identical variant already exists are reported unchanged without loading anything.
+    """
+    from edgekit.recipes import check_unique_names
+
+    check_unique_names(recipes)
+    if threads is not None and threads < 1:
+        raise EdgekitError(f"--threads {threads}: must be at least 1")
+    run_dir = Path(run_dir)
+    manifests.read(run_dir, manifests.RunManifest)
+    done = {recipe.name: existing_variant(run_dir, recipe, force) for recipe in recipes}
+    check_writable(run_dir / COMPRESSED_DIR)
+    context = None
+    variants = []
+    for recipe in recipes:
+        if done[recipe.name] is not None:
+            log.info("%s: an identical variant exists (recipe hash %s); nothing to do", recipe.name,
+                     done[recipe.name].manifest.recipe_hash)
+            variants.append(done[recipe.name])
+            continue
+        context = context or load_context(run_dir)
+        log.info("compressing %s with recipe %s", run_dir.name, recipe.name)
+        variants.append(compress(run_dir, recipe, threads=threads, force=force, context=context))
+    return variants
 
 
 def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict, list[dict]]:
