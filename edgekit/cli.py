@@ -496,7 +496,7 @@ def info(
     $ edgekit info runs/digits-20260101-120000
     $ edgekit info face_detector.tflite
     """
-    from edgekit.inspect import describe_path
+    from edgekit.info import describe_path
 
     payload, text = describe_path(path)
     emit(payload, as_json, text)

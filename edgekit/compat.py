@@ -17,13 +17,25 @@ from pathlib import Path
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from edgekit.quiet import native_stderr_filtered  # noqa: E402
+
+with native_stderr_filtered():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    tf.get_logger().setLevel("ERROR")
+    # The first device query probes CUDA, which logs an error line on machines without a GPU: do it here.
+    _GPUS = tf.config.list_physical_devices("GPU")
 
 from edgekit.errors import EdgekitError  # noqa: E402
 from edgekit.tflite import read_tflite  # noqa: E402
 
-__all__ = ["tf", "keras", "Runtime", "available_runtimes", "load_interpreter"]
+__all__ = ["tf", "keras", "Runtime", "available_runtimes", "load_interpreter", "gpus"]
+
+
+def gpus() -> list:
+    """The GPUs TensorFlow sees (asked once, quietly, at import)."""
+    return list(_GPUS)
 
 
 @dataclass(frozen=True)
@@ -138,10 +150,11 @@ def load_interpreter(
         except (ValueError, OSError, RuntimeError) as exc:
             raise EdgekitError(f"delegate {delegate!r} failed to load: {exc}") from None
     try:
-        interpreter = rt.interpreter_class(
-            model_content=content, num_threads=num_threads, experimental_delegates=delegates
-        )
-        interpreter.allocate_tensors()
+        with native_stderr_filtered():
+            interpreter = rt.interpreter_class(
+                model_content=content, num_threads=num_threads, experimental_delegates=delegates
+            )
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgekitError(f"{path}: {rt.name} cannot load this model ({first[:200]})") from None

@@ -22,7 +22,7 @@ from pathlib import Path
 from edgekit import config as cfg
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, atomic_path, default_runs_dir, utc_now, write_json_atomic, write_text_atomic
-from edgekit.compat import keras, tf
+from edgekit.compat import gpus, keras, tf
 from edgekit.data import DataSpec, load_dataset, load_pixels, make_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, evaluate_predictor
@@ -63,18 +63,18 @@ def _tf_config() -> dict | None:
 
 def select_strategy(name: str):
     """The tf.distribute strategy for `--strategy`, and a short description of it."""
-    gpus = tf.config.list_physical_devices("GPU")
+    found = gpus()
     if name == "auto":
         if _tf_config():
             name = "multiworker"
-        elif len(gpus) > 1:
+        elif len(found) > 1:
             name = "mirrored"
         else:
             name = "default"
     if name == "default":
         return tf.distribute.get_strategy(), "default"
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(), f"mirrored ({len(gpus)} GPU)" if gpus else "mirrored (CPU)"
+        return tf.distribute.MirroredStrategy(), f"mirrored ({len(found)} GPU)" if found else "mirrored (CPU)"
     if name == "multiworker":
         config = _tf_config()
         if not config or "cluster" not in config:
@@ -101,7 +101,7 @@ def use_mixed_precision(setting: str) -> bool:
         return True
     if setting == "off":
         return False
-    return bool(tf.config.list_physical_devices("GPU"))
+    return bool(gpus())
 
 
 # ---------------------------------------------------------------- the run directory
@@ -301,7 +301,7 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
         shutil.rmtree(work_dir, ignore_errors=True)
         return TrainResult(run_dir, None)
     model = _exportable_copy(fit.model, model_spec, work_dir / BEST_WEIGHTS)
-    hardware = {"gpus": len(tf.config.list_physical_devices("GPU")), "strategy": strategy_name,
+    hardware = {"gpus": len(gpus()), "strategy": strategy_name,
                 "replicas": strategy.num_replicas_in_sync, "mixed_precision": mixed}
     manifest = _write_run(run_dir, config, splits, model, model_spec, fit, hardware, started)
     return TrainResult(run_dir, manifest)
