@@ -481,6 +481,86 @@ def feedback_export(
     emit(report, as_json, report_markdown(report) + f"\nwritten to {out}")
 
 
+# ---------------------------------------------------------------- devices, recipes
+
+devices_app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+app.add_typer(devices_app, name="devices")
+recipes_app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+@devices_app.callback()
+@user_errors
+def devices_group(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List device profiles: shipped ones and your own in $EDGEKIT_HOME/devices.
+
+    $ edgekit devices
+    $ edgekit devices show pi
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgekit.devices import list_profiles
+
+    profiles = list_profiles()
+    rows = [{"name": p.name, "aliases": list(p.aliases), "connection": p.connection, "address": p.address,
+             "arch": p.arch, "runtime": p.runtime, "delegate": p.delegate, "source": p.source} for p in profiles]
+    from edgekit.report import markdown_table
+
+    emit({"devices": rows}, as_json, markdown_table(
+        ["name", "aliases", "connection", "address", "arch", "runtime", "delegate", "source"],
+        [[r["name"], ", ".join(r["aliases"]) or "-", r["connection"], r["address"], r["arch"], r["runtime"],
+          r["delegate"], r["source"]] for r in rows]))
+
+
+@devices_app.command("show")
+@user_errors
+def devices_show(name: Annotated[str, typer.Argument(help="Device name, alias or profile .yaml file.")]) -> None:
+    """Print one device profile as YAML, with the file it comes from.
+
+    $ edgekit devices show rpi4
+    """
+    from edgekit.devices import load_profile
+
+    profile = load_profile(name)
+    typer.echo(f"# {profile.source}\n{Path(profile.source).read_text()}")
+
+
+@recipes_app.callback()
+@user_errors
+def recipes_group(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List compression recipes: shipped ones and your own in $EDGEKIT_HOME/recipes.
+
+    $ edgekit recipes
+    $ edgekit recipes show prune50-int8
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgekit.recipes import load_recipe, recipe_sources
+    from edgekit.report import markdown_table
+
+    rows = []
+    for name, source in recipe_sources().items():
+        recipe = load_recipe(name)
+        rows.append({"name": name, "stages": [s.type for s in recipe.stages], "description": recipe.description,
+                     "source": source})
+    emit({"recipes": rows}, as_json, markdown_table(
+        ["name", "stages", "description", "source"],
+        [[r["name"], " → ".join(r["stages"]), r["description"], r["source"]] for r in rows]))
+
+
+@recipes_app.command("show")
+@user_errors
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or .yaml file.")]) -> None:
+    """Print one recipe as the YAML edgekit applies (validated).
+
+    $ edgekit recipes show int8-qat
+    """
+    from edgekit.recipes import load_recipe
+
+    recipe = load_recipe(name)
+    typer.echo(f"# {recipe.source}\n{recipe.to_yaml()}")
+
+
 # ---------------------------------------------------------------- info
 
 

@@ -144,19 +144,48 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_mapping(cls: type, mapping: dict, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types.
+def wants(description: str, check=None) -> dict:
+    """Field metadata for `from_mapping`: what a valid value is, in words, and an optional value check.
 
-    `where` prefixes every message (e.g. "recipes/int8.yaml: stage 2 (prune)").
+    `field(default=..., metadata=wants("an integer port between 1 and 65535", lambda v: 0 < v < 65536))`
+    makes both a wrong type and a failed check read "field 'port' must be an integer port ..., got 70000".
+    """
+    return {"wants": description, "check": check}
+
+
+def _field_value(f: dataclasses.Field, value: Any, hint: Any, where: str) -> Any:
+    described = f.metadata.get("wants")
+    try:
+        value = _coerce(value, hint, f"{where}: field {f.name!r}")
+    except EdgekitError:
+        if not described:
+            raise
+        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {value!r}") from None
+    check = f.metadata.get("check")
+    if check is not None and value is not None and not check(value):
+        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {value!r}")
+    return value
+
+
+def from_mapping(cls: type, mapping: dict, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys, missing required ones and wrong values.
+
+    This is edgekit's one strict loader for everything a user writes (recipes, device profiles, search
+    spaces) and everything edgekit reads back (manifests). `where` prefixes every message
+    (e.g. "recipes/int8.yaml: stage 2 (prune)").
     """
     if not isinstance(mapping, dict):
         raise EdgekitError(f"{where}: expected a mapping of fields, got {mapping!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(mapping) - known)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    known = [f.name for f in fields]
+    unknown = sorted(str(key) for key in mapping if key not in known)
     if unknown:
-        raise EdgekitError(
-            f"{where}: unknown field {unknown[0]!r}; known fields are {', '.join(sorted(known))}"
-        )
-    values = {name: _coerce(value, hints[name], f"{where}: field {name!r}") for name, value in mapping.items()}
+        raise EdgekitError(f"{where}: unknown field {unknown[0]!r}; known fields: {', '.join(known)}")
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and mapping.get(f.name) is None:
+            described = f.metadata.get("wants")
+            raise EdgekitError(f"{where}: missing required field {f.name!r}" + (f" ({described})" if described else ""))
+    values = {f.name: _field_value(f, mapping[f.name], hints[f.name], where) for f in fields if f.name in mapping}
     return cls(**values)

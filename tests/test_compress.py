@@ -10,7 +10,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.artifacts import verify_files
+from edgekit.manifests import VariantManifest, verify_files
 from edgekit.cli import app
 from edgekit.compress.pipeline import compress
 from edgekit.devices import runner_path
@@ -76,17 +76,17 @@ def test_variant_manifest_describes_the_exact_file(variants, tiny_run):
     int8 = variants["int8-ptq"]
     manifest = verify_files(int8)
     run_manifest = json.loads((tiny_run / "manifest.json").read_text())
-    assert manifest["kind"] == "variant"
-    assert manifest["parent"]["sha256"] == run_manifest["files"]["model.keras"]["sha256"]
-    assert manifest["recipe"]["stages"][0]["mode"] == "int8"
+    assert isinstance(manifest, VariantManifest) and len(manifest.recipe_hash) == 16
+    assert manifest.parent.sha256 == run_manifest["files"]["model.keras"]["sha256"]
+    assert manifest.recipe["stages"][0]["mode"] == "int8"
     assert (int8 / "recipe.yaml").read_text().startswith("name: int8-ptq")
-    tflite = manifest["tflite"]
+    tflite = manifest.tflite
     assert tflite["size"] == (int8 / "model.tflite").stat().st_size and 0 < tflite["gzip_size"] < tflite["size"]
-    assert manifest["model"]["labels"] == run_manifest["model"]["labels"]
-    validation = manifest["metrics"]["validation"]
-    assert validation["n"] == 359 and "macro_f1" in validation
-    assert manifest["runtime"]["name"] == "litert"
-    assert 0 <= manifest["metrics"]["output_abs_diff_vs_float"]["mean"] <= 1
+    assert list(manifest.model.labels) == run_manifest["model"]["labels"]
+    validation = manifest.metrics.validation
+    assert validation.n == 359 and 0 <= validation.macro_f1 <= 1
+    assert manifest.runtime["name"] == "litert"
+    assert 0 <= manifest.metrics.output_abs_diff_vs_float.mean <= 1
 
 
 def test_int8_is_a_fraction_of_float32(variants):
@@ -172,21 +172,21 @@ def test_eval_of_a_truncated_tflite_is_one_line(variants, tmp_path):
 def test_prune_qat_int8_shorthand_end_to_end(tiny_run):
     variant = compress(tiny_run, recipe_from_flags(prune=0.5, qat=True, int8=True, epochs=1))
     manifest = variant.manifest
-    assert manifest["sparsity"]["overall"] == pytest.approx(0.5, abs=0.06)
-    assert manifest["tflite"]["gzip_size"] < 0.8 * manifest["tflite"]["size"]
+    assert manifest.sparsity["overall"] == pytest.approx(0.5, abs=0.06)
+    assert manifest.tflite["gzip_size"] < 0.8 * manifest.tflite["size"]
 
 
 def test_edgetpu_recipe_writes_a_uint8_static_model_and_a_report(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("compressed", "bench"))
     variant = compress(run, load_recipe("edgetpu"))
-    tflite = variant.manifest["tflite"]
+    tflite = variant.manifest.tflite
     assert tflite["inputs"][0]["dtype"] == "uint8" and tflite["outputs"][0]["dtype"] == "uint8"
     assert tflite["inputs"][0]["shape"][0] == 1
     report = json.loads((variant.directory / "edgetpu_report.json").read_text())
     assert report["n_ops"] > 50 and report["compatible"], report["summary"]
-    assert variant.manifest["edgetpu"]["compiler"]["found"] is False
-    assert "edgetpu_compiler not found" in variant.manifest["edgetpu"]["compiler"]["message"]
+    assert variant.manifest.edgetpu["compiler"]["found"] is False
+    assert "edgetpu_compiler not found" in variant.manifest.edgetpu["compiler"]["message"]
 
 
 def test_run_without_a_model_is_refused(tiny_run, tmp_path):
