@@ -100,6 +100,11 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against a (simple) annotation; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
@@ -107,40 +112,43 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if value is not None and len(options) == 1:  # `X | None`: X's own message is the useful one
+            return _coerce(value, options[0], where)
         for option in args:
             try:
                 return _coerce(value, option, where)
             except EdgekitError:
                 continue
-        raise EdgekitError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise EdgekitError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {_short(value)}")
     if origin is Literal:
         if value not in args:
-            raise EdgekitError(f"{where}: must be one of {', '.join(map(str, args))}, got {value!r}")
+            raise EdgekitError(f"{where}: must be one of {', '.join(map(str, args))}, got {_short(value)}")
         return value
     if origin in (tuple, list) or tp in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise EdgekitError(f"{where}: expected a list, got {value!r}")
+            raise EdgekitError(f"{where}: expected a list, got {_short(value)}")
         inner = args[0] if args else Any
         return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise EdgekitError(f"{where}: expected a mapping, got {value!r}")
+            raise EdgekitError(f"{where}: expected a mapping, got {_short(value)}")
         inner = args[1] if len(args) == 2 else Any
         return {k: _coerce(v, inner, f"{where}[{k!r}]") for k, v in value.items()}
     if tp is type(None):
         if value is not None:
-            raise EdgekitError(f"{where}: expected nothing (null), got {value!r}")
+            raise EdgekitError(f"{where}: expected nothing (null), got {_short(value)}")
         return None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, bool):
-        raise EdgekitError(f"{where}: expected int, got {value!r}")
+        raise EdgekitError(f"{where}: expected int, got {_short(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise EdgekitError(f"{where}: expected a mapping, got {value!r}")
+            raise EdgekitError(f"{where}: expected a mapping, got {_short(value)}")
         return from_mapping(tp, value, where)
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise EdgekitError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise EdgekitError(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
     return value
 
 
@@ -160,10 +168,10 @@ def _field_value(f: dataclasses.Field, value: Any, hint: Any, where: str) -> Any
     except EdgekitError:
         if not described:
             raise
-        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {value!r}") from None
+        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {_short(value)}") from None
     check = f.metadata.get("check")
     if check is not None and value is not None and not check(value):
-        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {value!r}")
+        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {_short(value)}")
     return value
 
 
