@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from edgekit import manifests
-from edgekit.manifests import RunManifest, verify_files
 from edgekit.config import TrainConfig
 from edgekit.errors import EdgekitError
+from edgekit.manifests import RunManifest, verify_files
 from edgekit.train import train
 
 
