@@ -37,7 +37,7 @@ class TFLitePredictor:
     """
 
     def __init__(self, path: Path, num_threads: int | None = None, runtime: str | None = None):
-        from edgekit.compat import load_interpreter
+        from edgekit.interpreters import load_interpreter
 
         self.path = Path(path)
         self.interpreter, rt = load_interpreter(self.path, num_threads=num_threads, runtime=runtime)

@@ -23,6 +23,7 @@ from edgekit import config as cfg
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, atomic_path, default_runs_dir, utc_now, write_json_atomic, write_text_atomic
 from edgekit.compat import gpus, keras, tf
+from edgekit.compress.finetune import EpochProgress
 from edgekit.data import DataSpec, load_dataset, load_pixels, make_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, evaluate_predictor
@@ -130,9 +131,10 @@ def load_resume_config(run_dir: Path) -> cfg.TrainConfig:
     return dataclasses.replace(config, runs_dir=str(run_dir.parent), name=run_dir.name)
 
 
-def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig) -> list:
+def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig, epochs: int) -> list:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return [
+    progress = [EpochProgress(f"train ({phase})", epochs)] if epochs and not sys.stderr.isatty() else []
+    return [*progress,
         keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
         keras.callbacks.ModelCheckpoint(str(run_dir / BEST_WEIGHTS), monitor="val_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True),
@@ -245,7 +247,8 @@ def _fit_phases(config: cfg.TrainConfig, splits, model, strategy, work_dir: Path
         with contextlib.redirect_stdout(sys.stderr):  # progress is not a result: keep stdout for results
             history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
                                 steps_per_epoch=config.steps_per_epoch, validation_steps=None,
-                                callbacks=_callbacks(work_dir, phase, config), verbose=_verbosity(chief))
+                                callbacks=_callbacks(work_dir, phase, config, last if chief else 0),
+                                verbose=_verbosity(chief))
         fit.fit_seconds += time.time() - phase_start
         steps = config.steps_per_epoch or -(-len(splits.train) // config.batch_size)
         fit.images_seen += len(history.epoch) * min(len(splits.train), steps * config.batch_size)
@@ -254,10 +257,8 @@ def _fit_phases(config: cfg.TrainConfig, splits, model, strategy, work_dir: Path
 
 
 def _verbosity(chief: bool) -> int:
-    """A progress bar on a terminal, one line per epoch otherwise (logs, CI), nothing from workers."""
-    if not chief:
-        return 0
-    return 1 if sys.stderr.isatty() else 2
+    """Keras's progress bar on a terminal; elsewhere (logs, CI) `EpochProgress` writes one line per epoch."""
+    return 1 if chief and sys.stderr.isatty() else 0
 
 
 def epochs_in_history(run_dir: Path) -> int:

@@ -64,7 +64,7 @@ def converted(trained, calibration):
 
 def run_tflite(content: bytes, images: np.ndarray) -> np.ndarray:
     """Float outputs of a .tflite model for float pixels, (de)quantizing integer input and output."""
-    from edgekit.compat import get_runtime
+    from edgekit.interpreters import get_runtime
 
     interpreter = get_runtime().interpreter_class(model_content=content)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
