@@ -227,11 +227,15 @@ def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = 
 def evaluate_model(path: Path, data: str | None = None, out_dir: Path | None = None,
                    num_threads: int | None = None, strict: bool = False, write: bool = True) -> EvalResult:
     """`edgekit eval`: metrics of a .keras or .tflite model on its validation split or a folder."""
+    from edgekit.artifacts import check_writable
+
     model_file, manifest = resolve_model(Path(path))
+    if write:
+        out_dir = Path(out_dir) if out_dir else model_file.parent / f"eval-{model_file.stem}"
+        check_writable(out_dir)
     predictor = open_predictor(model_file, num_threads=num_threads)
     pixels, targets, labels, record = evaluation_data(manifest, data, predictor.input_size[0], strict)
     metrics = evaluate_predictor(predictor, pixels, targets, labels)
     if write:
-        out_dir = Path(out_dir) if out_dir else model_file.parent / f"eval-{model_file.stem}"
         write_eval(out_dir, model_file, metrics, predictor.runtime, labels, record)
     return EvalResult(metrics, predictor.runtime, out_dir if write else None)

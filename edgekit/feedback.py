@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from edgekit import manifests
-from edgekit.artifacts import edgekit_home, sha256_file, write_json_atomic, write_text_atomic
+from edgekit.artifacts import check_writable, edgekit_home, sha256_file, write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
 from edgekit.report import markdown_table
 
@@ -43,6 +43,7 @@ def import_db(db_path: Path, name: str | None = None, samples_dir: Path | None =
     """Snapshot a runner database and its samples under $EDGEKIT_HOME/feedback/<name>/."""
     db_path = Path(db_path)
     source = _connect_readonly(db_path)
+    check_writable(feedback_home())
     name = name or f"{db_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     target = feedback_home() / name
     if target.exists():

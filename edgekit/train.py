@@ -21,7 +21,15 @@ from pathlib import Path
 
 from edgekit import config as cfg
 from edgekit import manifests
-from edgekit.artifacts import MANIFEST, atomic_path, default_runs_dir, utc_now, write_json_atomic, write_text_atomic
+from edgekit.artifacts import (
+    MANIFEST,
+    atomic_path,
+    check_writable,
+    default_runs_dir,
+    utc_now,
+    write_json_atomic,
+    write_text_atomic,
+)
 from edgekit.compat import gpus, keras, tf
 from edgekit.compress.finetune import EpochProgress
 from edgekit.data import DataSpec, load_dataset, load_pixels, make_pipeline
@@ -203,6 +211,7 @@ def _prepare(config: cfg.TrainConfig, resume: Path | None) -> tuple[cfg.TrainCon
     for folder in ([config.data] if config.data else []) + list(config.extra_data):
         if not Path(folder).expanduser().is_dir():  # before the weights: the more basic mistake first
             raise EdgekitError(f"{folder}: no such data folder; pass a folder with one sub-folder per class")
+    check_writable(Path(config.runs_dir) if config.runs_dir else default_runs_dir())
     return config, resolve_weights(config.weights, config.alpha, config.image_size)
 
 
@@ -244,7 +253,7 @@ def _fit_phases(config: cfg.TrainConfig, splits, model, strategy, work_dir: Path
         with strategy.scope():
             _compile(model, learning_rate)
         phase_start = time.time()
-        with contextlib.redirect_stdout(sys.stderr):  # progress is not a result: keep stdout for results
+        with contextlib.redirect_stdout(sys.stderr), _disk_errors(work_dir):  # stdout is for results
             history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
                                 steps_per_epoch=config.steps_per_epoch, validation_steps=None,
                                 callbacks=_callbacks(work_dir, phase, config, last if chief else 0),
@@ -254,6 +263,22 @@ def _fit_phases(config: cfg.TrainConfig, splits, model, strategy, work_dir: Path
         fit.images_seen += len(history.epoch) * min(len(splits.train), steps * config.batch_size)
         _finish_phase(work_dir, phase, model)
     return fit
+
+
+@contextlib.contextmanager
+def _disk_errors(work_dir: Path):
+    """A full or read-only disk during fit (checkpoints, logs) is the user's to fix, and resumable."""
+    try:
+        yield
+    except (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as exc:
+        text = str(exc)
+        if not isinstance(exc, OSError) and "No space left" not in text and "Read-only" not in text \
+                and "Permission denied" not in text:
+            raise
+        reason = "no space left on the device" if "No space" in text or getattr(exc, "errno", None) == 28 else \
+            text.strip().splitlines()[0][:160]
+        raise EdgekitError(f"{work_dir}: writing checkpoints failed ({reason}); free space or fix permissions, "
+                           f"then continue with `edgekit train --resume {work_dir}`") from None
 
 
 def _verbosity(chief: bool) -> int:
