@@ -226,6 +226,9 @@ def run_bench(variants: list[BenchModel], profile: DeviceProfile, settings: Benc
         for variant in variants:
             _bench_variant(target, variant, profile, settings, Path(scratch), result)
     result.partial = any(row["status"] == "error" for row in result.rows)
+    measured = [row["environment"] for row in result.rows if row.get("environment")]
+    if measured:  # the device as its own runner reported it, not the host's versions
+        result.device["environment"] = measured[0]
     return result
 
 

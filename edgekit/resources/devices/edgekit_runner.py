@@ -1405,7 +1405,7 @@ def cmd_probe(args) -> int:
             detail = interpreter.get_input_details()[0]
             interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
             interpreter.invoke()
-        print(json.dumps({"version": runtime.version, "delegate": delegate_state}))
+        print(json.dumps({"name": runtime.name, "version": runtime.version, "delegate": delegate_state}))
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         print(f"edgekit_runner: error: {one_line(exc)}", file=sys.stderr)
         return PROBE_REFUSED
