@@ -34,6 +34,11 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _ms(value) -> str:
+    """Milliseconds with enough digits for a 20 µs model as well as a 200 ms one."""
+    return "-" if value is None else format(value, ".3f" if value < 1 else ".2f")
+
+
 def _threads_cell(row: dict) -> str:
     effective = row.get("threads") or "default"
     asked = row.get("threads_requested")
@@ -55,8 +60,8 @@ def results_markdown(rows: list[dict]) -> str:
         marks = "".join([" ★" if row.get("recommended") else "", " (pareto)" if row.get("pareto") else "",
                          " (slower than float32)" if row.get("slower_than_float32") else ""])
         table.append([row["variant"] + marks, runtime, row["delegate"], _threads_cell(row),
-                      human_size(row["size"]), *_accuracy_cells(row), _fmt(flat["mean"]), _fmt(flat["p50"]),
-                      _fmt(flat["p90"]), _fmt(flat["p99"]), _fmt(flat["min"]), _fmt(flat["max"]),
+                      human_size(row["size"]), *_accuracy_cells(row), _ms(flat["mean"]), _ms(flat["p50"]),
+                      _ms(flat["p90"]), _ms(flat["p99"]), _ms(flat["min"]), _ms(flat["max"]),
                       flat["n"] or "-", _fmt(row.get("throughput_ips"), ".1f"), _fmt(row.get("peak_rss_mb"), ".0f"),
                       _fmt(row.get("load_ms"), ".1f"), _fmt(row.get("first_ms")), status])
     return markdown_table(["variant", "runtime", "delegate", "threads", "size", "accuracy (host)",
