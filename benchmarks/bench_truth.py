@@ -72,7 +72,7 @@ def overhead(models: dict, profile, rounds: int) -> list[dict]:
                 ours.append(row["latency_ms"]["p50"])
                 bare.append(bare_p50(path, feed, QUICK["runs"], 1))
             rows.append({"model": name, "inputs": len(parse_file(path).inputs),
-                         "edgekit_p50_ms": statistics.median(ours), "bare_p50_ms": statistics.median(bare),
+                         "edgekit_p50_us": 1e3 * statistics.median(ours), "bare_p50_us": 1e3 * statistics.median(bare),
                          "ratio": statistics.median(ours) / statistics.median(bare)})
     return rows
 
@@ -96,8 +96,10 @@ def accuracy_rows(run: Path, profiles: list) -> list[dict]:
 
 def peak_memory(run: Path, profile) -> list[dict]:
     """Runner figures from a parent holding 1 GiB: main's runner vs this one (same model, same parent)."""
-    old = subprocess.run(["git", "-C", str(ROOT), "show", "main:devices/edgekit_runner.py"], capture_output=True,
-                         check=True).stdout
+    git = ["git", "-C", str(ROOT)]
+    base = subprocess.run([*git, "merge-base", "HEAD", "main"], capture_output=True, text=True, check=True)
+    old = subprocess.run([*git, "show", f"{base.stdout.strip()}:edgekit/resources/devices/edgekit_runner.py"],
+                         capture_output=True, check=True).stdout
     variants = [v for v in bench_run.collect_variants([run]) if bench_run.convert_mode(v) == "int8"][:1]
     ballast = np.ones(2**27)  # 1 GiB, touched
     rows = []
@@ -137,7 +139,7 @@ def main() -> None:
         models = foreign.build_all(Path(models_dir))
         print(f"load before: {environment()['load_average']}", file=sys.stderr)
         first = overhead(models, litert, args.rounds)
-    print_table(first, ["model", "inputs", "edgekit_p50_ms", "bare_p50_ms", "ratio"])
+    print_table(first, ["model", "inputs", "edgekit_p50_us", "bare_p50_us", "ratio"])
     second = accuracy_rows(args.run, [litert, tflrt])
     print_table(second, ["variant", "device", "runtime", "samples", "host_acc", "device_acc", "max_steps",
                          "top1_flips", "status"])

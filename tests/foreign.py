@@ -15,22 +15,24 @@ from edgekit.compat import keras, tf
 
 
 def two_input_model() -> keras.Model:
-    """An image [1, 48, 48, 3] and a feature vector [1, 8] merged into 4 outputs."""
+    """An image [1, 96, 96, 3] and a feature vector [1, 8] merged into 4 outputs."""
     keras.utils.set_random_seed(1)
-    image = keras.Input((48, 48, 3), batch_size=1, name="image")
+    image = keras.Input((96, 96, 3), batch_size=1, name="image")
     extra = keras.Input((8,), batch_size=1, name="features")
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(image)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(image)
+    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Concatenate()([x, keras.layers.Dense(8, activation="relu")(extra)])
     return keras.Model([image, extra], keras.layers.Dense(4)(x))
 
 
 def int8_conv_model() -> keras.Model:
-    """A small conv net on [1, 64, 64, 1] with a 6-way output; converted with int8 input and output."""
+    """A small conv net on [1, 96, 96, 1] with a 6-way output; converted with int8 input and output."""
     keras.utils.set_random_seed(2)
-    inputs = keras.Input((64, 64, 1), batch_size=1)
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    inputs = keras.Input((96, 96, 1), batch_size=1)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(64, 3, strides=2, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(6, activation="softmax")(x))
 
@@ -39,7 +41,8 @@ def dense_model() -> keras.Model:
     """A non-image model: 40 features in (an audio embedding, a sensor window), 12 scores out."""
     keras.utils.set_random_seed(3)
     inputs = keras.Input((40,), batch_size=1)
-    x = keras.layers.Dense(64, activation="relu")(inputs)
+    x = keras.layers.Dense(512, activation="relu")(inputs)
+    x = keras.layers.Dense(512, activation="relu")(x)
     return keras.Model(inputs, keras.layers.Dense(12)(x))
 
 

@@ -20,11 +20,28 @@ FLOAT_TOLERANCE = 1e-4  # float outputs from another build of the same runtime m
 ACCURACY_INPUTS = "accuracy_inputs.npz"
 
 
+def output_info(path: Path) -> dict:
+    """The first output (Tensor.as_dict), plus `internal_scale` when a float output is a dequantized int8
+    tensor: an int8 model with float I/O ends in DEQUANTIZE, and its steps are still the unit that matters.
+    """
+    from edgekit.tflite import parse_file
+
+    model = parse_file(path)
+    output = model.outputs[0]
+    info = output.as_dict()
+    producer = next((op for op in model.ops if any(t.index == output.index for t in op.outputs)), None)
+    if not output.quantized and producer is not None and producer.name == "DEQUANTIZE" and producer.inputs[0]:
+        source = producer.inputs[0].quantization or {}
+        scale = source.get("scale")
+        info["internal_scale"] = float(scale[0] if isinstance(scale, list) else scale) if scale else None
+    return info
+
+
 def output_scale(output: dict) -> float | None:
-    """The first output's quantization step (Tensor.as_dict), or None for a float output."""
+    """The first output's quantization step (its own, or the int8 tensor it dequantizes), else None."""
     quant = output.get("quantization")
     if str(output.get("dtype")) not in ("int8", "uint8", "int16") or not quant:
-        return None
+        return output.get("internal_scale")
     scale = quant["scale"]
     return float(scale[0] if isinstance(scale, list) else scale)
 
@@ -80,7 +97,7 @@ def device_accuracy(target, variant, remote_model: str, model_args: list, scratc
     Returns host and device top-1 accuracy over the same samples and the output comparison.
     """
     from edgekit.evaluate import TFLitePredictor
-    from edgekit.tflite import dequantizer, parse_file
+    from edgekit.tflite import dequantizer
 
     if variant.manifest is None or not variant.manifest.dataset:
         raise EdgekitError(f"{variant.path}: no manifest naming its dataset, so no labelled inputs for an "
@@ -91,7 +108,7 @@ def device_accuracy(target, variant, remote_model: str, model_args: list, scratc
     target.put(local, ACCURACY_INPUTS)
     report = target.run_runner(["predict", remote_model, "--images", ACCURACY_INPUTS, *model_args],
                                timeout=timeout)
-    output = parse_file(variant.path).outputs[0].as_dict()
+    output = output_info(variant.path)
     device = dequantizer(output)(np.asarray(report["outputs"], dtype=np.float64))
     host = TFLitePredictor(variant.path).predict(pixels)
     check = compare(device, host, output)

@@ -241,7 +241,7 @@ def _prepare(target: Target, variant: BenchModel, settings: BenchSettings, scrat
     remote_model = f"models/{sha256_file(variant.path)[:12]}.tflite"
     target.put(variant.path, remote_model)
     target.put(feed.path, BENCH_IMAGES)
-    return remote_model, feed, reference, parse_file(variant.path).outputs[0].as_dict()
+    return remote_model, feed, reference, accuracy.output_info(variant.path)
 
 
 def _bench_variant(target: Target, variant: BenchModel, profile: DeviceProfile, settings: BenchSettings,
