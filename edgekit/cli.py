@@ -276,6 +276,8 @@ def report(
 
 DeviceOption = Annotated[str, typer.Option("--device", "-d", help="Device profile name (desktop, pi, rpi5, coral, "
                                                                   "...) or a profile .yaml file.")]
+RuntimeOption = Annotated[str | None, typer.Option(
+    help="Interpreter on the device: litert, tflite_runtime or tf.lite (default: the profile's runtime).")]
 AcceptKeyOption = Annotated[bool, typer.Option("--accept-new-host-key",
                                                help="Trust an SSH host key seen for the first time.")]
 
@@ -290,6 +292,13 @@ def _threads(value: str | None) -> tuple[int | None, ...]:
     if any(t < 1 for t in threads):
         raise EdgekitError(f"--threads {value!r}: thread counts must be at least 1")
     return threads
+
+
+def _check_runtime(runtime: str | None) -> None:
+    from edgekit.devices import RUNTIMES
+
+    if runtime is not None and runtime not in RUNTIMES:
+        raise EdgekitError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
 
 
 @app.command()
@@ -307,17 +316,30 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="Results folder; default <run>/bench/<device>-<time>.")] = None,
     compare: Annotated[list[Path] | None, typer.Option(
         help="Compare two results.json files instead of benchmarking (pass twice).")] = None,
+    runtime: RuntimeOption = None,
+    images: Annotated[Path | None, typer.Option(help="A folder of images to time image classifiers that have "
+                                                     "no edgekit manifest; without it such models get generated "
+                                                     "inputs.")] = None,
+    accuracy_samples: Annotated[int | None, typer.Option(
+        min=1, help="Measure accuracy on the device over this many validation images (default: the whole split,"
+                    " only when the device's runtime or delegate differs from the host's LiteRT).")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(help="Recommend the most accurate variant with p50 "
+                                                              "at or under this.")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(help="Recommend the fastest variant with at least this "
+                                                            "accuracy (0..1).")] = None,
     accept_new_host_key: AcceptKeyOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Accuracy, size and latency of every variant on a target, as one table plus a Pareto plot.
+    """Accuracy, size and latency of every variant (or any .tflite) on a target: table, advice, Pareto plot.
 
     $ edgekit bench --device desktop --threads 1,2
-    $ edgekit bench runs/digits-20260101-120000 --device pi
+    $ edgekit bench runs/digits-20260101-120000 --device pi --min-accuracy 0.95
+    $ edgekit bench face_detector.tflite --device pi --runtime tflite_runtime
     $ edgekit bench --compare before/results.json --compare after/results.json
     """
     import time as _time
 
+    from edgekit.bench.advice import advice_markdown, advise
     from edgekit.bench.report import compare as compare_results
     from edgekit.bench.report import results_markdown, write_results
     from edgekit.bench.run import BenchSettings, collect_variants, run_bench
@@ -330,27 +352,32 @@ def bench(
         emit({"rows": rows}, as_json, table)
         return
     profile = load_profile(device)
+    _check_runtime(runtime)
     targets = list(models) if models else [_run_dir(None)]
     variants = collect_variants(targets)
     settings = BenchSettings(threads=_threads(threads) if threads else (profile.threads,), runs=runs,
                              warmup=warmup, min_seconds=min_seconds, delegate=delegate,
-                             accept_new_host_key=accept_new_host_key)
+                             accept_new_host_key=accept_new_host_key, runtime=runtime, images=images,
+                             accuracy_samples=accuracy_samples)
     result = run_bench(variants, profile, settings)
+    advice = advise(result.rows, max_latency_ms, min_accuracy)
     anchor = targets[0] if targets[0].is_dir() else targets[0].parent
     out_dir = out or anchor / "bench" / f"{profile.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
     from edgekit.manifests import ParentRef
 
     parents = [ParentRef(path=str(v.path.resolve()), sha256=v.sha256, kind="variant" if v.manifest else None,
                          file=v.path.name) for v in variants]
-    write_results(out_dir, profile.name, result, {k: getattr(settings, k) for k in
-                                                  ("threads", "runs", "warmup", "min_seconds", "delegate")},
-                  parents)
+    recorded = {k: getattr(settings, k) for k in ("threads", "runs", "warmup", "min_seconds", "delegate",
+                                                  "runtime", "accuracy_samples")}
+    write_results(out_dir, profile.name, result, {**recorded, "images": str(images) if images else None,
+                                                  "runtime": runtime or profile.runtime}, parents, advice)
     for row in result.rows:
         if row["status"] != "ok":
             typer.echo(f"warning: {row['variant']} ({row['delegate']}, threads {row['threads']}): {row['error']}",
                        err=True)
-    emit({"device": profile.name, "out_dir": str(out_dir), "partial": result.partial, "rows": result.rows},
-         as_json, results_markdown(result.rows) + f"\nwritten to {out_dir}")
+    emit({"device": profile.name, "out_dir": str(out_dir), "partial": result.partial, "advice": advice,
+          "rows": result.rows}, as_json,
+         results_markdown(result.rows) + "\n" + advice_markdown(advice) + f"\nwritten to {out_dir}")
     if all(row["status"] == "error" for row in result.rows):
         raise typer.Exit(1)
 
@@ -360,18 +387,22 @@ def bench(
 def deploy(
     model: Annotated[Path, typer.Argument(help="A .tflite file or a variant directory.")],
     device: DeviceOption = "desktop",
+    runtime: RuntimeOption = None,
     accept_new_host_key: AcceptKeyOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Install a model (with its manifest and labels) and the runner on a device; sha256 checked there.
+    """Install a model (with its manifest and labels) and the runner on a device; sha256 checked there,
+    and the runtime it will run with loads it there.
 
     $ edgekit deploy runs/digits-20260101-120000/compressed/int8-ptq --device pi
+    $ edgekit deploy model.tflite --device coral-devboard --runtime tflite_runtime
     """
     from edgekit.deploy import deploy as deploy_model
     from edgekit.devices import load_profile
 
+    _check_runtime(runtime)
     path = model / "model.tflite" if model.is_dir() else model
-    result = deploy_model(load_profile(device), path, accept_new_host_key=accept_new_host_key)
+    result = deploy_model(load_profile(device), path, accept_new_host_key=accept_new_host_key, runtime=runtime)
     emit(result, as_json, f"deployed {path.name} (sha256 {result['model_sha256'][:12]}…) to {result['device']}:"
                           f" {result['model']}\nrun it: {result['classify']}")
 
@@ -397,13 +428,9 @@ def doctor(
 
 
 def _doctor_text(report: dict) -> str:
-    lines = [f"{key}: {value}" for key, value in report.items()
-             if key not in ("missing", "warnings", "interpreters") and not isinstance(value, (dict, list))]
-    for name, info in (report.get("interpreters") or {}).items():
-        lines.append(f"interpreter {name}: {info}")
-    lines += [f"missing: {line}" for line in report.get("missing") or []]
-    lines += [f"warning: {line}" for line in report.get("warnings") or []]
-    return "\n".join(lines)
+    from edgekit.deploy import doctor_text
+
+    return doctor_text(report)
 
 
 # ---------------------------------------------------------------- feedback

@@ -5,6 +5,7 @@ Both go through `edgekit.transport`, so the desktop and a Pi over SSH are reache
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def _verified_manifest(model_path: Path, manifest_path: Path | None) -> Path | N
 
 def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | None = None,
            labels_path: Path | None = None, runner: Path | None = None, accept_new_host_key: bool = False,
-           known_hosts_file: str | None = None) -> dict:
+           known_hosts_file: str | None = None, runtime: str | None = None) -> dict:
     """Copy the runner, a model and its manifest and labels (default: beside the model) to a device;
     every file's sha256 is checked there.
 
@@ -55,14 +56,36 @@ def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | No
     target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
     target.prepare()
     files = {name: {"path": target.path(name), "sha256": target.put(local, name)} for name, local in uploads.items()}
+    runtime = runtime or profile.runtime
+    loaded = _check_loads(target, model_rel, runtime)
     record = _record_deployment(profile, target.workdir, target.path(model_rel), model_path, model_sha, files)
+    pinned = "" if runtime == "auto" else f" --runtime {runtime}"
     return {"record": str(record),
         "device": profile.name, "address": profile.address, "workdir": target.workdir,
         "runner": target.path(RUNNER_NAME), "model": target.path(model_rel),
-        "model_sha256": model_sha, "files": files,
+        "model_sha256": model_sha, "files": files, "runtime": loaded,
         "classify": f"{profile.interpreter} {shlex.quote(target.path(RUNNER_NAME))} classify "
-                    f"{shlex.quote(target.path(model_rel))} IMAGE_OR_DIR",
+                    f"{shlex.quote(target.path(model_rel))} IMAGE_OR_DIR{pinned}",
     }
+
+
+def _check_loads(target, model_rel: str, runtime: str) -> dict:
+    """Load and run the deployed model once with the runtime it will run with, on the device itself.
+
+    A model that LiteRT on the host loads may use an op the device's older tflite-runtime lacks;
+    deploy is where that should surface, not the first classify.
+    """
+    argv = [target.profile.interpreter, RUNNER_NAME, "_probe", model_rel]
+    argv += [] if runtime == "auto" else ["--runtime", runtime]
+    code, out, err = target.run(argv, timeout=300, what=f"{RUNNER_NAME} _probe")
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    if code != 0 or not lines:
+        reason = next((line.split("error: ", 1)[1] for line in reversed(err.splitlines()) if "error: " in line),
+                      f"exit code {code}")
+        raise EdgekitError(f"{target.profile.name}: the deployed model does not load with runtime {runtime} "
+                           f"({reason}); check `edgekit doctor --device {target.profile.name}`")
+    loaded = json.loads(lines[-1])
+    return {"name": loaded.get("name"), "version": loaded.get("version")}
 
 
 def _record_deployment(profile: DeviceProfile, workdir: str, remote_model: str, model_path: Path, model_sha: str,
@@ -113,3 +136,29 @@ def _profile_warnings(profile: DeviceProfile, report: dict) -> list[str]:
         warnings.append(f"{profile.name}: no Edge TPU found ({edgetpu.get('error') or 'not detected'}); "
                         f"{edgetpu.get('install') or ''}".rstrip("; "))
     return warnings
+
+
+def doctor_text(report: dict) -> str:
+    """Everything `doctor --json` holds, as text: scalars, then the runtimes table, Edge TPU, the rest.
+
+    The JSON and the text must tell the same story; a runtimes table only in `--json` hid the one
+    line a user needed (which interpreter is missing and how to install it).
+    """
+    nested = ("runtimes", "edgetpu", "device", "missing", "warnings")
+    lines = [f"{key:<16} {value}" for key, value in report.items()
+             if key not in nested and not isinstance(value, (dict, list))]
+    runtimes = [r for r in report.get("runtimes") or [] if isinstance(r, dict)]
+    if runtimes:
+        lines += ["", "runtimes:", f"  {'name':<15} {'available':<10} {'version':<10} {'error':<30} install"]
+        lines += [f"  {r.get('name')!s:<15} {'yes' if r.get('available') else 'no':<10} "
+                  f"{r.get('version') or '-'!s:<10} {r.get('error') or '-'!s:<30} {r.get('install') or '-'}"
+                  for r in runtimes]
+    for section in ("edgetpu", "device"):
+        if isinstance(report.get(section), dict):
+            lines += ["", f"{section}:"] + [f"  {k:<14} {v}" for k, v in report[section].items()]
+    for key, value in report.items():  # anything else structured the runner may add later
+        if key not in nested and isinstance(value, (dict, list)):
+            lines += ["", f"{key}: {json.dumps(value)}"]
+    lines += [f"missing: {line}" for line in report.get("missing") or []]
+    lines += [f"warning: {line}" for line in report.get("warnings") or []]
+    return "\n".join(lines)

@@ -81,6 +81,7 @@ INSTALL = {
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PROBE_REFUSED = 3  # _probe exit code: a Python error, which the parent may report as it is
 SAMPLE_OUTPUTS = 8
+OUTPUT_SAMPLE_VALUES = 4096  # raw output values kept per sample in a bench report
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
@@ -1067,12 +1068,103 @@ def bench_inputs(source: str, model: Model, limit: int):
     return tensors, sources
 
 
+class RawModel(Model):
+    """Any .tflite, fed raw tensors for every input: what `bench --inputs` and `predict --inputs` time.
+
+    It loads exactly as Model does (same runtime choice, probe and delegate handling) but skips the
+    image-classifier checks, so a detector, a segmenter or a two-input model can be measured as well.
+    """
+
+    def __init__(self, path: str, threads: int | None = None, delegate: str | None = None,
+                 runtime: str | None = None, require_delegate: bool = True):
+        require_numpy()
+        self.path, self.threads, self.delegate, self.delegate_error = path, threads, delegate, None
+        content = read_model(path)
+        self.sha256 = hashlib.sha256(content).hexdigest()
+        self.size_bytes = len(content)
+        self.manifest = {}
+        self.runtime, self.interpreter, self.load_ms = self._load(content, runtime, require_delegate)
+        self.inputs = self.interpreter.get_input_details()
+        self.input = self.inputs[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.lock = threading.Lock()
+
+    def run(self, tensors):
+        """Raw first output and the milliseconds of invoke() alone; `tensors` holds one array per input."""
+        with self.lock:
+            for detail, tensor in zip(self.inputs, tensors):
+                self.interpreter.set_tensor(detail["index"], tensor)
+            start = time.perf_counter()
+            self.interpreter.invoke()
+            invoke_ms = (time.perf_counter() - start) * 1e3
+            raw = self.interpreter.get_tensor(self.output["index"])
+        return raw.reshape(-1), invoke_ms
+
+    def describe(self) -> dict:
+        described = super().describe()
+        described["inputs"] = [{"name": d["name"], "shape": [int(s) for s in d["shape"]],
+                                "dtype": np.dtype(d["dtype"]).name} for d in self.inputs]
+        return described
+
+
+def raw_inputs(source: str, model: RawModel, limit: int):
+    """Per-sample lists of input tensors from an .npz holding `input_<i>` arrays of shape [N, *tensor shape]."""
+    try:
+        with np.load(source) as archive:
+            arrays = [archive[f"input_{i}"] for i in range(len(model.inputs))]
+    except Exception as exc:  # noqa: BLE001 - as in bench_inputs
+        raise RunnerError(f"--inputs {source}: cannot read input_0..input_{len(model.inputs) - 1} "
+                          f"({one_line(exc)}); the model has {len(model.inputs)} input(s)") from None
+    for i, (detail, array) in enumerate(zip(model.inputs, arrays)):
+        expected = [int(d) for d in detail["shape"]]
+        if list(array.shape[1:]) != expected or np.dtype(detail["dtype"]) != array.dtype or not len(array):
+            raise RunnerError(f"--inputs {source}: input_{i} is {array.dtype.name} {list(array.shape)}, the "
+                              f"model's input {i} takes [N, {', '.join(map(str, expected))}] "
+                              f"{np.dtype(detail['dtype']).name}")
+    count = min(limit, *(len(a) for a in arrays))
+    return [[a[n] for a in arrays] for n in range(count)], [f"input[{n}]" for n in range(count)]
+
+
+def load_bench_model(args):
+    """(model, input tensors, their sources) for `--images` (a classifier) or `--inputs` (any model)."""
+    if bool(args.images) == bool(args.inputs):
+        raise RunnerError("pass exactly one of --images (an image classifier) or --inputs (raw tensors, any model)")
+    kind = RawModel if args.inputs else Model
+    model = kind(args.model, args.threads, args.delegate, args.runtime,
+                 require_delegate=getattr(args, "require_delegate", True))
+    limit = getattr(args, "max_images", None) or 10**9
+    if args.inputs:
+        return model, *raw_inputs(args.inputs, model, limit)
+    return model, *bench_inputs(args.images, model, limit)
+
+
+def usable_cores() -> int | None:
+    """Cores this process may run on (a container or taskset can allow fewer than the machine has)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
+def cap_threads(args, result: dict) -> None:
+    """More interpreter threads than cores only adds contention: cap them and record both figures."""
+    cores = usable_cores()
+    result["threads_requested"] = args.threads
+    if args.threads and cores and args.threads > cores:
+        args.threads = cores
+    result["threads_capped"] = args.threads != result["threads_requested"]
+
+
+def output_sample(raw) -> list:
+    """The first OUTPUT_SAMPLE_VALUES raw values: enough to compare runtimes, small enough for JSON."""
+    return raw[:OUTPUT_SAMPLE_VALUES].tolist()
+
+
 def run_bench(args, result: dict) -> None:
-    model = Model(args.model, args.threads, args.delegate, args.runtime,
-                  require_delegate=args.require_delegate)
+    cap_threads(args, result)
+    model, inputs, sources = load_bench_model(args)
     result.update(model.describe())
-    inputs, sources = bench_inputs(args.images, model, args.max_images)
-    result["input"].update(source=args.images, count=len(inputs))
+    result["input"].update(source=args.inputs or args.images, count=len(inputs),
+                           kind="raw tensors" if args.inputs else "images")
     _, result["first_ms"] = model.run(inputs[0])
     for i in range(args.warmup):
         model.run(inputs[(i + 1) % len(inputs)])
@@ -1084,7 +1176,7 @@ def run_bench(args, result: dict) -> None:
         latencies.append(invoke_ms)
         if len(outputs) < min(SAMPLE_OUTPUTS, len(inputs)) and len(latencies) <= len(inputs):
             outputs.append({"index": i, "source": sources[i], "argmax": int(np.argmax(raw)),
-                            "output": raw.tolist()})
+                            "output": output_sample(raw)})
     wall = time.perf_counter() - start
     values = np.asarray(latencies)
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
@@ -1095,6 +1187,17 @@ def run_bench(args, result: dict) -> None:
 
 
 def peak_rss_mb() -> float | None:
+    """This process's own peak resident memory.
+
+    VmHWM is per address space, so it starts afresh at exec. getrusage's ru_maxrss is kept across
+    fork and exec on Linux: a runner started by a 700 MB parent would report 700 MB. It is only the
+    fallback where /proc is absent (macOS, BSD).
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
     try:
         import resource
     except ImportError:  # Windows
@@ -1125,8 +1228,9 @@ def cmd_bench(args) -> int:
 def print_bench(result: dict) -> None:
     latency = result["latency_ms"]
     runtime = result["runtime"]
+    capped = f" (asked {result['threads_requested']}, capped to the cores)" if result.get("threads_capped") else ""
     print(f"{result['model']}  sha256 {result['model_sha256'][:12]}  {runtime['name']} {runtime['version']}, "
-          f"threads {result['threads'] or 'default'}, delegate {result['delegate'] or 'none'}")
+          f"threads {result['threads'] or 'default'}{capped}, delegate {result['delegate'] or 'none'}")
     if result.get("delegate_error"):
         print(f"  delegate error: {result['delegate_error']}")
     print(f"  load {result['load_ms']:.1f} ms, first inference {result['first_ms']:.2f} ms, "
@@ -1137,13 +1241,51 @@ def print_bench(result: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Subcommand: predict (raw outputs for the host's on-device accuracy pass)
+
+
+def cmd_predict(args) -> int:
+    """Run every input once and print the raw first output of each, with what ran them.
+
+    The host turns these into accuracy on the device and compares them, in quantization steps, with
+    the outputs LiteRT gave on the host: a different runtime or delegate can change the answers.
+    """
+    result = {"runner_version": RUNNER_VERSION, "model": args.model, "device": device_info()}
+    try:
+        require_numpy()
+        cap_threads(args, result)
+        model, inputs, _ = load_bench_model(args)
+        result.update(model.describe())
+        outputs = [model.run(tensor)[0].tolist() for tensor in inputs]
+        result.update(count=len(outputs), outputs=outputs)
+    except RunnerError as exc:
+        result["error"] = str(exc)
+        raise
+    finally:
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))  # a machine-facing subcommand: always one JSON document
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
 # Subcommand: doctor and the hidden _probe
 
 
+def os_name() -> str:
+    """The distribution as people name it (`Debian GNU/Linux 12 (bookworm)`), else the platform string."""
+    with contextlib.suppress(OSError):
+        with open("/etc/os-release") as handle:
+            for line in handle:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    return platform.platform()
+
+
 def device_info() -> dict:
-    info = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-            "numpy": getattr(np, "__version__", None), "cpu_count": os.cpu_count(), "cpu_model": None,
-            "memory_total_mb": None, "hostname": socket.gethostname()}
+    info = {"machine": platform.machine(), "system": platform.system(), "os": os_name(),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "numpy": getattr(np, "__version__", None), "cpu_count": os.cpu_count(), "usable_cores": usable_cores(),
+            "cpu_model": None, "memory_total_mb": None, "hostname": socket.gethostname()}
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -1263,7 +1405,7 @@ def cmd_probe(args) -> int:
             detail = interpreter.get_input_details()[0]
             interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
             interpreter.invoke()
-        print(json.dumps({"version": runtime.version, "delegate": delegate_state}))
+        print(json.dumps({"name": runtime.name, "version": runtime.version, "delegate": delegate_state}))
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         print(f"edgekit_runner: error: {one_line(exc)}", file=sys.stderr)
         return PROBE_REFUSED
@@ -1327,10 +1469,17 @@ def add_classify_options(parser) -> None:
                         help="disk budget for kept images; the oldest go first (100)")
 
 
+def add_input_options(parser) -> None:
+    parser.add_argument("--images", help="image classifiers: a directory of images, or .npz with x [N,H,W,3] "
+                        "float pixels 0..255")
+    parser.add_argument("--inputs", help="any model: .npz with input_0, input_1, ... each [N, *input shape] "
+                        "in the input's own dtype")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="python3 edgekit_runner.py", description=__doc__.split("\n", 2)[2],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{classify,serve,feedback,bench,doctor}",
+    commands = parser.add_subparsers(dest="command", metavar="{classify,serve,feedback,bench,predict,doctor}",
                                      required=True)
 
     classify = commands.add_parser("classify", help="classify images or directories of images",
@@ -1360,7 +1509,7 @@ def build_parser() -> Parser:
     bench = commands.add_parser("bench", help="measure load, first and steady-state inference latency",
                                 description="$ python3 edgekit_runner.py bench model.tflite --images photos/")
     add_model_options(bench)
-    bench.add_argument("--images", required=True, help="directory of images, or .npz with x [N,H,W,3] 0..255")
+    add_input_options(bench)
     bench.add_argument("--runs", type=positive(int), default=50, help="at least this many timed runs (50)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (5)")
     bench.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long (2)")
@@ -1368,6 +1517,13 @@ def build_parser() -> Parser:
     bench.add_argument("--require-delegate", action="store_true", help="fail if --delegate cannot load")
     bench.add_argument("--json", action="store_true", help="print one JSON document")
     bench.set_defaults(func=cmd_bench)
+
+    predict = commands.add_parser("predict", help="print the raw first output for every input (JSON)",
+                                  description="$ python3 edgekit_runner.py predict model.tflite --images val.npz")
+    add_model_options(predict)
+    add_input_options(predict)
+    predict.add_argument("--json", action="store_true", help="accepted for symmetry; the output is always JSON")
+    predict.set_defaults(func=cmd_predict)
 
     doctor = commands.add_parser("doctor", help="report what this device can run and what to install",
                                  description="$ python3 edgekit_runner.py doctor")
