@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from edgekit.bench import inputs as bench_inputs  # noqa: E402
 from edgekit.bench import run as bench_run  # noqa: E402
-from edgekit.compat import load_interpreter  # noqa: E402
 from edgekit.devices import parse_profile  # noqa: E402
+from edgekit.interpreters import load_interpreter  # noqa: E402
 from edgekit.tflite import parse_file  # noqa: E402
 
 QUICK = {"runs": 200, "warmup": 10, "min_seconds": 1.0}

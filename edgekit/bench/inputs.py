@@ -99,7 +99,7 @@ def reference_outputs(path: Path, feed: Feed, k: int) -> np.ndarray:
 
     if feed.pixels is not None:
         return TFLitePredictor(path).predict(feed.pixels[:k]).reshape(min(k, len(feed.pixels)), -1)
-    from edgekit.compat import load_interpreter
+    from edgekit.interpreters import load_interpreter
 
     interpreter, _ = load_interpreter(path)
     inputs, output = interpreter.get_input_details(), interpreter.get_output_details()[0]
