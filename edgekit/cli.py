@@ -337,13 +337,11 @@ def bench(
     $ edgekit bench face_detector.tflite --device pi --runtime tflite_runtime
     $ edgekit bench --compare before/results.json --compare after/results.json
     """
-    import time as _time
-
-    from edgekit.bench.advice import advice_markdown, advise
+    from edgekit.bench.advice import advice_markdown
     from edgekit.bench.report import compare as compare_results
-    from edgekit.bench.report import results_markdown, write_results
-    from edgekit.bench.run import BenchSettings, collect_variants, run_bench
-    from edgekit.devices import load_profile
+    from edgekit.bench.report import results_markdown
+    from edgekit.bench.run import BenchSettings
+    from edgekit.bench.session import bench_session
 
     if compare:
         if len(compare) != 2:
@@ -351,33 +349,20 @@ def bench(
         rows, table = compare_results(compare[0], compare[1])
         emit({"rows": rows}, as_json, table)
         return
-    profile = load_profile(device)
     _check_runtime(runtime)
-    targets = list(models) if models else [_run_dir(None)]
-    variants = collect_variants(targets)
-    settings = BenchSettings(threads=_threads(threads) if threads else (profile.threads,), runs=runs,
-                             warmup=warmup, min_seconds=min_seconds, delegate=delegate,
-                             accept_new_host_key=accept_new_host_key, runtime=runtime, images=images,
-                             accuracy_samples=accuracy_samples)
-    result = run_bench(variants, profile, settings)
-    advice = advise(result.rows, max_latency_ms, min_accuracy)
-    anchor = targets[0] if targets[0].is_dir() else targets[0].parent
-    out_dir = out or anchor / "bench" / f"{profile.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    from edgekit.manifests import ParentRef
-
-    parents = [ParentRef(path=str(v.path.resolve()), sha256=v.sha256, kind="variant" if v.manifest else None,
-                         file=v.path.name) for v in variants]
-    recorded = {k: getattr(settings, k) for k in ("threads", "runs", "warmup", "min_seconds", "delegate",
-                                                  "runtime", "accuracy_samples")}
-    write_results(out_dir, profile.name, result, {**recorded, "images": str(images) if images else None,
-                                                  "runtime": runtime or profile.runtime}, parents, advice)
+    settings = BenchSettings(threads=_threads(threads) if threads else (None,), runs=runs, warmup=warmup,
+                             min_seconds=min_seconds, delegate=delegate, accept_new_host_key=accept_new_host_key,
+                             runtime=runtime, images=images, accuracy_samples=accuracy_samples)
+    session = bench_session(list(models) if models else [_run_dir(None)], device, settings, out=out,
+                            max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
+    result = session.result
     for row in result.rows:
         if row["status"] != "ok":
             typer.echo(f"warning: {row['variant']} ({row['delegate']}, threads {row['threads']}): {row['error']}",
                        err=True)
-    emit({"device": profile.name, "out_dir": str(out_dir), "partial": result.partial, "advice": advice,
-          "rows": result.rows}, as_json,
-         results_markdown(result.rows) + "\n" + advice_markdown(advice) + f"\nwritten to {out_dir}")
+    emit({"device": session.device, "out_dir": str(session.out_dir), "partial": result.partial,
+          "advice": session.advice, "rows": result.rows}, as_json,
+         results_markdown(result.rows) + "\n" + advice_markdown(session.advice) + f"\nwritten to {session.out_dir}")
     if all(row["status"] == "error" for row in result.rows):
         raise typer.Exit(1)
 

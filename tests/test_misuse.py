@@ -64,6 +64,10 @@ CASES = [
     (["eval", "{tmp}/fake.tflite", "--data", "{tmp}"], "fake.tflite: not a TFLite model"),
     (["feedback", "import", "{tmp}/missing.db"], "missing.db: no such runner database"),
     (["devices", "show", "nope"], "unknown device 'nope'"),
+    (["bench", "{run}", "--runs", "0"], "--runs 0: must be at least 1"),
+    (["bench", "{run}", "--threads", "0"], "thread counts must be at least 1"),
+    (["bench", "{run}", "--images", "{tmp}/no-images"], "no-images: no such image folder"),
+    (["bench", "{run}", "--device", "nope"], "unknown device 'nope'"),
     (["recipes", "show", "int9"], "unknown recipe 'int9'"),
 ]
 

@@ -59,6 +59,19 @@ class BenchSettings:
     images: Path | None = None  # a folder of images for models without an edgekit manifest
     accuracy_samples: int | None = None  # None: the whole validation split, and only when runtimes differ
 
+    def check(self) -> None:
+        """Impossible settings are one line before anything is copied to a device."""
+        if self.runs < 1:
+            raise EdgekitError(f"--runs {self.runs}: must be at least 1")
+        if self.warmup < 0:
+            raise EdgekitError(f"--warmup {self.warmup}: must be 0 or more")
+        if self.min_seconds < 0:
+            raise EdgekitError(f"--min-seconds {self.min_seconds:g}: must be 0 or more")
+        if any(t is not None and t < 1 for t in self.threads):
+            raise EdgekitError("--threads: thread counts must be at least 1")
+        if self.images is not None and not Path(self.images).is_dir():
+            raise EdgekitError(f"{self.images}: no such image folder (--images)")
+
 
 @dataclass
 class BenchResult:
