@@ -104,6 +104,12 @@ def add_classifier_metadata(content: bytes, *, name: str, labels: list[str] | tu
     return _pack_files(_with_metadata_buffer(content, metadata), files)
 
 
+def lineage_record(parent, run: str, recipe: str, recipe_hash: str, extra: dict | None = None) -> dict:
+    """What `edgekit.json` records of where a variant came from (`parent`: a manifests.ParentRef)."""
+    return {"parent_sha256": parent.sha256, "parent_kind": parent.kind, "parent_file": parent.file, "run": run,
+            "recipe": recipe, "recipe_hash": recipe_hash, **(extra or {})}
+
+
 def _metadata_buffer(name: str, description: str, version: str, classes: int) -> bytes:
     """The ModelMetadata flatbuffer ("M001") for an RGB classifier that takes raw 0..255 pixels."""
     import flatbuffers
@@ -138,8 +144,8 @@ def _metadata_buffer(name: str, description: str, version: str, classes: int) ->
     meta = md.ModelMetadataT()
     meta.name, meta.description, meta.version, meta.author = name, description, version, "edgekit"
     meta.subgraphMetadata = [graph]
-    meta.associatedFiles = [_file(LINEAGE_FILE, "edgekit version, labels, normalisation and lineage (parent "
-                                                "sha256, recipe name and hash) as JSON.", md.AssociatedFileType.UNKNOWN)]
+    about = "edgekit version, labels, normalisation and lineage (parent sha256, recipe name and hash) as JSON."
+    meta.associatedFiles = [_file(LINEAGE_FILE, about, md.AssociatedFileType.UNKNOWN)]
     meta.minParserVersion = MIN_PARSER_VERSION
     builder = flatbuffers.Builder(1024)
     builder.Finish(meta.Pack(builder), METADATA_IDENTIFIER)
