@@ -82,10 +82,14 @@ class ClassifierMetadata:
 
 
 def add_classifier_metadata(content: bytes, *, name: str, labels: list[str] | tuple[str, ...], version: str,
-                            lineage: dict, description: str | None = None) -> bytes:
+                            lineage: dict, description: str | None = None,
+                            mean: tuple[float, ...] = RAW_PIXELS["mean"],
+                            std: tuple[float, ...] = RAW_PIXELS["std"]) -> bytes:
     """`content` with standard image-classifier metadata, labels and `edgekit.json` packed in.
 
-    Any metadata already there is replaced, so adding it twice gives the same bytes as once.
+    `mean`/`std` describe what the model expects as (pixel - mean) / std; edgekit's own models
+    normalise in-graph, so the default says "raw pixels". Any metadata already there is replaced,
+    so adding it twice gives the same bytes as once.
     """
     model = parse(content)
     if not model.is_image_classifier or model.inputs[0].shape[-1] != 3:
@@ -94,11 +98,14 @@ def add_classifier_metadata(content: bytes, *, name: str, labels: list[str] | tu
     classes = model.outputs[0].shape[-1]
     if len(labels) != classes:
         raise EdgekitError(f"{name}: {len(labels)} labels for {classes} output scores; pass the model's labels")
+    if len(mean) not in (1, 3) or len(std) != len(mean) or not all(s > 0 for s in std):
+        raise EdgekitError(f"{name}: normalisation mean {list(mean)} std {list(std)}: give 1 or 3 values each, "
+                           "std above 0")
     description = description or (f"Image classifier over {classes} classes made by edgekit {__version__}; "
                                   "feed raw RGB pixels in 0..255 (the model normalises them itself).")
     record = {"edgekit_version": __version__, "name": name, "version": version, "labels": list(labels),
-              "normalization": {k: list(v) for k, v in RAW_PIXELS.items()}, "lineage": lineage}
-    metadata = _metadata_buffer(name, description, version, classes)
+              "normalization": {"mean": list(mean), "std": list(std)}, "lineage": lineage}
+    metadata = _metadata_buffer(name, description, version, classes, (list(mean), list(std)))
     files = {LABELS_FILE: "".join(f"{label}\n" for label in labels).encode("utf-8"),
              LINEAGE_FILE: json.dumps(record, indent=2, sort_keys=True).encode("utf-8") + b"\n"}
     return _pack_files(_with_metadata_buffer(content, metadata), files)
@@ -110,24 +117,26 @@ def lineage_record(parent, run: str, recipe: str, recipe_hash: str, extra: dict 
             "recipe": recipe, "recipe_hash": recipe_hash, **(extra or {})}
 
 
-def _metadata_buffer(name: str, description: str, version: str, classes: int) -> bytes:
-    """The ModelMetadata flatbuffer ("M001") for an RGB classifier that takes raw 0..255 pixels."""
+def _metadata_buffer(name: str, description: str, version: str, classes: int, normalization) -> bytes:
+    """The ModelMetadata flatbuffer ("M001") for an RGB classifier fed (pixel - mean) / std."""
     import flatbuffers
 
     md = _md()
     image = md.TensorMetadataT()
-    image.name, image.description = "image", "RGB image, raw pixel values in 0..255 (any size: resize to the input)"
+    image.name, image.description = "image", "RGB image (pixel - mean) / std, pixels in 0..255; resize to the input"
     image.content = md.ContentT()
     image.content.contentPropertiesType = md.ContentProperties.ImageProperties
     image.content.contentProperties = md.ImagePropertiesT()
     image.content.contentProperties.colorSpace = md.ColorSpaceType.RGB
-    normalization = md.NormalizationOptionsT()
-    normalization.mean, normalization.std = list(RAW_PIXELS["mean"]), list(RAW_PIXELS["std"])
+    options = md.NormalizationOptionsT()
+    options.mean, options.std = normalization
     unit = md.ProcessUnitT()
-    unit.optionsType, unit.options = md.ProcessUnitOptions.NormalizationOptions, normalization
+    unit.optionsType, unit.options = md.ProcessUnitOptions.NormalizationOptions, options
     image.processUnits = [unit]
     image.stats = md.StatsT()
-    image.stats.min, image.stats.max = [0.0], [255.0]
+    mean, std = normalization  # Stats describe the values fed, after normalisation
+    image.stats.min = [(0.0 - m) / s for m, s in zip(mean, std)]
+    image.stats.max = [(255.0 - m) / s for m, s in zip(mean, std)]
 
     scores = md.TensorMetadataT()
     scores.name, scores.description = "probability", f"Probabilities of the {classes} labels (softmax)."
