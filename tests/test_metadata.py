@@ -245,3 +245,22 @@ def test_damaged_metadata_is_one_line(variants):
     damaged = _with_metadata_buffer(content, b"\x08\x00\x00\x00XXXX" + b"\x00" * 16)
     with pytest.raises(EdgekitError, match="not TFLite Model Metadata"):
         read_metadata(damaged, label="damaged.tflite")
+
+
+@pytest.mark.parametrize("kind", ["md-float32", "md-uint8-io"])
+def test_bare_variant_is_labelled_by_its_metadata_in_eval_and_runner(variants, digits_folder, tmp_path, kind):
+    """The .tflite alone (no manifest, no labels.txt): eval and the runner take labels from its metadata."""
+    from edgekit.data import DataSpec, scan_class_folders
+    from edgekit.evaluate import evaluate_model
+
+    bare = tmp_path / "bare.tflite"
+    shutil.copyfile(variants[kind] / "model.tflite", bare)
+    labels = read_metadata_file(bare).labels
+    ours = evaluate_model(bare, data=str(digits_folder), write=False)
+    run = subprocess.run([sys.executable, str(RUNNER), "classify", str(bare), str(digits_folder), "--json",
+                          "--no-log", "--top-k", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = {r["path"]: r["top_k"][0] for r in json.loads(run.stdout)}
+    scan = scan_class_folders(digits_folder, DataSpec(data=str(digits_folder)), labels)
+    assert [results[p]["index"] for p in scan.paths] == ours.metrics["predictions"]
+    assert [results[p]["label"] for p in scan.paths] == [labels[i] for i in ours.metrics["predictions"]]
