@@ -264,3 +264,28 @@ def test_bare_variant_is_labelled_by_its_metadata_in_eval_and_runner(variants, d
     scan = scan_class_folders(digits_folder, DataSpec(data=str(digits_folder)), labels)
     assert [results[p]["index"] for p in scan.paths] == ours.metrics["predictions"]
     assert [results[p]["label"] for p in scan.paths] == [labels[i] for i in ours.metrics["predictions"]]
+
+
+def test_wrong_labels_or_normalisation_are_refused_in_one_line(variants):
+    content = (variants["md-float32"] / "model.tflite").read_bytes()
+    with pytest.raises(EdgekitError, match="3 labels for 10 output scores"):
+        add_classifier_metadata(content, name="x", labels=["a", "b", "c"], version="1", lineage={})
+    with pytest.raises(EdgekitError, match="std above 0"):
+        add_classifier_metadata(content, name="x", labels=[str(i) for i in range(10)], version="1", lineage={},
+                                mean=(127.5,), std=(0.0,))
+
+
+def test_runner_ignores_damaged_metadata_with_a_warning(variants, capsys):
+    import importlib.util
+
+    from edgekit.tflite_metadata import _with_metadata_buffer
+
+    spec = importlib.util.spec_from_file_location("edgekit_runner_metadata", RUNNER)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    content = (variants["md-float32"] / "model.tflite").read_bytes()
+    found = runner.read_standard_metadata(content, "good.tflite")
+    assert found["mean"] == [0.0] and found["std"] == [1.0] and found["labels"] == list(read_metadata(content).labels)
+    truncated = _with_metadata_buffer(content, b"\x10\x00\x00\x00M001\xff\xff")
+    assert runner.read_standard_metadata(truncated, "bad.tflite") == {}
+    assert "bad.tflite: ignoring unreadable TFLite metadata" in capsys.readouterr().err
