@@ -14,6 +14,7 @@ import numpy as np
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, atomic_path, sha256_file, write_json_atomic
 from edgekit.errors import EdgekitError
+from edgekit.tflite_metadata import read_metadata_file
 
 
 class KerasPredictor:
@@ -45,8 +46,12 @@ class TFLitePredictor:
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_size = tuple(int(d) for d in self.input["shape"][1:3])
+        # A model's standard metadata says how to feed it (edgekit's own: raw pixels; stock models: their mean/std).
+        self.metadata = read_metadata_file(self.path)
 
     def quantize_input(self, image: np.ndarray) -> np.ndarray:
+        if self.metadata is not None:
+            image = self.metadata.normalize(image)
         dtype = self.input["dtype"]
         if np.issubdtype(dtype, np.integer):
             scale, zero_point = self.input["quantization"]
@@ -190,8 +195,12 @@ def resolve_model(path: Path) -> tuple[Path, manifests.RunManifest | manifests.V
     return path, None
 
 
-def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = False):
-    """(pixels, targets, labels, dataset record): `--data` when given, else the run's validation split."""
+def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = False,
+                    model_labels: tuple[str, ...] | None = None):
+    """(pixels, targets, labels, dataset record): `--data` when given, else the run's validation split.
+
+    Labels come from the manifest, else from the model's standard metadata (`model_labels`).
+    """
     from edgekit.data import (
         DataSpec,
         ImageSet,
@@ -201,7 +210,7 @@ def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = 
         spec_from_description,
     )
 
-    labels = tuple(manifest.model.labels) if manifest else None
+    labels = tuple(manifest.model.labels) if manifest else (tuple(model_labels) if model_labels else None)
     if data is None:
         if manifest is None or not manifest.dataset:
             raise EdgekitError("this model has no manifest naming its dataset; pass --data DIR")
@@ -234,7 +243,8 @@ def evaluate_model(path: Path, data: str | None = None, out_dir: Path | None = N
         out_dir = Path(out_dir) if out_dir else model_file.parent / f"eval-{model_file.stem}"
         check_writable(out_dir)
     predictor = open_predictor(model_file, num_threads=num_threads)
-    pixels, targets, labels, record = evaluation_data(manifest, data, predictor.input_size[0], strict)
+    model_labels = getattr(predictor, "metadata", None) and predictor.metadata.labels  # a bare .tflite's own labels
+    pixels, targets, labels, record = evaluation_data(manifest, data, predictor.input_size[0], strict, model_labels)
     metrics = evaluate_predictor(predictor, pixels, targets, labels)
     if write:
         write_eval(out_dir, model_file, metrics, predictor.runtime, labels, record)

@@ -22,11 +22,17 @@ def describe_path(path: Path) -> tuple[dict, str]:
 
 
 def _describe_model_file(path: Path) -> tuple[dict, str]:
-    from edgekit.tflite import parse_file
+    from edgekit.tflite import parse, read_tflite
+    from edgekit.tflite_metadata import describe_lines, read_metadata
 
-    model = parse_file(path)
-    payload = {"path": str(path), **model.describe()}
+    content = read_tflite(path)
+    model = parse(content, str(path))
+    standard = read_metadata(content, model, str(path))
+    payload = {"path": str(path), **model.describe(),
+               "standard_metadata": standard.as_dict() if standard is not None else None}
     text = describe_tflite(path, model)
+    if standard is not None:
+        text += "\n" + "\n".join(describe_lines(standard))
     manifest = manifests.read_optional(path.parent)
     if manifest is not None and path.name in manifest.files:
         payload["manifest"] = manifest.as_dict()

@@ -218,8 +218,13 @@ def _measure(path: Path, context: CompressContext, threads: int | None) -> tuple
 def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, content: bytes, threads: int | None,
                    sparsity: dict, timings: list[dict], lineage: dict, started: float) -> manifests.VariantManifest:
     from edgekit.tflite import parse as parse_tflite
+    from edgekit.tflite_metadata import add_classifier_metadata, lineage_record
 
     run = context.run
+    parent, recipe_hash = manifests.parent_ref(context.run_dir, run), manifests.recipe_hash(recipe.as_dict())
+    # Standard metadata goes in before the accuracy pass, so the file measured is the file shipped.
+    content = add_classifier_metadata(content, name=recipe.name, labels=run.model.labels, version=recipe_hash,
+                                      lineage=lineage_record(parent, run.name, recipe.name, recipe_hash, lineage))
     write_bytes_atomic(scratch / TFLITE_FILE, content)
     write_text_atomic(scratch / RECIPE_FILE, recipe.to_yaml())
     write_text_atomic(scratch / "labels.txt", "\n".join(run.model.labels) + "\n")
@@ -232,8 +237,7 @@ def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, cont
         files += [name for name in ("edgetpu_report.json", "edgetpu_report.md") if (scratch / name).exists()]
     float_accuracy = run.metrics.validation.accuracy
     manifest = manifests.VariantManifest(
-        name=recipe.name, recipe_hash=manifests.recipe_hash(recipe.as_dict()),
-        parent=manifests.parent_ref(context.run_dir, run), run=run.name,
+        name=recipe.name, recipe_hash=recipe_hash, parent=parent, run=run.name,
         model=dataclasses.replace(run.model, file=TFLITE_FILE), dataset=run.dataset, recipe=recipe.as_dict(),
         tflite={**parse_tflite(content).describe(), "size": len(content), "gzip_size": gzip_size(content)},
         sparsity=sparsity, runtime=runtime,

@@ -314,6 +314,146 @@ def read_manifest(model_path: str, sha256: str) -> dict:
     return manifest
 
 
+# ---------------------------------------------------------------------------------------------------
+# Standard TFLite Model Metadata, read without the flatbuffers package: labels from the zip packed onto the
+# model, input normalisation (NormalizationOptions) from the "M001" flatbuffer in its TFLITE_METADATA buffer.
+# Field numbers are those of tflite's schema.fbs and metadata_schema.fbs.
+
+def _fb_table(buf: bytes, pos: int) -> tuple[int, int, int]:
+    """(position, vtable position, vtable size) of the flatbuffer table at `pos`."""
+    vtable = pos - _fb_unpack("<i", buf, pos)
+    return pos, vtable, _fb_unpack("<H", buf, vtable)
+
+
+def _fb_field(buf: bytes, table: tuple[int, int, int], index: int) -> int | None:
+    pos, vtable, size = table
+    slot = 4 + 2 * index
+    offset = _fb_unpack("<H", buf, vtable + slot) if slot < size else 0
+    return pos + offset if offset else None
+
+
+def _fb_vector(buf: bytes, table, index: int) -> tuple[int, int]:
+    """(first element position, length) of a vector field; (0, 0) when absent."""
+    at = _fb_field(buf, table, index)
+    if at is None:
+        return 0, 0
+    vector = at + _fb_unpack("<I", buf, at)
+    return vector + 4, _fb_unpack("<I", buf, vector)
+
+
+def _fb_tables(buf: bytes, table, index: int) -> list:
+    start, count = _fb_vector(buf, table, index)
+    return [_fb_table(buf, start + 4 * i + _fb_unpack("<I", buf, start + 4 * i)) for i in range(count)]
+
+
+def _fb_text(buf: bytes, table, index: int) -> str:
+    start, count = _fb_vector(buf, table, index)
+    return bytes(buf[start:start + count]).decode("utf-8", "replace")
+
+
+def _fb_scalar(buf: bytes, table, index: int, fmt: str, default=0):
+    at = _fb_field(buf, table, index)
+    return default if at is None else _fb_unpack(fmt, buf, at)
+
+
+def _fb_sub(buf: bytes, table, index: int):
+    at = _fb_field(buf, table, index)
+    return None if at is None else _fb_table(buf, at + _fb_unpack("<I", buf, at))
+
+
+def _fb_unpack(fmt: str, buf: bytes, pos: int):
+    import struct
+
+    return struct.unpack_from(fmt, buf, pos)[0]
+
+
+def _metadata_buffer(content: bytes) -> bytes | None:
+    """The TFLITE_METADATA buffer of a .tflite (Model.metadata 6 → Metadata{name 0, buffer 1} → Buffer)."""
+    model = _fb_table(content, _fb_unpack("<I", content, 0))
+    buffers = None
+    for entry in _fb_tables(content, model, 6):
+        if _fb_text(content, entry, 0) == "TFLITE_METADATA":
+            buffers = buffers or _fb_tables(content, model, 4)
+            buffer = buffers[_fb_scalar(content, entry, 1, "<I")]
+            offset, size = _fb_scalar(content, buffer, 1, "<Q"), _fb_scalar(content, buffer, 2, "<Q")
+            if offset > 1:  # large models keep buffers after the flatbuffer
+                return bytes(content[offset:offset + size])
+            start, count = _fb_vector(content, buffer, 0)
+            return bytes(content[start:start + count])
+    return None
+
+
+def _metadata_normalization(meta: bytes, tensor) -> tuple[list, list] | None:
+    """TensorMetadata.process_units 4 → ProcessUnit{options_type 0, options 1} → NormalizationOptions{mean, std}."""
+    for unit in _fb_tables(meta, tensor, 4):
+        options = _fb_sub(meta, unit, 1)
+        if _fb_scalar(meta, unit, 0, "<B") != 1 or options is None:  # 1: NormalizationOptions
+            continue
+        mean, std = ([_fb_unpack("<f", meta, start + 4 * i) for i in range(count)]
+                     for start, count in (_fb_vector(meta, options, 0), _fb_vector(meta, options, 1)))
+        if mean and std and len(mean) in (1, 3) and len(std) in (1, 3) and all(s != 0 for s in std):
+            return mean, std
+    return None
+
+
+def _metadata_labels(content: bytes, meta: bytes, tensor) -> list[str] | None:
+    """The output's TENSOR_AXIS_LABELS file (TensorMetadata.associated_files 6 → {name 0, type 2 = 2}), unzipped."""
+    import zipfile
+
+    for entry in _fb_tables(meta, tensor, 6):
+        if _fb_scalar(meta, entry, 2, "<b") != 2:
+            continue
+        try:
+            with zipfile.ZipFile(io.BytesIO(content)) as archive:
+                text = archive.read(_fb_text(meta, entry, 0)).decode("utf-8-sig", "replace")
+        except (zipfile.BadZipFile, KeyError, OSError, ValueError):
+            return None
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return None
+
+
+def read_standard_metadata(content: bytes, path: str) -> dict:
+    """{"labels", "mean", "std", "name"} from a model's standard metadata; {} when it has none or it is damaged.
+
+    Used only when no edgekit manifest describes the model: a stock model declares how to feed it here.
+    """
+    import struct
+
+    try:
+        meta = _metadata_buffer(content)
+        if not meta or meta[4:8] != b"M001":
+            return {}
+        root = _fb_table(meta, _fb_unpack("<I", meta, 0))
+        graphs = _fb_tables(meta, root, 3)  # ModelMetadata.subgraph_metadata
+        inputs = _fb_tables(meta, graphs[0], 2) if graphs else []  # SubGraphMetadata.input_tensor_metadata
+        outputs = _fb_tables(meta, graphs[0], 3) if graphs else []
+        found = {"name": _fb_text(meta, root, 0)}
+        normalization = _metadata_normalization(meta, inputs[0]) if inputs else None
+        if normalization:
+            found["mean"], found["std"] = normalization
+        labels = _metadata_labels(content, meta, outputs[0]) if outputs else None
+        if labels:
+            found["labels"] = labels
+        return found
+    except (IndexError, ValueError, TypeError, OverflowError, struct.error) as exc:  # a damaged flatbuffer
+        warn(f"{path}: ignoring unreadable TFLite metadata ({one_line(exc)})")
+        return {}
+
+
+def check_classifier(model) -> None:
+    """classify and serve need one [1, N] score vector out; say what the model is otherwise."""
+    outputs = model.interpreter.get_output_details()
+    shape = [int(d) for d in outputs[0]["shape"]] if outputs else []
+    if len(outputs) == 1 and len(shape) == 2 and shape[0] == 1:
+        return
+    described = "; ".join(f"{role} " + ", ".join(f"{np.dtype(d['dtype']).name}{[int(x) for x in d['shape']]}"
+                                                  for d in details)
+                          for role, details in (("inputs", model.interpreter.get_input_details()),
+                                                ("outputs", outputs)))
+    raise RunnerError(f"{model.path}: not an image classifier ({described}); this runner classifies images and "
+                      "needs one [1, N] score output")
+
+
 class Model:
     """A loaded interpreter and how to feed it; run() is safe to call from many threads."""
 
@@ -325,6 +465,11 @@ class Model:
         self.sha256 = hashlib.sha256(content).hexdigest()
         self.size_bytes = len(content)
         self.manifest = read_manifest(path, self.sha256)
+        self.standard_metadata = read_standard_metadata(content, path)
+        # Without an edgekit manifest, a model's standard metadata says how to normalise its input.
+        found = self.standard_metadata
+        self.normalization = None if self.manifest or "mean" not in found else (
+            np.asarray(found["mean"], np.float32), np.asarray(found["std"], np.float32))
         self.runtime, self.interpreter, self.load_ms = self._load(content, runtime, require_delegate)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -386,6 +531,8 @@ class Model:
         low, high = self.pixel_range
         if (low, high) != (0.0, 255.0):
             pixels = pixels * np.float32((high - low) / 255.0) + np.float32(low)
+        if self.normalization is not None:
+            pixels = (pixels - self.normalization[0]) / self.normalization[1]
         dtype = np.dtype(self.input["dtype"])
         if dtype == np.float32:
             return pixels.astype(np.float32, copy=False)
@@ -438,7 +585,7 @@ def read_labels(path: str) -> list[str]:
 
 
 def resolve_labels(model: Model, labels_path: str | None) -> list[str]:
-    """--labels, else labels.txt beside the model, else the manifest's labels, else index numbers."""
+    """--labels, else labels.txt beside the model, else the manifest's, else the metadata's, else index numbers."""
     beside = os.path.join(os.path.dirname(os.path.abspath(model.path)), "labels.txt")
     manifest_labels = model.manifest.get("model", {}).get("labels")
     if labels_path:
@@ -447,6 +594,8 @@ def resolve_labels(model: Model, labels_path: str | None) -> list[str]:
         source, labels = beside, read_labels(beside)
     elif isinstance(manifest_labels, list):
         source, labels = f"{manifest_path(model.path)} model.labels", [str(x) for x in manifest_labels]
+    elif model.standard_metadata.get("labels"):
+        source, labels = f"{model.path} (labels in its TFLite metadata)", model.standard_metadata["labels"]
     else:
         return [str(i) for i in range(model.num_outputs)]
     if len(labels) != model.num_outputs:
@@ -753,6 +902,7 @@ def load_for_classify(args):
     require_numpy()
     require_pillow()
     model = Model(args.model, args.threads, args.delegate, args.runtime)
+    check_classifier(model)
     labels = resolve_labels(model, args.labels)
     logger = Logger(open_log(args, model, labels), model, args.save_below, args.save_all)
     return model, labels, logger
