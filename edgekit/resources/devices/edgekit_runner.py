@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import hashlib
 import hmac
 import io
@@ -68,16 +69,47 @@ except ImportError:  # `doctor` must still run on a device where nothing is inst
 SCHEMA_VERSION = 1
 RUNNER_VERSION = "1"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-SAMPLE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
+SAMPLE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
 RUNTIMES = ("litert", "tflite_runtime", "tf.lite")
-INSTALL = {
-    "litert": "pip install ai-edge-litert",
-    "tflite_runtime": 'pip install tflite-runtime "numpy<2"',
-    "tf.lite": "pip install tensorflow",
-    "numpy": "pip install numpy",
-    "pillow": "pip install pillow",
-    "edgetpu": "sudo apt-get install libedgetpu1-std (Coral apt repository: https://coral.ai/software/)",
+VENV = "~/edgekit/venv"  # what `edgekit deploy`/`doctor` create on a device whose Python is externally managed
+# pip name, Debian package (for a system Python under PEP 668) of what the runner may need
+PACKAGES = {
+    "litert": ("ai-edge-litert", None),
+    "tflite_runtime": ('tflite-runtime "numpy<2"', None),
+    "tf.lite": ("tensorflow", None),
+    "numpy": ("numpy", "python3-numpy"),
+    "pillow": ("pillow", "python3-pil"),
+    "opencv": ("opencv-python-headless", "python3-opencv"),
 }
+
+
+def externally_managed() -> bool:
+    """PEP 668: Debian 12 / Raspberry Pi OS bookworm refuse `pip install` into the system Python."""
+    import sysconfig
+
+    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+    marker = os.path.join(sysconfig.get_paths().get("stdlib", ""), "EXTERNALLY-MANAGED")
+    return not in_venv and os.path.isfile(marker)
+
+
+def install_hints() -> dict:
+    """One install line per package that works for this very interpreter, PEP 668 included."""
+    python = sys.executable or "python3"
+    hints = {}
+    for name, (pip_name, apt_name) in PACKAGES.items():
+        if not externally_managed():
+            hints[name] = f"{python} -m pip install {pip_name}"
+        elif apt_name:
+            hints[name] = f"sudo apt install {apt_name}"
+        else:  # pip only: a venv that still sees apt's numpy, Pillow and picamera2
+            hints[name] = (f"python3 -m venv --system-site-packages {VENV} && {VENV}/bin/python -m pip install "
+                           f"{pip_name}, then run this runner with {VENV}/bin/python")
+    hints["edgetpu"] = ("sudo apt-get install libedgetpu1-std (Coral apt repository: "
+                        "https://coral.ai/software/)")
+    return hints
+
+
+INSTALL = install_hints()
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PROBE_REFUSED = 3  # _probe exit code: a Python error, which the parent may report as it is
 SAMPLE_OUTPUTS = 8
@@ -458,8 +490,39 @@ def resolve_labels(model: Model, labels_path: str | None) -> list[str]:
 # Preprocessing and classification
 
 
-def decode_image(data: bytes, max_pixels: int):
-    """RGB uint8 array of the first frame, and Pillow's format name; ImageError when unusable."""
+# EXIF orientation (tag 0x0112) → the Pillow transpose that shows the photo upright, as ImageOps.exif_transpose
+ORIENTATIONS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                7: "TRANSVERSE", 8: "ROTATE_90"}
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def jpeg_draft_scale(width: int, height: int, out_width: int, out_height: int) -> int:
+    """The DCT-domain downscale (8, 4, 2 or 1) that keeps a JPEG at least as large as the model input.
+
+    Decoding at 1/2 to 1/8 size in libjpeg's IDCT is what makes preprocessing cost little next to
+    invoke(). edgekit.data picks tf.io.decode_jpeg(ratio=...) by this same rule, and libjpeg gives
+    both the same pixels, so training sees what the device sees.
+    """
+    ratio = min(width // max(out_width, 1), height // max(out_height, 1))
+    return next((scale for scale in (8, 4, 2) if ratio >= scale), 1)
+
+
+def to_rgb8(image):
+    """uint8 RGB pixels of a Pillow image; 16-bit greys keep their high byte (as tf.io does), not clip."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        high = (np.clip(np.asarray(image), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(high[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def decode_image(data: bytes, max_pixels: int, size: tuple[int, int] | None = None):
+    """RGB uint8 array of the first frame, upright by its EXIF orientation, and Pillow's format name.
+
+    With `size` (height, width), JPEGs are decoded at the DCT scale jpeg_draft_scale picks; ImageError
+    when the input is unusable.
+    """
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # replaced by our own limit, checked on the header before decoding
@@ -471,16 +534,33 @@ def decode_image(data: bytes, max_pixels: int):
                                     f"over the {max_pixels / 1e6:g} megapixel limit; shrink it or raise "
                                     "--max-megapixels")
             image.seek(0)
-            return np.asarray(image.convert("RGB")), image.format
-    except ImageError:
+            orientation = image.getexif().get(0x0112, 1)
+            if size and image.format in ("JPEG", "MPO"):
+                out_height, out_width = size[::-1] if orientation in (5, 6, 7, 8) else size
+                scale = jpeg_draft_scale(width, height, out_width, out_height)
+                if scale > 1:
+                    image.draft(image.mode, (out_width, out_height))
+                    if image.size != (-(-width // scale), -(-height // scale)):
+                        raise RunnerError(f"Pillow {Image.__version__} scaled a JPEG to {image.size}, not "
+                                          f"1/{scale}; install the Pillow edgekit was tested with")
+            pixels = to_rgb8(image)
+            if orientation in ORIENTATIONS:
+                methods = getattr(Image, "Transpose", Image)  # Pillow < 9.1 (Debian 11) has no enum
+                pixels = np.asarray(Image.fromarray(pixels).transpose(getattr(methods, ORIENTATIONS[orientation])))
+            return pixels, image.format
+    except (ImageError, RunnerError):
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad files
         reason = "unknown format" if type(exc).__name__ == "UnidentifiedImageError" else one_line(exc)
         raise ImageError(f"not a readable image ({reason})") from None
 
 
+@functools.lru_cache(maxsize=64)
 def _resize_axis(in_size: int, out_size: int):
-    """Source indices and weights along one axis, computed in float32 as TensorFlow's kernel does."""
+    """Source indices and weights along one axis, computed in float32 as TensorFlow's kernel does.
+
+    Cached: a camera or a model sees the same few sizes again and again.
+    """
     scale = np.float32(in_size) / np.float32(out_size)
     centres = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
     floor = np.floor(centres)
@@ -506,7 +586,7 @@ def resize_bilinear(image, height: int, width: int):
 
 
 def preprocess(model: Model, data: bytes, max_pixels: int):
-    pixels, image_format = decode_image(data, max_pixels)
+    pixels, image_format = decode_image(data, max_pixels, (model.height, model.width))
     return model.to_input(resize_bilinear(pixels, model.height, model.width)), image_format
 
 
