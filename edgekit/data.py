@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -361,15 +360,11 @@ def spec_from_description(description: dict, image_size: int) -> DataSpec:
 # ---------------------------------------------------------------- tf.data pipelines
 
 
-@functools.cache
 def _device_decode():
     """The device runner's own decode_image: training's Pillow path runs the very code the device runs."""
-    from edgekit.devices import runner_path
+    from edgekit.devices import runner_module
 
-    spec = importlib.util.spec_from_file_location("edgekit_runner_for_training", runner_path())
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.decode_image
+    return runner_module().decode_image
 
 
 def _pil_decode(path: bytes, image_size) -> np.ndarray:

@@ -8,6 +8,10 @@ found on the device, after a model was copied over SSH, costs far more than one 
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
+import posixpath
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +48,7 @@ class DeviceProfile:
     known_hosts_file: str | None = None
     ssh_options: tuple[tuple[str, str], ...] = ()
     python: str | None = None  # None: python3 over SSH, the interpreter running edgekit locally
+    venv: str | None = None  # a venv on the device that deploy/doctor create from `python` and run the runner in
     runtime: str = "auto"
     delegate: str = "none"
     threads: int = 4
@@ -64,10 +69,18 @@ class DeviceProfile:
         return f"{self.host}:{self.port or 22}"
 
     @property
-    def interpreter(self) -> str:
+    def base_python(self) -> str:
+        """The Python that creates `venv`, or runs the runner when there is none."""
         if self.python:
             return self.python
         return "python3" if self.is_remote else sys.executable
+
+    @property
+    def interpreter(self) -> str:
+        if self.venv:  # PEP 668 (Debian 12, Raspberry Pi OS bookworm): pip installs only into a venv
+            python = posixpath.join(self.venv, "bin", "python")
+            return python if self.is_remote else os.path.expanduser(python)
+        return self.base_python
 
     @property
     def remote_workdir(self) -> str:
@@ -118,6 +131,7 @@ _FIELDS = {
     "known_hosts_file": (_is_str, "a path to a known_hosts file"),
     "ssh_options": (_is_option_map, "a mapping of ssh option names to values, e.g. {Compression: 'yes'}"),
     "python": (_is_str, "the Python interpreter to run on the device, e.g. python3"),
+    "venv": (_is_str, "a virtual environment folder on the device, e.g. ~/edgekit/venv"),
     "runtime": _one_of(RUNTIMES),
     "delegate": _one_of(DELEGATES),
     "threads": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),
@@ -283,3 +297,13 @@ def runner_path() -> Path:
     if not path.is_file():
         raise EdgekitError(f"{path}: the on-device runner is missing from the installation; reinstall edgekit")
     return path
+
+
+@functools.cache
+def runner_module():
+    """The runner file imported as a module, for code that must behave exactly as the device does (its
+    decode, its option parser). It imports nothing from edgekit, so this cannot cycle."""
+    spec = importlib.util.spec_from_file_location("edgekit_runner_module", runner_path())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -497,9 +497,10 @@ def test_doctor_reports_interpreters_and_install_lines(tmp_path):
     runtimes = {r["name"]: r for r in report["runtimes"]}
     assert list(runtimes) == ["litert", "tflite_runtime", "tf.lite"]
     assert runtimes["litert"]["available"] and runtimes["litert"]["version"] == ai_edge_litert.__version__
+    pip = f"{sys.executable} -m pip install"  # this interpreter's own pip: a venv's, or a PEP 668 hint
     assert runtimes["tf.lite"] == {"name": "tf.lite", "available": False, "version": None,
-                                   "error": "hidden by the test", "install": f"{sys.executable} -m pip install tensorflow"}
-    assert runtimes["tflite_runtime"]["install"] == f'{sys.executable} -m pip install tflite-runtime "numpy<2"'
+                                   "error": "hidden by the test", "install": f"{pip} tensorflow"}
+    assert runtimes["tflite_runtime"]["install"] == f'{pip} tflite-runtime "numpy<2"'
     assert report["selected_runtime"] == "litert" and report["numpy"] == np.__version__
     assert report["cpu_count"] == os.cpu_count() and report["memory_total_mb"] > 0
     assert "libedgetpu1-std" in report["edgetpu"]["install"]

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from edgekit.artifacts import MANIFEST, sha256_file, verify_files
 from edgekit.bench.ssh import SshClient, describe_exit, last_line, remote_quote, run_process
+from edgekit.device_python import ensure_venv
 from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
+from edgekit.service import install_service
 
 # What `pip install` calls the modules the runner may fail to import.
 _PIP_NAMES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "PIL": "pillow"}
@@ -238,7 +240,7 @@ def _verified_manifest(model_path: Path, manifest_path: Path | None) -> Path | N
 
 def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | None = None,
            labels_path: Path | None = None, runner: Path | None = None, accept_new_host_key: bool = False,
-           known_hosts_file: str | None = None) -> dict:
+           known_hosts_file: str | None = None, service=None) -> dict:
     """Copy the runner, a model and its manifest and labels (default: beside the model) to a device;
     every file's sha256 is checked there.
 
@@ -262,14 +264,19 @@ def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | No
         uploads[f"{model_dir}/{Path(labels_path).name}"] = Path(labels_path)
     target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
     target.prepare()
+    venv = ensure_venv(target, profile)
     files = {name: {"path": target.path(name), "sha256": target.put(local, name)} for name, local in uploads.items()}
-    return {
+    result = {
         "device": profile.name, "address": profile.address, "workdir": target.workdir,
         "runner": target.path(RUNNER_NAME), "model": target.path(model_rel),
-        "model_sha256": model_sha, "files": files,
+        "model_sha256": model_sha, "files": files, "venv": venv,
         "classify": f"{profile.interpreter} {shlex.quote(target.path(RUNNER_NAME))} classify "
                     f"{shlex.quote(target.path(model_rel))} IMAGE_OR_DIR",
     }
+    if service is not None:  # edgekit.service.ServiceSpec: keep it running under systemd
+        result["service"] = install_service(target, profile, service, runner=target.path(RUNNER_NAME),
+                                            model=target.path(model_rel), model_sha256=model_sha)
+    return result
 
 
 def doctor(profile: DeviceProfile, *, runner: Path | None = None, accept_new_host_key: bool = False,
@@ -281,8 +288,10 @@ def doctor(profile: DeviceProfile, *, runner: Path | None = None, accept_new_hos
     """
     target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
     target.prepare()
+    venv = ensure_venv(target, profile)
     target.put(Path(runner) if runner else runner_path(), RUNNER_NAME)
     report = target.run_runner(["doctor"], timeout=timeout, check=False)
+    report["venv"] = venv
     report["device"] = {
         "name": profile.name, "address": profile.address, "workdir": target.workdir,
         "python": profile.interpreter, "runtime": profile.runtime, "delegate": profile.delegate,
