@@ -7,11 +7,12 @@ Models: MobileNetV2 alpha 1.0 at 224x224 and 96x96, float32, random weights (no 
 thread. Inputs: 640x480 camera-like JPEGs (q90). "before" is the runner file at git revision REV (default:
 the merge base with main), "after" the working tree's. Columns, in ms per image: bare = set_tensor + invoke
 + get_tensor on ready tensors; no log = the whole `classify` path per JPEG (decode, resize, quantize,
-rank); logged = the same plus the SQLite row as `classify` writes it by default (before: synchronous=FULL,
-one fsync per row; after: grouped fsync every 1 s), no sample; +sample = logged and the JPEG kept under
-samples/ (what a low-confidence image costs). Then frames per second of `live` on a 640x480 MJPG video at
-224 px (logging on change of label). Prints a table; writes JSON (default
-benchmarks/results/runner_overhead.json) with versions, CPU and the load average.
+rank), one image after the other; logged = the same plus the SQLite row as `classify` writes it by default
+(before: synchronous=FULL, one fsync per row; after: grouped fsync every 1 s), no sample; +sample = logged
+and the JPEG kept under samples/ (what a low-confidence image costs); dir = `classify DIR` itself over the
+JPEG files, logged, which decodes the next file on a second thread while invoking this one (after only).
+Then frames per second of `live` on a 640x480 MJPG video at 224 px (logging on change of label). Prints a
+table; writes JSON (default benchmarks/results/runner_overhead.json) with versions, CPU and load average.
 """
 
 from __future__ import annotations
@@ -113,15 +114,31 @@ def steps(runner, path: Path, content: bytes, frames: list[bytes], workdir: Path
                 logger("bench", result, data, image_format)
         return step
 
-    return {"bare": (bare_step, tensors), "no log": (classify(None), frames), "logged": (classify(rows_only), frames),
-            "+sample": (classify(samples), frames), "_logs": [rows_only.log, samples.log]}
+    configs = {"bare": (bare_step, tensors), "no log": (classify(None), frames),
+               "logged": (classify(rows_only), frames), "+sample": (classify(samples), frames),
+               "_logs": [rows_only.log, samples.log]}
+    if hasattr(runner, "classify_files"):  # `classify DIR` itself: decodes the next file while invoking
+        paths = []
+        for n, data in enumerate(frames):
+            paths.append((str(workdir / f"{tag}-{n:03d}.jpg"), False))
+            Path(paths[-1][0]).write_bytes(data)
+        pipelined = runner.Logger(open_log(runner, workdir / f"{tag}-dir.db"), model, save_below=0.0,
+                                  save_all=False)
+
+        def directory(batch):
+            for _ in runner.classify_files(model, labels, pipelined, batch, 3, 40 * 10**6):
+                pass
+
+        configs["classify dir"] = (directory, [paths] * 1, len(paths))
+        configs["_logs"].append(pipelined.log)
+    return configs
 
 
-def time_pass(step, items) -> float:
+def time_pass(step, items, per_item: int = 1) -> float:
     start = time.perf_counter()
     for item in items:
         step(item)
-    return (time.perf_counter() - start) * 1e3 / len(items)
+    return (time.perf_counter() - start) * 1e3 / (len(items) * per_item)
 
 
 def measure(runners: dict, size: int, frames: list[bytes], rounds: int, workdir: Path) -> list[dict]:
@@ -142,6 +159,8 @@ def measure(runners: dict, size: int, frames: list[bytes], rounds: int, workdir:
         row.update({name: statistics.median(timings[(version, name)]) for name in config if not name.startswith("_")})
         row.update(ratio_no_log=row["no log"] / row["bare"], ratio_logged=row["logged"] / row["bare"],
                    ratio_sample=row["+sample"] / row["bare"])
+        if "classify dir" in row:
+            row["ratio_classify_dir"] = row["classify dir"] / row["bare"]
         rows.append(row)
         for log in config["_logs"]:
             log.close()
@@ -198,10 +217,12 @@ def main() -> None:
             rows += measure(runners, size, frames, args.rounds, workdir)
         live = live_fps(runners["after"], workdir, args.live_frames) if args.live_frames else None
     print(f"{'model':<30}{'runner':>8}" + "".join(f"{c:>9}" for c in ("bare", "no log", "logged", "+sample"))
-          + "   ratio no log / logged / +sample")
+          + f"{'dir':>9}   ratio no log / logged / +sample / dir")
     for r in rows:
+        directory = r.get("classify dir")
         print(f"{r['model']:<30}{r['runner']:>8}{r['bare']:>9.2f}{r['no log']:>9.2f}{r['logged']:>9.2f}"
-              f"{r['+sample']:>9.2f}   {r['ratio_no_log']:.2f} / {r['ratio_logged']:.2f} / {r['ratio_sample']:.2f}")
+              f"{r['+sample']:>9.2f}{directory or float('nan'):>9.2f}   {r['ratio_no_log']:.2f} / "
+              f"{r['ratio_logged']:.2f} / {r['ratio_sample']:.2f} / {r.get('ratio_classify_dir', float('nan')):.2f}")
     if live:
         print(f"live: {live['frames']} frames of 640x480 video at 224 px in {live['seconds']} s = {live['fps']} fps")
     runtime = runners["after"].get_runtime(runners["after"].choose_runtime(None))

@@ -78,10 +78,11 @@ def device_pixels(runner, data: bytes, size: int) -> np.ndarray:
 @pytest.mark.parametrize("size", [224, 96, 32])
 def test_dct_scaled_jpeg_decode_is_identical_in_training_and_on_the_device(runner, tmp_path, size):
     files = {}
-    for n, (width, height, subsampling) in enumerate([(640, 480, 2), (641, 479, 0), (1001, 333, 1)]):
+    shapes = [(640, 480, 2, False), (641, 479, 0, False), (1001, 333, 1, False), (500, 700, 2, True)]
+    for n, (width, height, subsampling, progressive) in enumerate(shapes):
         buffer = io.BytesIO()
         Image.fromarray(camera_like(width, height, n)).save(buffer, format="JPEG", quality=85,
-                                                            subsampling=subsampling)
+                                                            subsampling=subsampling, progressive=progressive)
         files[f"{n}.jpg"] = buffer.getvalue()
     ours = training_pixels(tmp_path, files, size)
     for name, data in files.items():
