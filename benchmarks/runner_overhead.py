@@ -2,8 +2,8 @@
                                              [--out FILE.json]
 
 What the on-device runner costs per image on top of a bare `interpreter.invoke()` loop, before and after a
-change, side by side in one run (rounds interleave the configurations so both see the same machine load; the table gives the median
-round, and the best round's ratios are printed and saved too).
+change, side by side in one run (rounds interleave the configurations so both see the same machine
+load; the table gives the median round, and the best round's ratios are printed and saved too).
 Models: MobileNetV2 alpha 1.0 at 224x224 and 96x96, float32, random weights (no download), 1 interpreter
 thread. Inputs: 640x480 camera-like JPEGs (q90). "before" is the runner file at git revision REV (default:
 the merge base with main), "after" the working tree's. Columns, in ms per image: bare = set_tensor + invoke
