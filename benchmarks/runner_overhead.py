@@ -12,8 +12,9 @@ rank), one image after the other; logged = the same plus the SQLite row as `clas
 (before: synchronous=FULL, one fsync per row; after: grouped fsync every 1 s), no sample; +sample = logged
 and the JPEG kept under samples/ (what a low-confidence image costs); dir = `classify DIR` itself over the
 JPEG files, logged, which decodes the next file on a second thread while invoking this one (after only).
-Then frames per second of `live` on a 640x480 MJPG video at 224 px (logging on change of label). Prints a
-table; writes JSON (default benchmarks/results/runner_overhead.json) with versions, CPU and load average.
+Then frames per second of `live` on a 640x480 MJPG video at 224 px (logging on change of label), and each
+stage alone (fastest of --stage-repeats tries) with the ratio those minimums imply. Prints a table;
+writes JSON (default benchmarks/results/runner_overhead.json) with versions, CPU and load average.
 """
 
 from __future__ import annotations
@@ -196,6 +197,38 @@ def live_fps(runner, workdir: Path, frames: int) -> dict:
             "threads": 1, "frames": total, "seconds": round(seconds, 3), "fps": round(total / seconds, 2)}
 
 
+def stage_minimums(runners: dict, workdir: Path, frames: list[bytes], repeats: int) -> list[dict]:
+    """Each stage alone, the fastest of `repeats` tries: on a shared machine the minimum is the estimate
+    least inflated by other processes. Estimated ratio = (preprocess + invoke + rank + log row) / invoke."""
+    return [stage_row(runner, version, workdir / f"mobilenetv2-1.0-{size}.tflite", workdir, frames[0], repeats)
+            for size in (224, 96) for version, runner in runners.items()]
+
+
+def stage_row(runner, version: str, path: Path, workdir: Path, frame: bytes, repeats: int) -> dict:
+    model = runner.Model(str(path), threads=1)
+    labels = [str(i) for i in range(model.num_outputs)]
+    log = open_log(runner, workdir / f"stages-{version}-{path.stem}.db")
+    tensor = runner.preprocess(model, frame, 40 * 10**6)[0]
+    result = runner.classify_bytes(model, labels, frame, 3, 40 * 10**6)[0]
+    stages = {"preprocess": lambda: runner.preprocess(model, frame, 40 * 10**6),
+              "invoke": lambda: model.run(tensor),
+              "rank": lambda: runner.top_k(model.scores(model.run(tensor)[0]), labels, 3),
+              "log row": lambda: log.log_prediction(model.sha256, "bench", result)}
+    best = {}
+    for name, stage in stages.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            stage()
+            times.append((time.perf_counter() - start) * 1e3)
+        best[name] = min(times)
+    best["rank"] = max(best["rank"] - best["invoke"], 0.0)  # rank was timed with an invoke
+    log.close()
+    return {"model": path.stem + "-float32", "runner": version, "min_ms": best,
+            "estimated_ratio_logged": sum(best.values()) / best["invoke"],
+            "estimated_ratio_no_log": (sum(best.values()) - best["log row"]) / best["invoke"]}
+
+
 def merge_base() -> str:
     done = subprocess.run(["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True, text=True)
     return done.stdout.strip() or "HEAD"
@@ -208,6 +241,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--before", default=None, help="git revision of the 'before' runner (merge base with main)")
     parser.add_argument("--live-frames", type=int, default=150)
+    parser.add_argument("--stage-repeats", type=int, default=60, help="tries per stage for the minimums")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "runner_overhead.json"))
     args = parser.parse_args()
     before = args.before or merge_base()
@@ -221,6 +255,7 @@ def main() -> None:
             print(f"converting and measuring MobileNetV2 1.0 at {size} px ...", file=sys.stderr, flush=True)
             rows += measure(runners, size, frames, args.rounds, workdir)
         live = live_fps(runners["after"], workdir, args.live_frames) if args.live_frames else None
+        stages = stage_minimums(runners, workdir, frames, args.stage_repeats)
     print(f"{'model':<30}{'runner':>8}" + "".join(f"{c:>9}" for c in ("bare", "no log", "logged", "+sample"))
           + f"{'dir':>9}   ratio no log / logged / +sample / dir")
     for r in rows:
@@ -231,6 +266,10 @@ def main() -> None:
     print("best round (least disturbed), ratio to bare: " + "; ".join(
         f"{r['model'].split('-')[2]} px {r['runner']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["best_ratio"].items())
         for r in rows))
+    for r in stages:
+        print(f"{r['model']:<30}{r['runner']:>8}  stage minimums (ms): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in r["min_ms"].items())
+              + f"  -> ratio {r['estimated_ratio_no_log']:.2f} no log, {r['estimated_ratio_logged']:.2f} logged")
     if live:
         print(f"live: {live['frames']} frames of 640x480 video at 224 px in {live['seconds']} s = {live['fps']} fps")
     runtime = runners["after"].get_runtime(runners["after"].choose_runtime(None))
@@ -240,7 +279,7 @@ def main() -> None:
                                                                             "version": runtime.version},
                               "tensorflow": tf.__version__, "platform": platform.platform(),
                               "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())},
-              "rows": rows, "live": live}
+              "rows": rows, "stage_minimums": stages, "live": live}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
