@@ -370,9 +370,16 @@ def bench(
 @app.command()
 @user_errors
 def deploy(
-    model: Annotated[Path, typer.Argument(help="A .tflite file or a variant directory.")],
+    model: Annotated[Path | None, typer.Argument(help="A .tflite file or a variant directory.")] = None,
     device: DeviceOption = "desktop",
     runtime: RuntimeOption = None,
+    service: Annotated[str | None, typer.Option(help="Also install and start a systemd service running the "
+                                                     "runner's `serve` or `live` (restarts on failure and "
+                                                     "at boot).")] = None,
+    service_args: Annotated[str | None, typer.Option(help="Runner arguments for the service, e.g. '--host "
+                                                          "0.0.0.0 --port 8080' or '/dev/video0 --fps 5'.")] = None,
+    remove_service: Annotated[str | None, typer.Option(help="Stop, disable and delete the `serve` or `live` "
+                                                            "service instead of deploying.")] = None,
     accept_new_host_key: AcceptKeyOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -381,15 +388,34 @@ def deploy(
 
     $ edgekit deploy runs/digits-20260101-120000/compressed/int8-ptq --device pi
     $ edgekit deploy model.tflite --device coral-devboard --runtime tflite_runtime
+    $ edgekit deploy runs/digits-20260101-120000/compressed/int8-ptq --device pi --service serve
+    $ edgekit deploy runs/<run>/compressed/int8-ptq --device pi --service live --service-args '/dev/video0 --fps 5'
+    $ edgekit deploy --device pi --remove-service serve
     """
     from edgekit.deploy import deploy as deploy_model
     from edgekit.devices import load_profile
+    from edgekit.service import ServiceSpec, remove_from_device
 
     _check_runtime(runtime)
+    if remove_service:
+        result = remove_from_device(load_profile(device), remove_service, accept_new_host_key=accept_new_host_key)
+        emit(result, as_json, f"removed {result['unit']} from {result['device']}")
+        return
+    if model is None:
+        raise EdgekitError("deploy needs a MODEL (a .tflite file or a variant directory), or --remove-service")
+    if service_args and not service:
+        raise EdgekitError("--service-args needs --service serve or --service live")
+    spec = ServiceSpec.parse(service, service_args) if service else None
     path = model / "model.tflite" if model.is_dir() else model
-    result = deploy_model(load_profile(device), path, accept_new_host_key=accept_new_host_key, runtime=runtime)
-    emit(result, as_json, f"deployed {path.name} (sha256 {result['model_sha256'][:12]}…) to {result['device']}:"
-                          f" {result['model']}\nrun it: {result['classify']}")
+    result = deploy_model(load_profile(device), path, accept_new_host_key=accept_new_host_key,
+                          runtime=runtime, service=spec)
+    text = (f"deployed {path.name} (sha256 {result['model_sha256'][:12]}…) to {result['device']}: {result['model']}"
+            f"\nrun it: {result['classify']}")
+    if result.get("service"):
+        unit = result["service"]
+        text += (f"\nservice {unit['unit']}: {unit['state']} (token in {unit['env_file']}; logs: {unit['logs']}; "
+                 f"remove: {unit['remove']})")
+    emit(result, as_json, text)
 
 
 @app.command()

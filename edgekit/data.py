@@ -7,6 +7,7 @@ Pixels stay raw RGB in [0, 255]: normalisation lives inside the model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import warnings
@@ -159,7 +160,8 @@ def inspect_image(path: Path, max_pixels: int) -> bool:
                 if width < 1 or height < 1:
                     raise BadImage("has no pixels")
                 image.load()
-                return image.format in TF_FORMATS and image.mode in TF_MODES
+                upright = image.getexif().get(0x0112, 1) in (0, 1)  # tf.io ignores EXIF orientation
+                return image.format in TF_FORMATS and image.mode in TF_MODES and upright
     except Image.DecompressionBombError:
         raise BadImage(f"is over the {max_pixels:,}-pixel limit for safe decoding") from None
     except UnidentifiedImageError:
@@ -358,11 +360,38 @@ def spec_from_description(description: dict, image_size: int) -> DataSpec:
 # ---------------------------------------------------------------- tf.data pipelines
 
 
-def _pil_decode(path: bytes) -> np.ndarray:
-    from PIL import Image
+def _device_decode():
+    """The device runner's own decode_image: training's Pillow path runs the very code the device runs."""
+    from edgekit.devices import runner_module
 
-    with Image.open(path.decode()) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return runner_module().decode_image
+
+
+def _pil_decode(path: bytes, image_size) -> np.ndarray:
+    """EXIF-rotated, 16-bit, webp... images: decoded (and JPEG-draft-scaled) as the device runner does."""
+    size = int(image_size)
+    with open(path.decode(), "rb") as handle:
+        pixels, _ = _device_decode()(handle.read(), 2**62, (size, size))
+    return np.ascontiguousarray(pixels, dtype=np.uint8)
+
+
+def _jpeg_ratio(raw, image_size: int):
+    """tf.io.decode_jpeg at the DCT scale the device picks (edgekit_runner.jpeg_draft_scale): 8, 4, 2 or 1."""
+    from edgekit.compat import tf
+
+    shape = tf.io.extract_jpeg_shape(raw)
+    ratio = tf.minimum(shape[0] // image_size, shape[1] // image_size)
+    branches = [(tf.greater_equal(ratio, scale), functools.partial(_decode_jpeg, raw, scale))
+                for scale in (8, 4, 2)]
+    return tf.case(branches, default=functools.partial(_decode_jpeg, raw, 1), exclusive=False)
+
+
+def _decode_jpeg(raw, ratio: int):
+    from edgekit.compat import tf
+
+    # the accurate DCT is what Pillow (and so the device runner) uses; TF's default fast one
+    # differs by a few grey levels on most pixels of a camera JPEG
+    return tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE", ratio=ratio)
 
 
 def _decode_fn(image_size: int):
@@ -371,16 +400,14 @@ def _decode_fn(image_size: int):
     def decode(path, tf_ok):
         def with_tf():
             raw = tf.io.read_file(path)
-            # the accurate DCT is what Pillow (and so the device runner) uses; TF's default fast one
-            # differs by a few grey levels on most pixels of a camera JPEG
             return tf.cond(
                 tf.io.is_jpeg(raw),
-                lambda: tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE"),
+                lambda: _jpeg_ratio(raw, image_size),
                 lambda: tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8),
             )
 
         def with_pillow():
-            image = tf.numpy_function(_pil_decode, [path], tf.uint8, stateful=False)
+            image = tf.numpy_function(_pil_decode, [path, image_size], tf.uint8, stateful=False)
             return tf.ensure_shape(image, [None, None, 3])
 
         image = tf.cond(tf_ok, with_tf, with_pillow)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, edgekit_home, sha256_file
+from edgekit.device_python import ensure_venv
 from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
+from edgekit.service import install_service
 from edgekit.transport.targets import make_target
 
 
@@ -31,7 +33,7 @@ def _verified_manifest(model_path: Path, manifest_path: Path | None) -> Path | N
 
 def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | None = None,
            labels_path: Path | None = None, runner: Path | None = None, accept_new_host_key: bool = False,
-           known_hosts_file: str | None = None, runtime: str | None = None) -> dict:
+           known_hosts_file: str | None = None, runtime: str | None = None, service=None) -> dict:
     """Copy the runner, a model and its manifest and labels (default: beside the model) to a device;
     every file's sha256 is checked there.
 
@@ -55,18 +57,24 @@ def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | No
         uploads[f"{model_dir}/{Path(labels_path).name}"] = Path(labels_path)
     target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
     target.prepare()
+    venv = ensure_venv(target, profile)
     files = {name: {"path": target.path(name), "sha256": target.put(local, name)} for name, local in uploads.items()}
     runtime = runtime or profile.runtime
     loaded = _check_loads(target, model_rel, runtime)
-    record = _record_deployment(profile, target.workdir, target.path(model_rel), model_path, model_sha, files)
     pinned = "" if runtime == "auto" else f" --runtime {runtime}"
-    return {"record": str(record),
+    result = {
         "device": profile.name, "address": profile.address, "workdir": target.workdir,
         "runner": target.path(RUNNER_NAME), "model": target.path(model_rel),
-        "model_sha256": model_sha, "files": files, "runtime": loaded,
+        "model_sha256": model_sha, "files": files, "runtime": loaded, "venv": venv,
         "classify": f"{profile.interpreter} {shlex.quote(target.path(RUNNER_NAME))} classify "
                     f"{shlex.quote(target.path(model_rel))} IMAGE_OR_DIR{pinned}",
     }
+    if service is not None:  # edgekit.service.ServiceSpec: keep it running under systemd
+        result["service"] = install_service(target, profile, service, runner=target.path(RUNNER_NAME),
+                                            model=target.path(model_rel), model_sha256=model_sha)
+    record = _record_deployment(profile, target.workdir, target.path(model_rel), model_path, model_sha, files,
+                                result.get("service"))
+    return {"record": str(record), **result}
 
 
 def _check_loads(target, model_rel: str, runtime: str) -> dict:
@@ -89,14 +97,14 @@ def _check_loads(target, model_rel: str, runtime: str) -> dict:
 
 
 def _record_deployment(profile: DeviceProfile, workdir: str, remote_model: str, model_path: Path, model_sha: str,
-                       files: dict) -> Path:
+                       files: dict, service: dict | None = None) -> Path:
     """A deployment manifest under $EDGEKIT_HOME/deployments/<device>/<sha12>: what went where, verified."""
     directory = edgekit_home() / "deployments" / profile.name / model_sha[:12]
     directory.mkdir(parents=True, exist_ok=True)
     parent = manifests.ParentRef(path=str(model_path.resolve()), sha256=model_sha, file=model_path.name)
     manifests.write(directory, manifests.DeploymentManifest(
         device=profile.name, address=profile.address, workdir=workdir, model=remote_model, model_sha256=model_sha,
-        parent=parent, remote_files=files), [])
+        parent=parent, remote_files=files, service=service), [])
     return directory
 
 
@@ -109,8 +117,10 @@ def doctor(profile: DeviceProfile, *, runner: Path | None = None, accept_new_hos
     """
     target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
     target.prepare()
+    venv = ensure_venv(target, profile)
     target.put(Path(runner) if runner else runner_path(), RUNNER_NAME)
     report = target.run_runner(["doctor"], timeout=timeout, check=False)
+    report["venv"] = venv
     report["device"] = {
         "name": profile.name, "address": profile.address, "workdir": target.workdir,
         "python": profile.interpreter, "runtime": profile.runtime, "delegate": profile.delegate,

@@ -9,6 +9,10 @@ found on the device, after a model was copied over SSH, costs far more than one 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.util
+import os
+import posixpath
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -48,6 +52,7 @@ class DeviceProfile:
     known_hosts_file: str | None = None
     ssh_options: tuple[tuple[str, str], ...] = ()
     python: str | None = None  # None: python3 over SSH, the interpreter running edgekit locally
+    venv: str | None = None  # a venv on the device that deploy/doctor create from `python` and run the runner in
     runtime: str = "auto"
     delegate: str = "none"
     threads: int = 4
@@ -68,10 +73,18 @@ class DeviceProfile:
         return f"{self.host}:{self.port or 22}"
 
     @property
-    def interpreter(self) -> str:
+    def base_python(self) -> str:
+        """The Python that creates `venv`, or runs the runner when there is none."""
         if self.python:
             return self.python
         return "python3" if self.is_remote else sys.executable
+
+    @property
+    def interpreter(self) -> str:
+        if self.venv:  # PEP 668 (Debian 12, Raspberry Pi OS bookworm): pip installs only into a venv
+            python = posixpath.join(self.venv, "bin", "python")
+            return python if self.is_remote else os.path.expanduser(python)
+        return self.base_python
 
     @property
     def remote_workdir(self) -> str:
@@ -107,7 +120,8 @@ class ProfileFile:
     ssh_options: dict[str, str | bool | int | float] | None = field(
         default=None, metadata=wants("a mapping of ssh option names to values, e.g. {Compression: 'yes'}",
                                      lambda v: all(_nonempty(k) for k in v)))
-    python: str | None = _text("the Python interpreter to run on the device, e.g. ~/edgekit/venv/bin/python")
+    python: str | None = _text("the Python interpreter to run on the device, e.g. python3")
+    venv: str | None = _text("a virtual environment folder on the device, e.g. ~/edgekit/venv")
     runtime: Runtime = field(default="auto", metadata=wants("one of " + ", ".join(RUNTIMES)))
     delegate: Delegate = field(default="none", metadata=wants("one of " + ", ".join(DELEGATES)))
     threads: int = field(default=4, metadata=wants("an integer ≥ 1", lambda v: v >= 1))
@@ -262,3 +276,13 @@ def runner_path() -> Path:
     if not path.is_file():
         raise EdgekitError(f"{path}: the on-device runner is missing from the installation; reinstall edgekit")
     return path
+
+
+@functools.cache
+def runner_module():
+    """The runner file imported as a module, for code that must behave exactly as the device does (its
+    decode, its option parser). It imports nothing from edgekit, so this cannot cycle."""
+    spec = importlib.util.spec_from_file_location("edgekit_runner_module", runner_path())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

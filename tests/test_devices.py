@@ -62,7 +62,8 @@ def test_aliases_and_names_find_the_profile(home, alias, name):
 
 def test_shipped_remote_profiles_use_ssh_defaults(home):
     pi = load_profile("rpi4")
-    assert (pi.connection, pi.arch, pi.interpreter, pi.remote_workdir) == ("ssh", "aarch64", "python3", "~/edgekit")
+    assert (pi.connection, pi.arch, pi.base_python, pi.remote_workdir) == ("ssh", "aarch64", "python3", "~/edgekit")
+    assert pi.interpreter == "~/edgekit/venv/bin/python"  # bookworm's system Python refuses pip (PEP 668)
     assert pi.port is None and pi.address == "raspberrypi.local:22"
     assert load_profile("coral-devboard").delegate == "edgetpu"
 

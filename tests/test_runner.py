@@ -177,8 +177,9 @@ def test_runner_is_standalone_and_parses_as_python_39():
     everywhere |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "edgekit" not in everywhere
     assert top_level - set(sys.stdlib_module_names) <= {"__future__", "numpy"}
+    # cv2 and picamera2 are imported only by `live`, which says what to install when they are missing
     assert everywhere - set(sys.stdlib_module_names) <= {"__future__", "numpy", "PIL", "ai_edge_litert",
-                                                          "tflite_runtime", "tensorflow"}
+                                                          "tflite_runtime", "tensorflow", "cv2", "picamera2"}
 
 
 @pytest.mark.parametrize("shapes", [((50, 70), (32, 32)), ((20, 13), (32, 32)), ((480, 640), (224, 224)),
@@ -496,9 +497,10 @@ def test_doctor_reports_interpreters_and_install_lines(tmp_path):
     runtimes = {r["name"]: r for r in report["runtimes"]}
     assert list(runtimes) == ["litert", "tflite_runtime", "tf.lite"]
     assert runtimes["litert"]["available"] and runtimes["litert"]["version"] == ai_edge_litert.__version__
+    pip = f"{sys.executable} -m pip install"  # this interpreter's own pip: a venv's, or a PEP 668 hint
     assert runtimes["tf.lite"] == {"name": "tf.lite", "available": False, "version": None,
-                                   "error": "hidden by the test", "install": "pip install tensorflow"}
-    assert runtimes["tflite_runtime"]["install"] == 'pip install tflite-runtime "numpy<2"'
+                                   "error": "hidden by the test", "install": f"{pip} tensorflow"}
+    assert runtimes["tflite_runtime"]["install"] == f'{pip} tflite-runtime "numpy<2"'
     assert report["selected_runtime"] == "litert" and report["numpy"] == np.__version__
     assert report["cpu_count"] == os.cpu_count() and report["memory_total_mb"] > 0
     assert "libedgetpu1-std" in report["edgetpu"]["install"]

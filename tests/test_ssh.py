@@ -309,8 +309,9 @@ def test_doctor_on_a_device_without_an_interpreter_says_what_to_install(sshd, tm
     assert report["ok"] is False
     assert report["selected_runtime"] is None
     assert not any(runtime["available"] for runtime in report["runtimes"])
-    assert "pip install ai-edge-litert (or pip install tflite-runtime \"numpy<2\")" in report["missing"]
-    assert "pip install numpy" in report["missing"]
+    pip = f"{bare_venv} -m pip install"  # the device interpreter's own pip: works in a venv under PEP 668
+    assert f'{pip} ai-edge-litert (or {pip} tflite-runtime "numpy<2")' in report["missing"]
+    assert f"{pip} numpy" in report["missing"]
     assert report["error"].startswith("loopback: `edgekit_runner.py doctor` exited 1: this device cannot run")
     assert report["device"]["address"] == f"127.0.0.1:{sshd.port}"
     assert report["executable"] == str(bare_venv)

@@ -1,30 +1,43 @@
-"""usage: python3 edgekit_runner.py [-h] {classify,serve,feedback,bench,doctor} ...
+"""usage: python3 edgekit_runner.py [-h] {classify,serve,live,feedback,bench,predict,doctor} ...
 
-The on-device half of edgekit: classify images with a .tflite model, serve it over HTTP, record
-corrections, benchmark it and report what the device can run. It is one file that imports nothing
+The on-device half of edgekit: classify images with a .tflite model, serve it over HTTP, classify a
+camera, video, stream or watched folder, record corrections, benchmark it and report what the device
+can run. It is one file that imports nothing
 from edgekit, so `edgekit deploy` can copy it beside a model onto a Raspberry Pi or Coral board; it
 needs Python 3.9+, numpy, Pillow and one TFLite interpreter (ai-edge-litert, tflite-runtime or
 tensorflow, tried in that order).
 
   python3 edgekit_runner.py classify model.tflite photos/ --top-k 3
   python3 edgekit_runner.py serve model.tflite --port 8080
+  python3 edgekit_runner.py live model.tflite /dev/video0 --fps 5 --log-policy change
   python3 edgekit_runner.py feedback 3f2a0c9e5b7d4e1f8a6b2c4d9e0f1a2b cat --db edgekit_runner.db
   python3 edgekit_runner.py bench model.tflite --images photos/ --json
+  python3 edgekit_runner.py predict model.tflite --images inputs.npz --json
   python3 edgekit_runner.py doctor
 
-Preprocessing matches edgekit's TensorFlow pipeline: Pillow decodes the first frame (EXIF orientation is
-ignored, as tf.io does; JPEGs with the accurate integer DCT, equal to tf.io.decode_jpeg with
-dct_method="INTEGER_ACCURATE"), converts to RGB, and a numpy bilinear resize equal to
+Preprocessing matches edgekit's TensorFlow pipeline: Pillow decodes the first frame (JPEGs with the
+accurate integer DCT, equal to tf.io.decode_jpeg with dct_method="INTEGER_ACCURATE", and scaled by 1/2,
+1/4 or 1/8 inside the DCT when the image is at least that many times the input size, as edgekit's
+training does with decode_jpeg(ratio=...)), turns it upright by its EXIF orientation (training does too),
+keeps the high byte of 16-bit images, and a numpy bilinear resize equal to
 `tf.image.resize(method="bilinear", antialias=False)` squashes it to the model's input size. Integer
 inputs get round(x / scale + zero_point), numpy's round-half-even, as edgekit's evaluation does. Input
 size comes from the model; `manifest.json` beside it supplies pixel range and labels, cross-checked.
 
 Every prediction is logged in SQLite (`edgekit_runner.db` beside the model, or $EDGEKIT_RUNNER_DB, or
---db), in WAL mode with synchronous=FULL so a row survives a kill right after it is written.
+--db), in WAL mode. Durability contract: a logged row and its sample survive a kill of the runner as soon
+as the prediction is answered (the commit is in the operating system's cache), and survive a power cut
+once the next grouped fsync has run, at most --sync-interval seconds later (1 s; the runner fsyncs the
+WAL, the samples and their folder, and again on a clean stop). --sync-interval 0 fsyncs every row before
+it answers (synchronous=FULL), at about one SD-card flush per image. Retention: at most --keep-rows rows
+(100000) and, with --keep-days, none older; rows with feedback are kept; trimmed rows are counted in
+meta 'trimmed_rows'. At start, `*.tmp` and unreferenced files under samples/ are deleted and rows whose
+sample is gone forget it.
 Low-confidence inputs are kept under `samples/` beside the database, within a disk budget, so
 `edgekit feedback` can turn corrections into training data. Schema (schema_version 1):
 
-  meta(key TEXT PRIMARY KEY, value)          -- 'schema_version', 'dropped_samples' (evicted or unsaved)
+  meta(key TEXT PRIMARY KEY, value)          -- 'schema_version', 'dropped_samples' (evicted or unsaved),
+                                             -- 'trimmed_rows' (removed by the retention policy)
   models(sha256 TEXT PRIMARY KEY, path TEXT, labels TEXT /* JSON list */, first_seen TEXT)
   predictions(id TEXT PRIMARY KEY /* uuid4 hex */, time TEXT /* UTC ISO 8601 */, model_sha256 TEXT,
               source TEXT /* image path or 'http' */, top_k TEXT /* JSON [{label, index, score}] */,
@@ -40,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import hashlib
 import hmac
 import io
@@ -68,16 +82,47 @@ except ImportError:  # `doctor` must still run on a device where nothing is inst
 SCHEMA_VERSION = 1
 RUNNER_VERSION = "1"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-SAMPLE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
+SAMPLE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
 RUNTIMES = ("litert", "tflite_runtime", "tf.lite")
-INSTALL = {
-    "litert": "pip install ai-edge-litert",
-    "tflite_runtime": 'pip install tflite-runtime "numpy<2"',
-    "tf.lite": "pip install tensorflow",
-    "numpy": "pip install numpy",
-    "pillow": "pip install pillow",
-    "edgetpu": "sudo apt-get install libedgetpu1-std (Coral apt repository: https://coral.ai/software/)",
+VENV = "~/edgekit/venv"  # what `edgekit deploy`/`doctor` create on a device whose Python is externally managed
+# pip name, Debian package (for a system Python under PEP 668) of what the runner may need
+PACKAGES = {
+    "litert": ("ai-edge-litert", None),
+    "tflite_runtime": ('tflite-runtime "numpy<2"', None),
+    "tf.lite": ("tensorflow", None),
+    "numpy": ("numpy", "python3-numpy"),
+    "pillow": ("pillow", "python3-pil"),
+    "opencv": ("opencv-python-headless", "python3-opencv"),
 }
+
+
+def externally_managed() -> bool:
+    """PEP 668: Debian 12 / Raspberry Pi OS bookworm refuse `pip install` into the system Python."""
+    import sysconfig
+
+    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+    marker = os.path.join(sysconfig.get_paths().get("stdlib", ""), "EXTERNALLY-MANAGED")
+    return not in_venv and os.path.isfile(marker)
+
+
+def install_hints() -> dict:
+    """One install line per package that works for this very interpreter, PEP 668 included."""
+    python = sys.executable or "python3"
+    hints = {}
+    for name, (pip_name, apt_name) in PACKAGES.items():
+        if not externally_managed():
+            hints[name] = f"{python} -m pip install {pip_name}"
+        elif apt_name:
+            hints[name] = f"sudo apt install {apt_name}"
+        else:  # pip only: a venv that still sees apt's numpy, Pillow and picamera2
+            hints[name] = (f"python3 -m venv --system-site-packages {VENV} && {VENV}/bin/python -m pip install "
+                           f"{pip_name}, then run this runner with {VENV}/bin/python")
+    hints["edgetpu"] = ("sudo apt-get install libedgetpu1-std (Coral apt repository: "
+                        "https://coral.ai/software/)")
+    return hints
+
+
+INSTALL = install_hints()
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PROBE_REFUSED = 3  # _probe exit code: a Python error, which the parent may report as it is
 SAMPLE_OUTPUTS = 8
@@ -97,7 +142,9 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback (prediction_id)",
     f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION})",
     "INSERT OR IGNORE INTO meta VALUES ('dropped_samples', 0)",
+    "INSERT OR IGNORE INTO meta VALUES ('trimmed_rows', 0)",
 )
+TRIM_EVERY = 500  # rows between two retention passes
 
 
 class RunnerError(Exception):
@@ -608,8 +655,39 @@ def resolve_labels(model: Model, labels_path: str | None) -> list[str]:
 # Preprocessing and classification
 
 
-def decode_image(data: bytes, max_pixels: int):
-    """RGB uint8 array of the first frame, and Pillow's format name; ImageError when unusable."""
+# EXIF orientation (tag 0x0112) → the Pillow transpose that shows the photo upright, as ImageOps.exif_transpose
+ORIENTATIONS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+                7: "TRANSVERSE", 8: "ROTATE_90"}
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def jpeg_draft_scale(width: int, height: int, out_width: int, out_height: int) -> int:
+    """The DCT-domain downscale (8, 4, 2 or 1) that keeps a JPEG at least as large as the model input.
+
+    Decoding at 1/2 to 1/8 size in libjpeg's IDCT is what makes preprocessing cost little next to
+    invoke(). edgekit.data picks tf.io.decode_jpeg(ratio=...) by this same rule, and libjpeg gives
+    both the same pixels, so training sees what the device sees.
+    """
+    ratio = min(width // max(out_width, 1), height // max(out_height, 1))
+    return next((scale for scale in (8, 4, 2) if ratio >= scale), 1)
+
+
+def to_rgb8(image):
+    """uint8 RGB pixels of a Pillow image; 16-bit greys keep their high byte (as tf.io does), not clip."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        high = (np.clip(np.asarray(image), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(high[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image)
+
+
+def decode_image(data: bytes, max_pixels: int, size: tuple[int, int] | None = None):
+    """RGB uint8 array of the first frame, upright by its EXIF orientation, and Pillow's format name.
+
+    With `size` (height, width), JPEGs are decoded at the DCT scale jpeg_draft_scale picks; ImageError
+    when the input is unusable.
+    """
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # replaced by our own limit, checked on the header before decoding
@@ -621,16 +699,33 @@ def decode_image(data: bytes, max_pixels: int):
                                     f"over the {max_pixels / 1e6:g} megapixel limit; shrink it or raise "
                                     "--max-megapixels")
             image.seek(0)
-            return np.asarray(image.convert("RGB")), image.format
-    except ImageError:
+            orientation = image.getexif().get(0x0112, 1)
+            if size and image.format in ("JPEG", "MPO"):
+                out_height, out_width = size[::-1] if orientation in (5, 6, 7, 8) else size
+                scale = jpeg_draft_scale(width, height, out_width, out_height)
+                if scale > 1:
+                    image.draft(image.mode, (out_width, out_height))
+                    if image.size != (-(-width // scale), -(-height // scale)):
+                        raise RunnerError(f"Pillow {Image.__version__} scaled a JPEG to {image.size}, not "
+                                          f"1/{scale}; install the Pillow edgekit was tested with")
+            pixels = to_rgb8(image)
+            if orientation in ORIENTATIONS:
+                methods = getattr(Image, "Transpose", Image)  # Pillow < 9.1 (Debian 11) has no enum
+                pixels = np.asarray(Image.fromarray(pixels).transpose(getattr(methods, ORIENTATIONS[orientation])))
+            return pixels, image.format
+    except (ImageError, RunnerError):
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad files
         reason = "unknown format" if type(exc).__name__ == "UnidentifiedImageError" else one_line(exc)
         raise ImageError(f"not a readable image ({reason})") from None
 
 
+@functools.lru_cache(maxsize=64)
 def _resize_axis(in_size: int, out_size: int):
-    """Source indices and weights along one axis, computed in float32 as TensorFlow's kernel does."""
+    """Source indices and weights along one axis, computed in float32 as TensorFlow's kernel does.
+
+    Cached: a camera or a model sees the same few sizes again and again.
+    """
     scale = np.float32(in_size) / np.float32(out_size)
     centres = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
     floor = np.floor(centres)
@@ -639,24 +734,45 @@ def _resize_axis(in_size: int, out_size: int):
     return lower, upper, (centres - floor).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=64)
+def _resize_plan(in_height: int, in_width: int, height: int, width: int):
+    """Everything resize_bilinear needs that depends only on the sizes, computed once per size pair."""
+    y0, y1, wy = _resize_axis(in_height, height)
+    x0, x1, wx = _resize_axis(in_width, width)
+    rows = np.unique(np.concatenate([y0, y1]))  # the source rows any output row reads
+    channels = np.arange(3)
+    left, right = (((x * 3)[:, None] + channels).ravel() for x in (x0, x1))  # R, G, B of each pixel
+    return (rows, np.searchsorted(rows, y0), np.searchsorted(rows, y1), wy[:, None], left, right,
+            np.repeat(wx, 3))
+
+
 def resize_bilinear(image, height: int, width: int):
-    """float32 resize equal to tf.image.resize(bilinear, antialias=False): half-pixel centres, edge clamp."""
+    """float32 resize equal to tf.image.resize(bilinear, antialias=False): half-pixel centres, edge clamp.
+
+    TensorFlow computes top = tl + (tr - tl) * wx, bottom likewise, then top + (bottom - top) * wy. The
+    horizontal step is done once per source row that is used (not twice per output row), on rows flattened
+    to width*3 values so numpy's inner loops are long; the float32 operations and their order are
+    TensorFlow's, so the result is the same to the last bit.
+    """
     if image.shape[:2] == (height, width):
         return image.astype(np.float32)
-    y0, y1, wy = _resize_axis(image.shape[0], height)
-    x0, x1, wx = _resize_axis(image.shape[1], width)
-    wx = wx[None, :, None]
-    # Rows, then columns, gathered as uint8 and cast last: a 12 MP photo is never copied whole or as float.
-    top, bottom = image.take(y0, axis=0), image.take(y1, axis=0)
-    top_left, top_right = (top.take(x, axis=1).astype(np.float32) for x in (x0, x1))
-    bottom_left, bottom_right = (bottom.take(x, axis=1).astype(np.float32) for x in (x0, x1))
-    top = top_left + (top_right - top_left) * wx
-    bottom = bottom_left + (bottom_right - bottom_left) * wx
-    return top + (bottom - top) * wy[:, None, None]
+    rows, top, bottom, wy, left, right, wx = _resize_plan(image.shape[0], image.shape[1], height, width)
+    flat = image.take(rows, axis=0).reshape(len(rows), -1)
+    # In place: temporaries this size cost a fresh mmap and page faults each, more than the arithmetic.
+    start = flat.take(left, axis=1).astype(np.float32)
+    horizontal = flat.take(right, axis=1).astype(np.float32)
+    np.subtract(horizontal, start, out=horizontal)
+    np.multiply(horizontal, wx, out=horizontal)
+    np.add(horizontal, start, out=horizontal)
+    upper, lower = horizontal.take(top, axis=0), horizontal.take(bottom, axis=0)
+    np.subtract(lower, upper, out=lower)
+    np.multiply(lower, wy, out=lower)
+    np.add(lower, upper, out=lower)
+    return lower.reshape(height, width, 3)
 
 
 def preprocess(model: Model, data: bytes, max_pixels: int):
-    pixels, image_format = decode_image(data, max_pixels)
+    pixels, image_format = decode_image(data, max_pixels, (model.height, model.width))
     return model.to_input(resize_bilinear(pixels, model.height, model.width)), image_format
 
 
@@ -669,13 +785,56 @@ def classify_bytes(model: Model, labels: list[str], data: bytes, k: int, max_pix
     """One image's result (top_k, latency_ms) and its format; ImageError for a bad image."""
     start = time.perf_counter()
     tensor, image_format = preprocess(model, data, max_pixels)
-    preprocess_ms = (time.perf_counter() - start) * 1e3
+    return classify_tensor(model, labels, tensor, k, (time.perf_counter() - start) * 1e3), image_format
+
+
+def classify_tensor(model: Model, labels: list[str], tensor, k: int, preprocess_ms: float) -> dict:
     raw, invoke_ms = model.run(tensor)
     start = time.perf_counter()
     ranked = top_k(model.scores(raw), labels, k)
     postprocess_ms = (time.perf_counter() - start) * 1e3
-    latency = {"preprocess": preprocess_ms, "invoke": invoke_ms, "postprocess": postprocess_ms}
-    return {"top_k": ranked, "latency_ms": latency}, image_format
+    return {"top_k": ranked, "latency_ms": {"preprocess": preprocess_ms, "invoke": invoke_ms,
+                                            "postprocess": postprocess_ms}}
+
+
+def prefetched(items: list, work, depth: int = 2):
+    """(item, future of work(item)) in order, with up to `depth` items worked on ahead in one thread.
+
+    Pillow's decoder, numpy's resize and the interpreter's invoke() all release the GIL, so on a
+    multi-core device the next image is decoded while this one is invoked: per image, a directory costs
+    about max(preprocess, invoke) rather than their sum. Memory stays bounded by `depth` decoded images.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        queue = deque()
+        for item in items:
+            queue.append((item, pool.submit(work, item)))
+            if len(queue) > depth:
+                yield queue.popleft()
+        while queue:
+            yield queue.popleft()
+
+
+def classify_files(model: Model, labels: list[str], logger, images: list[tuple[str, bool]], k: int,
+                   max_pixels: int):
+    """Each image's logged result (or its ImageError) in order, decoding ahead of invoke (prefetched)."""
+
+    def prepare(item):
+        start = time.perf_counter()
+        data = read_image_file(item[0])
+        tensor, image_format = preprocess(model, data, max_pixels)
+        return data, tensor, image_format, (time.perf_counter() - start) * 1e3
+
+    for (path, explicit), job in prefetched(images, prepare):
+        try:
+            data, tensor, image_format, preprocess_ms = job.result()
+        except ImageError as exc:
+            yield path, explicit, exc
+            continue
+        result = classify_tensor(model, labels, tensor, k, preprocess_ms)
+        yield path, explicit, {"id": logger(os.path.abspath(path), result, data, image_format), "path": path,
+                               **result}
 
 
 def list_images(inputs: list[str]) -> list[tuple[str, bool]]:
@@ -711,10 +870,15 @@ class PredictionLog:
     """The SQLite log of predictions, feedback and kept samples; safe across threads, processes and kills."""
 
     def __init__(self, path: str, busy_timeout: float = 5.0, create: bool = True,
-                 sample_budget: int = 100 * 2**20):
+                 sample_budget: int = 100 * 2**20, sync_interval: float = 0.0, keep_rows: int | None = None,
+                 keep_days: float | None = None):
         self.path, self.busy_timeout, self.sample_budget = path, busy_timeout, sample_budget
+        self.sync_interval, self.keep_rows, self.keep_days = sync_interval, keep_rows, keep_days
         self.directory = os.path.dirname(os.path.abspath(path))
         self.lock = threading.Lock()
+        self.unsynced: list[str] = []  # sample files written since the last grouped sync
+        self.inserted = 0
+        self.syncer = None
         if not create and not os.path.isfile(path):
             raise RunnerError(f"{path}: no prediction log here; pass --db PATH (it is created beside the "
                               "model as edgekit_runner.db)")
@@ -723,11 +887,25 @@ class PredictionLog:
             self.db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
                                       check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            # FULL: fsync per commit. NORMAL (grouped): a commit is in the OS cache, so it survives a kill
+            # of this process at once, and the syncer thread makes it survive power loss within the interval.
+            self.db.execute(f"PRAGMA synchronous={'NORMAL' if sync_interval > 0 else 'FULL'}")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._check_schema()
         except (sqlite3.Error, OSError) as exc:
             raise self._error(exc) from None
+
+    def start_writing(self) -> dict:
+        """For classify, serve and live: clean what kills left behind, trim, start the grouped syncer."""
+        with self.transaction() as db:  # a log made by an older runner lacks the counter
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('trimmed_rows', 0)")
+        cleaned = self.clean_samples()
+        trimmed = self.trim()
+        if self.sync_interval > 0:
+            self.syncer = threading.Thread(target=self._sync_loop, name="log-sync", daemon=True)
+            self.stopping = threading.Event()
+            self.syncer.start()
+        return {**cleaned, "trimmed_rows": trimmed}
 
     def _check_schema(self) -> None:
         tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -788,6 +966,9 @@ class PredictionLog:
         for path in evicted:  # only once the rows no longer point at them
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
+        self.inserted += 1
+        if self.inserted % TRIM_EVERY == 0:
+            self.trim()
         return prediction_id
 
     def _keep_sample(self, db, prediction_id: str, data: bytes, ext: str, evicted: list) -> str | None:
@@ -811,7 +992,10 @@ class PredictionLog:
                 dropped += 1
         relative = f"samples/{prediction_id}.{ext}"
         try:
-            write_file_durably(os.path.join(self.directory, relative), data)
+            path = os.path.join(self.directory, relative)
+            write_file_durably(path, data, sync=self.sync_interval <= 0)
+            if self.sync_interval > 0:
+                self.unsynced.append(path)
         except OSError as exc:  # a full disk must not stop predictions
             warn(f"{os.path.join(self.directory, relative)}: sample not kept ({exc.strerror})")
             relative, dropped = None, dropped + 1
@@ -828,12 +1012,12 @@ class PredictionLog:
             row = db.execute("SELECT m.labels FROM predictions AS p LEFT JOIN models AS m "
                              "ON m.sha256 = p.model_sha256 WHERE p.id = ?", (prediction_id,)).fetchone()
             if row is None:
-                raise UnknownPrediction(f"prediction {prediction_id!r} is not in {self.path}; pass an id "
+                raise UnknownPrediction(f"prediction {clip(prediction_id)!r} is not in {self.path}; pass an id "
                                         "printed by classify or returned by /predict")
             labels = json.loads(row[0]) if row[0] else None
             if labels is not None and label not in labels:
                 shown = ", ".join(labels[:20]) + (", ..." if len(labels) > 20 else "")
-                raise RunnerError(f"label {label!r} is not one of the model's labels ({shown})")
+                raise RunnerError(f"label {clip(label)!r} is not one of the model's labels ({shown})")
             cursor = db.execute("INSERT INTO feedback (prediction_id, label, time, source) "
                                 "VALUES (?, ?, ?, ?)", (prediction_id, label, utc_now(), source))
             return cursor.lastrowid
@@ -842,20 +1026,121 @@ class PredictionLog:
         with self.lock:
             return int(self.db.execute("SELECT value FROM meta WHERE key = 'dropped_samples'").fetchone()[0])
 
+    def trim(self) -> int:
+        """Apply the retention policy: drop the oldest rows beyond --keep-rows and rows older than
+        --keep-days, with their samples; rows with feedback are kept (they are training data). Counted in
+        meta 'trimmed_rows'."""
+        if not self.keep_rows and not self.keep_days:
+            return 0
+        free = "id NOT IN (SELECT prediction_id FROM feedback)"
+        doomed = []
+        with self.transaction() as db:
+            if self.keep_days:
+                cutoff = datetime.fromtimestamp(time.time() - self.keep_days * 86400, timezone.utc)
+                doomed += db.execute(f"SELECT rowid, image_path FROM predictions WHERE time < ? AND {free}",
+                                     (cutoff.isoformat(timespec="milliseconds"),)).fetchall()
+            if self.keep_rows:
+                excess = db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] - self.keep_rows
+                if excess > 0:
+                    doomed += db.execute(f"SELECT rowid, image_path FROM predictions WHERE {free} "
+                                         "ORDER BY rowid LIMIT ?", (excess,)).fetchall()
+            rowids = sorted({rowid for rowid, _ in doomed})
+            for start in range(0, len(rowids), 500):
+                chunk = rowids[start:start + 500]
+                db.execute(f"DELETE FROM predictions WHERE rowid IN ({','.join('?' * len(chunk))})", chunk)
+            if rowids:
+                db.execute("UPDATE meta SET value = value + ? WHERE key = 'trimmed_rows'", (len(rowids),))
+        for path in {path for _, path in doomed if path}:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.directory, path))
+        return len(rowids)
+
+    def clean_samples(self) -> dict:
+        """Delete `*.tmp` and unreferenced files under samples/ and forget samples that are gone: what a
+        kill or a power cut between a sample's write and its row's commit leaves behind.
+
+        Runs under the write lock: every other writer writes its sample inside its own transaction, so
+        nothing it holds can look orphaned here.
+        """
+        samples = os.path.join(self.directory, "samples")
+        removed = forgotten = 0
+        with self.transaction() as db:
+            referenced = {row[0] for row in db.execute("SELECT image_path FROM predictions "
+                                                       "WHERE image_path IS NOT NULL")}
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(samples):
+                    if f"samples/{name}" not in referenced:
+                        with contextlib.suppress(OSError):
+                            os.remove(os.path.join(samples, name))
+                            removed += 1
+            for relative in referenced:
+                if not os.path.isfile(os.path.join(self.directory, relative)):
+                    db.execute("UPDATE predictions SET image_path = NULL, image_bytes = NULL "
+                               "WHERE image_path = ?", (relative,))
+                    forgotten += 1
+            self._add_dropped(db, forgotten)
+        return {"orphan_samples_removed": removed, "missing_samples_forgotten": forgotten}
+
+    def sync(self) -> None:
+        """Make every committed row and kept sample durable: fsync the WAL, the samples and their folder."""
+        with self.lock:
+            pending, self.unsynced = self.unsynced, []
+        for path in [f"{self.path}-wal", *pending]:
+            fsync_path(path)
+        if pending:
+            fsync_path(os.path.dirname(pending[0]))
+
+    def _sync_loop(self) -> None:
+        while not self.stopping.wait(self.sync_interval):
+            try:
+                self.sync()
+            except OSError as exc:  # a full or failing disk must not stop predictions
+                warn(f"{self.path}: sync failed ({exc.strerror})")
+
+    def counters(self) -> dict:
+        with self.lock:
+            rows = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN "
+                                        "('dropped_samples', 'trimmed_rows')").fetchall())
+        return {"dropped_samples": int(rows.get("dropped_samples", 0)),
+                "trimmed_rows": int(rows.get("trimmed_rows", 0))}
+
     def close(self) -> None:
+        if self.syncer is not None:
+            self.stopping.set()
+            self.syncer.join()
+            self.syncer = None
+        if self.sync_interval > 0:
+            with contextlib.suppress(OSError):
+                self.sync()
         self.db.close()
 
 
-def write_file_durably(path: str, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename: a sample file is whole or absent."""
+def fsync_path(path: str) -> None:
+    """fsync a file or directory by name; one already gone (evicted, trimmed) needs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_durably(path: str, data: bytes, sync: bool = True) -> None:
+    """Write to a temporary name, (fsync,) rename: a sample file is whole or absent. With `sync`, the file
+    and then its directory are fsynced, so the rename itself survives a power cut."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if sync:
+            fsync_path(os.path.dirname(path))
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -874,8 +1159,13 @@ def open_log(args, model: Model, labels: list[str]) -> PredictionLog | None:
     if args.no_log:
         return None
     log = PredictionLog(db_path(args, model.path), args.busy_timeout,
-                        sample_budget=int(args.sample_budget_mb * 2**20))
+                        sample_budget=int(args.sample_budget_mb * 2**20), sync_interval=args.sync_interval,
+                        keep_rows=args.keep_rows or None, keep_days=args.keep_days or None)
     log.register_model(model, labels)
+    started = log.start_writing()
+    if any(started.values()):
+        warn(f"{log.path}: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in started.items()
+                                         if value))
     return log
 
 
@@ -885,12 +1175,14 @@ class Logger:
     def __init__(self, log: PredictionLog | None, model: Model, save_below: float, save_all: bool):
         self.log, self.model, self.save_below, self.save_all = log, model, save_below, save_all
 
-    def __call__(self, source: str, result: dict, data: bytes, image_format: str | None) -> str | None:
+    def __call__(self, source: str, result: dict, data, image_format: str | None) -> str | None:
+        """`data` is the input's bytes, or a function making them (a video frame is encoded only if kept)."""
         if self.log is None:
             return None
         keep = self.save_all or result["top_k"][0]["score"] < self.save_below
+        sample = (data() if callable(data) else data) if keep else None
         ext = SAMPLE_EXTENSIONS.get(image_format or "", "img")
-        return self.log.log_prediction(self.model.sha256, source, result, data if keep else None, ext)
+        return self.log.log_prediction(self.model.sha256, source, result, sample, ext)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -913,16 +1205,12 @@ def cmd_classify(args) -> int:
     model, labels, logger = load_for_classify(args)
     k, max_pixels = min(args.top_k, model.num_outputs), int(args.max_megapixels * 1e6)
     results = []
-    for path, explicit in images:
-        try:
-            data = read_image_file(path)
-            result, image_format = classify_bytes(model, labels, data, k, max_pixels)
-        except ImageError as exc:
+    for path, explicit, result in classify_files(model, labels, logger, images, k, max_pixels):
+        if isinstance(result, ImageError):
             if explicit:
-                raise RunnerError(f"{path}: {exc}") from None
-            warn(f"{path}: skipped, {exc}")
+                raise RunnerError(f"{path}: {result}") from None
+            warn(f"{path}: skipped, {result}")
             continue
-        result = {"id": logger(os.path.abspath(path), result, data, image_format), "path": path, **result}
         results.append(result)
         if not args.json:
             print_result(result)
@@ -959,9 +1247,31 @@ def cmd_feedback(args) -> int:
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """What a client sent, shortened before it is echoed back: a 60 KB label is not an error message."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+class Latest:
+    """The newest prediction (from /predict or the live input), for GET /latest."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.value = {"source": None, "time": None, "prediction": None}
+
+    def set(self, source: str, prediction: dict) -> None:
+        with self.lock:
+            self.value = {"source": source, "time": utc_now(), "prediction": prediction}
+
+    def get(self) -> dict:
+        with self.lock:
+            return dict(self.value)
 
 
 class Stats:
@@ -1002,7 +1312,12 @@ class App:
         self.top_k = min(args.top_k, model.num_outputs)
         self.max_pixels = int(args.max_megapixels * 1e6)
         self.max_body = args.max_body_bytes
+        self.read_timeout = args.read_timeout
         self.stats = Stats()
+        # Each decode may hold a 40 MP image (120 MB) plus Pillow's buffers: a Pi has room for a few.
+        self.decodes = threading.BoundedSemaphore(args.max_decodes)
+        self.latest = Latest()
+        self.live_state = None  # serve --live: running, ended or failed
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -1013,8 +1328,12 @@ class Handler(BaseHTTPRequestHandler):
     def app(self) -> App:
         return self.server.app
 
+    def setup(self):
+        self.timeout = self.server.app.read_timeout  # a client that stops sending must not hold a thread
+        super().setup()
+
     def do_GET(self):  # noqa: N802 - http.server's naming
-        self._dispatch({"/health": self._health, "/stats": self._stats})
+        self._dispatch({"/health": self._health, "/stats": self._stats, "/latest": self._latest})
 
     def do_POST(self):  # noqa: N802
         self._dispatch({"/predict": self._predict, "/feedback": self._feedback})
@@ -1024,13 +1343,13 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         try:
             if path not in routes:
-                raise HttpError(404, f"no endpoint {self.command} {path}; use POST /predict, POST /feedback, "
-                                "GET /health or GET /stats")
+                raise HttpError(404, f"no endpoint {self.command} {clip(path)}; use POST /predict, POST "
+                                "/feedback, GET /health, GET /stats or GET /latest")
             if path != "/health" and not self._authorized():
                 raise HttpError(401, "send 'Authorization: Bearer <token>' with the server's token")
             self._send(200, routes[path](started))
         except HttpError as exc:
-            self._send(exc.status, {"error": str(exc)})
+            self._send(exc.status, {"error": str(exc)}, exc.headers)
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
             self.log_error("internal error: %s", one_line(exc))
             self._send(500, {"error": f"internal error ({one_line(exc)})"})
@@ -1042,7 +1361,7 @@ class Handler(BaseHTTPRequestHandler):
         matches = hmac.compare_digest(given.strip().encode(), self.app.token.encode())
         return scheme.lower() == "bearer" and matches
 
-    def _send(self, status: int, payload: dict) -> None:
+    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         self.app.stats.add("requests")
         if status >= 400:
             self.app.stats.add("errors")
@@ -1054,6 +1373,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             if status == 401:
                 self.send_header("WWW-Authenticate", "Bearer")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
         except OSError:
@@ -1068,31 +1389,45 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(411, "send the body with a Content-Length header") from None
         if length > limit:  # answered before reading: a huge upload is refused, not buffered
             raise HttpError(413, f"body is {length} bytes, over the {limit}-byte limit (--max-body-bytes)")
-        data = self.rfile.read(length) if length > 0 else b""
+        try:
+            data = self.rfile.read(length) if length > 0 else b""
+        except (socket.timeout, TimeoutError):  # noqa: UP041 - distinct classes on Python 3.9
+            raise HttpError(408, f"the body stalled: nothing for {self.app.read_timeout:g} s "
+                            "(--read-timeout); send it again") from None
         if len(data) != length:
             raise HttpError(400, f"body ended after {len(data)} of {length} bytes")
         return data
 
     def _health(self, started: float) -> dict:
-        return {"status": "ok"}
+        live = self.app.live_state
+        return {"status": "ok", **({"live": live} if live else {})}
 
     def _stats(self, started: float) -> dict:
         app = self.app
         log = app.logger.log
         return {**app.stats.snapshot(), "model_sha256": app.model.sha256,
                 "runtime": {"name": app.model.runtime.name, "version": app.model.runtime.version},
-                "dropped_samples": log.dropped_samples() if log else None}
+                **(log.counters() if log else {"dropped_samples": None, "trimmed_rows": None})}
+
+    def _latest(self, started: float) -> dict:
+        return self.app.latest.get()
 
     def _predict(self, started: float) -> dict:
         app = self.app
-        data = self._body(app.max_body)
+        # Held from the first body byte to the answer: bodies and decoded images in memory are bounded.
+        if not app.decodes.acquire(blocking=False):
+            raise HttpError(503, "busy: every decode slot is in use (--max-decodes); retry shortly",
+                            {"Retry-After": "1"})
         try:
+            data = self._body(app.max_body)
             result, image_format = classify_bytes(app.model, app.labels, data, app.top_k, app.max_pixels)
         except ImageTooLarge as exc:
             raise HttpError(413, str(exc)) from None
         except ImageError as exc:
             raise HttpError(400, f"body is {exc}; POST the raw bytes of a JPEG, PNG, BMP, GIF or WebP") \
                 from None
+        finally:
+            app.decodes.release()
         response = {"id": None, **result, "model_sha256": app.model.sha256}
         try:
             response["id"] = app.logger("http", result, data, image_format)
@@ -1102,6 +1437,7 @@ class Handler(BaseHTTPRequestHandler):
         request_ms = (time.perf_counter() - started) * 1e3
         response["latency_ms"] = {**result["latency_ms"], "request": request_ms}
         app.stats.add("predictions", result["latency_ms"]["invoke"], request_ms)
+        app.latest.set("http", response)
         return response
 
     def _feedback(self, started: float) -> dict:
@@ -1164,15 +1500,18 @@ def cmd_serve(args) -> int:
         raise RunnerError(f"--host {args.host} --port {args.port}: cannot listen ({exc.strerror or exc}); "
                           "pick another port or host") from None
     host, port = server.server_address[:2]
+    live = start_live_thread(args, server.app) if args.source else None
     print(f"edgekit_runner: serving {args.model} ({model.runtime.name} {model.runtime.version}) on "
-          f"http://{host}:{port}  POST /predict, POST /feedback, GET /health, GET /stats",
-          file=sys.stderr, flush=True)
+          f"http://{host}:{port}  POST /predict, POST /feedback, GET /health, GET /stats, GET /latest"
+          f"{'; live input ' + args.source if live else ''}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if live:
+            live.set()
         server.server_close()
         if logger.log:
             logger.log.close()
@@ -1181,6 +1520,301 @@ def cmd_serve(args) -> int:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------------------------------------------
+# Subcommand: live (a camera, a video file, an RTSP/HTTP stream or a watched folder)
+
+LOG_POLICIES = ("all", "change", "below")
+WATCH_SKIP = (".tmp", ".part", ".partial", ".crdownload")
+Frame = namedtuple("Frame", "source time_s pixels data")  # RGB uint8 pixels, or the encoded bytes of a file
+
+
+def require_opencv():
+    try:
+        import cv2
+    except ImportError:
+        raise RunnerError(f"OpenCV is not installed for {sys.executable}; cameras, video files and streams need "
+                          f"it: {INSTALL['opencv']}") from None
+    return cv2
+
+
+class FrameGate:
+    """Which frames to classify: every Nth, and at most `fps` per second of the source's own clock."""
+
+    def __init__(self, every: int, fps: float | None):
+        self.every, self.interval, self.count, self.next_time = every, 1.0 / fps if fps else 0.0, 0, None
+
+    def __call__(self, time_s: float) -> bool:
+        self.count += 1
+        if (self.count - 1) % self.every:
+            return False
+        if self.interval and self.next_time is not None and time_s < self.next_time - 1e-6:
+            return False
+        self.next_time = time_s + self.interval
+        return True
+
+
+class OpenCvSource:
+    """/dev/videoN or N, a video file, or an rtsp:// / http:// (MJPEG) URL, read through OpenCV.
+
+    Frames not wanted are grab()bed but never decoded. Cameras and streams reconnect with back-off when
+    they drop; a file ends at its last frame.
+    """
+
+    def __init__(self, spec: str):
+        self.cv2, self.spec = require_opencv(), spec
+        self.is_file = os.path.isfile(spec)
+        self.capture = self._open()
+
+    def _open(self):
+        cv2 = self.cv2
+        target = int(self.spec) if self.spec.isdigit() else self.spec
+        timeouts = [getattr(cv2, name) for name in ("CAP_PROP_OPEN_TIMEOUT_MSEC", "CAP_PROP_READ_TIMEOUT_MSEC")
+                    if hasattr(cv2, name)]
+        if "://" in self.spec and timeouts:  # a stalled stream must not block the loop forever
+            capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [v for t in timeouts for v in (t, 10000)])
+        else:
+            capture = cv2.VideoCapture(target)
+        if not capture.isOpened():
+            capture.release()
+            raise RunnerError(f"{self.spec}: OpenCV cannot open it; pass an existing video file, a camera "
+                              "(/dev/video0 or 0; `v4l2-ctl --list-devices` lists them), or an rtsp:// or "
+                              "http:// stream URL")
+        return capture
+
+    def frames(self, stop: threading.Event, gate: FrameGate):
+        delay = 1.0
+        while not stop.is_set():
+            if not self.capture.grab():
+                if self.is_file:
+                    return
+                warn(f"{self.spec}: no frame; reconnecting in {delay:g} s")
+                self.capture.release()
+                if stop.wait(delay):
+                    return
+                delay = min(delay * 2, 30.0)
+                with contextlib.suppress(RunnerError):
+                    self.capture = self._open()
+                continue
+            delay = 1.0
+            now = (self.capture.get(self.cv2.CAP_PROP_POS_MSEC) / 1e3 if self.is_file else time.monotonic())
+            if gate(now):
+                ok, bgr = self.capture.retrieve()
+                if ok and bgr is not None and bgr.ndim == 3:
+                    yield Frame(self.spec, now, np.ascontiguousarray(bgr[:, :, 2::-1]), None)
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+class PicameraSource:
+    """The Raspberry Pi camera through Picamera2 (apt's python3-picamera2, seen by a --system-site-packages
+    venv)."""
+
+    def __init__(self, spec: str, size=(640, 480)):
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise RunnerError(f"{spec}: Picamera2 is not importable by {sys.executable}; sudo apt install "
+                              f"python3-picamera2 (a venv needs --system-site-packages), or pass /dev/video0"
+                              ) from None
+        self.spec, self.camera = spec, Picamera2()
+        # 'RGB888' is stored B, G, R in memory (libcamera's naming); reversed below.
+        self.camera.configure(self.camera.create_video_configuration(main={"format": "RGB888", "size": size}))
+        self.camera.start()
+
+    def frames(self, stop: threading.Event, gate: FrameGate):
+        while not stop.is_set():
+            bgr = self.camera.capture_array("main")
+            now = time.monotonic()
+            if gate(now):
+                yield Frame(self.spec, now, np.ascontiguousarray(bgr[:, :, 2::-1]), None)
+
+    def close(self) -> None:
+        self.camera.stop()
+        self.camera.close()
+
+
+class FolderSource:
+    """New image files in a folder, each classified once its size has stopped changing; names ending
+    .tmp/.part and dot files are left alone until they are renamed."""
+
+    def __init__(self, spec: str, existing: bool, poll_s: float = 0.2):
+        self.spec, self.poll_s = spec, poll_s
+        self.seen = set() if existing else set(self._listing())
+        self.sizes: dict[str, int] = {}
+
+    def _listing(self) -> dict[str, int]:
+        found = {}
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.spec):
+                name = entry.name.lower()
+                if (entry.is_file() and not name.startswith(".") and name.endswith(IMAGE_EXTENSIONS)
+                        and not name.endswith(WATCH_SKIP)):
+                    found[entry.path] = entry.stat().st_size
+        return found
+
+    def frames(self, stop: threading.Event, gate: FrameGate):
+        while not stop.is_set():
+            listing = self._listing()
+            self.seen &= set(listing)  # deleted files are forgotten, so memory stays bounded by the folder
+            for path in sorted(set(listing) - self.seen):
+                if stop.is_set():
+                    return
+                if self.sizes.get(path) != listing[path]:  # still being written: look again next poll
+                    continue
+                self.seen.add(path)
+                if gate(time.monotonic()):
+                    with contextlib.suppress(ImageError):
+                        yield Frame(path, time.monotonic(), None, read_image_file(path))
+            self.sizes = listing
+            stop.wait(self.poll_s)
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(spec: str, existing: bool = False):
+    if os.path.isdir(spec):
+        return FolderSource(spec, existing)
+    if spec in ("picamera2", "camera"):
+        try:
+            return PicameraSource(spec)
+        except RunnerError:
+            if spec == "picamera2":
+                raise
+            return OpenCvSource("0")  # `camera` without Picamera2: the first V4L2 camera
+    return OpenCvSource(spec)
+
+
+class LogPolicy:
+    """Which live predictions are logged (and printed): all, on a change of top label, or below a score."""
+
+    def __init__(self, mode: str, below: float):
+        self.mode, self.below, self.last = mode, below, None
+
+    def wants(self, result: dict) -> bool:
+        best = result["top_k"][0]
+        changed, self.last = best["label"] != self.last, best["label"]
+        if self.mode == "change":
+            return changed
+        if self.mode == "below":
+            return best["score"] < self.below
+        return True
+
+
+def encode_jpeg(pixels) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def classify_frame(model: Model, labels: list[str], frame: Frame, k: int, max_pixels: int):
+    """(result, sample bytes or a function making them, format) for a decoded frame or a file's bytes."""
+    if frame.data is not None:
+        result, image_format = classify_bytes(model, labels, frame.data, k, max_pixels)
+        return result, frame.data, image_format
+    start = time.perf_counter()
+    tensor = model.to_input(resize_bilinear(frame.pixels, model.height, model.width))
+    preprocess_ms = (time.perf_counter() - start) * 1e3
+    raw, invoke_ms = model.run(tensor)
+    start = time.perf_counter()
+    ranked = top_k(model.scores(raw), labels, k)
+    latency = {"preprocess": preprocess_ms, "invoke": invoke_ms,
+               "postprocess": (time.perf_counter() - start) * 1e3}
+    return {"top_k": ranked, "latency_ms": latency}, functools.partial(encode_jpeg, frame.pixels), "JPEG"
+
+
+def run_live(args, model: Model, labels: list[str], logger: Logger, stop: threading.Event, report=None,
+             latest: Latest | None = None) -> dict:
+    """Classify frames until the source ends, a limit is reached or `stop` is set; returns counts."""
+    source = open_source(args.source, args.existing)
+    gate, policy = FrameGate(args.every, args.fps), LogPolicy(args.log_policy, args.log_below)
+    k, max_pixels = min(args.top_k, model.num_outputs), int(args.max_megapixels * 1e6)
+    counts = {"source": args.source, "frames": 0, "logged": 0, "unreadable": 0}
+    started = time.monotonic()
+    try:
+        for frame in source.frames(stop, gate):
+            try:
+                result, sample, image_format = classify_frame(model, labels, frame, k, max_pixels)
+            except ImageError as exc:
+                warn(f"{frame.source}: skipped, {exc}")
+                counts["unreadable"] += 1
+                continue
+            counts["frames"] += 1
+            prediction = {"id": None, "source": frame.source, "time_s": round(frame.time_s, 3), **result}
+            if policy.wants(result):
+                prediction["id"] = logger(frame.source, result, sample, image_format)
+                counts["logged"] += 1
+                if report:
+                    report(prediction)
+            if latest is not None:
+                latest.set("live", prediction)
+            elapsed = time.monotonic() - started
+            if (args.max_frames and counts["frames"] >= args.max_frames) or (args.duration and
+                                                                                elapsed >= args.duration):
+                break
+    finally:
+        source.close()
+    elapsed = time.monotonic() - started
+    return {**counts, "seconds": round(elapsed, 3), "fps": round(counts["frames"] / elapsed, 2) if elapsed else None}
+
+
+def print_live(as_json: bool):
+    def report(prediction: dict) -> None:
+        if as_json:
+            print(json.dumps(prediction), flush=True)
+        else:
+            best = prediction["top_k"][0]
+            print(f"{utc_now()}  {prediction['source']}  {best['label']} {best['score']:.4f}  id "
+                  f"{prediction['id'] or '-'}", flush=True)
+
+    return report
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM (systemd stop, docker stop) and SIGINT finish the current frame, then close the log cleanly."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+def cmd_live(args) -> int:
+    if not os.path.isdir(args.source) and args.source not in ("picamera2", "camera"):
+        require_opencv()  # before loading anything: the cheapest error first
+    model, labels, logger = load_for_classify(args)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    try:
+        summary = run_live(args, model, labels, logger, stop, print_live(args.json))
+    finally:
+        if logger.log:
+            logger.log.close()
+    print(f"edgekit_runner: live: {summary['frames']} frames from {summary['source']} in {summary['seconds']} s "
+          f"({summary['fps']} fps), {summary['logged']} logged", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"summary": summary}), flush=True)
+    return 0
+
+
+def start_live_thread(args, app) -> threading.Event:
+    """serve --live: the live loop in a thread sharing the model and log; GET /latest shows its result."""
+    stop = threading.Event()
+    app.live_state = "running"
+
+    def loop():
+        try:
+            summary = run_live(args, app.model, app.labels, app.logger, stop, latest=app.latest)
+            app.live_state = f"ended: {summary['frames']} frames"
+        except RunnerError as exc:
+            app.live_state = f"failed: {exc}"
+            warn(f"--live {args.source}: {exc}")
+
+    threading.Thread(target=loop, name="live", daemon=True).start()
+    return stop
+
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1584,6 +2218,26 @@ def positive(kind):
     return parse
 
 
+def non_negative(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+        return value
+
+    return parse
+
+
+def port_number(text: str) -> int:
+    value = non_negative(int)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; use 1-65535, or 0 for a free one")
+    return value
+
+
 def byte_size(text: str) -> int:
     units = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
     number = text.rstrip("KMGBkmgb")
@@ -1617,6 +2271,28 @@ def add_classify_options(parser) -> None:
     parser.add_argument("--save-all", action="store_true", help="keep every input image")
     parser.add_argument("--sample-budget-mb", type=positive(float), default=100.0,
                         help="disk budget for kept images; the oldest go first (100)")
+    parser.add_argument("--sync-interval", type=non_negative(float), default=1.0,
+                        help="seconds between fsyncs of the log and samples: a row survives a kill at once and "
+                        "a power cut after this long; 0 fsyncs every row before answering (1)")
+    parser.add_argument("--keep-rows", type=non_negative(int), default=100_000,
+                        help="keep at most this many predictions, oldest trimmed first, feedback kept; 0: all "
+                        "(100000)")
+    parser.add_argument("--keep-days", type=non_negative(float), default=0,
+                        help="trim predictions older than this many days, feedback kept; 0: never (0)")
+
+
+def add_live_options(parser) -> None:
+    parser.add_argument("--fps", type=positive(float), help="classify at most this many frames per second of "
+                        "the source (default: every frame)")
+    parser.add_argument("--every", type=positive(int), default=1, help="classify every Nth frame (1)")
+    parser.add_argument("--max-frames", type=non_negative(int), default=0, help="stop after N frames (0: never)")
+    parser.add_argument("--duration", type=non_negative(float), default=0,
+                        help="stop after this many seconds (0: never)")
+    parser.add_argument("--log-policy", choices=LOG_POLICIES, default="change",
+                        help="log every prediction, on a change of top label, or below --log-below (change)")
+    parser.add_argument("--log-below", type=float, default=0.6, help="score for --log-policy below (0.6)")
+    parser.add_argument("--existing", action="store_true",
+                        help="a watched folder: also classify the files already in it")
 
 
 def add_input_options(parser) -> None:
@@ -1629,7 +2305,7 @@ def add_input_options(parser) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="python3 edgekit_runner.py", description=__doc__.split("\n", 2)[2],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{classify,serve,feedback,bench,predict,doctor}",
+    commands = parser.add_subparsers(dest="command", metavar="{classify,serve,live,feedback,bench,predict,doctor}",
                                      required=True)
 
     classify = commands.add_parser("classify", help="classify images or directories of images",
@@ -1643,10 +2319,29 @@ def build_parser() -> Parser:
                                 description="$ python3 edgekit_runner.py serve model.tflite --port 8080")
     add_classify_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1); others need a token")
-    serve.add_argument("--port", type=int, default=8080, help="port (8080; 0 picks a free one)")
+    serve.add_argument("--port", type=port_number, default=8080, help="port (8080; 0 picks a free one)")
     serve.add_argument("--max-body-bytes", type=byte_size, default=10 * 2**20, help="largest upload (10MB)")
+    serve.add_argument("--max-decodes", type=positive(int), default=2,
+                       help="uploads read and decoded at once; more get 503 with Retry-After (2)")
+    serve.add_argument("--read-timeout", type=positive(float), default=30.0,
+                       help="seconds a stalled upload may send nothing before it gets 408 (30)")
     serve.add_argument("--token-file", help="file holding the bearer token (else $EDGEKIT_RUNNER_TOKEN)")
+    serve.add_argument("--live", dest="source", metavar="SOURCE",
+                       help="also classify a live input (as `live` does); GET /latest returns its newest result")
+    add_live_options(serve)
     serve.set_defaults(func=cmd_serve)
+
+    live = commands.add_parser("live", help="classify a camera, video file, stream URL or watched folder",
+                               description="$ python3 edgekit_runner.py live model.tflite /dev/video0 --fps 5 "
+                               "--log-policy change\n\nSOURCE: /dev/videoN or N (OpenCV), camera (Picamera2 if "
+                               "importable, else /dev/video0), picamera2, a video file, an rtsp:// or http:// "
+                               "(MJPEG) URL, or a folder watched for new images.",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_classify_options(live)
+    live.add_argument("source", metavar="SOURCE")
+    add_live_options(live)
+    live.add_argument("--json", action="store_true", help="print one JSON line per reported prediction")
+    live.set_defaults(func=cmd_live)
 
     feedback = commands.add_parser("feedback", help="record the correct label for a prediction",
                                    description="$ python3 edgekit_runner.py feedback 3f2a0c9e... cat")

@@ -1,0 +1,307 @@
+"""The runner in the field: live input (video file, MJPEG stream, watched folder), clean stops, log
+policies, GET /latest, and bounded resources (decode slots, stalled uploads, retention, orphans, fsync).
+
+Live input is read by real OpenCV from a file made with cv2.VideoWriter and from an MJPEG stream served
+on 127.0.0.1 by a tiny http.server in this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+import runner_models  # noqa: E402
+from test_runner import RUNNER, assert_user_error, call, db_rows, run, runner_env, served  # noqa: E402
+
+cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is in the dev extra")
+COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
+
+
+@pytest.fixture(scope="module")
+def runner():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("edgekit_runner", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    content = runner_models.convert(runner_models.build_keras_model())
+    return runner_models.write_variant(tmp_path_factory.mktemp("model"), content)
+
+
+def frame(colour: str, size=(64, 48)) -> np.ndarray:
+    rng = np.random.default_rng(len(colour))
+    pixels = np.zeros((size[1], size[0], 3), np.uint8) + np.asarray(COLOURS[colour], np.uint8)
+    return np.clip(pixels + rng.integers(0, 20, pixels.shape), 0, 255).astype(np.uint8)
+
+
+def jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    """30 frames at 30 fps: 10 red, 10 green, 10 blue (MJPG in AVI, which every OpenCV build writes)."""
+    path = tmp_path_factory.mktemp("video") / "colours.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (64, 48))
+    assert writer.isOpened()
+    for colour in ("red", "green", "blue"):
+        for _ in range(10):
+            writer.write(np.ascontiguousarray(frame(colour)[:, :, ::-1]))  # OpenCV writes BGR
+    writer.release()
+    return path
+
+
+def live(model: Path, source, *args, env=None) -> subprocess.CompletedProcess:
+    return run("live", model, source, "--json", *args, env=env)
+
+
+def predictions(result: subprocess.CompletedProcess) -> tuple[list[dict], dict]:
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    return lines[:-1], lines[-1]["summary"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# live
+
+
+def test_live_video_file_with_every_nth_frame_and_log_on_change(model, video, tmp_path):
+    db = tmp_path / "live.db"
+    changes, summary = predictions(live(model, video, "--db", db, "--log-policy", "change"))
+    assert [p["top_k"][0]["label"] for p in changes] == ["red", "green", "blue"]
+    assert summary["frames"] == 30 and summary["logged"] == 3
+    assert sorted(row[0] for row in db_rows(db, "SELECT id FROM predictions")) == sorted(p["id"] for p in changes)
+    assert {row[0] for row in db_rows(db, "SELECT source FROM predictions")} == {str(video)}
+    every, summary = predictions(live(model, video, "--no-log", "--log-policy", "all", "--every", "3"))
+    assert summary["frames"] == 10 and len(every) == 10 and all(p["id"] is None for p in every)
+    limited, summary = predictions(live(model, video, "--no-log", "--log-policy", "all", "--fps", "10",
+                                        "--max-frames", "4"))
+    assert summary["frames"] == 4
+    assert [round(p["time_s"], 1) for p in limited] == pytest.approx([0.0, 0.1, 0.2, 0.3], abs=0.05)
+
+
+def test_live_logs_below_a_confidence_and_keeps_samples_within_the_budget(model, video, tmp_path):
+    db = tmp_path / "below.db"
+    logged, summary = predictions(live(model, video, "--db", db, "--log-policy", "below", "--log-below", "1.01",
+                                       "--save-all", "--max-frames", "5", "--sync-interval", "0"))
+    assert summary["logged"] == 5 == len(logged)
+    kept = [row[0] for row in db_rows(db, "SELECT image_path FROM predictions")]
+    assert all(path and path.endswith(".jpg") for path in kept)
+    with Image.open(tmp_path / kept[0]) as sample:
+        assert sample.size == (64, 48) and sample.getpixel((30, 20))[0] > 180  # an RGB frame, not BGR
+    none, summary = predictions(live(model, video, "--no-log", "--log-policy", "below", "--log-below", "0.0"))
+    assert summary["frames"] == 30 and summary["logged"] == 0 and none == []
+
+
+class _Mjpeg(http.server.BaseHTTPRequestHandler):
+    frames: list[bytes] = []
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for data in self.frames:
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
+                self.wfile.write(data + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.02)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_live_reads_an_mjpeg_stream_over_http(model, tmp_path):
+    _Mjpeg.frames = [jpeg(frame(colour)) for colour in ("green",) * 20 + ("blue",) * 40]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Mjpeg)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg"
+        seen, summary = predictions(live(model, url, "--no-log", "--log-policy", "all", "--max-frames", "30"))
+    finally:
+        server.shutdown()
+    labels = [p["top_k"][0]["label"] for p in seen]
+    assert summary["frames"] == 30 and set(labels) <= {"green", "blue"} and labels[0] == "green"
+    assert all(p["source"] == url for p in seen)
+
+
+def wait_for(predicate, timeout=30.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_live_watched_folder_classifies_new_files_and_stops_cleanly_on_sigterm(model, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "old.jpg").write_bytes(jpeg(frame("red")))  # there before the start: not new
+    db, out = tmp_path / "folder.db", tmp_path / "out.jsonl"
+    with open(out, "w") as handle:
+        process = subprocess.Popen([sys.executable, str(RUNNER), "live", str(model), str(inbox), "--json", "--db",
+                                    str(db), "--log-policy", "all"], stdout=handle, stderr=subprocess.PIPE,
+                                   text=True, env=runner_env())
+    try:
+        time.sleep(1.0)  # let it list the folder first
+        for n, colour in enumerate(("blue", "green")):
+            part = inbox / f"new{n}.jpg.part"
+            part.write_bytes(jpeg(frame(colour)))  # written under a temporary name, then renamed
+            os.replace(part, inbox / f"new{n}.jpg")
+        wait_for(lambda: len(out.read_text().splitlines()) >= 2)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "live: 2 frames" in stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(Path(p["source"]).name, p["top_k"][0]["label"]) for p in lines[:2]] == [("new0.jpg", "blue"),
+                                                                                    ("new1.jpg", "green")]
+    assert lines[-1]["summary"]["frames"] == 2
+    assert len(db_rows(db, "SELECT id FROM predictions")) == 2
+
+
+def test_live_without_opencv_says_what_to_install(model, video, tmp_path):
+    (tmp_path / "cv2.py").write_text("raise ImportError('hidden by the test')\n")
+    result = live(model, video, env=runner_env(PYTHONPATH=str(tmp_path)))
+    assert_user_error(result, "OpenCV is not installed", "opencv")
+    missing = live(model, tmp_path / "nope.mp4")
+    assert_user_error(missing, "nope.mp4", "OpenCV cannot open it")
+
+
+def test_serve_live_shows_the_latest_prediction(model, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with served(model, tmp_path, "--live", inbox, "--no-log") as (_, port):
+        assert call(port, "GET", "/latest")[1]["prediction"] is None
+        (inbox / "a.png").write_bytes(jpeg(frame("green")))
+        wait_for(lambda: call(port, "GET", "/latest")[1]["prediction"] is not None)
+        latest = call(port, "GET", "/latest")[1]
+        assert latest["source"] == "live" and latest["prediction"]["top_k"][0]["label"] == "green"
+        assert call(port, "GET", "/health")[1] == {"status": "ok", "live": "running"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# serve: bounded resources
+
+
+def test_serve_caps_decodes_times_out_stalled_uploads_and_truncates_echoes(model, tmp_path):
+    with served(model, tmp_path, "--no-log", "--max-decodes", "1", "--read-timeout", "1") as (_, port):
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc")  # then nothing
+        time.sleep(0.3)
+        connection = __import__("http.client").client.HTTPConnection("127.0.0.1", port, timeout=20)
+        connection.request("POST", "/predict", body=jpeg(frame("red")))
+        busy = connection.getresponse()
+        assert busy.status == 503 and busy.getheader("Retry-After") == "1"
+        assert "--max-decodes" in json.loads(busy.read())["error"]
+        stalled.settimeout(10)
+        answer = stalled.recv(4096).decode()
+        assert answer.startswith("HTTP/1.0 408") and "--read-timeout" in answer
+        stalled.close()
+        status, body = call(port, "POST", "/predict", jpeg(frame("red")))  # the slot is free again
+        assert status == 200 and body["top_k"][0]["label"] == "red"
+        status, body = call(port, "GET", "/" + "x" * 60000)
+        assert status in (404, 414) and len(json.dumps(body)) < 400
+    with served(model, tmp_path, "--db", tmp_path / "echo.db") as (_, port):
+        _, prediction = call(port, "POST", "/predict", jpeg(frame("red")))
+        status, body = call(port, "POST", "/feedback", json.dumps({"id": prediction["id"],
+                                                                    "label": "L" * 60000}).encode())
+        assert status == 400 and len(body["error"]) < 400 and "60000 characters" in body["error"]
+
+
+def test_serve_port_out_of_range_is_one_line(model):
+    assert_user_error(run("serve", model, "--port", "70000"), "--port", "70000", "1-65535")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The prediction log: retention, orphans, fsync
+
+
+RESULT = {"top_k": [{"label": "red", "index": 0, "score": 0.1}], "latency_ms": {}}
+
+
+def test_retention_trims_oldest_rows_keeps_feedback_and_counts(runner, tmp_path):
+    db = tmp_path / "log.db"
+    log = runner.PredictionLog(str(db), keep_rows=5)
+    ids = [log.log_prediction("sha", f"img{i}", RESULT, b"x" * 10, "png") for i in range(12)]
+    with log.transaction() as connection:
+        connection.execute("INSERT INTO feedback (prediction_id, label, time, source) VALUES (?, 'red', 't', 'cli')",
+                           (ids[0],))
+    assert log.start_writing()["trimmed_rows"] == 7
+    left = [row[0] for row in db_rows(db, "SELECT id FROM predictions ORDER BY rowid")]
+    assert left == [ids[0]] + ids[-4:]  # the oldest go, except the one with feedback
+    assert log.counters() == {"dropped_samples": 0, "trimmed_rows": 7}
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == sorted(f"{i}.png" for i in left)
+    old = runner.PredictionLog(str(db), keep_days=1)
+    with old.transaction() as connection:
+        connection.execute("UPDATE predictions SET time = '2020-01-01T00:00:00.000+00:00' WHERE id = ?", (ids[-1],))
+    assert old.trim() == 1 and old.counters()["trimmed_rows"] == 8
+    log.close()
+    old.close()
+
+
+def test_start_removes_orphan_samples_and_forgets_missing_ones(runner, tmp_path):
+    db = tmp_path / "log.db"
+    log = runner.PredictionLog(str(db))
+    kept = log.log_prediction("sha", "a", RESULT, b"a" * 10, "jpg")
+    lost = log.log_prediction("sha", "b", RESULT, b"b" * 10, "jpg")
+    log.close()
+    samples = tmp_path / "samples"
+    (samples / f"{lost}.jpg").unlink()  # as if a power cut lost the file but not the row
+    (samples / "dead.jpg.tmp").write_bytes(b"half")  # a kill between write and rename
+    (samples / "unreferenced.jpg").write_bytes(b"no row")  # a kill between rename and commit
+    log = runner.PredictionLog(str(db))
+    assert log.start_writing() == {"orphan_samples_removed": 2, "missing_samples_forgotten": 1, "trimmed_rows": 0}
+    assert sorted(p.name for p in samples.iterdir()) == [f"{kept}.jpg"]
+    assert dict(db_rows(db, "SELECT id, image_path FROM predictions"))[lost] is None
+    assert log.counters()["dropped_samples"] == 1
+    log.close()
+
+
+def test_grouped_sync_fsyncs_wal_samples_and_folder_and_per_row_mode_fsyncs_the_folder(runner, tmp_path,
+                                                                                      monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    grouped = runner.PredictionLog(str(tmp_path / "g" / "log.db"), sync_interval=0.05)
+    grouped.start_writing()
+    synced.clear()
+    sample_id = grouped.log_prediction("sha", "a", RESULT, b"a" * 10, "jpg")
+    assert not any(sample_id in path for path in synced)  # not fsynced before the answer...
+    wait_for(lambda: str(tmp_path / "g" / "samples") in synced, timeout=10)  # ...but within the interval
+    assert str(tmp_path / "g" / "log.db-wal") in synced
+    assert any(path.endswith(f"{sample_id}.jpg") for path in synced)
+    grouped.close()
+    synced.clear()
+    per_row = runner.PredictionLog(str(tmp_path / "p" / "log.db"), sync_interval=0)
+    per_row.log_prediction("sha", "b", RESULT, b"b" * 10, "jpg")
+    assert synced[-1] == str(tmp_path / "p" / "samples")  # the rename is made durable too
+    per_row.close()
