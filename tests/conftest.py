@@ -33,10 +33,20 @@ def digits_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A finished run on the embedded digits: alpha 0.35, 32 px, a few epochs (about 40 s)."""
+    """A finished run on the embedded digits: alpha 0.35, 32 px, 4 short epochs of 8 batches."""
     from edgekit.config import TrainConfig
     from edgekit.train import train
 
     runs = tmp_path_factory.mktemp("runs")
-    result = train(TrainConfig(epochs=4, name="tiny", runs_dir=str(runs), patience=10))
+    result = train(TrainConfig(epochs=4, steps_per_epoch=8, name="tiny", runs_dir=str(runs), patience=10))
     return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def variants(tiny_run):
+    """float32 and int8-ptq variants of the tiny run (one conversion each), shared by every module."""
+    from edgekit.compress.pipeline import compress_all
+    from edgekit.recipes import load_recipe
+
+    made = compress_all(tiny_run, [load_recipe("float32"), load_recipe("int8-ptq")])
+    return {variant.manifest.name: variant.directory for variant in made}

@@ -7,8 +7,6 @@ model would not be. Regenerate nothing: every test session builds these in a few
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -88,11 +86,8 @@ def write_variant(directory: Path, content: bytes, size: int = SIZE, labels=LABE
     path = directory / name
     path.write_bytes(content)
     (directory / "labels.txt").write_text("\n".join(labels) + "\n")
-    manifest = {
-        "kind": "variant",
-        "files": {name: {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}},
-        "model": {"input_size": [size, size, 3], "pixel_range": [0, 255], "resize": "bilinear",
-                  "labels": list(labels)},
-    }
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    from edgekit import manifests
+
+    contract = manifests.ModelContract(file=name, input_size=(size, size, 3), labels=tuple(labels))
+    manifests.write(directory, manifests.VariantManifest(name=directory.name, model=contract), [name])
     return path

@@ -19,25 +19,19 @@ from edgekit.bench.advice import advice_markdown, advise
 from edgekit.bench.report import place_labels
 from edgekit.bench.run import BenchSettings, collect_variants, run_bench
 from edgekit.cli import app
-from edgekit.compress.pipeline import compress
 from edgekit.devices import load_profile, parse_profile
-from edgekit.recipes import load_recipe
 
 cli = CliRunner()
 QUICK = ["--runs", "20", "--warmup", "2", "--min-seconds", "0.2"]
 
 
 @pytest.fixture(scope="module")
-def bench_run(tiny_run, tmp_path_factory):
-    """A private copy of the tiny run with float32 and int8 variants (bench writes into the run)."""
+def bench_run(tiny_run, variants, tmp_path_factory):
+    """A private copy of the tiny run with its float32 and int8 variants (bench writes into the run)."""
     run = tmp_path_factory.mktemp("bench") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("compressed", "bench"))
-    for name in ("float32", "int8-ptq"):
-        source = tiny_run / "compressed" / name
-        if source.is_dir():
-            shutil.copytree(source, run / "compressed" / name)
-        else:
-            compress(run, load_recipe(name))
+    for name, source in variants.items():
+        shutil.copytree(source, run / "compressed" / name)
     return run
 
 

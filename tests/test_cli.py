@@ -54,6 +54,7 @@ def test_unknown_weights_is_one_line(digits_folder):
     assert "--weights 'imagenett'" in line
 
 
+@pytest.mark.slow
 def test_eval_of_a_run_matches_its_manifest(tiny_run, tmp_path):
     result = runner.invoke(app, ["eval", str(tiny_run), "--out", str(tmp_path / "eval"), "--json"])
     assert result.exit_code == 0, result.output
@@ -67,6 +68,7 @@ def test_eval_of_a_run_matches_its_manifest(tiny_run, tmp_path):
         manifest["files"]["model.keras"]["sha256"]
 
 
+@pytest.mark.slow
 def test_eval_on_a_folder(tiny_run, digits_folder, tmp_path):
     result = runner.invoke(app, ["eval", str(tiny_run / "model.keras"), "--data", str(digits_folder), "--json",
                                  "--out", str(tmp_path / "e")])
@@ -114,6 +116,7 @@ def _noise(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if is_noise(line) or re.search(r"absl|cuInit|cuda|oneDNN", line)]
 
 
+@pytest.mark.slow
 def test_train_json_keeps_progress_off_stdout_and_native_noise_off_stderr(tmp_path):
     result = _subprocess("train", "--epochs", "1", "--steps-per-epoch", "2", "--runs-dir", str(tmp_path),
                          "--name", "j", "--json")
@@ -124,6 +127,7 @@ def test_train_json_keeps_progress_off_stdout_and_native_noise_off_stderr(tmp_pa
     assert "train (scratch) epoch 1/1" in result.stderr  # progress is there, on stderr
 
 
+@pytest.mark.slow
 def test_tensorflow_commands_print_no_library_noise(tiny_run, tmp_path):
     for args in (["eval", str(tiny_run), "--out", str(tmp_path / "e")],
                  ["compress", str(tiny_run), "--recipe", "float32"]):
@@ -149,20 +153,12 @@ print(result.output[-2000:])
     ["doctor", "--device", "desktop"],
     ["info", "RUN/compressed/float32/model.tflite"],
 ], ids=" ".join)
-def test_commands_that_need_no_model_import_no_tensorflow(args, tiny_run, variants_for_cli):
+def test_commands_that_need_no_model_import_no_tensorflow(args, tiny_run, variants):
     args = [a.replace("RUN", str(tiny_run)) for a in args]
     out = subprocess.run([sys.executable, "-c", _NO_TF, *args], capture_output=True, text=True, timeout=120)
     code, loaded = out.stdout.splitlines()[0].split()
     assert code == "0" and loaded == "-", out.stdout + out.stderr
     assert _noise(out.stderr) == []
-
-
-@pytest.fixture(scope="module")
-def variants_for_cli(tiny_run):
-    from edgekit.compress.pipeline import compress_all
-    from edgekit.recipes import load_recipe
-
-    return compress_all(tiny_run, [load_recipe("float32")])
 
 
 def test_version_prints_the_package_version():

@@ -22,12 +22,6 @@ from edgekit.recipes import load_recipe, recipe_from_flags, shipped_recipes
 cli = CliRunner()
 
 
-@pytest.fixture(scope="session")
-def variants(tiny_run):
-    """float32 and int8-ptq variants of the tiny run (one conversion each, about 15 s apiece)."""
-    return {name: compress(tiny_run, load_recipe(name)).directory for name in ("float32", "int8-ptq")}
-
-
 def test_every_shipped_recipe_validates():
     names = shipped_recipes()
     assert {"float32", "float16", "dynamic-range", "int8-ptq", "int8-qat", "prune50-int8", "cluster16-int8",
@@ -139,6 +133,7 @@ def test_tampered_run_is_refused(tiny_run, tmp_path):
     assert not (copy / "compressed").exists()
 
 
+@pytest.mark.slow
 def test_failed_conversion_leaves_nothing_half_written(tiny_run, tmp_path, monkeypatch):
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("compressed", "bench"))
@@ -178,6 +173,7 @@ def test_prune_qat_int8_shorthand_end_to_end(tiny_run):
     assert manifest.tflite["gzip_size"] < 0.8 * manifest.tflite["size"]
 
 
+@pytest.mark.slow
 def test_edgetpu_recipe_writes_a_uint8_static_model_and_a_report(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("compressed", "bench"))
@@ -229,6 +225,7 @@ def test_shorthands_never_take_a_shipped_recipe_name_with_other_stages():
     assert recipe_from_flags(prune=0.5, qat=True, int8=True).name != shipped.name
 
 
+@pytest.mark.slow
 def test_compress_all_loads_the_run_once(tiny_run, tmp_path, monkeypatch):
     import edgekit.compress.pipeline as pipeline
 

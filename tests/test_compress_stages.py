@@ -96,6 +96,7 @@ def is_2_of_4(kernel: np.ndarray) -> bool:
 # --- pruning -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_prune_reaches_target_sparsity_and_strip_removes_wrappers(trained, pruned):
     wrapped, final = pruned
     assert any(type(layer).__name__ == "PruneLowMagnitude" for layer in wrapped.layers)
@@ -108,10 +109,12 @@ def test_prune_reaches_target_sparsity_and_strip_removes_wrappers(trained, prune
     assert all(0.45 <= value <= 0.55 for value in kernels.values()), kernels
 
 
+@pytest.mark.slow
 def test_prune_leaves_the_callers_model_dense(trained, pruned):
     assert prune.measure_sparsity(trained)["overall"] < 0.01
 
 
+@pytest.mark.slow
 def test_prune_zero_sparsity_is_noop(trained, data):
     params = PruneParams(target_sparsity=0.0, epochs=1)
     wrapped, callbacks = prune.apply(trained, params, steps_per_epoch=1)
@@ -124,6 +127,7 @@ def test_prune_zero_sparsity_is_noop(trained, data):
         np.testing.assert_allclose(after[name], before[name], atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_prune_structured_2x4_pattern(trained, data):
     params = PruneParams(structured_2x4=True, epochs=1)
     wrapped, callbacks = prune.apply(trained, params, steps_per_epoch=1)
@@ -136,6 +140,7 @@ def test_prune_structured_2x4_pattern(trained, data):
     assert prune.measure_sparsity(final)["overall"] == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.slow
 def test_prune_latency_policy_prunes_only_pointwise_convs(trained, data):
     with pytest.warns(UserWarning, match="XNNPACK"):  # our stem is SAME-padded, tfmot wants VALID
         wrapped, callbacks = prune.apply(
@@ -179,6 +184,7 @@ def test_params_defaults_have_no_problems():
 # --- clustering ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cluster_to_8_leaves_at_most_8_values_per_kernel(trained, data):
     wrapped, callbacks = cluster.apply(trained, ClusterParams(clusters=8, epochs=1))
     _steps(wrapped, callbacks, data, 1, learning_rate=1e-4)
@@ -192,6 +198,7 @@ def test_cluster_to_8_leaves_at_most_8_values_per_kernel(trained, data):
     assert cluster.unique_weights(trained)["Conv1/kernel"] > 100
 
 
+@pytest.mark.slow
 def test_count_steps_reads_dataset_length(data):
     assert count_steps(data[0]) == 12
     assert count_steps(data[0].repeat()) is None
@@ -222,6 +229,7 @@ def test_qat_rejects_raw_tf_op_by_name():
         qat.apply(model, QATParams())
 
 
+@pytest.mark.slow
 def test_qat_names_an_unsupported_layer():
     model = _small_model(lambda x: keras.layers.LayerNormalization(name="norm")(x))
     with pytest.raises(EdgekitError, match=r"layer 'norm' \(LayerNormalization\) cannot be quantization"):
@@ -250,6 +258,7 @@ def test_qat_auto_preserve_follows_previous_stage(previous, preserve):
 # --- conversion ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_float32_tflite_matches_keras(trained, converted, eval_batch):
     info = parse(converted["float32"]).describe()
     assert info["inputs"][0] == {"name": "image", "dtype": "float32", "shape": [1, IMAGE_SIZE, IMAGE_SIZE, 3],
@@ -261,6 +270,7 @@ def test_float32_tflite_matches_keras(trained, converted, eval_batch):
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_float16_is_about_half_and_dynamic_smaller(converted):
     f32, f16, dyn = (len(converted[mode]) for mode in ("float32", "float16", "dynamic"))
     assert 0.45 < f16 / f32 < 0.6
@@ -268,6 +278,7 @@ def test_float16_is_about_half_and_dynamic_smaller(converted):
     assert "DEQUANTIZE" in parse(converted["float16"]).describe()["ops"]
 
 
+@pytest.mark.slow
 def test_int8_has_integer_io_and_agrees_with_keras(trained, converted, eval_batch):
     info = parse(converted["int8"]).describe()
     for tensor in info["inputs"] + info["outputs"]:
@@ -281,6 +292,7 @@ def test_int8_has_integer_io_and_agrees_with_keras(trained, converted, eval_batc
     assert len(set(keras_top)) > 1  # a model that always answers the same class would agree trivially
 
 
+@pytest.mark.slow
 def test_uint8_io_for_integer_only_targets(trained, calibration):
     params = ConvertParams(mode="int8", io_dtype="uint8", calibration_samples=10)
     content = convert(trained, params, calibration)
@@ -289,11 +301,13 @@ def test_uint8_io_for_integer_only_targets(trained, calibration):
     assert info["inputs"][0]["quantization"]["zero_point"] == 0
 
 
+@pytest.mark.slow
 def test_int8_without_calibration_images_is_an_error(trained):
     with pytest.raises(EdgekitError, match="int8 needs calibration images"):
         convert(trained, ConvertParams(mode="int8"), None)
 
 
+@pytest.mark.slow
 def test_calibration_images_must_be_raw_pixels_at_model_size(trained, calibration):
     with pytest.raises(EdgekitError, match="normalised"):
         convert(trained, ConvertParams(mode="int8"), calibration / 255.0)

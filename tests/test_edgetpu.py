@@ -102,6 +102,7 @@ def test_full_integer_uint8_model_maps_every_op(tflite):
     assert from_bytes["ops"] == report["ops"] and from_bytes["model"]["name"] == "in-memory.tflite"
 
 
+@pytest.mark.slow
 def test_unsupported_op_in_the_middle_sends_every_later_op_to_cpu(tflite):
     report = edgetpu.analyze_model(tflite("leaky"))
     rows = report["ops"]

@@ -62,6 +62,7 @@ def test_export_writes_a_class_folder_dataset_with_a_report(device_log, tmp_path
     assert (out / "feedback_report.md").read_text().startswith("# Feedback dataset")
 
 
+@pytest.mark.slow
 def test_next_training_run_folds_the_feedback_in(device_log, tmp_path):
     from edgekit.config import TrainConfig
     from edgekit.train import train

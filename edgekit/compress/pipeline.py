@@ -137,10 +137,10 @@ def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force
     started = time.time()
     if threads is not None and threads < 1:
         raise EdgekitError(f"--threads {threads}: must be at least 1")
-    context = context or load_context(run_dir)
-    existing = existing_variant(context.run_dir, recipe, force)
+    existing = existing_variant(context.run_dir if context else Path(run_dir), recipe, force)
     if existing is not None:
         return existing
+    context = context or load_context(run_dir)
     replacing = variant_dir(context.run_dir, recipe).exists()
     content, sparsity, timings = _build_tflite(context, recipe)
     final_dir = variant_dir(context.run_dir, recipe)
