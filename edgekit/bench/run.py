@@ -293,6 +293,9 @@ def _bench_variant(target: Target, variant: BenchModel, profile: DeviceProfile, 
                 row.update(status="error", error=str(exc))
             row["bench_wall_s"] = round(time.time() - started, 2)
             result.rows.append(row)
+            p50 = (row.get("latency_ms") or {}).get("p50")
+            log.info("bench %s on %s (%s, threads %s): %s", variant.name, profile.name, delegate or "cpu",
+                     row.get("threads") or "default", f"p50 {p50:.3f} ms" if p50 is not None else row["status"])
 
 
 def _delegate_message(delegate: str | None, error: str) -> str:
