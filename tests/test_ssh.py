@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -45,6 +44,8 @@ elif command == "import":
     __import__(args[1])
 elif command == "text":
     print("no json here")
+elif command == "_probe":  # deploy loads the model once with the device's runtime
+    print(json.dumps({"name": "stand-in", "version": "0"}))
 '''
 
 
@@ -58,6 +59,14 @@ def stand_in(tmp_path) -> Path:
     path = tmp_path / "stand_in_runner.py"
     path.write_text(STAND_IN_RUNNER)
     return path
+
+
+def _manifest(variant: Path) -> None:
+    """The variant manifest `edgekit compress` writes, describing the model.tflite already in `variant`."""
+    from edgekit import manifests
+
+    contract = manifests.ModelContract(file="model.tflite", input_size=(32, 32, 3), labels=("red", "green"))
+    manifests.write(variant, manifests.VariantManifest(name=variant.name, model=contract), ["model.tflite"])
 
 
 def ssh_profile(sshd, workdir: Path, **fields):
@@ -109,7 +118,7 @@ def test_deploy_puts_runner_model_manifest_and_labels_with_matching_sha256(sshd,
     model = variant / "model.tflite"
     model.write_bytes(b"TFL3" + os.urandom(5000))
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
-    (variant / "manifest.json").write_text(json.dumps({"files": {"model.tflite": {"sha256": digest}}}))
+    _manifest(variant)
     (variant / "labels.txt").write_text("red\ngreen\n")
     workdir = tmp_path / "device"
 
@@ -126,8 +135,9 @@ def test_deploy_puts_runner_model_manifest_and_labels_with_matching_sha256(sshd,
 def test_deploy_refuses_a_model_that_no_longer_matches_its_manifest(sshd, tmp_path, stand_in):
     model = tmp_path / "variant" / "model.tflite"
     model.parent.mkdir()
+    model.write_bytes(b"TFL3 as compress wrote it")
+    _manifest(model.parent)
     model.write_bytes(b"TFL3 changed after compress")
-    (model.parent / "manifest.json").write_text(json.dumps({"files": {"model.tflite": {"sha256": "0" * 64}}}))
     with pytest.raises(EdgekitError, match="does not match"):
         deploy(ssh_profile(sshd, tmp_path / "device"), model, runner=stand_in)
     assert not (tmp_path / "device").exists()
