@@ -137,9 +137,9 @@ def load_resume_config(run_dir: Path) -> cfg.TrainConfig:
     return dataclasses.replace(config, runs_dir=str(run_dir.parent), name=run_dir.name)
 
 
-def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig) -> list:
+def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig, extra: tuple = ()) -> list:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return [
+    return [*extra,
         keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
         keras.callbacks.ModelCheckpoint(str(run_dir / BEST_WEIGHTS), monitor="val_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True),
@@ -198,8 +198,13 @@ def _exportable_copy(model, spec: ModelSpec, best_weights: Path):
     return clone
 
 
-def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
-    """Train a classifier and write its run directory; returns the directory and manifest."""
+def train(config: cfg.TrainConfig, resume: Path | None = None, *, callbacks: tuple = (),
+          lineage: dict | None = None) -> TrainResult:
+    """Train a classifier and write its run directory; returns the directory and manifest.
+
+    `callbacks` are extra Keras callbacks (`edgekit tune` stops hopeless candidates with one);
+    `lineage` is recorded as the manifest's `lineage` (e.g. the tune study and trial that asked for the run).
+    """
     if resume is not None:
         config = load_resume_config(resume)
     config = config.resolved()
@@ -256,7 +261,7 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
         with contextlib.redirect_stdout(sys.stderr):  # progress is not a result: keep stdout for results
             history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
                                 steps_per_epoch=config.steps_per_epoch, validation_steps=None,
-                                callbacks=_callbacks(work_dir, phase, config), verbose=1 if chief else 0)
+                                callbacks=_callbacks(work_dir, phase, config, callbacks), verbose=1 if chief else 0)
         fit_seconds += time.time() - phase_start
         ran = len(history.epoch)
         epochs_run += ran
@@ -299,6 +304,7 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
         "wall_time_s": round(time.time() - started, 2),
         "finished": utc_now(),
         "metrics": {"validation": metrics},
+        **({"lineage": lineage} if lineage else {}),
     }
     files = [MODEL_FILE, "labels.txt", CONFIG_FILE] + (["history.csv"] if (run_dir / "history.csv").exists()
                                                        else [])

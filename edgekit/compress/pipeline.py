@@ -74,8 +74,9 @@ def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, d
     return model, sparsity, timings
 
 
-def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force: bool = True) -> Variant:
-    """Apply `recipe` to the run in `run_dir`; returns the written variant."""
+def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force: bool = True,
+             lineage: dict | None = None) -> Variant:
+    """Apply `recipe` to the run in `run_dir`; returns the written variant (`lineage` goes into its manifest)."""
     from edgekit.compress.convert import convert, describe_tflite
 
     run_dir = Path(run_dir)
@@ -144,6 +145,7 @@ def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force
             "timings": timings,
             "wall_time_s": round(time.time() - started, 2),
             **extra,
+            **({"lineage": lineage} if lineage else {}),
         }
         variant_manifest = write_manifest(scratch, variant_manifest, files)
         _replace_dir(scratch, final_dir)
