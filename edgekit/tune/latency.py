@@ -3,10 +3,11 @@
 A dense model's latency does not depend on its weights, so a candidate's architecture (width, input size,
 number of classes) and its recipe's convert stage are timed on the target before anything is trained, and
 over-budget candidates are never trained. The probe model is built with a fixed seed, so the same
-architecture and convert settings give the same `.tflite` bytes; latencies are cached under that file's
-sha256 + device + runtime + delegate + threads, in the Optuna study itself (study user attributes), so
-every worker of a shared study sees every measurement. A second entry maps the architecture key to the
-probe's sha256 and size, so a cache hit needs no conversion at all.
+architecture and convert settings give the same `.tflite` bytes (checked across processes by the tests);
+latencies are cached under that file's sha256 + device (profile name and address) + runtime + delegate +
+threads, in the Optuna study itself (study user attributes), so every worker of a shared study sees
+every measurement. A second entry maps the architecture key to the probe's sha256 and size, so a cache
+hit needs no conversion at all.
 
 Sparsity: edgekit's converter stores pruned weights densely (no DENSIFY ops), and
 `benchmarks/sparse_inference.py` measured pruned models at 0.98-1.0x the latency of their dense parents
@@ -61,16 +62,18 @@ def architecture_key(alpha: float, image_size: int, num_classes: int, recipe: Re
     from importlib.metadata import version
 
     convert = recipe.convert.params
-    has_qat = any(stage.type == "qat" for stage in recipe.stages)
+    # No qat flag: a random model is never QAT-wrapped, so int8-qat's probe is int8-ptq's file.
     fields = {"alpha": float(alpha), "image_size": int(image_size), "classes": int(num_classes),
-              "mode": convert.mode, "io_dtype": convert.io_dtype, "qat": has_qat,
+              "mode": convert.mode, "io_dtype": convert.io_dtype,
               "calibration_samples": convert.calibration_samples if convert.mode == "int8" else 0,
               "seed": int(seed), "tensorflow": version("tensorflow")}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def latency_key(sha256: str, profile, threads: int | None) -> str:
-    return f"latency:{sha256[:16]}:{profile.name}:{profile.runtime}:{profile.delegate}:t{threads or profile.threads}"
+    """The device is its profile name and address: a profile re-pointed at another board is another device."""
+    return (f"latency:{sha256[:16]}:{profile.name}@{profile.address}:{profile.runtime}:{profile.delegate}:"
+            f"t{threads or profile.threads}")
 
 
 def _build_probe(directory: Path, alpha: float, image_size: int, recipe: Recipe, splits, seed: int,

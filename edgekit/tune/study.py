@@ -225,7 +225,10 @@ class Context:
         self.space = space_from_mapping(config.space, config.space_source)
         self.budget = config.budget
         self.data = config.data
-        self.train_fields = dict(self.space.train)
+        from edgekit.config import TrainConfig, from_mapping
+
+        fixed = from_mapping(TrainConfig, self.space.train, self.space.source)  # nested mappings → dataclasses
+        self.train_fields = {name: getattr(fixed, name) for name in self.space.train}
         self.profile = load_profile(config.device)
         threads = config.threads or self.profile.threads
         self.settings = BenchSettings(threads=(threads,), runs=config.runs, warmup=config.warmup,
