@@ -127,7 +127,6 @@ def run_candidate(trial, ctx) -> tuple[float, ...]:
     from edgekit.train import train
 
     params = {name: dim.suggest(trial) for name, dim in ctx.space.dimensions.items()}
-    params = {k: params[k] for k in ctx.space.dimensions}
     started = time.time()
     trial.set_user_attr("worker", ctx.worker)
     trial.set_user_attr("candidate", describe(params))

@@ -1,0 +1,124 @@
+"""usage: python benchmarks/tune_search.py [--quick] [--budget-ms B] [--epochs E] [--steps S] [--trials N]
+
+How fast does `edgekit tune` find the best model under a latency budget, against training everything?
+Space: widths 0.35, 0.5 x input sizes 32, 48, 64 x recipes float32, int8-ptq on the embedded digits,
+timed on `desktop` (1 thread). Both sides go through `edgekit.tune.study.run_tune`, so they train,
+compress and bench exactly alike:
+
+1. grid: Optuna's BruteForceSampler, no budget, no pruning: all 12 candidates trained and measured.
+   The budget is then the median p90 of the grid (or --budget-ms), and the grid's best under it is the
+   most accurate candidate whose measured p90 is within it.
+2. tune: the default sampler (multivariate TPE), the budget as a constraint, the latency-before-training
+   check and the pruning rule on, --trials trials (default 12, the size of the grid).
+
+Prints and writes (benchmarks/results/tune_search[_quick].json): the grid's best under the budget, the
+trial and wall time at which tune first held it or one within 0.5 pt, both sides' total wall time, the
+share of tune's trials rejected before training, and how well the random-weight probe predicted each
+trained candidate's real p90 (from the grid). --quick: 1 epoch of 3 steps and short timings.
+Artifacts go to benchmarks/work/tune_search/ (scratch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+
+import optuna
+import yaml
+from _common import WORK, print_table, write_json
+
+from edgekit.tune.report import trial_rows
+from edgekit.tune.study import create, load_config, run_tune
+
+SPACE = {"width": [0.35, 0.5], "image_size": [32, 48, 64], "recipe": ["float32", "int8-ptq"]}
+QUICK = {"epochs": 1, "steps": 3, "runs": 5, "min_seconds": 0.05}
+FULL = {"epochs": 3, "steps": 12, "runs": 20, "min_seconds": 0.3}
+
+
+def study_run(name: str, space: dict, budget_ms: float, trials: int, settings: dict, sampler=None):
+    """One study through the library; returns its trial rows (each with seconds since the start) and wall time."""
+    root = WORK / "tune_search" / name
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    (root / "space.yaml").write_text(yaml.safe_dump(space))
+    config = load_config(device="desktop", max_latency_ms=budget_ms, space_path=str(root / "space.yaml"),
+                         runs=settings["runs"], warmup=2, min_seconds=settings["min_seconds"], threads=1)
+    study, _, _ = create(root / "study", config, None, name)
+    if sampler is not None:
+        study.sampler = sampler
+    started = time.time()
+    try:
+        run_tune(study, root / "study", trials=trials, timeout=None)
+    except Exception as exc:  # noqa: BLE001 - an unsatisfied budget is a result here, not a crash
+        print(f"{name}: {exc}", file=sys.stderr)
+    wall = time.time() - started
+    rows = trial_rows(study)
+    for row, trial in zip(rows, study.get_trials(deepcopy=False)):
+        row["done_s"] = round(trial.datetime_complete.timestamp() - started, 1) if trial.datetime_complete else None
+    return rows, wall
+
+
+def space_for(settings: dict, pruning: bool) -> dict:
+    return {**SPACE, "epochs": [settings["epochs"]],
+            "train": {"steps_per_epoch": settings["steps"], "batch_size": 64, "patience": 10},
+            "pruning": {"enabled": pruning, "min_trials": 3}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--budget-ms", type=float, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--trials", type=int, default=12)
+    args = parser.parse_args()
+    settings = dict(QUICK if args.quick else FULL)
+    settings.update({k: v for k, v in (("epochs", args.epochs), ("steps", args.steps)) if v})
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    grid, grid_wall = study_run("grid", space_for(settings, pruning=False), 1e9, 12, settings,
+                                optuna.samplers.BruteForceSampler(seed=0))
+    trained = [r for r in grid if r["state"] == "complete"]
+    budget = args.budget_ms or round(statistics.median(r["p90_ms"] for r in trained), 4)
+    within = [r for r in trained if r["p90_ms"] <= budget]
+    best = max(within, key=lambda r: (r["accuracy"], -r["p90_ms"]))
+    search, search_wall = study_run("search", space_for(settings, pruning=True), budget, args.trials, settings)
+
+    found = next((r for r in search if r["state"] == "complete" and r["feasible"]
+                  and r["accuracy"] >= best["accuracy"] - 0.005), None)
+    rejected = [r for r in search if r["state"] == "rejected"]
+    probe_ratio = [r["p90_ms"] / r["probe_p90_ms"] for r in trained if r["probe_p90_ms"]]
+    probe_wrong = [r["trial"] for r in trained if (r["probe_p90_ms"] > budget) != (r["p90_ms"] > budget)]
+    summary = {
+        "budget_p90_ms": budget, "grid_candidates": len(grid), "grid_within_budget": len(within),
+        "grid_best": {k: best[k] for k in ("candidate", "accuracy", "p90_ms", "size_kb")},
+        "grid_wall_s": round(grid_wall, 1),
+        "tune_trials": len(search), "tune_wall_s": round(search_wall, 1),
+        "tune_found_at_trial": found["trial"] if found else None,
+        "tune_found_after_s": found["done_s"] if found else None,
+        "tune_found": {k: found[k] for k in ("candidate", "accuracy", "p90_ms")} if found else None,
+        "tune_trained": sum(1 for r in search if r["state"] in ("complete", "pruned") and not r["note"].startswith(
+            "same candidate")),
+        "tune_rejected_before_training": len(rejected),
+        "tune_rejected_share": round(len(rejected) / len(search), 3) if search else None,
+        "probe_real_over_probe_p90": {"median": round(statistics.median(probe_ratio), 3),
+                                      "min": round(min(probe_ratio), 3), "max": round(max(probe_ratio), 3)},
+        "probe_wrong_side_of_budget": probe_wrong,
+    }
+    print_table(grid, ["trial", "candidate", "accuracy", "p90_ms", "probe_p90_ms", "size_kb"])
+    print()
+    print_table(search, ["trial", "state", "candidate", "accuracy", "p90_ms", "probe_p90_ms", "done_s", "note"])
+    print()
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    path = write_json("tune_search_quick" if args.quick else "tune_search",
+                      {"benchmark": "tune_search", "quick": args.quick, "settings": settings, "space": SPACE,
+                       "summary": summary, "grid": grid, "search": search})
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()
