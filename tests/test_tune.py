@@ -26,7 +26,7 @@ from edgekit.tune.space import DEFAULT_SPACE, load_space
 
 SPACE = {
     "width": [0.35], "image_size": [32], "recipe": ["float32", "int8-ptq"], "epochs": [1],
-    "train": {"steps_per_epoch": 2, "batch_size": 32, "augment": {"enabled": False}},
+    "train": {"steps_per_epoch": 2, "batch_size": 32, "weights": "none", "augment": {"enabled": False}},
     "pruning": {"min_trials": 1},
 }
 FAST_BENCH = ["--runs", "3", "--warmup", "1", "--min-seconds", "0.02", "--threads", "1"]

@@ -148,16 +148,7 @@ def run_candidate(trial, ctx) -> tuple[float, ...]:
         raise optuna.TrialPruned(f"rejected before training: {reason}")
     duplicate = ctx.duplicate_of(trial, params)
     if duplicate is not None:
-        log.info("trial %d: same candidate as trial %d; reusing its measurements", trial.number, duplicate.number)
-        for key in ("run_dir", "variant_dir", "bench_dir", "accuracy", "p90_ms", "size_kb", "feasible",
-                    "val_accuracy_curve"):
-            if key in duplicate.user_attrs:
-                trial.set_user_attr(key, duplicate.user_attrs[key])
-        trial.set_user_attr("duplicate_of", duplicate.number)
-        for name, value in ctx.budget.constraints(duplicate.user_attrs["p90_ms"], duplicate.user_attrs["size_kb"],
-                                                  duplicate.user_attrs["accuracy"]).items():
-            trial.set_constraint(name, value)
-        return tuple(duplicate.values)
+        return _reuse(trial, duplicate, ctx)
     log.info("trial %d: %s: probe p90 %.3f ms%s, training", trial.number, describe(params), probe.p90_ms,
              " (cached)" if probe.cached else "")
     config = TrainConfig(data=ctx.data, alpha=float(params["width"]), image_size=int(params["image_size"]),
@@ -174,6 +165,20 @@ def run_candidate(trial, ctx) -> tuple[float, ...]:
     trial.set_user_attr("variant_dir", str(variant.directory))
     bench = _bench_variant(variant.directory, ctx, trial)
     return _finish(trial, ctx, variant, bench, started)
+
+
+def _reuse(trial, duplicate, ctx) -> tuple[float, ...]:
+    """Samplers re-propose finished candidates in small discrete spaces: answer from the earlier trial."""
+    log.info("trial %d: same candidate as trial %d; reusing its measurements", trial.number, duplicate.number)
+    for key in ("run_dir", "variant_dir", "bench_dir", "accuracy", "p90_ms", "size_kb", "feasible",
+                "val_accuracy_curve"):
+        if key in duplicate.user_attrs:
+            trial.set_user_attr(key, duplicate.user_attrs[key])
+    trial.set_user_attr("duplicate_of", duplicate.number)
+    attrs = duplicate.user_attrs
+    for name, value in ctx.budget.constraints(attrs["p90_ms"], attrs["size_kb"], attrs["accuracy"]).items():
+        trial.set_constraint(name, value)
+    return tuple(duplicate.values)
 
 
 def _finish(trial, ctx, variant, bench, started: float) -> tuple[float, ...]:
