@@ -122,9 +122,7 @@ def _bench_variant(variant_dir: Path, ctx, trial) -> dict:
 def run_candidate(trial, ctx) -> tuple[float, ...]:
     """The objective: (accuracy, p90 ms[, size KB]) of one candidate, or TrialPruned before/during training."""
     from edgekit.compress.pipeline import compress
-    from edgekit.config import TrainConfig
     from edgekit.recipes import load_recipe
-    from edgekit.train import train
 
     params = {name: dim.suggest(trial) for name, dim in ctx.space.dimensions.items()}
     started = time.time()
@@ -149,22 +147,43 @@ def run_candidate(trial, ctx) -> tuple[float, ...]:
     duplicate = ctx.duplicate_of(trial, params)
     if duplicate is not None:
         return _reuse(trial, duplicate, ctx)
-    log.info("trial %d: %s: probe p90 %.3f ms%s, training", trial.number, describe(params), probe.p90_ms,
+    log.info("trial %d: %s: probe p90 %.3f ms%s", trial.number, describe(params), probe.p90_ms,
              " (cached)" if probe.cached else "")
+    run_dir = _trained_run(trial, ctx, params)
+    try:
+        variant = compress(run_dir, recipe, lineage=ctx.lineage(trial))
+    except EdgekitError as exc:
+        raise CandidateFailed(f"compress {run_dir} with {recipe.name}: {exc}") from None
+    trial.set_user_attr("variant_dir", str(variant.directory))
+    bench = _bench_variant(variant.directory, ctx, trial)
+    return _finish(trial, ctx, variant, bench, started)
+
+
+def _trained_run(trial, ctx, params: dict) -> Path:
+    """Train the candidate with `edgekit.train.train`, or reuse a run with the same training settings."""
+    from edgekit.config import TrainConfig
+    from edgekit.train import train
+
+    found = ctx.trained_run(trial)
+    if found is not None:
+        run_dir, other = found
+        log.info("trial %d: same training as trial %d; compressing its run %s", trial.number, other.number, run_dir)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("run_of_trial", other.number)
+        trial.set_user_attr("val_accuracy_curve", other.user_attrs.get("val_accuracy_curve", []))
+        return run_dir
     config = TrainConfig(data=ctx.data, alpha=float(params["width"]), image_size=int(params["image_size"]),
                          epochs=int(params.get("epochs", 30)),
                          learning_rate=float(params.get("learning_rate", TrainConfig.learning_rate)),
                          seed=ctx.space.seed, name=f"t{trial.number:04d}", runs_dir=str(ctx.tune_dir / "runs"),
                          **ctx.train_fields)
     trial.set_user_attr("run_dir", str(ctx.tune_dir / "runs" / config.name))
-    run = train(config, callbacks=(epoch_rule(trial, ctx.study, ctx.space.pruning),), lineage=ctx.lineage(trial))
     try:
-        variant = compress(run.run_dir, recipe, lineage=ctx.lineage(trial))
-    except EdgekitError as exc:
-        raise CandidateFailed(f"compress {run.run_dir} with {recipe.name}: {exc}") from None
-    trial.set_user_attr("variant_dir", str(variant.directory))
-    bench = _bench_variant(variant.directory, ctx, trial)
-    return _finish(trial, ctx, variant, bench, started)
+        run = train(config, callbacks=(epoch_rule(trial, ctx.study, ctx.space.pruning),), lineage=ctx.lineage(trial))
+    except EdgekitError as exc:  # a setting every candidate shares: stop the study, say where to change it
+        raise EdgekitError(f"trial {trial.number}: training: {exc} (in `edgekit tune`, settings shared by every "
+                           f"candidate go under `train:` in the space file)") from None
+    return run.run_dir
 
 
 def _reuse(trial, duplicate, ctx) -> tuple[float, ...]:

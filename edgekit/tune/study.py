@@ -259,6 +259,20 @@ class Context:
                 return other
         return None
 
+    def trained_run(self, trial) -> tuple[Path, object] | None:
+        """A finished run with the same training settings (all but the recipe) to compress again.
+
+        Candidates differing only in recipe share their training, as a user compressing one run several
+        ways would: the grid of 2 widths x 3 sizes x 2 recipes needs 6 trainings, not 12.
+        """
+        wanted = {k: v for k, v in trial.params.items() if k != "recipe"}
+        for other in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            run_dir = Path(other.user_attrs.get("run_dir", ""))
+            if {k: v for k, v in other.params.items() if k != "recipe"} == wanted and \
+                    (run_dir / "manifest.json").is_file() and (run_dir / "model.keras").is_file():
+                return run_dir, other
+        return None
+
 
 class TrialLimit:
     """Stop once the study as a whole has `n` trials, counting every worker's (Optuna's MaxTrialsCallback
