@@ -247,7 +247,8 @@ def test_unreachable_device_stops_the_study_cleanly_keeping_finished_trials(tune
         profile.write_text(original)
     assert result.exit_code == 1
     line = err.strip().splitlines()[-1]
-    assert line.startswith("error: device bench-device (127.0.0.1:9): ") and "stopped cleanly with 1 trained" in line
+    assert line.startswith("error: device bench-device (127.0.0.1:9): 127.0.0.1:9: cannot connect")
+    assert f"the study stopped cleanly, its {len(_trials(tune_study))} finished trials kept in {copy}" in line
     assert f"--resume {copy}" in line
     assert [r["state"] for r in _trials(copy)][:3] == [r["state"] for r in _trials(tune_study)]
 

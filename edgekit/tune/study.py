@@ -350,9 +350,8 @@ def run_tune(study, tune_dir: Path, trials: int | None, timeout: float | None) -
         write_report(tune_dir, study, ctx.config)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     if stopped:
-        kept = sum(1 for t in finished if t.state == TrialState.COMPLETE)
-        raise EdgekitError(f"{stopped}; the study stopped cleanly with {kept} trained trials kept in {tune_dir}; "
-                           f"fix the device, then continue with `edgekit tune --resume {tune_dir}`")
+        raise EdgekitError(f"{stopped}; the study stopped cleanly, its {len(finished)} finished trials kept in "
+                           f"{tune_dir}; fix the device, then continue with `edgekit tune --resume {tune_dir}`")
     problem = unsatisfied(study, ctx.config)
     if problem:
         raise EdgekitError(problem + f"; all trials are in {tune_dir}")
