@@ -262,7 +262,8 @@ def test_unsatisfiable_budget_names_the_constraint_and_the_closest_candidate(tmp
     assert result.exit_code == 1
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: no candidate can meet --max-latency-ms: even the smallest, width 0.35, 32 px, "
-                           "float32, 1 epochs, has probe p90 ")
+                           "float32, has probe p90 ")
+    assert "ms > 1e-05 ms on d;" in line
     assert "raise --max-latency-ms or add smaller widths" in line
     assert not (tmp_path / "t" / "runs").exists()
 
