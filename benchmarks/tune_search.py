@@ -1,4 +1,5 @@
-"""usage: python benchmarks/tune_search.py [--quick] [--budget-ms B] [--epochs E] [--steps S] [--trials N]
+"""usage: python benchmarks/tune_search.py [--quick] [--phase all|grid|search|summary] [--budget-ms B] [--epochs E]
+                                         [--steps S] [--trials N]
 
 How fast does `edgekit tune` find the best model under a latency budget, against training everything?
 Space: widths 0.35, 0.5 x input sizes 32, 40, 48 x recipes float32, int8-ptq on the embedded digits,
@@ -16,7 +17,9 @@ Prints and writes (benchmarks/results/tune_search[_quick].json): the grid's best
 trial and wall time at which tune first held it or one within 0.5 pt, both sides' total wall time, the
 share of tune's trials rejected before training, and how well the random-weight probe predicted each
 trained candidate's real p90 (from the grid). --quick: 1 epoch of 3 steps and short timings.
-Artifacts go to benchmarks/work/tune_search/ (scratch).
+Artifacts go to benchmarks/work/tune_search/ (scratch). --phase grid / search (needs --budget-ms) run one
+side, so both can run at once on a machine with time to spare; --phase summary reads both studies as
+they are (wall times then run from each study's first trial start to its last trial end).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import logging
 import shutil
 import statistics
 import sys
-import time
 
 import optuna
 import yaml
@@ -41,7 +43,7 @@ FULL = {"epochs": 6, "steps": None, "runs": 20, "min_seconds": 0.3}  # 6 full ep
 
 
 def study_run(name: str, space: dict, budget_ms: float, trials: int, settings: dict, sampler=None):
-    """One study through the library; returns its trial rows (each with seconds since the start) and wall time."""
+    """One study through the library, from scratch."""
     root = WORK / "tune_search" / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -51,16 +53,10 @@ def study_run(name: str, space: dict, budget_ms: float, trials: int, settings: d
     study, _, _ = create(root / "study", config, None, name)
     if sampler is not None:
         study.sampler = sampler
-    started = time.time()
     try:
         run_tune(study, root / "study", trials=trials, timeout=None)
     except Exception as exc:  # noqa: BLE001 - an unsatisfied budget is a result here, not a crash
         print(f"{name}: {exc}", file=sys.stderr)
-    wall = time.time() - started
-    rows = trial_rows(study)
-    for row, trial in zip(rows, study.get_trials(deepcopy=False)):
-        row["done_s"] = round(trial.datetime_complete.timestamp() - started, 1) if trial.datetime_complete else None
-    return rows, wall
 
 
 def trainings(rows: list[dict]) -> int:
@@ -73,9 +69,49 @@ def space_for(settings: dict, pruning: bool) -> dict:
             "pruning": {"enabled": pruning, "min_trials": 3}}
 
 
+def load_rows(name: str) -> tuple[list[dict], float]:
+    """A study's rows as it stands, with seconds since its first trial started, and its wall time so far."""
+    database = WORK / "tune_search" / name / "study" / "study.db"
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{database}")
+    trials = study.get_trials(deepcopy=False)
+    start = min(t.datetime_start.timestamp() for t in trials if t.datetime_start)
+    rows = trial_rows(study)
+    for row, trial in zip(rows, trials):
+        row["done_s"] = round(trial.datetime_complete.timestamp() - start, 1) if trial.datetime_complete else None
+    return rows, max((r["done_s"] or 0) for r in rows)
+
+
+def summarize(grid: list[dict], grid_wall: float, search: list[dict], search_wall: float, budget: float | None):
+    trained = [r for r in grid if r["state"] == "complete"]
+    budget = budget or round(statistics.median(r["p90_ms"] for r in trained), 4)
+    within = [r for r in trained if r["p90_ms"] <= budget]
+    best = max(within, key=lambda r: (r["accuracy"], -r["p90_ms"]))
+    found = next((r for r in search if r["state"] == "complete" and r["feasible"]
+                  and r["accuracy"] >= best["accuracy"] - 0.005), None)
+    rejected = [r for r in search if r["state"] == "rejected"]
+    probe_ratio = [r["p90_ms"] / r["probe_p90_ms"] for r in trained if r["probe_p90_ms"]]
+    return {
+        "budget_p90_ms": budget, "grid_candidates": len(trained), "grid_within_budget": len(within),
+        "grid_best": {k: best[k] for k in ("candidate", "accuracy", "p90_ms", "size_kb")},
+        "grid_wall_s": round(grid_wall, 1), "grid_trainings": trainings(grid),
+        "tune_trials": len(search), "tune_finished": sum(1 for r in search if r["done_s"] is not None),
+        "tune_wall_s": round(search_wall, 1), "tune_trainings": trainings(search),
+        "tune_found_at_trial": found["trial"] if found else None,
+        "tune_found_after_s": found["done_s"] if found else None,
+        "tune_found": {k: found[k] for k in ("candidate", "accuracy", "p90_ms")} if found else None,
+        "tune_rejected_before_training": len(rejected),
+        "tune_rejected_share": round(len(rejected) / len(search), 3) if search else None,
+        "probe_real_over_probe_p90": {"median": round(statistics.median(probe_ratio), 3),
+                                      "min": round(min(probe_ratio), 3), "max": round(max(probe_ratio), 3)},
+        "probe_wrong_side_of_budget": [r["candidate"] for r in trained
+                                       if (r["probe_p90_ms"] > budget) != (r["p90_ms"] > budget)],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--phase", choices=("all", "grid", "search", "summary"), default="all")
     parser.add_argument("--budget-ms", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
@@ -87,36 +123,20 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     for noisy in ("absl", "tensorflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-
-    grid, grid_wall = study_run("grid", space_for(settings, pruning=False), 1e9, 12, settings,
-                                optuna.samplers.BruteForceSampler(seed=0))
-    trained = [r for r in grid if r["state"] == "complete"]
-    budget = args.budget_ms or round(statistics.median(r["p90_ms"] for r in trained), 4)
-    within = [r for r in trained if r["p90_ms"] <= budget]
-    best = max(within, key=lambda r: (r["accuracy"], -r["p90_ms"]))
-    search, search_wall = study_run("search", space_for(settings, pruning=True), budget, args.trials, settings)
-
-    found = next((r for r in search if r["state"] == "complete" and r["feasible"]
-                  and r["accuracy"] >= best["accuracy"] - 0.005), None)
-    rejected = [r for r in search if r["state"] == "rejected"]
-    probe_ratio = [r["p90_ms"] / r["probe_p90_ms"] for r in trained if r["probe_p90_ms"]]
-    probe_wrong = [r["trial"] for r in trained if (r["probe_p90_ms"] > budget) != (r["p90_ms"] > budget)]
-    summary = {
-        "budget_p90_ms": budget, "grid_candidates": len(grid), "grid_within_budget": len(within),
-        "grid_best": {k: best[k] for k in ("candidate", "accuracy", "p90_ms", "size_kb")},
-        "grid_wall_s": round(grid_wall, 1),
-        "tune_trials": len(search), "tune_wall_s": round(search_wall, 1),
-        "tune_found_at_trial": found["trial"] if found else None,
-        "tune_found_after_s": found["done_s"] if found else None,
-        "tune_found": {k: found[k] for k in ("candidate", "accuracy", "p90_ms")} if found else None,
-        "grid_trainings": trainings(grid), "tune_trainings": trainings(search),
-        "tune_rejected_before_training": len(rejected),
-        "tune_rejected_share": round(len(rejected) / len(search), 3) if search else None,
-        "probe_real_over_probe_p90": {"median": round(statistics.median(probe_ratio), 3),
-                                      "min": round(min(probe_ratio), 3), "max": round(max(probe_ratio), 3)},
-        "probe_wrong_side_of_budget": probe_wrong,
-    }
-    print_table(grid, ["trial", "candidate", "accuracy", "p90_ms", "probe_p90_ms", "size_kb"])
+    if args.phase in ("all", "grid"):
+        study_run("grid", space_for(settings, pruning=False), 1e9, 12, settings,
+                  optuna.samplers.BruteForceSampler(seed=0))
+    budget = args.budget_ms
+    if args.phase in ("all", "search"):
+        if budget is None:
+            trained = [r for r in load_rows("grid")[0] if r["state"] == "complete"]
+            budget = round(statistics.median(r["p90_ms"] for r in trained), 4)
+        study_run("search", space_for(settings, pruning=True), budget, args.trials, settings)
+    if args.phase in ("grid", "search"):
+        return
+    (grid, grid_wall), (search, search_wall) = load_rows("grid"), load_rows("search")
+    summary = summarize(grid, grid_wall, search, search_wall, budget)
+    print_table(grid, ["trial", "candidate", "accuracy", "p90_ms", "probe_p90_ms", "size_kb", "done_s"])
     print()
     print_table(search, ["trial", "state", "candidate", "accuracy", "p90_ms", "probe_p90_ms", "done_s", "note"])
     print()
