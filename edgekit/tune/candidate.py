@@ -90,9 +90,10 @@ def epoch_rule(trial, study, rule):
             if len(peers) < rule.min_trials:
                 return
             threshold = float(np.percentile(peers, rule.percentile))
-            if accuracy < threshold:
-                reason = (f"epoch {epoch + 1}: validation accuracy {accuracy:.4f} below the {rule.percentile:g}th "
-                          f"percentile {threshold:.4f} of {len(peers)} finished within-budget trials")
+            if accuracy < threshold - rule.min_delta:
+                reason = (f"epoch {epoch + 1}: validation accuracy {accuracy:.4f} more than {rule.min_delta:g} below "
+                          f"the {rule.percentile:g}th percentile {threshold:.4f} of {len(peers)} finished "
+                          "within-budget trials")
                 trial.set_user_attr("pruned", reason)
                 raise optuna.TrialPruned(reason)
 
