@@ -89,6 +89,7 @@ def summarize(grid: list[dict], grid_wall: float, search: list[dict], search_wal
     found = next((r for r in search if r["state"] == "complete" and r["feasible"]
                   and r["accuracy"] >= best["accuracy"] - 0.005), None)
     rejected = [r for r in search if r["state"] == "rejected"]
+    same = next((r for r in search if r["state"] == "complete" and r["candidate"] == best["candidate"]), None)
     probe_ratio = [r["p90_ms"] / r["probe_p90_ms"] for r in trained if r["probe_p90_ms"]]
     return {
         "budget_p90_ms": budget, "grid_candidates": len(trained), "grid_within_budget": len(within),
@@ -99,6 +100,11 @@ def summarize(grid: list[dict], grid_wall: float, search: list[dict], search_wal
         "tune_found_at_trial": found["trial"] if found else None,
         "tune_found_after_s": found["done_s"] if found else None,
         "tune_found": {k: found[k] for k in ("candidate", "accuracy", "p90_ms")} if found else None,
+        # Training is not bit-reproducible on a multi-threaded CPU: the same candidate, same seed, can score
+        # differently in the grid and in tune, so also say when tune first trained the grid's best candidate.
+        "tune_same_candidate_as_grid_best_at_trial": same["trial"] if same else None,
+        "tune_same_candidate_after_s": same["done_s"] if same else None,
+        "tune_same_candidate_accuracy": same["accuracy"] if same else None,
         "tune_rejected_before_training": len(rejected),
         "tune_rejected_share": round(len(rejected) / len(search), 3) if search else None,
         "probe_real_over_probe_p90": {"median": round(statistics.median(probe_ratio), 3),
