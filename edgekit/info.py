@@ -18,6 +18,10 @@ def describe_path(path: Path) -> tuple[dict, str]:
         return _describe_model_file(path)
     directory = path if path.is_dir() else path.parent
     manifest = manifests.read(directory)
+    if isinstance(manifest, manifests.TuneManifest):
+        from edgekit.tune.report import describe_tune
+
+        return manifest.as_dict(), describe_tune(directory, manifest)
     return manifest.as_dict(), describe_manifest(directory, manifest)
 
 

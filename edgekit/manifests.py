@@ -209,9 +209,30 @@ class DeploymentManifest(Manifest):
     service: dict | None = None
 
 
+@dataclass(frozen=True)
+class ProbeManifest(VariantManifest):
+    """A seeded random-weight conversion of a candidate architecture that `edgekit tune` times before
+    training it: shaped like a variant (so `bench` measures it the same way) but with no accuracy."""
+
+    KIND: ClassVar[str] = "probe"
+
+
+@dataclass(frozen=True)
+class TuneManifest(Manifest):
+    """An `edgekit tune` directory: the study, its budget, how the trials ended and the best candidate."""
+
+    KIND: ClassVar[str] = "tune"
+    MAIN_FILE: ClassVar[str] = "trials.json"
+    name: str = ""
+    device: str = ""
+    budget: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    best: dict | None = None
+
+
 KINDS: dict[str, type[Manifest]] = {cls.KIND: cls for cls in (
     RunManifest, VariantManifest, EvalManifest, BenchManifest, FeedbackImportManifest, FeedbackDatasetManifest,
-    DeploymentManifest)}
+    DeploymentManifest, ProbeManifest, TuneManifest)}
 M = TypeVar("M", bound=Manifest)
 
 

@@ -139,10 +139,10 @@ def load_resume_config(run_dir: Path) -> cfg.TrainConfig:
     return dataclasses.replace(config, runs_dir=str(run_dir.parent), name=run_dir.name)
 
 
-def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig, epochs: int) -> list:
+def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig, epochs: int, extra: tuple = ()) -> list:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     progress = [EpochProgress(f"train ({phase})", epochs)] if epochs and not sys.stderr.isatty() else []
-    return [*progress,
+    return [*extra, *progress,
         keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
         keras.callbacks.ModelCheckpoint(str(run_dir / BEST_WEIGHTS), monitor="val_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True),
@@ -234,7 +234,7 @@ class _Fit:
 
 
 def _fit_phases(config: cfg.TrainConfig, splits, model, strategy, work_dir: Path, chief: bool,
-                pretrained: bool) -> _Fit:
+                pretrained: bool, extra_callbacks: tuple = ()) -> _Fit:
     """Run each fit call (head, fine-tune, or scratch), skipping phases a resumed run already finished."""
     train_ds = make_pipeline(splits.train, config.image_size, config.batch_size, training=True,
                              augment=config.augment, seed=config.seed, cache=config.cache)
@@ -256,7 +256,7 @@ def _fit_phases(config: cfg.TrainConfig, splits, model, strategy, work_dir: Path
         with contextlib.redirect_stdout(sys.stderr), _disk_errors(work_dir):  # stdout is for results
             history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
                                 steps_per_epoch=config.steps_per_epoch, validation_steps=None,
-                                callbacks=_callbacks(work_dir, phase, config, last if chief else 0),
+                                callbacks=_callbacks(work_dir, phase, config, last if chief else 0, extra_callbacks),
                                 verbose=_verbosity(chief))
         fit.fit_seconds += time.time() - phase_start
         steps = config.steps_per_epoch or -(-len(splits.train) // config.batch_size)
@@ -295,8 +295,13 @@ def epochs_in_history(run_dir: Path) -> int:
     return len({row.split(",", 1)[0] for row in rows if row and not row.startswith("epoch")})
 
 
-def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
-    """Train a classifier and write its run directory; returns the directory and manifest."""
+def train(config: cfg.TrainConfig, resume: Path | None = None, *, callbacks: tuple = (),
+          lineage: dict | None = None) -> TrainResult:
+    """Train a classifier and write its run directory; returns the directory and manifest.
+
+    `callbacks` are extra Keras callbacks (`edgekit tune` stops hopeless candidates with one);
+    `lineage` is recorded as the manifest's `lineage` (e.g. the tune study and trial that asked for the run).
+    """
     config, weights_path = _prepare(config, resume)
     strategy, strategy_name = select_strategy(config.strategy)
     chief = is_chief()
@@ -321,7 +326,7 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
     started = time.time()
     with strategy.scope():
         model = build_classifier(model_spec, weights_path)
-    fit = _fit_phases(config, splits, model, strategy, work_dir, chief, weights_path is not None)
+    fit = _fit_phases(config, splits, model, strategy, work_dir, chief, weights_path is not None, tuple(callbacks))
     if not chief:
         # a worker must not read variables after fit: that is a collective op the chief may have left
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -329,12 +334,12 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
     model = _exportable_copy(fit.model, model_spec, work_dir / BEST_WEIGHTS)
     hardware = {"gpus": len(gpus()), "strategy": strategy_name,
                 "replicas": strategy.num_replicas_in_sync, "mixed_precision": mixed}
-    manifest = _write_run(run_dir, config, splits, model, model_spec, fit, hardware, started)
+    manifest = _write_run(run_dir, config, splits, model, model_spec, fit, hardware, started, lineage or {})
     return TrainResult(run_dir, manifest)
 
 
 def _write_run(run_dir: Path, config: cfg.TrainConfig, splits, model, model_spec: ModelSpec, fit: _Fit,
-               hardware: dict, started: float) -> manifests.RunManifest:
+               hardware: dict, started: float, lineage: dict) -> manifests.RunManifest:
     metrics = evaluate_predictor(KerasPredictor(model), load_pixels(splits.validation, config.image_size),
                                  splits.validation.targets, splits.labels)
     metrics.pop("predictions")
@@ -352,7 +357,7 @@ def _write_run(run_dir: Path, config: cfg.TrainConfig, splits, model, model_spec
     manifest = manifests.RunManifest(
         name=run_dir.name, model=contract, dataset=splits.description, config=cfg.to_dict(config),
         seed=config.seed, hardware=hardware, training=training, wall_time_s=round(time.time() - started, 2),
-        finished=utc_now(), metrics=manifests.RunMetrics(validation=manifests.to_metrics(metrics)))
+        finished=utc_now(), metrics=manifests.RunMetrics(validation=manifests.to_metrics(metrics)), lineage=lineage)
     files = [MODEL_FILE, "labels.txt", CONFIG_FILE] + (["history.csv"] if (run_dir / "history.csv").exists()
                                                        else [])
     return manifests.write(run_dir, manifest, files)

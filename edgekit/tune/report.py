@@ -1,0 +1,183 @@
+"""What a tune directory says: every trial as JSON/CSV/Markdown, the Pareto plot, and the best candidate.
+
+The trial table is read back from the Optuna study (the one source of truth, shared by all workers), so
+any worker can rewrite the report at any time; `edgekit info DIR` summarises it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from edgekit import manifests
+from edgekit.artifacts import MANIFEST, atomic_path, write_json_atomic, write_text_atomic
+from edgekit.report import markdown_table
+
+COLUMNS = ("trial", "state", "width", "image_size", "recipe", "epochs", "learning_rate", "accuracy", "p90_ms",
+           "size_kb", "feasible", "probe_p90_ms", "probe_cached", "note", "run_dir", "variant_dir", "bench_dir",
+           "worker", "duration_s")
+
+
+def trial_rows(study) -> list[dict]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs, params = t.user_attrs, t.params
+        probe = attrs.get("probe") or {}
+        state = "rejected" if "rejected" in attrs else t.state.name.lower()
+        if t.state == TrialState.FAIL and "interrupted" in attrs:
+            state = "interrupted"
+        note = attrs.get("rejected") or attrs.get("pruned") or attrs.get("error") or attrs.get("interrupted") or (
+            f"same candidate as trial {attrs['duplicate_of']}" if "duplicate_of" in attrs else "")
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and \
+            t.datetime_start else None
+        rows.append({
+            "trial": t.number, "state": state, "candidate": attrs.get("candidate"),
+            "width": params.get("width"), "image_size": params.get("image_size"), "recipe": params.get("recipe"),
+            "epochs": params.get("epochs"), "learning_rate": params.get("learning_rate"),
+            "accuracy": attrs.get("accuracy"), "p90_ms": attrs.get("p90_ms"), "size_kb": attrs.get("size_kb"),
+            "feasible": attrs.get("feasible"), "probe_p90_ms": probe.get("p90_ms"),
+            "probe_cached": probe.get("cached"), "note": note, "run_dir": attrs.get("run_dir"),
+            "variant_dir": attrs.get("variant_dir"), "bench_dir": attrs.get("bench_dir"),
+            "worker": attrs.get("worker"), "duration_s": round(duration, 1) if duration is not None else None,
+            "val_accuracy_curve": attrs.get("val_accuracy_curve"),
+        })
+    return rows
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    """The most accurate within-budget candidate; the faster one on a tie."""
+    feasible = [r for r in rows if r["state"] == "complete" and r["feasible"]]
+    return max(feasible, key=lambda r: (r["accuracy"], -r["p90_ms"]), default=None)
+
+
+def best_line(best: dict | None, device: str) -> str:
+    if best is None:
+        return "no candidate within budget yet"
+    return (f"best under budget: trial {best['trial']} ({best['candidate']}): accuracy {best['accuracy']:.4f}, "
+            f"p90 {best['p90_ms']:.3f} ms, {best['size_kb']:.0f} KB; run {best['run_dir']}; variant "
+            f"{best['variant_dir']} (`edgekit deploy {best['variant_dir']} --device {device}`)")
+
+
+def unsatisfied(study, config) -> str | None:
+    """Why no trained candidate is within budget, naming the constraint and the closest candidate; or None."""
+    rows = trial_rows(study)
+    if best_row(rows) is not None:
+        return None
+    done = [r for r in rows if r["state"] == "complete"]
+    if not done:
+        rejected = [r for r in rows if r["state"] == "rejected" and r["probe_p90_ms"] is not None]
+        if not rejected:
+            return None  # nothing measured yet (e.g. every trial failed); the report says why
+        closest = min(rejected, key=lambda r: r["probe_p90_ms"])
+        return (f"no trained candidate: all {len(rejected)} sampled candidates were over budget before training; "
+                f"closest: trial {closest['trial']} ({closest['candidate']}): {closest['note']}")
+    checks = [("--max-latency-ms", config.max_latency_ms, "p90_ms", 1), ("--max-size-kb", config.max_size_kb,
+              "size_kb", 1), ("--min-accuracy", config.min_accuracy, "accuracy", -1)]
+    for flag, limit, key, sign in checks:
+        if limit is not None and all(sign * (r[key] - limit) > 0 for r in done):
+            closest = min(done, key=lambda r: sign * (r[key] - limit))
+            return (f"no candidate meets {flag} {limit}: closest is trial {closest['trial']} ({closest['candidate']}) "
+                    f"with {key} {closest[key]:.4g}; relax {flag} or widen the search space")
+    return "no candidate meets all budgets at once; relax one of them (see trials.md for each candidate)"
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    table = markdown_table(
+        ["trial", "state", "width", "size", "recipe", "epochs", "lr", "accuracy", "p90 ms", "KB", "in budget",
+         "probe p90 ms", "note"],
+        [[r["trial"], r["state"], r["width"], r["image_size"], r["recipe"], _fmt(r["epochs"], ""),
+          _fmt(r["learning_rate"], ".2g"), _fmt(r["accuracy"], ".4f"), _fmt(r["p90_ms"], ".3f"),
+          _fmt(r["size_kb"], ".0f"), {True: "yes", False: "no"}.get(r["feasible"], "-"),
+          _fmt(r["probe_p90_ms"], ".3f"), r["note"] or ""] for r in rows])
+    return f"{header}\n\n{table}\n"
+
+
+def pareto_plot(rows: list[dict], config, title: str, target: Path) -> bool:
+    """Accuracy against device p90 for trained candidates, the feasible front, the budget as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["state"] == "complete" and r["p90_ms"] is not None]
+    if not done:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for feasible, colour, label in ((True, "tab:blue", "within budget"), (False, "tab:gray", "over budget")):
+        points = [r for r in done if bool(r["feasible"]) == feasible]
+        ax.scatter([r["p90_ms"] for r in points], [r["accuracy"] for r in points], color=colour, label=label,
+                   alpha=0.7)
+    for r in done:
+        ax.annotate(f"t{r['trial']} {r['recipe']}", (r["p90_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    front, best = [], -1.0
+    for r in sorted((r for r in done if r["feasible"]), key=lambda r: r["p90_ms"]):
+        if r["accuracy"] > best:
+            front.append((r["p90_ms"], r["accuracy"]))
+            best = r["accuracy"]
+    if front:
+        ax.step(*zip(*front), where="post", color="tab:blue", linestyle="--", linewidth=1, label="Pareto front")
+    ax.axvline(config.max_latency_ms, color="tab:red", linewidth=1, label=f"budget p90 {config.max_latency_ms} ms")
+    ax.set_xlabel("p90 latency on the device (ms)")
+    ax.set_ylabel("accuracy (validation, measured on the .tflite)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def summary(rows: list[dict]) -> dict:
+    states = [r["state"] for r in rows]
+    return {name: states.count(name) for name in sorted(set(states))}
+
+
+def write_report(tune_dir: Path, study, config) -> dict:
+    """trials.json/.csv/.md and pareto.png in `tune_dir`, described by a manifest of kind `tune`."""
+    tune_dir = Path(tune_dir)
+    rows = trial_rows(study)
+    best = best_row(rows)
+    budget = {"max_latency_ms": config.max_latency_ms, "max_size_kb": config.max_size_kb,
+              "min_accuracy": config.min_accuracy}
+    payload = {"study": study.study_name, "device": config.device, "budget": budget, "counts": summary(rows),
+               "best": best, "best_line": best_line(best, config.device), "space": config.space, "trials": rows}
+    write_json_atomic(tune_dir / "trials.json", payload)
+    write_text_atomic(tune_dir / "trials.csv", _csv(rows))
+    limits = ", ".join(f"{k} {v}" for k, v in budget.items() if v is not None)
+    header = (f"# edgekit tune `{study.study_name}` on {config.device}\n\nbudget: {limits}\n\n"
+              f"{best_line(best, config.device)}")
+    write_text_atomic(tune_dir / "trials.md", markdown(rows, header))
+    files = ["trials.json", "trials.csv", "trials.md"]
+    if pareto_plot(rows, config, f"{study.study_name} on {config.device}", tune_dir / "pareto.png"):
+        files.append("pareto.png")
+    manifests.write(tune_dir, manifests.TuneManifest(name=study.study_name, device=config.device, budget=budget,
+                                                     counts=summary(rows), best=best), files)
+    return payload
+
+
+def describe_tune(directory: Path, manifest: manifests.TuneManifest) -> str:
+    """What `edgekit info` prints for a tune directory."""
+    counts = ", ".join(f"{n} {state}" for state, n in manifest.counts.items())
+    budget = ", ".join(f"{k} {v}" for k, v in manifest.budget.items() if v is not None)
+    lines = [f"{directory}  (tune study {manifest.name!r} on {manifest.device}, updated {manifest.created})",
+             f"  budget: {budget}", f"  trials: {counts or 'none'}", "  " + best_line(manifest.best, manifest.device),
+             f"  files: {', '.join(manifest.files)} ({MANIFEST} lists their sha256)"]
+    return "\n".join(lines)

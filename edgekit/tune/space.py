@@ -1,0 +1,209 @@
+"""The `edgekit tune` search space: a YAML file of dimensions, checked field by field before any work.
+
+A dimension is a list of choices or a `{low, high[, step][, log]}` range. The file is validated like a
+recipe (unknown keys, wrong types, impossible values and unknown recipes are one line naming the file and
+the field), because a typo found after an hour of training costs far more than one found here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgekit.config import TrainConfig, from_mapping
+from edgekit.errors import EdgekitError
+from edgekit.model import MIN_IMAGE_SIZE
+
+DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "resources" / "tune" / "default.yaml"
+DIMENSIONS = ("width", "image_size", "recipe", "epochs", "learning_rate")
+TOP_LEVEL = (*DIMENSIONS, "train", "sampler", "seed", "pruning")
+SAMPLERS = ("tpe", "nsga2")
+# TrainConfig fields the tuner sets itself (searched, or naming the candidate's run).
+NOT_FIXABLE = ("alpha", "image_size", "epochs", "learning_rate", "data", "extra_data", "name", "runs_dir", "seed")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """Choices (categorical), or a numeric range sampled by Optuna."""
+
+    name: str
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+
+    def suggest(self, trial) -> Any:
+        if self.choices:
+            return self.choices[0] if len(self.choices) == 1 else trial.suggest_categorical(self.name, self.choices)
+        if self.name == "learning_rate":
+            return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+
+    def values(self) -> list:
+        """Every value of a discrete dimension (the grid a benchmark enumerates)."""
+        if self.choices:
+            return list(self.choices)
+        if self.name == "learning_rate" and not self.step:
+            raise EdgekitError(f"dimension {self.name!r} is continuous; give it a step or choices to enumerate it")
+        step = self.step or 1
+        count = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        return [type(self.low)(self.low + i * step) if self.name == "learning_rate" else int(self.low + i * step)
+                for i in range(count)]
+
+
+@dataclass(frozen=True)
+class PruningRule:
+    """Stop a candidate whose validation accuracy after an epoch is more than `min_delta` below the given
+    percentile of the finished, within-budget candidates at the same epoch (Optuna's MedianPruner rule,
+    applied by edgekit because Optuna cannot prune multi-objective trials). The margin matters: from
+    scratch, every candidate sits at chance for the first epochs, and a bare median prunes on noise
+    (benchmarks/tune_search.py pruned at 0.0975 vs a median of 0.1003 before it existed)."""
+
+    enabled: bool = True
+    percentile: float = 50.0
+    warmup_epochs: int = 1
+    min_trials: int = 3
+    min_delta: float = 0.02
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    dimensions: dict[str, Dimension]
+    train: dict = field(default_factory=dict)
+    sampler: str = "tpe"
+    seed: int = 42
+    pruning: PruningRule = field(default_factory=PruningRule)
+    source: str = "<memory>"
+
+    def as_dict(self) -> dict:
+        dims = {}
+        for name, dim in self.dimensions.items():
+            dims[name] = list(dim.choices) if dim.choices else {
+                k: v for k, v in (("low", dim.low), ("high", dim.high), ("step", dim.step), ("log", dim.log)) if v}
+        return {**dims, "train": dict(self.train), "sampler": self.sampler, "seed": self.seed,
+                "pruning": dataclasses.asdict(self.pruning)}
+
+    def grid(self) -> list[dict]:
+        """Every combination of the discrete dimensions, in file order."""
+        combos: list[dict] = [{}]
+        for name, dim in self.dimensions.items():
+            combos = [{**c, name: v} for c in combos for v in dim.values()]
+        return combos
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_value(name: str, value, where: str) -> None:
+    """Limits each dimension's values must respect; recipes must load."""
+    if name == "recipe":
+        from edgekit.recipes import load_recipe
+
+        if not isinstance(value, str):
+            raise EdgekitError(f"{where}: a recipe is a shipped name or a .yaml path, got {value!r}")
+        try:
+            load_recipe(value)
+        except EdgekitError as exc:
+            raise EdgekitError(f"{where}: {exc}") from None
+        return
+    if not _is_number(value):
+        raise EdgekitError(f"{where}: expected a number, got {value!r}")
+    if name == "width" and not 0 < value <= 2:
+        raise EdgekitError(f"{where}: MobileNetV2 width must be in (0, 2], e.g. 0.35, 0.5, 0.75, 1.0; got {value}")
+    if name == "image_size" and (not isinstance(value, int) or value < MIN_IMAGE_SIZE):
+        raise EdgekitError(f"{where}: input size must be a whole number of pixels, at least {MIN_IMAGE_SIZE}; "
+                           f"got {value}")
+    if name == "epochs" and (not isinstance(value, int) or value < 1):
+        raise EdgekitError(f"{where}: epochs must be a whole number, at least 1; got {value}")
+    if name == "learning_rate" and not 0 < value < 1:
+        raise EdgekitError(f"{where}: learning rate must be in (0, 1); got {value}")
+
+
+def _dimension(name: str, raw, source: str) -> Dimension:
+    where = f"{source}: field {name!r}"
+    if isinstance(raw, list):
+        if not raw:
+            raise EdgekitError(f"{where}: an empty list of choices; give at least one value")
+        if len(set(map(repr, raw))) != len(raw):
+            raise EdgekitError(f"{where}: lists a value twice")
+        for index, value in enumerate(raw):
+            _check_value(name, value, f"{where}[{index}]")
+        return Dimension(name, choices=tuple(raw))
+    if not isinstance(raw, dict) or name == "recipe":
+        kind = "a list of recipe names" if name == "recipe" else "a list of values or {low, high[, step][, log]}"
+        raise EdgekitError(f"{where}: expected {kind}, got {raw!r}")
+    unknown = sorted(set(raw) - {"low", "high", "step", "log"})
+    if unknown or "low" not in raw or "high" not in raw:
+        bad = f"unknown key {unknown[0]!r}" if unknown else "needs both 'low' and 'high'"
+        raise EdgekitError(f"{where}: a range {bad}; use low, high, step, log")
+    for key in ("low", "high"):
+        _check_value(name, raw[key], f"{where}.{key}")
+    step, log = raw.get("step"), raw.get("log", False)
+    if raw["low"] > raw["high"]:
+        raise EdgekitError(f"{where}: low {raw['low']} is above high {raw['high']}")
+    if step is not None and (not _is_number(step) or step <= 0):
+        raise EdgekitError(f"{where}.step: must be a positive number, got {step!r}")
+    if not isinstance(log, bool) or (log and step is not None):
+        raise EdgekitError(f"{where}.log: must be true or false, and cannot be combined with step")
+    return Dimension(name, low=raw["low"], high=raw["high"], step=step, log=log)
+
+
+def _train_fields(raw, source: str) -> dict:
+    where = f"{source}: field 'train'"
+    if not isinstance(raw, dict):
+        raise EdgekitError(f"{where}: expected a mapping of `edgekit train` settings, got {raw!r}")
+    for name in raw:
+        if name in NOT_FIXABLE:
+            raise EdgekitError(f"{where}.{name}: set by the tuner (searched or per candidate); remove it here")
+    config = from_mapping(TrainConfig, raw, where)  # unknown fields and wrong types, named
+    try:
+        dataclasses.replace(config, epochs=1).validate()
+    except EdgekitError as exc:
+        raise EdgekitError(f"{where}: {exc}") from None
+    return dict(raw)
+
+
+def space_from_mapping(mapping: Any, source: str) -> SearchSpace:
+    if not isinstance(mapping, dict) or not mapping:
+        raise EdgekitError(f"{source}: empty search space; a mapping with at least width, image_size and recipe")
+    unknown = sorted(set(mapping) - set(TOP_LEVEL))
+    if unknown:
+        raise EdgekitError(f"{source}: unknown field {unknown[0]!r}; known fields are {', '.join(TOP_LEVEL)}")
+    for required in ("width", "image_size", "recipe"):
+        if required not in mapping:
+            raise EdgekitError(f"{source}: field {required!r} is missing; the tuner needs width, image_size, recipe")
+    dimensions = {name: _dimension(name, mapping[name], source) for name in DIMENSIONS if name in mapping}
+    sampler = mapping.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise EdgekitError(f"{source}: field 'sampler' must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    seed = mapping.get("seed", 42)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise EdgekitError(f"{source}: field 'seed' must be a whole number, got {seed!r}")
+    pruning = from_mapping(PruningRule, mapping.get("pruning") or {}, f"{source}: field 'pruning'")
+    if not 0 <= pruning.percentile <= 100 or pruning.warmup_epochs < 0 or pruning.min_trials < 1 or \
+            not 0 <= pruning.min_delta < 1:
+        raise EdgekitError(f"{source}: field 'pruning': percentile in 0..100, warmup_epochs >= 0, min_trials >= 1, "
+                           "min_delta in [0, 1)")
+    return SearchSpace(dimensions, _train_fields(mapping.get("train") or {}, source), sampler, seed, pruning,
+                       source)
+
+
+def load_space(path: str | Path | None = None) -> SearchSpace:
+    """The shipped default space, or a user's YAML file."""
+    path = Path(path) if path else DEFAULT_SPACE
+    if not path.is_file():
+        raise EdgekitError(f"{path}: no such search-space file; start from a copy of {DEFAULT_SPACE}")
+    try:
+        mapping = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise EdgekitError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+    return space_from_mapping(mapping, str(path))
