@@ -87,9 +87,10 @@ def test_service_options_are_checked_before_anything_is_copied(tmp_path):
 
 @pytest.mark.skipif(HAS_SYSTEMD, reason="this host runs systemd; the no-systemd answer needs a host without it")
 def test_device_without_systemd_gets_one_line_and_keeps_the_deployed_files(tmp_path, edgekit_home):
+    import runner_models
+
     variant = tmp_path / "variant"
-    variant.mkdir()
-    (variant / "model.tflite").write_bytes(b"\0\0\0\0TFL3 stand-in")  # deploy copies; it does not load
+    runner_models.write_variant(variant, runner_models.convert(runner_models.build_keras_model()))  # deploy loads it
     line = one_line_error(cli.invoke(app, ["deploy", str(variant), "--device", "desktop", "--service", "serve"]))
     assert "desktop: this device does not run systemd" in line and "start the runner" in line
     deployed = list((edgekit_home / "targets" / "desktop" / "models").glob("*/model.tflite"))
