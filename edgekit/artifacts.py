@@ -132,6 +132,17 @@ def library_versions() -> dict:
     return versions
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def latest_run(runs_dir: Path | None = None) -> Path:
     """The most recently created run under the runs directory: the default input of later stages."""
     runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import manifests
-from edgekit.artifacts import check_writable, write_bytes_atomic, write_text_atomic
+from edgekit.artifacts import check_writable, process_alive, write_bytes_atomic, write_text_atomic
 from edgekit.data import calibration_images, load_dataset, load_pixels, make_pipeline, spec_from_description
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
@@ -254,23 +254,13 @@ def remove_stale_scratch(compressed: Path) -> list[Path]:
     removed = []
     for scratch in compressed.glob(".*.tmp-*"):
         pid = scratch.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and process_alive(int(pid)):
             continue
         shutil.rmtree(scratch, ignore_errors=True)
         removed.append(scratch)
     if removed:
         log.info("removed %d scratch folder(s) left by an interrupted compress", len(removed))
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _edgetpu(recipe: Recipe, directory: Path) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from edgekit.artifacts import edgekit_home, write_json_atomic
+from edgekit.artifacts import edgekit_home, process_alive, write_json_atomic
 from edgekit.errors import EdgekitError
 from edgekit.tune.candidate import Budget, CandidateFailed, run_candidate
 from edgekit.tune.latency import DeviceUnreachable
@@ -176,13 +176,8 @@ def _fail_dead_local_trials(study, storage) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()
+    """A worker's process still runs (this process cannot be running a trial it finds RUNNING)."""
+    return process_alive(pid) and pid != os.getpid()
 
 
 def default_tune_dir(name: str) -> Path:
