@@ -75,6 +75,8 @@ def train(
                                                      "validation/ [test/]); default: the embedded digits.")] = None,
     extra_data: Annotated[list[str] | None, typer.Option(
         help="Extra class folders folded into training (e.g. from `edgekit feedback export`).")] = None,
+    exclude: Annotated[Path | None, typer.Option(
+        help="Leave out the files this list names (from `edgekit data check --write-exclusions`).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Square input size; default 32 (digits) or 96.")] = None,
     alpha: Annotated[float, typer.Option(help="MobileNetV2 width multiplier.")] = 0.35,
     weights: Annotated[str | None, typer.Option(
@@ -107,6 +109,7 @@ def train(
 
     $ edgekit train
     $ edgekit train --data photos/ --image-size 96 --fine-tune-epochs 5
+    $ edgekit train --data photos/ --exclude photos-exclusions.txt
     """
     from edgekit.config import AugmentConfig, TrainConfig
     from edgekit.train import train as run_training
@@ -114,7 +117,8 @@ def train(
     if mixed_precision not in ("auto", "on", "off"):
         raise EdgekitError(f"--mixed-precision {mixed_precision!r}: choose auto, on or off")
     config = TrainConfig(
-        data=data, extra_data=tuple(extra_data or ()), image_size=image_size, alpha=alpha, weights=weights,
+        data=data, extra_data=tuple(extra_data or ()), exclude=str(exclude) if exclude else None,
+        image_size=image_size, alpha=alpha, weights=weights,
         epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_at=fine_tune_at, batch_size=batch_size,
         learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate,
         validation_fraction=validation_fraction, seed=seed,

@@ -223,7 +223,7 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
 
     keras.utils.set_random_seed(config.seed)
     spec = DataSpec(config.data, tuple(config.extra_data), config.image_size, config.seed,
-                    config.validation_fraction, config.strict, config.max_image_pixels)
+                    config.validation_fraction, config.strict, config.max_image_pixels, exclude=config.exclude)
     splits = load_dataset(spec)
     mixed = use_mixed_precision(config.mixed_precision)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
