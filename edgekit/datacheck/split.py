@@ -14,6 +14,7 @@ import logging
 import numpy as np
 
 from edgekit.datacheck.hashing import NEAR_DISTANCE, duplicate_groups, group_ids, hash_files
+from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ def split_without_leaks(pool, validation, test, spec):
     if validation is None:
         ids = group_ids(len(paths), groups)[:len(pool)]
         train_idx, val_idx = group_stratified_split(pool.targets, ids, spec.validation_fraction, spec.seed)
+        if not len(val_idx):
+            raise EdgekitError(f"{spec.data}: every class is copies of one image (exact or near duplicates), so "
+                               "nothing can be held out without leaking; add distinct images or a validation/ folder")
         for i in val_idx:
             sides[i] = "validation"
         pool, validation = pool.subset(train_idx), pool.subset(val_idx)
