@@ -99,6 +99,9 @@ def split_without_leaks(pool, validation, test, spec):
     else:
         handling = "validation folder kept as it is"
     leaked, examples = _leaks(paths, sides, groups)
+    if groups:
+        log.info("%d duplicate group(s) (%d images, exact or near copies): %s", len(groups),
+                 sum(len(g["members"]) for g in groups), handling)
     for side, count in leaked.items():
         if count:
             listed = "; ".join(f"{e[side]} = {e['train']}" for e in examples if side in e)
