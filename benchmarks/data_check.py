@@ -1,4 +1,5 @@
-"""usage: python benchmarks/data_check.py [--quick] [--epochs 5] [--images 20000] [--out NAME]
+"""usage: python benchmarks/data_check.py [--quick] [--epochs 5] [--label-epochs N] [--images 20000]
+                                          [--parts leakage,label_errors,wall_time] [--out NAME]
 
 Figures for the data-cleaning note, each measured side by side in one run:
 1. leakage: the exported digits, 20% of them set aside as a truly held-out folder, the rest written
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -27,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import WORK, print_table, write_json  # noqa: E402
+from _common import RESULTS, WORK, print_table, write_json  # noqa: E402
 
 from edgekit.config import TrainConfig  # noqa: E402
 from edgekit.data import export_digits, stratified_split  # noqa: E402
@@ -152,27 +154,39 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--images", type=int, default=None)
+    parser.add_argument("--label-epochs", type=int, default=None, help="epochs of the run used for label errors")
+    parser.add_argument("--parts", default="leakage,label_errors,wall_time",
+                        help="comma-separated; parts not run keep their figures from the existing result file")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     per_class = 60 if args.quick else None
     epochs = args.epochs or (2 if args.quick else 5)
     images = args.images or (4000 if args.quick else 20000)
+    parts = args.parts.split(",")
+    name = args.out or ("data_check_quick" if args.quick else "data_check")
+    previous = RESULTS / f"{name}.json"
+    payload = json.loads(previous.read_text()) if previous.is_file() and len(parts) < 3 else {}
+    payload.pop("environment", None)
     work = WORK / "data_check"
     shutil.rmtree(work, ignore_errors=True)
     os.environ["EDGEKIT_HOME"] = str(work / "home")  # no device imports: the check reads none
-    load_before = os.getloadavg()
-    rows = leakage(work, per_class, epochs)
-    print_table(rows, list(rows[0]))
-    labels = label_errors(work, per_class, epochs)
-    print()
-    print_table([labels], list(labels))
-    timing = wall_time(work, images)
-    print()
-    print_table([timing], list(timing))
-    path = write_json(args.out or ("data_check_quick" if args.quick else "data_check"),
-                      {"epochs": epochs, "load_average_before": list(load_before), "leakage": rows,
-                       "label_errors": labels, "wall_time": timing})
-    print(f"\nwritten to {path}")
+    for part in parts:
+        load_before = list(os.getloadavg())
+        if part == "leakage":
+            rows = leakage(work, per_class, epochs)
+            result = {"epochs": epochs, "rows": rows}
+            print_table(rows, list(rows[0]))
+        elif part == "label_errors":
+            result = {"epochs": args.label_epochs or epochs,
+                      **label_errors(work, per_class, args.label_epochs or epochs)}
+            print_table([result], list(result))
+        else:
+            result = wall_time(work, images)
+            print_table([result], list(result))
+        payload[part] = {**result, "load_average_before": load_before, "load_average_after": list(os.getloadavg())}
+        print()
+    path = write_json(name, payload)
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":
