@@ -150,7 +150,7 @@ def count_macs(path: Path) -> dict:
     channel per output channel); fully connected: output elements x input features. Read from the
     interpreter's op and tensor details, so it is the graph as the runtime sees it.
     """
-    from edgekit.compat import load_interpreter
+    from edgekit.interpreters import load_interpreter
 
     interpreter, _ = load_interpreter(path, num_threads=1)
     shapes = {t["index"]: [int(d) for d in t["shape"]] for t in interpreter.get_tensor_details()}

@@ -8,6 +8,7 @@ A file is never visible half-written: it is written to a temporary name beside i
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,6 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
 
 
 def edgekit_home() -> Path:
@@ -54,8 +54,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
     truncated `target`.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.tmp-", suffix=target.suffix, dir=target.parent)
+    except OSError as exc:
+        raise _write_error(target, exc) from None
     os.close(fd)
     os.unlink(tmp)  # some writers refuse to overwrite; let them create it
     tmp_path = Path(tmp)
@@ -66,9 +69,36 @@ def atomic_path(target: Path) -> Iterator[Path]:
         with open(tmp_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        raise _write_error(target, exc) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _write_error(target: Path, exc: OSError) -> EdgekitError:
+    """Read-only folders and full disks are the user's to fix: one line, not a traceback."""
+    hint = "free some space" if exc.errno == errno.ENOSPC else "choose a writable location or set EDGEKIT_HOME"
+    return EdgekitError(f"{target}: cannot write ({exc.strerror or exc}); {hint}")
+
+
+def check_writable(directory: Path) -> Path:
+    """Fail before the work, not after it: the folder (or its nearest existing parent) must be writable."""
+    directory = Path(directory)
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise EdgekitError(f"{probe}: is a file, not a folder; choose another output location")
+    try:
+        probe_file = tempfile.NamedTemporaryFile(dir=probe, prefix=".edgekit-write-check-")
+        probe_file.close()
+    except OSError as exc:
+        raise EdgekitError(f"{probe}: cannot write here ({exc.strerror}); choose a writable location or "
+                           "set EDGEKIT_HOME") from None
+    return directory
 
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:
@@ -100,60 +130,6 @@ def library_versions() -> dict:
         except PackageNotFoundError:
             continue
     return versions
-
-
-def write_manifest(directory: Path, manifest: dict, files: list[str]) -> dict:
-    """Record sha256 and size of `files` (relative to `directory`) and write manifest.json atomically."""
-    directory = Path(directory)
-    manifest = dict(manifest)
-    manifest.setdefault("schema", SCHEMA_VERSION)
-    manifest.setdefault("created", utc_now())
-    manifest["files"] = {name: file_record(directory / name) for name in files}
-    manifest.setdefault("versions", library_versions())
-    write_json_atomic(directory / MANIFEST, manifest)
-    return manifest
-
-
-def read_manifest(directory: Path) -> dict:
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise EdgekitError(f"{directory}: no {MANIFEST}; is this an edgekit run or variant directory?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise EdgekitError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); the file is damaged") \
-            from None
-
-
-def verify_files(directory: Path, manifest: dict | None = None, names: list[str] | None = None) -> dict:
-    """Check that files listed in the manifest still have their recorded sha256 and size."""
-    directory = Path(directory)
-    manifest = manifest if manifest is not None else read_manifest(directory)
-    records = manifest.get("files", {})
-    for name in names if names is not None else list(records):
-        if name not in records:
-            raise EdgekitError(f"{directory / MANIFEST}: lists no file {name!r}")
-        path = directory / name
-        if not path.is_file():
-            raise EdgekitError(f"{path}: missing, but listed in {MANIFEST}; the artifact is incomplete")
-        actual = sha256_file(path)
-        if actual != records[name]["sha256"]:
-            raise EdgekitError(
-                f"{path}: sha256 {actual[:12]}… does not match {records[name]['sha256'][:12]}… in "
-                f"{MANIFEST}; the file was changed after it was written — re-create it"
-            )
-    return manifest
-
-
-def parent_record(directory: Path, manifest: dict, main_file: str) -> dict:
-    """How a child artifact names its parent: the directory, its kind and its main file's sha256."""
-    return {
-        "path": str(Path(directory).resolve()),
-        "kind": manifest.get("kind"),
-        "file": main_file,
-        "sha256": manifest["files"][main_file]["sha256"],
-    }
 
 
 def latest_run(runs_dir: Path | None = None) -> Path:

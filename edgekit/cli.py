@@ -6,6 +6,7 @@ Results go to stdout (`--json` for machines), progress and warnings to stderr. A
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -26,10 +27,20 @@ app = typer.Typer(
 _state = {"debug": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from edgekit import __version__
+
+        typer.echo(f"edgekit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the edgekit version and exit.")] = False,
 ) -> None:
     """edgekit: train → compress → bench → deploy → feedback, one artifact directory at a time."""
     _state["debug"] = debug
@@ -127,19 +138,19 @@ def train(
         name=name, runs_dir=str(runs_dir) if runs_dir else None,
     )
     result = run_training(config, resume=resume)
-    if not result.manifest:
+    if result.manifest is None:
         typer.echo("worker finished (the chief writes the run)", err=True)
         return
-    validation = result.manifest["metrics"]["validation"]
-    training = result.manifest["training"]
+    manifest = result.manifest
+    validation, training = manifest.metrics.validation, manifest.training
     emit(
-        {"run_dir": str(result.run_dir), "validation": validation, "training": training,
-         "wall_time_s": result.manifest["wall_time_s"]},
+        {"run_dir": str(result.run_dir), "validation": dataclasses.asdict(validation),
+         "training": dataclasses.asdict(training), "wall_time_s": manifest.wall_time_s},
         as_json,
-        f"run: {result.run_dir}\nvalidation accuracy: {validation['accuracy']:.4f} "
-        f"(macro-F1 {validation['macro_f1']:.4f}, n={validation['n']})\n"
-        f"epochs: {training['epochs_run']}, wall time {result.manifest['wall_time_s']:.0f} s, "
-        f"{training['throughput_images_per_s']} images/s",
+        f"run: {result.run_dir}\nvalidation accuracy: {validation.accuracy:.4f} "
+        f"(macro-F1 {validation.macro_f1:.4f}, n={validation.n})\n"
+        f"epochs: {training.epochs_run}, wall time {manifest.wall_time_s:.0f} s, "
+        f"{training.throughput_images_per_s} images/s",
     )
 
 
@@ -202,6 +213,8 @@ def compress(
     compare: Annotated[bool, typer.Option("--compare", help="Then print the table of every variant of the run.")]
     = False,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads for the accuracy pass.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a variant of the same name made by a different "
+                                                        "recipe (an identical recipe is never redone).")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Turn a trained run into .tflite variants, each measured on the validation split.
@@ -210,39 +223,37 @@ def compress(
     $ edgekit compress runs/digits-20260101-120000 --prune 0.5 --qat --int8
     $ edgekit compress --recipe prune50-int8 --recipe cluster16-int8 --compare
     """
-    from edgekit.recipes import load_recipe, recipe_from_flags, shipped_recipes
+    from edgekit.recipes import check_unique_names, load_recipe, recipe_from_flags, shipped_recipes
 
-    names = list(recipe or []) + (shipped_recipes() if all_recipes else [])
-    recipes = [load_recipe(name) for name in names]
-    if any((int8, float16, dynamic, prune is not None, cluster is not None, qat)) or not recipes:
-        if not recipes and not any((int8, float16, dynamic, prune is not None, cluster is not None, qat)):
-            raise EdgekitError("nothing to do: pass --recipe NAME, --all, or a shorthand such as --int8")
+    if threads is not None and threads < 1:
+        raise EdgekitError(f"--threads {threads}: must be at least 1")
+    recipes = [load_recipe(name) for name in list(recipe or []) + (shipped_recipes() if all_recipes else [])]
+    shorthand = any((int8, float16, dynamic, prune is not None, cluster is not None, qat))
+    if shorthand:
         recipes.append(recipe_from_flags(int8=int8, float16=float16, dynamic=dynamic, prune=prune, qat=qat,
                                          cluster=cluster, uint8_io=uint8_io,
                                          calibration_samples=calibration_samples, epochs=epochs))
+    if not recipes:
+        raise EdgekitError("nothing to do: pass --recipe NAME, --all, or a shorthand such as --int8")
+    check_unique_names(recipes)
     if dry_run:
         typer.echo("---\n".join(r.to_yaml() for r in recipes))
         return
-    from edgekit.compress.pipeline import compress as run_compress
+    from edgekit.compress.pipeline import compress_all
     from edgekit.report import write_variant_report
 
     run = _run_dir(run_dir)
-    results = []
-    for item in recipes:
-        typer.echo(f"compressing {run.name} with recipe {item.name} ...", err=True)
-        variant = run_compress(run, item, threads=threads)
-        validation = variant.manifest["metrics"]["validation"]
-        results.append({"variant": item.name, "dir": str(variant.directory), "accuracy": validation["accuracy"],
-                        "size": variant.manifest["tflite"]["size"]})
-        if not as_json:
-            typer.echo(f"{item.name}: {variant.directory / 'model.tflite'}  accuracy {validation['accuracy']:.4f}  "
-                       f"size {variant.manifest['tflite']['size']:,} B")
+    variants = compress_all(run, recipes, threads=threads, force=force)
+    results = [{"variant": v.manifest.name, "dir": str(v.directory), "status": v.status,
+                "recipe_hash": v.manifest.recipe_hash, "accuracy": v.manifest.metrics.validation.accuracy,
+                "size": v.manifest.tflite["size"]} for v in variants]
+    if not as_json:
+        for r in results:
+            typer.echo(f"{r['variant']}: {r['dir']}/model.tflite  accuracy {r['accuracy']:.4f}  size {r['size']:,} B"
+                       f"  ({r['status']})")
     if compare:
         rows, markdown = write_variant_report(run)
-        if as_json:
-            typer.echo(json.dumps({"variants": results, "report": rows}, indent=2, default=str))
-        else:
-            typer.echo(markdown)
+        emit({"variants": results, "report": rows}, as_json, markdown)
     elif as_json:
         typer.echo(json.dumps({"variants": results}, indent=2))
 
@@ -262,8 +273,6 @@ def report(
 
     run = _run_dir(run_dir)
     rows, markdown = write_variant_report(run)
-    if not rows:
-        raise EdgekitError(f"{run}: no compressed variants yet; run `edgekit compress {run} --int8` first")
     emit({"run": str(run), "variants": rows}, as_json, markdown)
 
 
@@ -271,6 +280,8 @@ def report(
 
 DeviceOption = Annotated[str, typer.Option("--device", "-d", help="Device profile name (desktop, pi, rpi5, coral, "
                                                                   "...) or a profile .yaml file.")]
+RuntimeOption = Annotated[str | None, typer.Option(
+    help="Interpreter on the device: litert, tflite_runtime or tf.lite (default: the profile's runtime).")]
 AcceptKeyOption = Annotated[bool, typer.Option("--accept-new-host-key",
                                                help="Trust an SSH host key seen for the first time.")]
 
@@ -285,6 +296,13 @@ def _threads(value: str | None) -> tuple[int | None, ...]:
     if any(t < 1 for t in threads):
         raise EdgekitError(f"--threads {value!r}: thread counts must be at least 1")
     return threads
+
+
+def _check_runtime(runtime: str | None) -> None:
+    from edgekit.devices import RUNTIMES
+
+    if runtime is not None and runtime not in RUNTIMES:
+        raise EdgekitError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
 
 
 @app.command()
@@ -302,21 +320,32 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="Results folder; default <run>/bench/<device>-<time>.")] = None,
     compare: Annotated[list[Path] | None, typer.Option(
         help="Compare two results.json files instead of benchmarking (pass twice).")] = None,
+    runtime: RuntimeOption = None,
+    images: Annotated[Path | None, typer.Option(help="A folder of images to time image classifiers that have "
+                                                     "no edgekit manifest; without it such models get generated "
+                                                     "inputs.")] = None,
+    accuracy_samples: Annotated[int | None, typer.Option(
+        min=1, help="Measure accuracy on the device over this many validation images (default: the whole split,"
+                    " only when the device's runtime or delegate differs from the host's LiteRT).")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(help="Recommend the most accurate variant with p50 "
+                                                              "at or under this.")] = None,
+    min_accuracy: Annotated[float | None, typer.Option(help="Recommend the fastest variant with at least this "
+                                                            "accuracy (0..1).")] = None,
     accept_new_host_key: AcceptKeyOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Accuracy, size and latency of every variant on a target, as one table plus a Pareto plot.
+    """Accuracy, size and latency of every variant (or any .tflite) on a target: table, advice, Pareto plot.
 
     $ edgekit bench --device desktop --threads 1,2
-    $ edgekit bench runs/digits-20260101-120000 --device pi
+    $ edgekit bench runs/digits-20260101-120000 --device pi --min-accuracy 0.95
+    $ edgekit bench face_detector.tflite --device pi --runtime tflite_runtime
     $ edgekit bench --compare before/results.json --compare after/results.json
     """
-    import time as _time
-
+    from edgekit.bench.advice import advice_markdown
     from edgekit.bench.report import compare as compare_results
-    from edgekit.bench.report import results_markdown, write_results
-    from edgekit.bench.run import BenchSettings, collect_variants, run_bench
-    from edgekit.devices import load_profile
+    from edgekit.bench.report import results_markdown
+    from edgekit.bench.run import BenchSettings
+    from edgekit.bench.session import bench_session
 
     if compare:
         if len(compare) != 2:
@@ -324,26 +353,20 @@ def bench(
         rows, table = compare_results(compare[0], compare[1])
         emit({"rows": rows}, as_json, table)
         return
-    profile = load_profile(device)
-    targets = list(models) if models else [_run_dir(None)]
-    variants = collect_variants(targets)
-    settings = BenchSettings(threads=_threads(threads) if threads else (profile.threads,), runs=runs,
-                             warmup=warmup, min_seconds=min_seconds, delegate=delegate,
-                             accept_new_host_key=accept_new_host_key)
-    result = run_bench(variants, profile, settings)
-    anchor = targets[0] if targets[0].is_dir() else targets[0].parent
-    out_dir = out or anchor / "bench" / f"{profile.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    parents = [{"path": str(v.path.resolve()), "sha256": (v.manifest or {}).get("files", {}).get(
-        v.path.name, {}).get("sha256")} for v in variants]
-    write_results(out_dir, profile.name, result, {k: getattr(settings, k) for k in
-                                                  ("threads", "runs", "warmup", "min_seconds", "delegate")},
-                  parents)
+    _check_runtime(runtime)
+    settings = BenchSettings(threads=_threads(threads) if threads else (None,), runs=runs, warmup=warmup,
+                             min_seconds=min_seconds, delegate=delegate, accept_new_host_key=accept_new_host_key,
+                             runtime=runtime, images=images, accuracy_samples=accuracy_samples)
+    session = bench_session(list(models) if models else [_run_dir(None)], device, settings, out=out,
+                            max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
+    result = session.result
     for row in result.rows:
         if row["status"] != "ok":
             typer.echo(f"warning: {row['variant']} ({row['delegate']}, threads {row['threads']}): {row['error']}",
                        err=True)
-    emit({"device": profile.name, "out_dir": str(out_dir), "partial": result.partial, "rows": result.rows},
-         as_json, results_markdown(result.rows) + f"\nwritten to {out_dir}")
+    emit({"device": session.device, "out_dir": str(session.out_dir), "partial": result.partial,
+          "advice": session.advice, "rows": result.rows}, as_json,
+         results_markdown(result.rows) + "\n" + advice_markdown(session.advice) + f"\nwritten to {session.out_dir}")
     if all(row["status"] == "error" for row in result.rows):
         raise typer.Exit(1)
 
@@ -353,18 +376,22 @@ def bench(
 def deploy(
     model: Annotated[Path, typer.Argument(help="A .tflite file or a variant directory.")],
     device: DeviceOption = "desktop",
+    runtime: RuntimeOption = None,
     accept_new_host_key: AcceptKeyOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Install a model (with its manifest and labels) and the runner on a device; sha256 checked there.
+    """Install a model (with its manifest and labels) and the runner on a device; sha256 checked there,
+    and the runtime it will run with loads it there.
 
     $ edgekit deploy runs/digits-20260101-120000/compressed/int8-ptq --device pi
+    $ edgekit deploy model.tflite --device coral-devboard --runtime tflite_runtime
     """
-    from edgekit.bench.targets import deploy as deploy_model
+    from edgekit.deploy import deploy as deploy_model
     from edgekit.devices import load_profile
 
+    _check_runtime(runtime)
     path = model / "model.tflite" if model.is_dir() else model
-    result = deploy_model(load_profile(device), path, accept_new_host_key=accept_new_host_key)
+    result = deploy_model(load_profile(device), path, accept_new_host_key=accept_new_host_key, runtime=runtime)
     emit(result, as_json, f"deployed {path.name} (sha256 {result['model_sha256'][:12]}…) to {result['device']}:"
                           f" {result['model']}\nrun it: {result['classify']}")
 
@@ -380,7 +407,7 @@ def doctor(
 
     $ edgekit doctor --device pi
     """
-    from edgekit.bench.targets import doctor as run_doctor
+    from edgekit.deploy import doctor as run_doctor
     from edgekit.devices import load_profile
 
     report = run_doctor(load_profile(device), accept_new_host_key=accept_new_host_key)
@@ -390,13 +417,9 @@ def doctor(
 
 
 def _doctor_text(report: dict) -> str:
-    lines = [f"{key}: {value}" for key, value in report.items()
-             if key not in ("missing", "warnings", "interpreters") and not isinstance(value, (dict, list))]
-    for name, info in (report.get("interpreters") or {}).items():
-        lines.append(f"interpreter {name}: {info}")
-    lines += [f"missing: {line}" for line in report.get("missing") or []]
-    lines += [f"warning: {line}" for line in report.get("warnings") or []]
-    return "\n".join(lines)
+    from edgekit.deploy import doctor_text
+
+    return doctor_text(report)
 
 
 # ---------------------------------------------------------------- feedback
@@ -534,25 +557,105 @@ def data_check(
     emit(payload, as_json, "\n".join(lines))
 
 
+# ---------------------------------------------------------------- devices, recipes
+
+devices_app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+app.add_typer(devices_app, name="devices")
+recipes_app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+@devices_app.callback()
+@user_errors
+def devices_group(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List device profiles: shipped ones and your own in $EDGEKIT_HOME/devices.
+
+    $ edgekit devices
+    $ edgekit devices show pi
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgekit.devices import list_profiles
+
+    profiles = list_profiles()
+    rows = [{"name": p.name, "aliases": list(p.aliases), "connection": p.connection, "address": p.address,
+             "arch": p.arch, "runtime": p.runtime, "delegate": p.delegate, "source": p.source} for p in profiles]
+    from edgekit.report import markdown_table
+
+    emit({"devices": rows}, as_json, markdown_table(
+        ["name", "aliases", "connection", "address", "arch", "runtime", "delegate", "source"],
+        [[r["name"], ", ".join(r["aliases"]) or "-", r["connection"], r["address"], r["arch"], r["runtime"],
+          r["delegate"], r["source"]] for r in rows]))
+
+
+@devices_app.command("show")
+@user_errors
+def devices_show(name: Annotated[str, typer.Argument(help="Device name, alias or profile .yaml file.")]) -> None:
+    """Print one device profile as YAML, with the file it comes from.
+
+    $ edgekit devices show rpi4
+    """
+    from edgekit.devices import load_profile
+
+    profile = load_profile(name)
+    typer.echo(f"# {profile.source}\n{Path(profile.source).read_text()}")
+
+
+@recipes_app.callback()
+@user_errors
+def recipes_group(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List compression recipes: shipped ones and your own in $EDGEKIT_HOME/recipes.
+
+    $ edgekit recipes
+    $ edgekit recipes show prune50-int8
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from edgekit.recipes import load_recipe, recipe_sources
+    from edgekit.report import markdown_table
+
+    rows = []
+    for name, source in recipe_sources().items():
+        recipe = load_recipe(name)
+        rows.append({"name": name, "stages": [s.type for s in recipe.stages], "description": recipe.description,
+                     "source": source})
+    emit({"recipes": rows}, as_json, markdown_table(
+        ["name", "stages", "description", "source"],
+        [[r["name"], " → ".join(r["stages"]), r["description"], r["source"]] for r in rows]))
+
+
+@recipes_app.command("show")
+@user_errors
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name or .yaml file.")]) -> None:
+    """Print one recipe as the YAML edgekit applies (validated).
+
+    $ edgekit recipes show int8-qat
+    """
+    from edgekit.recipes import load_recipe
+
+    recipe = load_recipe(name)
+    typer.echo(f"# {recipe.source}\n{recipe.to_yaml()}")
+
+
 # ---------------------------------------------------------------- info
 
 
 @app.command()
 @user_errors
 def info(
-    path: Annotated[Path, typer.Argument(help="A run, variant or result directory, or a file inside one.")],
+    path: Annotated[Path, typer.Argument(help="A run, variant or result directory, a file inside one, or any "
+                                              ".tflite model.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Show an artifact's manifest: what it is, where it came from, how it measured.
+    """Show what an artifact is, where it came from and how it measured; describe any .tflite model.
 
     $ edgekit info runs/digits-20260101-120000
+    $ edgekit info face_detector.tflite
     """
-    from edgekit.artifacts import read_manifest
-    from edgekit.report import describe_manifest
+    from edgekit.info import describe_path
 
-    directory = path if path.is_dir() else path.parent
-    manifest = read_manifest(directory)
-    emit(manifest, as_json, describe_manifest(directory, manifest))
+    payload, text = describe_path(path)
+    emit(payload, as_json, text)
 
 
 if __name__ == "__main__":

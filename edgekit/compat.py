@@ -1,166 +1,31 @@
-"""The only module that imports TensorFlow's Keras 2 (`tf_keras`) and the TFLite interpreters.
+"""The only module that imports TensorFlow and its Keras 2 (`tf_keras`).
 
 tensorflow-model-optimization 0.8 works only with tf-keras, so `TF_USE_LEGACY_KERAS=1` must be set
-before TensorFlow is first imported; every other module gets `tf` and `keras` from here.
-The interpreter is picked once: LiteRT, then tflite_runtime, then tf.lite, and the one in use is
-reported with every measurement because the runtime is part of what a latency means.
+before TensorFlow is first imported; every other module gets `tf` and `keras` from here. The TFLite
+interpreters are picked in `edgekit.interpreters`, which needs no TensorFlow.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
+from edgekit.quiet import native_stderr_filtered  # noqa: E402
 
-from edgekit.errors import EdgekitError  # noqa: E402
+with native_stderr_filtered():
+    import tensorflow as tf
+    import tf_keras as keras
 
-__all__ = ["tf", "keras", "Runtime", "available_runtimes", "load_interpreter", "check_tflite_file"]
-
-TFLITE_IDENTIFIER = b"TFL3"
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """A TFLite interpreter implementation: its name, version and Interpreter class."""
-
-    name: str
-    version: str
-    interpreter_class: type
-    load_delegate: object | None
+    tf.get_logger().setLevel("ERROR")
+    # The first device query probes CUDA, which logs an error line on machines without a GPU: do it here.
+    _GPUS = tf.config.list_physical_devices("GPU")
 
 
-def _litert() -> Runtime:
-    import ai_edge_litert
-    from ai_edge_litert import interpreter as litert
-
-    version = getattr(ai_edge_litert, "__version__", None)
-    if version is None:
-        from importlib.metadata import version as dist_version
-
-        version = dist_version("ai-edge-litert")
-    return Runtime("litert", version, litert.Interpreter, litert.load_delegate)
+__all__ = ["tf", "keras", "gpus"]
 
 
-def _tflite_runtime() -> Runtime:
-    import tflite_runtime
-    from tflite_runtime import interpreter as tfl
-
-    return Runtime("tflite_runtime", tflite_runtime.__version__, tfl.Interpreter, tfl.load_delegate)
-
-
-def _tf_lite() -> Runtime:
-    return Runtime("tf.lite", tf.__version__, tf.lite.Interpreter, tf.lite.experimental.load_delegate)
-
-
-_LOADERS = {"litert": _litert, "tflite_runtime": _tflite_runtime, "tf.lite": _tf_lite}
-# Runtimes that raise a Python exception on a malformed flatbuffer. tf.lite 2.21 segfaults on a
-# truncated file instead, so a file must pass a probe in a child process before it reaches one.
-_SAFE_ON_BAD_FILES = {"litert"}
-
-
-def available_runtimes() -> list[Runtime]:
-    """Every interpreter implementation that imports here, in order of preference."""
-    found = []
-    for loader in _LOADERS.values():
-        try:
-            found.append(loader())
-        except ImportError:
-            continue
-    return found
-
-
-def get_runtime(name: str | None = None) -> Runtime:
-    """The named runtime, or the first available one; a clear error when it is missing."""
-    if name is None:
-        runtimes = available_runtimes()
-        if not runtimes:
-            raise EdgekitError("no TFLite interpreter found: pip install ai-edge-litert")
-        return runtimes[0]
-    if name not in _LOADERS:
-        raise EdgekitError(f"unknown runtime {name!r}: choose one of {', '.join(_LOADERS)}")
-    try:
-        return _LOADERS[name]()
-    except ImportError as exc:
-        raise EdgekitError(f"runtime {name!r} is not installed here ({exc})") from None
-
-
-def check_tflite_file(path: Path) -> bytes:
-    """Read a .tflite file and reject what is obviously not a TFLite flatbuffer.
-
-    Returns the bytes so the caller loads exactly what was checked.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise EdgekitError(f"{path}: no such model file")
-    content = path.read_bytes()
-    if len(content) < 8 or content[4:8] != TFLITE_IDENTIFIER:
-        raise EdgekitError(
-            f"{path}: not a TFLite model (no 'TFL3' flatbuffer identifier); pass a .tflite file "
-            "written by the TFLite converter"
-        )
-    return content
-
-
-_PROBE = (
-    "import sys, os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3'\n"
-    "from edgekit.compat import get_runtime\n"
-    "rt = get_runtime(sys.argv[2])\n"
-    "it = rt.interpreter_class(model_path=sys.argv[1]); it.allocate_tensors()\n"
-)
-
-
-def _probe_in_child(path: Path, runtime: Runtime) -> None:
-    """Load the file in a throw-away process; a crash there costs us nothing."""
-    result = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(path), runtime.name],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["crashed"])[-1]
-        raise EdgekitError(
-            f"{path}: the {runtime.name} interpreter cannot load this model ({last[:200]}); "
-            "re-export it with `edgekit compress`"
-        )
-
-
-def load_interpreter(
-    path: Path,
-    *,
-    num_threads: int | None = None,
-    runtime: str | None = None,
-    delegate: str | None = None,
-):
-    """Return `(interpreter, runtime)` for a .tflite file, with tensors allocated.
-
-    Malformed files become an `EdgekitError` naming the file, never a crash of this process.
-    """
-    path = Path(path)
-    content = check_tflite_file(path)
-    rt = get_runtime(runtime)
-    if rt.name not in _SAFE_ON_BAD_FILES:
-        _probe_in_child(path, rt)
-    delegates = None
-    if delegate:
-        try:
-            delegates = [rt.load_delegate(delegate)]
-        except (ValueError, OSError, RuntimeError) as exc:
-            raise EdgekitError(f"delegate {delegate!r} failed to load: {exc}") from None
-    try:
-        interpreter = rt.interpreter_class(
-            model_content=content, num_threads=num_threads, experimental_delegates=delegates
-        )
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgekitError(f"{path}: {rt.name} cannot load this model ({first[:200]})") from None
-    return interpreter, rt
+def gpus() -> list:
+    """The GPUs TensorFlow sees (asked once, quietly, at import)."""
+    return list(_GPUS)

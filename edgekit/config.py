@@ -107,6 +107,11 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against a (simple) annotation; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
@@ -114,51 +119,88 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if value is not None and len(options) == 1:  # `X | None`: X's own message is the useful one
+            return _coerce(value, options[0], where)
         for option in args:
             try:
                 return _coerce(value, option, where)
             except EdgekitError:
                 continue
-        raise EdgekitError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise EdgekitError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {_short(value)}")
     if origin is Literal:
         if value not in args:
-            raise EdgekitError(f"{where}: must be one of {', '.join(map(str, args))}, got {value!r}")
+            raise EdgekitError(f"{where}: must be one of {', '.join(map(str, args))}, got {_short(value)}")
         return value
-    if origin in (tuple, list):
+    if origin in (tuple, list) or tp in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise EdgekitError(f"{where}: expected a list, got {value!r}")
+            raise EdgekitError(f"{where}: expected a list, got {_short(value)}")
         inner = args[0] if args else Any
         return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise EdgekitError(f"{where}: expected a mapping, got {_short(value)}")
+        inner = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, inner, f"{where}[{k!r}]") for k, v in value.items()}
     if tp is type(None):
         if value is not None:
-            raise EdgekitError(f"{where}: expected nothing (null), got {value!r}")
+            raise EdgekitError(f"{where}: expected nothing (null), got {_short(value)}")
         return None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, bool):
-        raise EdgekitError(f"{where}: expected int, got {value!r}")
+        raise EdgekitError(f"{where}: expected int, got {_short(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise EdgekitError(f"{where}: expected a mapping, got {value!r}")
+            raise EdgekitError(f"{where}: expected a mapping, got {_short(value)}")
         return from_mapping(tp, value, where)
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise EdgekitError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise EdgekitError(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
+    return value
+
+
+def wants(description: str, check=None) -> dict:
+    """Field metadata for `from_mapping`: what a valid value is, in words, and an optional value check.
+
+    `field(default=..., metadata=wants("an integer port between 1 and 65535", lambda v: 0 < v < 65536))`
+    makes both a wrong type and a failed check read "field 'port' must be an integer port ..., got 70000".
+    """
+    return {"wants": description, "check": check}
+
+
+def _field_value(f: dataclasses.Field, value: Any, hint: Any, where: str) -> Any:
+    described = f.metadata.get("wants")
+    try:
+        value = _coerce(value, hint, f"{where}: field {f.name!r}")
+    except EdgekitError:
+        if not described:
+            raise
+        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {_short(value)}") from None
+    check = f.metadata.get("check")
+    if check is not None and value is not None and not check(value):
+        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {_short(value)}")
     return value
 
 
 def from_mapping(cls: type, mapping: dict, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types.
+    """Build dataclass `cls` from a mapping, rejecting unknown keys, missing required ones and wrong values.
 
-    `where` prefixes every message (e.g. "recipes/int8.yaml: stage 2 (prune)").
+    This is edgekit's one strict loader for everything a user writes (recipes, device profiles, search
+    spaces) and everything edgekit reads back (manifests). `where` prefixes every message
+    (e.g. "recipes/int8.yaml: stage 2 (prune)").
     """
     if not isinstance(mapping, dict):
         raise EdgekitError(f"{where}: expected a mapping of fields, got {mapping!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(mapping) - known)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    known = [f.name for f in fields]
+    unknown = sorted(str(key) for key in mapping if key not in known)
     if unknown:
-        raise EdgekitError(
-            f"{where}: unknown field {unknown[0]!r}; known fields are {', '.join(sorted(known))}"
-        )
-    values = {name: _coerce(value, hints[name], f"{where}: field {name!r}") for name, value in mapping.items()}
+        raise EdgekitError(f"{where}: unknown field {unknown[0]!r}; known fields: {', '.join(known)}")
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and mapping.get(f.name) is None:
+            described = f.metadata.get("wants")
+            raise EdgekitError(f"{where}: missing required field {f.name!r}" + (f" ({described})" if described else ""))
+    values = {f.name: _field_value(f, mapping[f.name], hints[f.name], where) for f in fields if f.name in mapping}
     return cls(**values)

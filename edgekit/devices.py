@@ -8,22 +8,26 @@ found on the device, after a model was copied over SSH, costs far more than one 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
+from typing import Literal
 
 from edgekit.artifacts import edgekit_home
+from edgekit.config import from_mapping, wants
 from edgekit.errors import EdgekitError
+from edgekit.yamlio import load_yaml_file
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "resources" / "devices"
 RUNNER_NAME = "edgekit_runner.py"
 
-ARCHES = ("x86_64", "aarch64", "armv7l", "any")
-CONNECTIONS = ("local", "ssh")
-RUNTIMES = ("auto", "litert", "tflite_runtime", "tf.lite")
-DELEGATES = ("none", "edgetpu")
+Arch = Literal["x86_64", "aarch64", "armv7l", "any"]
+Connection = Literal["local", "ssh"]
+Runtime = Literal["auto", "litert", "tflite_runtime", "tf.lite"]
+Delegate = Literal["none", "edgetpu"]
+ARCHES, CONNECTIONS, RUNTIMES, DELEGATES = (typing.get_args(t) for t in (Arch, Connection, Runtime, Delegate))
 # Options edgekit sets itself: letting a profile turn host-key checking off would defeat its purpose.
 RESERVED_SSH_OPTIONS = ("batchmode", "stricthostkeychecking")
 DEFAULT_SSH_WORKDIR = "~/edgekit"
@@ -78,92 +82,64 @@ class DeviceProfile:
         return str(edgekit_home() / "targets" / self.name)
 
 
-def _is_str(value) -> bool:
-    return isinstance(value, str) and value.strip() != ""
+def _nonempty(value: str) -> bool:
+    return value.strip() != ""
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _text(description: str):
+    return field(default=None, metadata=wants(description, _nonempty))
 
 
-def _is_str_list(value) -> bool:
-    return isinstance(value, list) and all(_is_str(item) for item in value)
+@dataclass(frozen=True, kw_only=True)
+class ProfileFile:
+    """The fields a device profile YAML may have: the schema `config.from_mapping` checks it against."""
+
+    name: str | None = _text("a non-empty string")
+    description: str = field(metadata=wants("a non-empty string", _nonempty))
+    arch: Arch = field(metadata=wants("one of " + ", ".join(ARCHES)))
+    connection: Connection = field(metadata=wants("one of " + ", ".join(CONNECTIONS)))
+    host: str | None = _text("a host name or address")
+    user: str | None = _text("a user name")
+    port: int | None = field(default=None, metadata=wants("an integer port between 1 and 65535",
+                                                           lambda v: 0 < v < 65536))
+    identity_file: str | None = _text("a path to a private key")
+    known_hosts_file: str | None = _text("a path to a known_hosts file")
+    ssh_options: dict[str, str | bool | int | float] | None = field(
+        default=None, metadata=wants("a mapping of ssh option names to values, e.g. {Compression: 'yes'}",
+                                     lambda v: all(_nonempty(k) for k in v)))
+    python: str | None = _text("the Python interpreter to run on the device, e.g. ~/edgekit/venv/bin/python")
+    runtime: Runtime = field(default="auto", metadata=wants("one of " + ", ".join(RUNTIMES)))
+    delegate: Delegate = field(default="none", metadata=wants("one of " + ", ".join(DELEGATES)))
+    threads: int = field(default=4, metadata=wants("an integer ≥ 1", lambda v: v >= 1))
+    workdir: str | None = _text("a directory on the device, e.g. ~/edgekit")
+    aliases: tuple[str, ...] | None = field(default=None, metadata=wants(
+        "a list of names, e.g. [pi]", lambda v: all(isinstance(a, str) and _nonempty(a) for a in v)))
+    reference_latency_ms: dict[str, float] | None = field(default=None, metadata=wants(
+        "a mapping of variant name to milliseconds", lambda v: all(ms > 0 for ms in v.values())))
 
 
-def _is_option_map(value) -> bool:
-    scalars = (str, int, float, bool)
-    return isinstance(value, dict) and all(_is_str(k) and isinstance(v, scalars) for k, v in value.items())
-
-
-def _is_latency_map(value) -> bool:
-    return isinstance(value, dict) and all(
-        _is_str(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for k, v in value.items()
-    )
-
-
-def _one_of(choices):
-    return lambda value: value in choices, "one of " + ", ".join(choices)
-
-
-# YAML key -> (check, what the check wants). Order is the order in which problems are reported.
-_FIELDS = {
-    "name": (_is_str, "a non-empty string"),
-    "description": (_is_str, "a non-empty string"),
-    "arch": _one_of(ARCHES),
-    "connection": _one_of(CONNECTIONS),
-    "host": (_is_str, "a host name or address"),
-    "user": (_is_str, "a user name"),
-    "port": (lambda v: _is_int(v) and 0 < v < 65536, "an integer port between 1 and 65535"),
-    "identity_file": (_is_str, "a path to a private key"),
-    "known_hosts_file": (_is_str, "a path to a known_hosts file"),
-    "ssh_options": (_is_option_map, "a mapping of ssh option names to values, e.g. {Compression: 'yes'}"),
-    "python": (_is_str, "the Python interpreter to run on the device, e.g. python3"),
-    "runtime": _one_of(RUNTIMES),
-    "delegate": _one_of(DELEGATES),
-    "threads": (lambda v: _is_int(v) and v >= 1, "an integer ≥ 1"),
-    "workdir": (_is_str, "a directory on the device, e.g. ~/edgekit"),
-    "aliases": (_is_str_list, "a list of names, e.g. [pi]"),
-    "reference_latency_ms": (_is_latency_map, "a mapping of variant name to milliseconds"),
-}
-_REQUIRED = ("description", "arch", "connection")
 _SSH_ONLY = ("host", "user", "port", "identity_file", "known_hosts_file", "ssh_options")
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise EdgekitError(f"{path}: cannot read device profile ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise EdgekitError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    data = load_yaml_file(path, "device profile")
     if not isinstance(data, dict):
         raise EdgekitError(f"{path}: a device profile must be a YAML mapping of fields, e.g. `arch: aarch64`")
     return data
 
 
-def _check_fields(path: str, data: dict) -> None:
-    unknown = sorted(str(key) for key in data if key not in _FIELDS)
-    if unknown:
-        raise EdgekitError(f"{path}: unknown field {unknown[0]!r}; known fields: {', '.join(_FIELDS)}")
-    for key in _REQUIRED:
-        if data.get(key) is None:
-            raise EdgekitError(f"{path}: missing required field {key!r} ({_FIELDS[key][1]})")
-    for key, value in data.items():
-        check, wanted = _FIELDS[key]
-        if value is not None and not check(value):
-            raise EdgekitError(f"{path}: field {key!r} must be {wanted}, got {value!r}")
-    if data["connection"] == "ssh" and data.get("host") is None:
-        raise EdgekitError(f"{path}: missing required field 'host' (needed for connection: ssh)")
-    if data["connection"] == "local":
-        stray = [key for key in _SSH_ONLY if data.get(key) is not None]
+def _check_relations(where: str, fields: ProfileFile) -> None:
+    """What no single field can say: ssh needs a host, local takes no ssh fields, host keys stay checked."""
+    if fields.connection == "ssh" and fields.host is None:
+        raise EdgekitError(f"{where}: missing required field 'host' (needed for connection: ssh)")
+    if fields.connection == "local":
+        stray = [key for key in _SSH_ONLY if getattr(fields, key) is not None]
         if stray:
-            raise EdgekitError(f"{path}: field {stray[0]!r} only applies to connection: ssh")
-    reserved = [k for k in data.get("ssh_options") or {} if k.lower() in RESERVED_SSH_OPTIONS]
+            raise EdgekitError(f"{where}: field {stray[0]!r} only applies to connection: ssh")
+    reserved = [k for k in fields.ssh_options or {} if k.lower() in RESERVED_SSH_OPTIONS]
     if reserved:
         raise EdgekitError(
-            f"{path}: field 'ssh_options' must not set {reserved[0]}; edgekit always checks host keys "
+            f"{where}: field 'ssh_options' must not set {reserved[0]}; edgekit always checks host keys "
             "(use --accept-new-host-key to trust a device on first contact)"
         )
 
@@ -184,8 +160,11 @@ def _local_path(path: Path, value: str | None) -> str | None:
 def parse_profile(path: Path, data: dict, where: str | None = None) -> DeviceProfile:
     """Check a profile's fields and build it; every problem is one line naming the file and field."""
     path = Path(path)
-    _check_fields(where or str(path), data)
-    values = {key: value for key, value in data.items() if value is not None}
+    where = where or str(path)
+    checked = from_mapping(ProfileFile, data, where)
+    _check_relations(where, checked)
+    values = {f.name: getattr(checked, f.name) for f in dataclasses.fields(ProfileFile)
+              if getattr(checked, f.name) is not None}
     values.setdefault("name", path.stem)
     values["aliases"] = tuple(values.get("aliases", ()))
     values["ssh_options"] = tuple((k, _option_value(v)) for k, v in values.get("ssh_options", {}).items())
@@ -268,7 +247,7 @@ def with_overrides(profile: DeviceProfile, **changes) -> DeviceProfile:
     changes = {key: value for key, value in changes.items() if value is not None}
     if not changes:
         return profile
-    data = {key: getattr(profile, key) for key in _FIELDS}
+    data = {f.name: getattr(profile, f.name) for f in dataclasses.fields(ProfileFile)}
     data["aliases"] = list(profile.aliases)
     data["ssh_options"] = dict(profile.ssh_options) or None
     data = {key: value for key, value in data.items() if value is not None}

@@ -11,15 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifacts import (
-    MANIFEST,
-    atomic_path,
-    read_manifest,
-    sha256_file,
-    write_json_atomic,
-    write_manifest,
-)
+from edgekit import manifests
+from edgekit.artifacts import MANIFEST, atomic_path, sha256_file, write_json_atomic
 from edgekit.errors import EdgekitError
+from edgekit.tflite_metadata import read_metadata_file
 
 
 class KerasPredictor:
@@ -43,7 +38,7 @@ class TFLitePredictor:
     """
 
     def __init__(self, path: Path, num_threads: int | None = None, runtime: str | None = None):
-        from edgekit.compat import load_interpreter
+        from edgekit.interpreters import load_interpreter
 
         self.path = Path(path)
         self.interpreter, rt = load_interpreter(self.path, num_threads=num_threads, runtime=runtime)
@@ -51,8 +46,12 @@ class TFLitePredictor:
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.input_size = tuple(int(d) for d in self.input["shape"][1:3])
+        # A model's standard metadata says how to feed it (edgekit's own: raw pixels; stock models: their mean/std).
+        self.metadata = read_metadata_file(self.path)
 
     def quantize_input(self, image: np.ndarray) -> np.ndarray:
+        if self.metadata is not None:
+            image = self.metadata.normalize(image)
         dtype = self.input["dtype"]
         if np.issubdtype(dtype, np.integer):
             scale, zero_point = self.input["quantization"]
@@ -141,11 +140,11 @@ class EvalResult:
     out_dir: Path | None
 
 
-def find_manifest_for(model_path: Path) -> tuple[Path, dict] | None:
+def find_manifest_for(model_path: Path) -> tuple[Path, manifests.Manifest] | None:
     """The manifest that describes a model file: the one in its directory (runs and variants)."""
     directory = Path(model_path).parent
     if (directory / MANIFEST).is_file():
-        return directory, read_manifest(directory)
+        return directory, manifests.read(directory)
     return None
 
 
@@ -165,13 +164,10 @@ def write_eval(out_dir: Path, model_path: Path, metrics: dict, runtime: dict, la
     write_json_atomic(out_dir / "metrics.json", {"metrics": metrics, "runtime": runtime})
     plot_confusion(metrics["confusion_matrix"], labels, f"{model_path.name}: accuracy {metrics['accuracy']:.3f}",
                    out_dir / "confusion.png")
-    write_manifest(out_dir, {
-        "kind": "eval",
-        "parent": {"path": str(model_path.resolve()), "sha256": sha256_file(model_path)},
-        "dataset": dataset,
-        "runtime": runtime,
-        "metrics": {k: v for k, v in metrics.items() if k not in ("predictions",)},
-    }, ["metrics.json", "confusion.png"])
+    parent = manifests.ParentRef(path=str(model_path.resolve()), sha256=sha256_file(model_path), file=model_path.name)
+    manifests.write(out_dir, manifests.EvalManifest(parent=parent, dataset=dataset, runtime=runtime,
+                                                    metrics=manifests.to_metrics(metrics)),
+                    ["metrics.json", "confusion.png"])
 
 
 def summary_line(metrics: dict) -> str:
@@ -179,27 +175,32 @@ def summary_line(metrics: dict) -> str:
             f"precision {metrics['macro_precision']:.4f}  recall {metrics['macro_recall']:.4f}  (n={metrics['n']})")
 
 
-def resolve_model(path: Path) -> tuple[Path, dict | None]:
+def resolve_model(path: Path) -> tuple[Path, manifests.RunManifest | manifests.VariantManifest | None]:
     """A model file and its manifest (checked against the file's sha256), from a file or directory."""
-    from edgekit.artifacts import verify_files
-
     path = Path(path)
     if path.is_dir():
-        manifest = read_manifest(path)
-        model_file = path / manifest.get("model", {}).get("file", "model.keras")
-        verify_files(path, manifest, [model_file.name])
+        manifest = manifests.read(path)
+        if not isinstance(manifest, (manifests.RunManifest, manifests.VariantManifest)):
+            raise EdgekitError(f"{path}: is a {manifest.KIND} artifact; pass a run or variant directory or a model")
+        model_file = path / manifest.model.file
+        manifests.verify_files(path, manifest, [model_file.name])
         return model_file, manifest
     if not path.exists():
         raise EdgekitError(f"{path}: no such model file or directory")
     found = find_manifest_for(path)
-    if found and path.name in found[1].get("files", {}):
-        verify_files(found[0], found[1], [path.name])
+    if found and path.name in found[1].files and isinstance(found[1], (manifests.RunManifest,
+                                                                      manifests.VariantManifest)):
+        manifests.verify_files(found[0], found[1], [path.name])
         return path, found[1]
     return path, None
 
 
-def evaluation_data(manifest: dict | None, data: str | None, image_size: int, strict: bool = False):
-    """(pixels, targets, labels, dataset record): `--data` when given, else the run's validation split."""
+def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = False,
+                    model_labels: tuple[str, ...] | None = None):
+    """(pixels, targets, labels, dataset record): `--data` when given, else the run's validation split.
+
+    Labels come from the manifest, else from the model's standard metadata (`model_labels`).
+    """
     from edgekit.data import (
         DataSpec,
         ImageSet,
@@ -209,13 +210,13 @@ def evaluation_data(manifest: dict | None, data: str | None, image_size: int, st
         spec_from_description,
     )
 
-    labels = tuple(manifest["model"]["labels"]) if manifest else None
+    labels = tuple(manifest.model.labels) if manifest else (tuple(model_labels) if model_labels else None)
     if data is None:
-        if manifest is None or "dataset" not in manifest:
+        if manifest is None or not manifest.dataset:
             raise EdgekitError("this model has no manifest naming its dataset; pass --data DIR")
-        splits = load_dataset(spec_from_description(manifest["dataset"], image_size))
+        splits = load_dataset(spec_from_description(manifest.dataset, image_size))
         images = splits.validation
-        record = {"source": "validation split of the training run", **manifest["dataset"]}
+        record = {"source": "validation split of the training run", **manifest.dataset}
     else:
         root = Path(data)
         for split in ("test", "validation", "val"):
@@ -235,11 +236,16 @@ def evaluation_data(manifest: dict | None, data: str | None, image_size: int, st
 def evaluate_model(path: Path, data: str | None = None, out_dir: Path | None = None,
                    num_threads: int | None = None, strict: bool = False, write: bool = True) -> EvalResult:
     """`edgekit eval`: metrics of a .keras or .tflite model on its validation split or a folder."""
+    from edgekit.artifacts import check_writable
+
     model_file, manifest = resolve_model(Path(path))
-    predictor = open_predictor(model_file, num_threads=num_threads)
-    pixels, targets, labels, record = evaluation_data(manifest, data, predictor.input_size[0], strict)
-    metrics = evaluate_predictor(predictor, pixels, targets, labels)
     if write:
         out_dir = Path(out_dir) if out_dir else model_file.parent / f"eval-{model_file.stem}"
+        check_writable(out_dir)
+    predictor = open_predictor(model_file, num_threads=num_threads)
+    model_labels = getattr(predictor, "metadata", None) and predictor.metadata.labels  # a bare .tflite's own labels
+    pixels, targets, labels, record = evaluation_data(manifest, data, predictor.input_size[0], strict, model_labels)
+    metrics = evaluate_predictor(predictor, pixels, targets, labels)
+    if write:
         write_eval(out_dir, model_file, metrics, predictor.runtime, labels, record)
     return EvalResult(metrics, predictor.runtime, out_dir if write else None)

@@ -15,7 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from edgekit.artifacts import edgekit_home, sha256_file, write_json_atomic, write_manifest, write_text_atomic
+from edgekit import manifests
+from edgekit.artifacts import check_writable, edgekit_home, sha256_file, write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
 from edgekit.report import markdown_table
 
@@ -42,6 +43,7 @@ def import_db(db_path: Path, name: str | None = None, samples_dir: Path | None =
     """Snapshot a runner database and its samples under $EDGEKIT_HOME/feedback/<name>/."""
     db_path = Path(db_path)
     source = _connect_readonly(db_path)
+    check_writable(feedback_home())
     name = name or f"{db_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     target = feedback_home() / name
     if target.exists():
@@ -57,8 +59,8 @@ def import_db(db_path: Path, name: str | None = None, samples_dir: Path | None =
         if samples_dir.is_dir():
             shutil.copytree(samples_dir, scratch / "samples")
         counts = summarize(scratch / SNAPSHOT_DB)
-        write_manifest(scratch, {"kind": "feedback-import", "source": str(db_path.resolve()), "counts": counts},
-                       [SNAPSHOT_DB])
+        manifests.write(scratch, manifests.FeedbackImportManifest(source=str(db_path.resolve()), counts=counts),
+                        [SNAPSHOT_DB])
         scratch.rename(target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -138,10 +140,10 @@ def export(out_dir: Path, imports: list[Path] | None = None) -> dict:
     }
     write_json_atomic(out_dir / "feedback_report.json", report)
     write_text_atomic(out_dir / "feedback_report.md", report_markdown(report))
-    write_manifest(out_dir, {"kind": "feedback-dataset", "report": report,
-                             "parents": [{"path": str(p.resolve()), "sha256": sha256_file(p / SNAPSHOT_DB)}
-                                         for p in imports]},
-                   ["feedback_report.json", "feedback_report.md"])
+    parents = tuple(manifests.ParentRef(path=str(p.resolve()), sha256=sha256_file(p / SNAPSHOT_DB),
+                                        kind="feedback-import", file=SNAPSHOT_DB) for p in imports)
+    manifests.write(out_dir, manifests.FeedbackDatasetManifest(report=report, parents=parents),
+                    ["feedback_report.json", "feedback_report.md"])
     return report
 
 
@@ -180,7 +182,7 @@ def pull(profile, name: str | None = None, accept_new_host_key: bool = False) ->
     import json as _json
     import tarfile
 
-    from edgekit.bench.targets import make_target
+    from edgekit.transport.targets import make_target
 
     target = make_target(profile, accept_new_host_key=accept_new_host_key)
     target.prepare()

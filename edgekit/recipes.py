@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,25 +19,19 @@ import yaml
 
 from edgekit.config import from_mapping
 from edgekit.errors import EdgekitError
+from edgekit.yamlio import load_yaml_file
 
 RECIPES_DIR = Path(__file__).parent / "resources" / "recipes"
 # type: → (module, parameter dataclass); the modules are imported only when a recipe uses them
 STAGE_TYPES = {
-    "prune": ("edgekit.compress.prune", "PruneParams"),
-    "cluster": ("edgekit.compress.cluster", "ClusterParams"),
-    "qat": ("edgekit.compress.qat", "QATParams"),
-    "convert": ("edgekit.compress.convert", "ConvertParams"),
-    "edgetpu": ("edgekit.recipes", "EdgeTPUParams"),
+    "prune": ("edgekit.compress.params", "PruneParams"),
+    "cluster": ("edgekit.compress.params", "ClusterParams"),
+    "qat": ("edgekit.compress.params", "QATParams"),
+    "convert": ("edgekit.compress.params", "ConvertParams"),
+    "edgetpu": ("edgekit.compress.params", "EdgeTPUParams"),
 }
 TRAINING_STAGES = ("prune", "cluster", "qat")
-
-
-@dataclass(frozen=True)
-class EdgeTPUParams:
-    """Check the converted model against the Edge TPU and run edgetpu_compiler when it is installed."""
-
-    run_compiler: bool = True
-    compiler_timeout_s: int = 600
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 
 @dataclass(frozen=True)
@@ -110,8 +105,9 @@ def recipe_from_mapping(mapping: Any, source: str) -> Recipe:
         seen.append(stage_type)
     _check_order(seen, source)
     name = mapping.get("name") or Path(source).stem
-    if not isinstance(name, str):
-        raise EdgekitError(f"{source}: 'name' must be a string")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise EdgekitError(f"{source}: 'name' {name!r} must be letters, digits, '.', '_' or '-' (it names the "
+                           "variant's folder), e.g. prune50-int8")
     return Recipe(name=name, stages=tuple(stages), description=str(mapping.get("description", "")), source=source)
 
 
@@ -128,26 +124,51 @@ def _check_order(types: list[str], source: str) -> None:
 
 
 def load_recipe(name_or_path: str) -> Recipe:
-    """A shipped recipe by name (`int8-ptq`) or a YAML file by path."""
+    """A shipped recipe by name (`int8-ptq`), a user recipe from $EDGEKIT_HOME/recipes, or a YAML file."""
     path = Path(name_or_path)
     if not path.suffix and not path.exists():
-        path = RECIPES_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise EdgekitError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(shipped_recipes())}"
+        found = _recipe_files().get(name_or_path)
+        if found is None:
+            raise EdgekitError(f"unknown recipe {name_or_path!r}; known recipes: {', '.join(shipped_recipes())}"
                                " (or pass a path to a .yaml file)")
+        path = found
     if not path.is_file():
         raise EdgekitError(f"{path}: no such recipe file")
-    try:
-        mapping = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise EdgekitError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
-    return recipe_from_mapping(mapping, str(path))
+    return recipe_from_mapping(load_yaml_file(path, "recipe"), str(path))
+
+
+def check_unique_names(recipes: list[Recipe]) -> None:
+    """Two recipes with one name would write one variant directory: refuse before any work."""
+    seen: dict[str, Recipe] = {}
+    for recipe in recipes:
+        if recipe.name in seen:
+            raise EdgekitError(f"{recipe.source}: recipe name {recipe.name!r} is also used by "
+                               f"{seen[recipe.name].source}; each variant needs its own name")
+        seen[recipe.name] = recipe
+
+
+def user_recipes_dir() -> Path:
+    from edgekit.artifacts import edgekit_home
+
+    return edgekit_home() / "recipes"
+
+
+def _recipe_files() -> dict[str, Path]:
+    """Shipped recipes by name, then the user's own ($EDGEKIT_HOME/recipes), which override them."""
+    found = {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+    if user_recipes_dir().is_dir():
+        found.update({p.stem: p for p in sorted(user_recipes_dir().glob("*.yaml"))})
+    return found
 
 
 def shipped_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    """Names of the recipes `--all` applies: shipped ones plus the user's own."""
+    return sorted(_recipe_files())
+
+
+def recipe_sources() -> dict[str, str]:
+    """Where each known recipe comes from: `shipped` or the user's file."""
+    return {name: ("shipped" if path.parent == RECIPES_DIR else str(path)) for name, path in _recipe_files().items()}
 
 
 def recipe_from_flags(*, int8: bool = False, float16: bool = False, dynamic: bool = False,
@@ -175,5 +196,10 @@ def recipe_from_flags(*, int8: bool = False, float16: bool = False, dynamic: boo
         if uint8_io:
             convert["io_dtype"] = "uint8"
     stages.append(convert)
-    parts.append(mode if not (mode == "int8" and not qat and prune is None and cluster is None) else "int8-ptq")
-    return recipe_from_mapping({"name": "-".join(parts), "stages": stages}, "command-line flags")
+    # Names say every stage, so a shorthand never takes a shipped recipe's name with other content
+    # (--prune 0.5 --int8 is prune50-int8-ptq; the shipped prune50-int8 also has a qat stage).
+    parts.append("int8-ptq" if mode == "int8" and not qat else mode)
+    if uint8_io:
+        parts.append("uint8io")
+    name = "-".join(parts)
+    return recipe_from_mapping({"name": name, "stages": stages}, "command-line flags")

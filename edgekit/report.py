@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekit import manifests
+from edgekit.errors import EdgekitError
+
 
 def human_size(n: int | float | None) -> str:
     if n is None:
@@ -25,76 +28,107 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join([line, rule, *body])
 
 
-def describe_manifest(directory: Path, manifest: dict) -> str:
+def describe_manifest(directory: Path, manifest: manifests.Manifest) -> str:
     """What `edgekit info` prints: kind, lineage, model contract, data, metrics and files."""
-    lines = [f"{directory}  ({manifest.get('kind', '?')}, created {manifest.get('created', '?')})"]
-    parent = manifest.get("parent")
-    if parent:
-        lines.append(f"  parent: {parent.get('path')} [{parent.get('file', '')} sha256 {parent['sha256'][:12]}…]")
-    model = manifest.get("model", {})
-    if model:
-        arch = model.get("architecture", {})
-        lines.append(f"  model: {model.get('file')}  input {model.get('input_size')}  pixels {model.get('pixel_range')}"
-                     f"  {arch.get('family', '')} alpha={arch.get('alpha', '-')}  weights={model.get('weights', '-')}")
-        labels = model.get("labels", [])
+    lines = [f"{directory}  ({manifest.KIND}, created {manifest.created}, schema {manifest.schema_version})"]
+    parents = [manifest.parent] if getattr(manifest, "parent", None) else list(getattr(manifest, "parents", ()))
+    for parent in parents:
+        lines.append(f"  parent: {parent.path} [{parent.file or ''} sha256 {parent.sha256[:12]}…]")
+    model = getattr(manifest, "model", None)
+    if isinstance(model, manifests.ModelContract):
+        arch = model.architecture
+        lines.append(f"  model: {model.file}  input {list(model.input_size)}  pixels {list(model.pixel_range)}"
+                     f"  {arch.get('family', '')} alpha={arch.get('alpha', '-')}  weights={model.weights or '-'}")
+        labels = model.labels
         lines.append(f"  labels ({len(labels)}): {', '.join(labels[:20])}{' …' if len(labels) > 20 else ''}")
-    dataset = manifest.get("dataset")
-    if dataset:
-        split = dataset.get("split", {})
-        lines.append(f"  data: {dataset.get('source')} {dataset.get('path', dataset.get('origin', ''))}  "
-                     f"train {split.get('train', '?')} / validation {split.get('validation', '?')}  "
-                     f"fingerprint {str(dataset.get('fingerprint', ''))[:12]}…")
-        if dataset.get("extra_data"):
-            lines.append(f"  extra data: {', '.join(e['path'] for e in dataset['extra_data'])}")
-    recipe = manifest.get("recipe")
-    if recipe:
-        stages = " → ".join(s.get("type", "?") for s in recipe.get("stages", []))
-        lines.append(f"  recipe: {recipe.get('name')} ({stages})")
-    tflite = manifest.get("tflite")
-    if tflite:
-        inputs = tflite.get("inputs") or [{}]
-        sparsity = (manifest.get("sparsity") or {}).get("overall")
-        n_ops = sum((tflite.get("ops") or {}).values())
-        lines.append(f"  tflite: {human_size(tflite.get('size'))} (gzip {human_size(tflite.get('gzip_size'))}), "
-                     f"input {inputs[0].get('dtype')} {inputs[0].get('shape')}, {n_ops} ops"
-                     + (f", sparsity {sparsity:.1%}" if sparsity is not None else ""))
-    training = manifest.get("training")
-    if training:
-        lines.append(f"  training: {training.get('epochs_run')} epochs, {training.get('fit_seconds')} s, "
-                     f"{training.get('throughput_images_per_s')} images/s, wall {manifest.get('wall_time_s')} s")
-    for split_name, metrics in (manifest.get("metrics") or {}).items():
-        if isinstance(metrics, dict) and "accuracy" in metrics:
-            lines.append(f"  {split_name}: accuracy {metrics['accuracy']:.4f}  "
-                         f"macro-F1 {metrics.get('macro_f1', 0):.4f}  n={metrics.get('n', '?')}")
-    for name, record in (manifest.get("files") or {}).items():
-        lines.append(f"  file {name}: {human_size(record['size'])}  sha256 {record['sha256'][:16]}…")
-    versions = manifest.get("versions") or {}
-    if versions:
-        lines.append("  versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    lines += _dataset_lines(getattr(manifest, "dataset", None))
+    if isinstance(manifest, manifests.VariantManifest):
+        stages = " → ".join(s.get("type", "?") for s in manifest.recipe.get("stages", []))
+        lines.append(f"  recipe: {manifest.name} ({stages}), hash {manifest.recipe_hash}")
+        lines.append("  " + _tflite_line(manifest.tflite, manifest.sparsity.get("overall")))
+    if isinstance(manifest, manifests.RunManifest) and manifest.training:
+        t = manifest.training
+        lines.append(f"  training: {t.epochs_run} epochs, {t.fit_seconds} s, {t.throughput_images_per_s} images/s, "
+                     f"wall {manifest.wall_time_s} s")
+    lines += _metrics_lines(manifest)
+    for key in ("lineage",):
+        if getattr(manifest, key, None):
+            lines.append(f"  {key}: " + ", ".join(f"{k}={v}" for k, v in getattr(manifest, key).items()))
+    for name, record in manifest.files.items():
+        lines.append(f"  file {name}: {human_size(record.size)}  sha256 {record.sha256[:16]}…")
+    if manifest.versions:
+        lines.append("  versions: " + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
+    return "\n".join(lines)
+
+
+def _dataset_lines(dataset: dict | None) -> list[str]:
+    if not dataset:
+        return []
+    split = dataset.get("split", {})
+    lines = [f"  data: {dataset.get('source')} {dataset.get('path', dataset.get('origin', ''))}  "
+             f"train {split.get('train', '?')} / validation {split.get('validation', '?')}  "
+             f"fingerprint {str(dataset.get('fingerprint', ''))[:12]}…"]
+    if dataset.get("extra_data"):
+        lines.append(f"  extra data: {', '.join(e['path'] for e in dataset['extra_data'])}")
+    return lines
+
+
+def _metrics_lines(manifest: manifests.Manifest) -> list[str]:
+    metrics = getattr(manifest, "metrics", None)
+    found = {"validation": metrics.validation} if hasattr(metrics, "validation") else {}
+    if isinstance(metrics, manifests.Metrics):
+        found = {"metrics": metrics}
+    return [f"  {split}: accuracy {m.accuracy:.4f}  macro-F1 {m.macro_f1:.4f}  n={m.n}" for split, m in found.items()]
+
+
+def _tflite_line(tflite: dict, sparsity: float | None = None) -> str:
+    inputs = tflite.get("inputs") or [{}]
+    n_ops = sum((tflite.get("ops") or {}).values())
+    return (f"tflite: {human_size(tflite.get('size', tflite.get('size_bytes')))} (gzip "
+            f"{human_size(tflite.get('gzip_size'))}), input {inputs[0].get('dtype')} {inputs[0].get('shape')}, "
+            f"{n_ops} ops" + (f", sparsity {sparsity:.1%}" if sparsity is not None else ""))
+
+
+def describe_tflite(path: Path, model) -> str:
+    """What `edgekit info FILE.tflite` prints for any model, edgekit's or not (`model`: tflite.TFLiteModel)."""
+    lines = [f"{path}  (TFLite model, {human_size(model.size)}, sha256 {model.sha256[:16]}…)",
+             f"  schema version {model.version}, {model.subgraph_count} subgraph(s), {model.tensor_count} tensors, "
+             f"minimum runtime {model.min_runtime_version or 'not recorded'}"]
+    if model.description:
+        lines.append(f"  description: {model.description}")
+    for role, tensors in (("input", model.inputs), ("output", model.outputs)):
+        for tensor in tensors:
+            quant = tensor.quantization
+            q = "" if quant is None else (f"  scale {quant['scale']:.6g} zero point {quant['zero_point']}"
+                                          if "axis" not in quant else f"  per-channel (axis {quant['axis']})")
+            lines.append(f"  {role} {tensor.name}: {tensor.dtype} {list(tensor.shape)}{q}")
+    ops = model.op_counts
+    lines.append(f"  ops ({sum(ops.values())}): " + ", ".join(f"{k} {v}" for k, v in ops.items()))
+    lines.append("  metadata: " + (", ".join(sorted(model.metadata)) or "none"))
+    kind = "image classifier ([1, H, W, C] in, [1, N] out)" if model.is_image_classifier else \
+        "not a single-input image classifier"
+    lines.append(f"  looks like: {kind}")
     return "\n".join(lines)
 
 
 def variant_rows(run_dir: Path) -> list[dict]:
     """One row per compressed variant of a run, float32 first, from their manifests."""
-    import json
-
     rows = []
     for manifest_path in sorted(Path(run_dir).glob("compressed/*/manifest.json")):
-        manifest = json.loads(manifest_path.read_text())
-        metrics = manifest.get("metrics", {})
-        validation = metrics.get("validation", {})
-        sparsity = manifest.get("sparsity") or {}
+        manifest = manifests.read(manifest_path.parent, manifests.VariantManifest)
+        validation = manifest.metrics.validation
         rows.append({
-            "variant": manifest.get("name"),
-            "size": manifest["tflite"]["size"],
-            "gzip_size": manifest["tflite"]["gzip_size"],
-            "sparsity": sparsity.get("overall"),
-            "accuracy": validation.get("accuracy"),
-            "macro_f1": validation.get("macro_f1"),
-            "input": manifest["tflite"].get("inputs", [{}])[0].get("dtype"),
-            "delta_vs_float_keras": metrics.get("accuracy_delta_vs_float"),
-            "wall_time_s": manifest.get("wall_time_s"),
-            "path": str(manifest_path.parent / "model.tflite"),
+            "variant": manifest.name,
+            "recipe_hash": manifest.recipe_hash,
+            "size": manifest.tflite["size"],
+            "gzip_size": manifest.tflite["gzip_size"],
+            "sparsity": manifest.sparsity.get("overall"),
+            "accuracy": validation.accuracy,
+            "macro_f1": validation.macro_f1,
+            "input": (manifest.tflite.get("inputs") or [{}])[0].get("dtype"),
+            "delta_vs_float_keras": manifest.metrics.accuracy_delta_vs_float,
+            "wall_time_s": manifest.wall_time_s,
+            "path": str(manifest_path.parent / manifest.model.file),
         })
     baseline = next((r for r in rows if r["variant"] == "float32"), None)
     for row in rows:
@@ -126,7 +160,10 @@ def write_variant_report(run_dir: Path) -> tuple[list[dict], str]:
     """Write compressed/report.md and report.json for a run; returns the rows and the Markdown."""
     from edgekit.artifacts import write_json_atomic, write_text_atomic
 
+    manifests.read(run_dir, manifests.RunManifest)  # a finished run, or one line saying what it is not
     rows = variant_rows(run_dir)
+    if not rows:
+        raise EdgekitError(f"{run_dir}: no compressed variants yet; run `edgekit compress {run_dir} --int8` first")
     markdown = variants_markdown(rows)
     out = Path(run_dir) / "compressed"
     write_text_atomic(out / "report.md", f"# Variants of {Path(run_dir).name}\n\nAccuracy is measured by running "

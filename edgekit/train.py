@@ -20,16 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import config as cfg
+from edgekit import manifests
 from edgekit.artifacts import (
     MANIFEST,
     atomic_path,
+    check_writable,
     default_runs_dir,
     utc_now,
     write_json_atomic,
-    write_manifest,
     write_text_atomic,
 )
-from edgekit.compat import keras, tf
+from edgekit.compat import gpus, keras, tf
+from edgekit.compress.finetune import EpochProgress
 from edgekit.data import DataSpec, load_dataset, load_pixels, make_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, evaluate_predictor
@@ -41,7 +43,7 @@ CONFIG_FILE = "train_config.json"
 MODEL_FILE = "model.keras"
 BEST_WEIGHTS = "checkpoints/best.weights.h5"
 PREPROCESSING = {
-    "pixel_range": [0, 255],
+    "pixel_range": (0, 255),
     "color": "RGB",
     "resize": "bilinear",
     "resize_mode": "squash to input size, no crop, no antialias (tf.image.resize)",
@@ -52,7 +54,7 @@ PREPROCESSING = {
 @dataclass
 class TrainResult:
     run_dir: Path
-    manifest: dict
+    manifest: manifests.RunManifest | None  # None on multi-worker workers: the chief writes the run
 
 
 # ---------------------------------------------------------------- hardware and distribution
@@ -70,18 +72,18 @@ def _tf_config() -> dict | None:
 
 def select_strategy(name: str):
     """The tf.distribute strategy for `--strategy`, and a short description of it."""
-    gpus = tf.config.list_physical_devices("GPU")
+    found = gpus()
     if name == "auto":
         if _tf_config():
             name = "multiworker"
-        elif len(gpus) > 1:
+        elif len(found) > 1:
             name = "mirrored"
         else:
             name = "default"
     if name == "default":
         return tf.distribute.get_strategy(), "default"
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(), f"mirrored ({len(gpus)} GPU)" if gpus else "mirrored (CPU)"
+        return tf.distribute.MirroredStrategy(), f"mirrored ({len(found)} GPU)" if found else "mirrored (CPU)"
     if name == "multiworker":
         config = _tf_config()
         if not config or "cluster" not in config:
@@ -108,7 +110,7 @@ def use_mixed_precision(setting: str) -> bool:
         return True
     if setting == "off":
         return False
-    return bool(tf.config.list_physical_devices("GPU"))
+    return bool(gpus())
 
 
 # ---------------------------------------------------------------- the run directory
@@ -137,9 +139,10 @@ def load_resume_config(run_dir: Path) -> cfg.TrainConfig:
     return dataclasses.replace(config, runs_dir=str(run_dir.parent), name=run_dir.name)
 
 
-def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig) -> list:
+def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig, epochs: int) -> list:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return [
+    progress = [EpochProgress(f"train ({phase})", epochs)] if epochs and not sys.stderr.isatty() else []
+    return [*progress,
         keras.callbacks.BackupAndRestore(str(run_dir / "backup" / phase)),
         keras.callbacks.ModelCheckpoint(str(run_dir / BEST_WEIGHTS), monitor="val_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True),
@@ -198,8 +201,8 @@ def _exportable_copy(model, spec: ModelSpec, best_weights: Path):
     return clone
 
 
-def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
-    """Train a classifier and write its run directory; returns the directory and manifest."""
+def _prepare(config: cfg.TrainConfig, resume: Path | None) -> tuple[cfg.TrainConfig, str | None]:
+    """Check everything that can be checked before any work: options, folders, then weights."""
     if resume is not None:
         config = load_resume_config(resume)
     config = config.resolved()
@@ -208,39 +211,36 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
     for folder in ([config.data] if config.data else []) + list(config.extra_data):
         if not Path(folder).expanduser().is_dir():  # before the weights: the more basic mistake first
             raise EdgekitError(f"{folder}: no such data folder; pass a folder with one sub-folder per class")
-    weights_path = resolve_weights(config.weights, config.alpha, config.image_size)
-    strategy, strategy_name = select_strategy(config.strategy)
-    chief = is_chief()
-    if resume is not None:
-        run_dir = Path(resume)
-    elif chief:
-        run_dir = new_run_dir(config)
-    else:  # workers never touch the run directory: the chief may be creating it right now
-        run_dir = Path(config.runs_dir or default_runs_dir()) / (config.name or "worker")
-    work_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="edgekit-worker-"))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(work_dir / CONFIG_FILE, cfg.to_dict(config))
+    check_writable(Path(config.runs_dir) if config.runs_dir else default_runs_dir())
+    return config, resolve_weights(config.weights, config.alpha, config.image_size)
 
-    keras.utils.set_random_seed(config.seed)
-    spec = DataSpec(config.data, tuple(config.extra_data), config.image_size, config.seed,
-                    config.validation_fraction, config.strict, config.max_image_pixels, exclude=config.exclude)
-    splits = load_dataset(spec)
-    mixed = use_mixed_precision(config.mixed_precision)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    model_spec = ModelSpec(len(splits.labels), config.image_size, config.alpha, config.dropout,
-                           config.bn_momentum)
+
+def _directories(config: cfg.TrainConfig, resume: Path | None, chief: bool) -> tuple[Path, Path]:
+    """(run directory, directory this process writes): workers never touch the run directory."""
+    if resume is not None:
+        return Path(resume), Path(resume)
+    if not chief:  # the chief may be creating the run directory right now
+        run_dir = Path(config.runs_dir or default_runs_dir()) / (config.name or "worker")
+        return run_dir, Path(tempfile.mkdtemp(prefix="edgekit-worker-"))
+    run_dir = new_run_dir(config)
+    return run_dir, run_dir
+
+
+@dataclass
+class _Fit:
+    model: object
+    fit_seconds: float = 0.0
+    images_seen: int = 0
+
+
+def _fit_phases(config: cfg.TrainConfig, splits, model, strategy, work_dir: Path, chief: bool,
+                pretrained: bool) -> _Fit:
+    """Run each fit call (head, fine-tune, or scratch), skipping phases a resumed run already finished."""
     train_ds = make_pipeline(splits.train, config.image_size, config.batch_size, training=True,
                              augment=config.augment, seed=config.seed, cache=config.cache)
     val_ds = make_pipeline(splits.validation, config.image_size, config.batch_size, cache=config.cache)
-    log.info("training on %d images, validating on %d, %d classes, strategy %s%s", len(splits.train),
-             len(splits.validation), len(splits.labels), strategy_name, ", mixed_float16" if mixed else "")
-
-    started = time.time()
-    fit_seconds, images_seen, epochs_run = 0.0, 0, 0
-    with strategy.scope():
-        model = build_classifier(model_spec, weights_path)
-    done = _finished_phases(work_dir)
-    for phase, first, last, learning_rate, trainable_from in _phases(config, weights_path is not None):
+    fit, done = _Fit(model), _finished_phases(work_dir)
+    for phase, first, last, learning_rate, trainable_from in _phases(config, pretrained):
         if phase in done:
             model.load_weights(str(work_dir / _phase_weights(phase)))
             log.info("phase %s already finished; continuing after it", phase)
@@ -253,23 +253,89 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
         with strategy.scope():
             _compile(model, learning_rate)
         phase_start = time.time()
-        with contextlib.redirect_stdout(sys.stderr):  # progress is not a result: keep stdout for results
+        with contextlib.redirect_stdout(sys.stderr), _disk_errors(work_dir):  # stdout is for results
             history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,
                                 steps_per_epoch=config.steps_per_epoch, validation_steps=None,
-                                callbacks=_callbacks(work_dir, phase, config), verbose=1 if chief else 0)
-        fit_seconds += time.time() - phase_start
-        ran = len(history.epoch)
-        epochs_run += ran
+                                callbacks=_callbacks(work_dir, phase, config, last if chief else 0),
+                                verbose=_verbosity(chief))
+        fit.fit_seconds += time.time() - phase_start
         steps = config.steps_per_epoch or -(-len(splits.train) // config.batch_size)
-        images_seen += ran * min(len(splits.train), steps * config.batch_size)
+        fit.images_seen += len(history.epoch) * min(len(splits.train), steps * config.batch_size)
         _finish_phase(work_dir, phase, model)
+    return fit
 
+
+@contextlib.contextmanager
+def _disk_errors(work_dir: Path):
+    """A full or read-only disk during fit (checkpoints, logs) is the user's to fix, and resumable."""
+    try:
+        yield
+    except (OSError, tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError) as exc:
+        text = str(exc)
+        if not isinstance(exc, OSError) and "No space left" not in text and "Read-only" not in text \
+                and "Permission denied" not in text:
+            raise
+        reason = "no space left on the device" if "No space" in text or getattr(exc, "errno", None) == 28 else \
+            text.strip().splitlines()[0][:160]
+        raise EdgekitError(f"{work_dir}: writing checkpoints failed ({reason}); free space or fix permissions, "
+                           f"then continue with `edgekit train --resume {work_dir}`") from None
+
+
+def _verbosity(chief: bool) -> int:
+    """Keras's progress bar on a terminal; elsewhere (logs, CI) `EpochProgress` writes one line per epoch."""
+    return 1 if chief and sys.stderr.isatty() else 0
+
+
+def epochs_in_history(run_dir: Path) -> int:
+    """Epochs finished over the run's whole life, resumed processes included (CSVLogger appends)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return 0
+    rows = path.read_text().splitlines()[1:]
+    return len({row.split(",", 1)[0] for row in rows if row and not row.startswith("epoch")})
+
+
+def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
+    """Train a classifier and write its run directory; returns the directory and manifest."""
+    config, weights_path = _prepare(config, resume)
+    strategy, strategy_name = select_strategy(config.strategy)
+    chief = is_chief()
+    run_dir, work_dir = _directories(config, resume, chief)
+    created = not work_dir.exists()
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(work_dir / CONFIG_FILE, cfg.to_dict(config))
+        keras.utils.set_random_seed(config.seed)
+        splits = load_dataset(DataSpec(config.data, tuple(config.extra_data), config.image_size, config.seed,
+                                       config.validation_fraction, config.strict, config.max_image_pixels,
+                                       exclude=config.exclude))
+    except BaseException:
+        if created and chief:  # nothing was trained: leave no half-made run behind
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    mixed = use_mixed_precision(config.mixed_precision)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    model_spec = ModelSpec(len(splits.labels), config.image_size, config.alpha, config.dropout,
+                           config.bn_momentum)
+    log.info("training on %d images, validating on %d, %d classes, strategy %s%s", len(splits.train),
+             len(splits.validation), len(splits.labels), strategy_name, ", mixed_float16" if mixed else "")
+    started = time.time()
+    with strategy.scope():
+        model = build_classifier(model_spec, weights_path)
+    fit = _fit_phases(config, splits, model, strategy, work_dir, chief, weights_path is not None)
     if not chief:
         # a worker must not read variables after fit: that is a collective op the chief may have left
         shutil.rmtree(work_dir, ignore_errors=True)
-        return TrainResult(run_dir, {})
-    model = _exportable_copy(model, model_spec, work_dir / BEST_WEIGHTS)
+        return TrainResult(run_dir, None)
+    model = _exportable_copy(fit.model, model_spec, work_dir / BEST_WEIGHTS)
+    hardware = {"gpus": len(gpus()), "strategy": strategy_name,
+                "replicas": strategy.num_replicas_in_sync, "mixed_precision": mixed}
+    manifest = _write_run(run_dir, config, splits, model, model_spec, fit, hardware, started)
+    return TrainResult(run_dir, manifest)
 
+
+def _write_run(run_dir: Path, config: cfg.TrainConfig, splits, model, model_spec: ModelSpec, fit: _Fit,
+               hardware: dict, started: float) -> manifests.RunManifest:
     metrics = evaluate_predictor(KerasPredictor(model), load_pixels(splits.validation, config.image_size),
                                  splits.validation.targets, splits.labels)
     metrics.pop("predictions")
@@ -277,31 +343,17 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
         model.save(tmp)
     write_text_atomic(run_dir / "labels.txt", "\n".join(splits.labels) + "\n")
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
-    manifest = {
-        "kind": "run",
-        "name": run_dir.name,
-        "model": {
-            "file": MODEL_FILE,
-            "input_size": [config.image_size, config.image_size, 3],
-            **PREPROCESSING,
-            "labels": list(splits.labels),
-            "architecture": {"family": "MobileNetV2", **dataclasses.asdict(model_spec)},
-            "weights": config.weights,
-            "parameters": int(model.count_params()),
-        },
-        "dataset": splits.description,
-        "config": cfg.to_dict(config),
-        "seed": config.seed,
-        "hardware": {"gpus": len(tf.config.list_physical_devices("GPU")), "strategy": strategy_name,
-                     "replicas": strategy.num_replicas_in_sync, "mixed_precision": mixed},
-        "training": {"epochs_run": epochs_run, "fit_seconds": round(fit_seconds, 2),
-                     "throughput_images_per_s": round(images_seen / fit_seconds, 1) if fit_seconds else None},
-        "wall_time_s": round(time.time() - started, 2),
-        "finished": utc_now(),
-        "metrics": {"validation": metrics},
-    }
+    contract = manifests.ModelContract(
+        file=MODEL_FILE, input_size=(config.image_size, config.image_size, 3), labels=tuple(splits.labels),
+        **PREPROCESSING, architecture={"family": "MobileNetV2", **dataclasses.asdict(model_spec)},
+        weights=config.weights, parameters=int(model.count_params()))
+    training = manifests.TrainingStats(
+        epochs_run=epochs_in_history(run_dir), fit_seconds=round(fit.fit_seconds, 2),
+        throughput_images_per_s=round(fit.images_seen / fit.fit_seconds, 1) if fit.fit_seconds else None)
+    manifest = manifests.RunManifest(
+        name=run_dir.name, model=contract, dataset=splits.description, config=cfg.to_dict(config),
+        seed=config.seed, hardware=hardware, training=training, wall_time_s=round(time.time() - started, 2),
+        finished=utc_now(), metrics=manifests.RunMetrics(validation=manifests.to_metrics(metrics)))
     files = [MODEL_FILE, "labels.txt", CONFIG_FILE] + (["history.csv"] if (run_dir / "history.csv").exists()
                                                        else [])
-    manifest = write_manifest(run_dir, manifest, files)
-    return TrainResult(run_dir, manifest)
-
+    return manifests.write(run_dir, manifest, files)

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import sshd_fixture
 import yaml
 from typer.testing import CliRunner
 
+from edgekit.bench.accuracy import compare, verdict
+from edgekit.bench.advice import advice_markdown, advise
+from edgekit.bench.report import place_labels
 from edgekit.bench.run import BenchSettings, collect_variants, run_bench
 from edgekit.cli import app
 from edgekit.compress.pipeline import compress
@@ -142,3 +148,198 @@ def test_deploy_puts_the_same_sha256_on_the_device(bench_run, sshd, tmp_path):
     manifest = json.loads((bench_run / "compressed" / "int8-ptq" / "manifest.json").read_text())
     assert payload["model_sha256"] == manifest["files"]["model.tflite"]["sha256"]
     assert parse_profile(profile, yaml.safe_load(profile.read_text())).name == "loopback"
+
+
+# ------------------------------------------------ any model, the device's runtime, memory and accuracy
+
+TFLITE_RUNTIME_PYTHON = os.environ.get("EDGEKIT_TEST_TFLITE_RUNTIME_PYTHON", "/tmp/tflrt/bin/python")
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    """Three .tflite models edgekit did not make: two inputs, int8 I/O conv net, non-image dense."""
+    import foreign as builders
+
+    return builders.build_all(tmp_path_factory.mktemp("foreign"))
+
+
+def _tflite_runtime_profile(tmp_path, runtime="tflite_runtime"):
+    """A cheap real 'device' with another runtime: a local venv holding tflite-runtime and numpy<2."""
+    if not Path(TFLITE_RUNTIME_PYTHON).is_file():
+        pytest.skip(f"no tflite-runtime venv at {TFLITE_RUNTIME_PYTHON}: create it with `python3 -m venv "
+                    "/tmp/tflrt && /tmp/tflrt/bin/pip install 'numpy<2' tflite-runtime pillow` (.ci/run does) "
+                    "or set EDGEKIT_TEST_TFLITE_RUNTIME_PYTHON")
+    path = tmp_path / "tflrt.yaml"
+    path.write_text(yaml.safe_dump({"name": "tflrt", "description": "tflite-runtime venv", "arch": "any",
+                                    "connection": "local", "python": TFLITE_RUNTIME_PYTHON, "runtime": runtime,
+                                    "threads": 1, "workdir": str(tmp_path / "tflrt-device")}))
+    return path
+
+
+@pytest.mark.slow
+def test_any_model_is_benchmarked_on_generated_inputs(foreign, tmp_path):
+    out = tmp_path / "o"
+    result = cli.invoke(app, ["bench", *map(str, foreign.values()), "--device", "desktop", "--threads", "1",
+                              "--out", str(out), "--json", *QUICK])
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads(result.stdout)["rows"]}
+    assert set(rows) == {"two_input", "int8_conv", "dense"}
+    for row in rows.values():
+        assert row["status"] == "ok", row
+        assert row["accuracy"] is None and row["accuracy_source"] == "not measured"
+        assert row["inputs"].startswith("generated") and row["output_check"]["equal"]
+    assert rows["two_input"]["inputs"].count("float32 uniform") == 2  # both inputs fed
+    assert "int8 uniform over -128..127" in rows["int8_conv"]["inputs"]
+    assert rows["int8_conv"]["output_check"]["unit"] == "quantization steps"
+    markdown = (out / "results.md").read_text()
+    assert "not measured" in markdown and "generated" in markdown
+
+
+@pytest.mark.slow
+def test_images_for_a_multi_input_model_is_one_error_row_and_the_rest_run(bench_run, foreign, digits_folder,
+                                                                          tmp_path):
+    result = cli.invoke(app, ["bench", str(bench_run / "compressed" / "int8-ptq" / "model.tflite"),
+                              str(foreign["two-input"]), "--device", "desktop", "--threads", "1", "--images",
+                              str(digits_folder), "--out", str(tmp_path / "o"), "--json", *QUICK])
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads(result.stdout)["rows"]}
+    assert rows["int8-ptq"]["status"] == "ok" and "images from" in rows["int8-ptq"]["inputs"]
+    error = rows["two_input"]["error"]
+    assert rows["two_input"]["status"] == "error" and "\n" not in error
+    assert "2 input(s)" in error and "drop --images" in error
+
+
+def test_runtime_not_installed_on_the_device_is_an_error_row(foreign, tmp_path):
+    profile = _tflite_runtime_profile(tmp_path, runtime="litert")  # the venv has no LiteRT
+    result = cli.invoke(app, ["bench", str(foreign["dense"]), "--device", str(profile), "--out",
+                              str(tmp_path / "o"), "--json", *QUICK])
+    [row] = json.loads(result.stdout)["rows"]
+    assert result.exit_code == 1 and row["status"] == "error"
+    assert "--runtime litert: not installed" in row["error"] and "pip install ai-edge-litert" in row["error"]
+
+
+def test_model_the_device_runtime_cannot_load_is_an_error_row(foreign, tmp_path):
+    broken = tmp_path / "broken.tflite"
+    content = foreign["dense"].read_bytes()
+    broken.write_bytes(content[:8] + b"\xff" * 64)  # the TFL3 header, then garbage
+    result = cli.invoke(app, ["bench", str(broken), str(foreign["dense"]), "--device", "desktop", "--threads", "1",
+                              "--out", str(tmp_path / "o"), "--json", *QUICK])
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads(result.stdout)["rows"]}
+    assert rows["broken"]["status"] == "error" and "broken.tflite" in rows["broken"]["error"]
+    assert "\n" not in rows["broken"]["error"] and rows["dense"]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_tflite_runtime_device_runs_its_own_accuracy_pass(bench_run, tmp_path):
+    profile = _tflite_runtime_profile(tmp_path)
+    result = cli.invoke(app, ["bench", str(bench_run / "compressed" / "int8-ptq"), "--device", str(profile),
+                              "--accuracy-samples", "40", "--out", str(tmp_path / "o"), "--json", *QUICK])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)["rows"]
+    assert (row["runtime"], row["runtime_version"]) == ("tflite_runtime", "2.14.0")
+    assert row["environment"]["numpy"].startswith("1.") and row["environment"]["runtime"] == "tflite_runtime"
+    check = row["accuracy_check"]
+    assert check["samples"] == 40 and 0 <= row["device_accuracy"] <= 1
+    assert check["device_runtime"] == "tflite_runtime 2.14.0"
+    steps = check["output_check"]
+    assert steps["unit"] == "quantization steps" and steps["tolerance"] == 1.0
+    assert row["status"] == ("ok" if steps["equal"] and row["output_check"]["equal"] else "drift")
+
+
+def test_litert_rows_skip_the_device_accuracy_pass_and_cap_threads(bench_run, tmp_path):
+    result = run_bench(collect_variants([bench_run / "compressed" / "int8-ptq"]), load_profile("desktop"),
+                       BenchSettings(threads=(64,), runs=5, warmup=1, min_seconds=0.1))
+    [row] = result.rows
+    assert row["status"] == "ok" and row["runtime"] == "litert" and row["device_accuracy"] is None
+    cores = len(os.sched_getaffinity(0))
+    assert row["threads_requested"] == 64 and row["threads"] == cores and row["threads_capped"]
+    environment = row["environment"]
+    for key in ("python", "numpy", "runtime", "runtime_version", "cpu_model", "cpu_count", "memory_total_mb", "os"):
+        assert environment[key], key
+    assert result.device["environment"] == environment
+
+
+def test_peak_memory_is_the_runners_own_not_its_parents(foreign):
+    ballast = np.ones(2**27)  # 1 GiB held and touched by this (parent) process
+    result = run_bench(collect_variants([foreign["dense"]]), load_profile("desktop"),
+                       BenchSettings(threads=(1,), runs=5, warmup=1, min_seconds=0.1))
+    [row] = result.rows
+    assert ballast.sum() == 2**27
+    assert row["status"] == "ok" and 0 < row["peak_rss_mb"] < 300, row["peak_rss_mb"]
+
+
+def test_output_check_counts_quantization_steps_and_marks_drift():
+    output = {"dtype": "int8", "quantization": {"scale": 1 / 256, "zero_point": -128}}
+    host = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]])
+    one_step = compare(host + 1 / 256, host, output)
+    assert one_step["equal"] and one_step["max_steps"] == 1.0 and verdict(one_step) is None
+    drifted = compare(host + np.array([[0, 0.3, 0], [0, 0, 0]]), host, output)
+    assert not drifted["equal"] and drifted["max_steps"] == pytest.approx(76.8) and drifted["top1_flips"] == 1
+    assert "76.8 quantization steps (tolerance 1)" in verdict(drifted)
+
+
+def _row(variant, p50, accuracy, mode=None, threads=1):
+    return {"variant": variant, "device": "pi", "threads": threads, "delegate": "none", "status": "ok",
+            "latency_ms": {"p50": p50, "p90": p50}, "accuracy": accuracy, "mode": mode, "size": 1000}
+
+
+def test_advice_names_the_frontier_the_slow_variants_and_a_pick():
+    rows = [_row("float32", 7.4, 0.95, "float32"), _row("dynamic", 13.5, 0.95, "dynamic"),
+            _row("int8", 3.0, 0.94, "int8"), _row("float16", 7.6, 0.95, "float16")]
+    advice = advise(rows, max_latency_ms=5.0)
+    assert [r["variant"] for r in rows if r.get("pareto")] == ["float32", "int8"]
+    assert len(advice["slower_than_float32"]) == 1 and "dynamic" in advice["slower_than_float32"][0]
+    assert rows[1]["slower_than_float32"] == 1.82 and advice["recommended"]["variant"] == "int8"
+    assert advise(rows, min_accuracy=0.95)["recommended"]["variant"] == "float32"
+    assert advise(rows, max_latency_ms=1.0)["recommended"] is None
+    text = advice_markdown(advise(rows, min_accuracy=0.95))
+    assert "Slower than float32" in text and "Recommended**: float32" in text
+
+
+def test_pareto_plot_labels_never_overlap(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    points = [(5.0 + 0.01 * i, 0.9 + 0.0005 * (i % 3)) for i in range(12)]
+    ax.scatter(*zip(*points))
+    fig.tight_layout()
+    notes = place_labels(ax, points, [f"int8-variant-{i} t2" for i in range(12)])
+    boxes = [note.get_window_extent(fig.canvas.get_renderer()) for note in notes]
+    assert len(boxes) == 12
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
+
+
+def test_doctor_text_shows_everything_the_json_has(tmp_path):
+    profile = _tflite_runtime_profile(tmp_path)
+    text = cli.invoke(app, ["doctor", "--device", str(profile)])
+    payload = json.loads(cli.invoke(app, ["doctor", "--device", str(profile), "--json"]).stdout)
+    assert text.exit_code == 0, text.output
+
+    def leaves(value):
+        if isinstance(value, dict):
+            return [leaf for v in value.values() for leaf in leaves(v)]
+        if isinstance(value, list):
+            return [leaf for v in value for leaf in leaves(v)]
+        return [value]
+
+    for leaf in leaves(payload):
+        if isinstance(leaf, str) and leaf:
+            assert leaf in text.stdout, leaf
+    assert "runtimes:" in text.stdout and "edgetpu:" in text.stdout
+
+
+def test_deploy_pins_the_runtime_and_checks_it_loads_there(foreign, tmp_path):
+    profile = _tflite_runtime_profile(tmp_path)
+    result = cli.invoke(app, ["deploy", str(foreign["int8-conv"]), "--device", str(profile), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["runtime"] == {"name": "tflite_runtime", "version": "2.14.0"}
+    assert payload["classify"].endswith("--runtime tflite_runtime")
+    refused = cli.invoke(app, ["deploy", str(foreign["int8-conv"]), "--device", str(profile), "--runtime", "litert"])
+    assert refused.exit_code == 1 and "does not load with runtime litert" in refused.output
+    assert "Traceback" not in refused.output

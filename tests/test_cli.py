@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -100,9 +103,83 @@ def test_info_on_a_plain_folder_is_one_line(tmp_path):
     assert "no manifest.json" in line
 
 
-def test_train_json_keeps_progress_off_stdout(tmp_path):
-    result = runner.invoke(app, ["train", "--epochs", "1", "--steps-per-epoch", "2", "--runs-dir", str(tmp_path),
-                                 "--name", "j", "--json"])
-    assert result.exit_code == 0, result.output
+def _subprocess(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _noise(stderr: str) -> list[str]:
+    from edgekit.quiet import is_noise
+
+    return [line for line in stderr.splitlines() if is_noise(line) or re.search(r"absl|cuInit|cuda|oneDNN", line)]
+
+
+def test_train_json_keeps_progress_off_stdout_and_native_noise_off_stderr(tmp_path):
+    result = _subprocess("train", "--epochs", "1", "--steps-per-epoch", "2", "--runs-dir", str(tmp_path),
+                         "--name", "j", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout)
     assert payload["run_dir"].endswith("/j") and 0 <= payload["validation"]["accuracy"] <= 1
+    assert _noise(result.stderr) == [], result.stderr
+    assert "train (scratch) epoch 1/1" in result.stderr  # progress is there, on stderr
+
+
+def test_tensorflow_commands_print_no_library_noise(tiny_run, tmp_path):
+    for args in (["eval", str(tiny_run), "--out", str(tmp_path / "e")],
+                 ["compress", str(tiny_run), "--recipe", "float32"]):
+        result = _subprocess(*args)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert _noise(result.stderr) == [], (args, result.stderr)
+
+
+_NO_TF = """
+import sys
+from typer.testing import CliRunner
+from edgekit.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+loaded = [name for name in ("tensorflow", "tf_keras") if name in sys.modules]
+print(result.exit_code, ",".join(loaded) or "-")
+print(result.output[-2000:])
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["--version"], ["info", "RUN"], ["report", "RUN"], ["compress", "--int8", "--dry-run"],
+    ["devices"], ["recipes"], ["recipes", "show", "int8-qat"], ["feedback", "--help"],
+    ["doctor", "--device", "desktop"],
+    ["info", "RUN/compressed/float32/model.tflite"],
+], ids=" ".join)
+def test_commands_that_need_no_model_import_no_tensorflow(args, tiny_run, variants_for_cli):
+    args = [a.replace("RUN", str(tiny_run)) for a in args]
+    out = subprocess.run([sys.executable, "-c", _NO_TF, *args], capture_output=True, text=True, timeout=120)
+    code, loaded = out.stdout.splitlines()[0].split()
+    assert code == "0" and loaded == "-", out.stdout + out.stderr
+    assert _noise(out.stderr) == []
+
+
+@pytest.fixture(scope="module")
+def variants_for_cli(tiny_run):
+    from edgekit.compress.pipeline import compress_all
+    from edgekit.recipes import load_recipe
+
+    return compress_all(tiny_run, [load_recipe("float32")])
+
+
+def test_version_prints_the_package_version():
+    from edgekit import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"edgekit {__version__}"
+
+
+def test_devices_and_recipes_list_shipped_and_user_entries(edgekit_home):
+    (edgekit_home / "devices").mkdir()
+    (edgekit_home / "devices" / "lab.yaml").write_text("description: a lab box\narch: any\nconnection: local\n")
+    (edgekit_home / "recipes").mkdir()
+    (edgekit_home / "recipes" / "mine.yaml").write_text("name: mine\nstages:\n  - type: convert\n    mode: float16\n")
+    devices = json.loads(runner.invoke(app, ["devices", "--json"]).stdout)["devices"]
+    assert {"desktop", "rpi4", "lab"} <= {d["name"] for d in devices}
+    recipes = {r["name"]: r for r in json.loads(runner.invoke(app, ["recipes", "--json"]).stdout)["recipes"]}
+    assert recipes["int8-ptq"]["source"] == "shipped" and recipes["mine"]["source"].endswith("mine.yaml")
+    shown = runner.invoke(app, ["recipes", "show", "mine"])
+    assert shown.exit_code == 0 and "mode: float16" in shown.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,11 +12,11 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.artifacts import verify_files
 from edgekit.cli import app
 from edgekit.compress.pipeline import compress
 from edgekit.devices import runner_path
 from edgekit.errors import EdgekitError
+from edgekit.manifests import VariantManifest, verify_files
 from edgekit.recipes import load_recipe, recipe_from_flags, shipped_recipes
 
 cli = CliRunner()
@@ -76,17 +78,17 @@ def test_variant_manifest_describes_the_exact_file(variants, tiny_run):
     int8 = variants["int8-ptq"]
     manifest = verify_files(int8)
     run_manifest = json.loads((tiny_run / "manifest.json").read_text())
-    assert manifest["kind"] == "variant"
-    assert manifest["parent"]["sha256"] == run_manifest["files"]["model.keras"]["sha256"]
-    assert manifest["recipe"]["stages"][0]["mode"] == "int8"
+    assert isinstance(manifest, VariantManifest) and len(manifest.recipe_hash) == 16
+    assert manifest.parent.sha256 == run_manifest["files"]["model.keras"]["sha256"]
+    assert manifest.recipe["stages"][0]["mode"] == "int8"
     assert (int8 / "recipe.yaml").read_text().startswith("name: int8-ptq")
-    tflite = manifest["tflite"]
+    tflite = manifest.tflite
     assert tflite["size"] == (int8 / "model.tflite").stat().st_size and 0 < tflite["gzip_size"] < tflite["size"]
-    assert manifest["model"]["labels"] == run_manifest["model"]["labels"]
-    validation = manifest["metrics"]["validation"]
-    assert validation["n"] == 359 and "macro_f1" in validation
-    assert manifest["runtime"]["name"] == "litert"
-    assert 0 <= manifest["metrics"]["output_abs_diff_vs_float"]["mean"] <= 1
+    assert list(manifest.model.labels) == run_manifest["model"]["labels"]
+    validation = manifest.metrics.validation
+    assert validation.n == 359 and 0 <= validation.macro_f1 <= 1
+    assert manifest.runtime["name"] == "litert"
+    assert 0 <= manifest.metrics.output_abs_diff_vs_float.mean <= 1
 
 
 def test_int8_is_a_fraction_of_float32(variants):
@@ -172,21 +174,21 @@ def test_eval_of_a_truncated_tflite_is_one_line(variants, tmp_path):
 def test_prune_qat_int8_shorthand_end_to_end(tiny_run):
     variant = compress(tiny_run, recipe_from_flags(prune=0.5, qat=True, int8=True, epochs=1))
     manifest = variant.manifest
-    assert manifest["sparsity"]["overall"] == pytest.approx(0.5, abs=0.06)
-    assert manifest["tflite"]["gzip_size"] < 0.8 * manifest["tflite"]["size"]
+    assert manifest.sparsity["overall"] == pytest.approx(0.5, abs=0.06)
+    assert manifest.tflite["gzip_size"] < 0.8 * manifest.tflite["size"]
 
 
 def test_edgetpu_recipe_writes_a_uint8_static_model_and_a_report(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("compressed", "bench"))
     variant = compress(run, load_recipe("edgetpu"))
-    tflite = variant.manifest["tflite"]
+    tflite = variant.manifest.tflite
     assert tflite["inputs"][0]["dtype"] == "uint8" and tflite["outputs"][0]["dtype"] == "uint8"
     assert tflite["inputs"][0]["shape"][0] == 1
     report = json.loads((variant.directory / "edgetpu_report.json").read_text())
     assert report["n_ops"] > 50 and report["compatible"], report["summary"]
-    assert variant.manifest["edgetpu"]["compiler"]["found"] is False
-    assert "edgetpu_compiler not found" in variant.manifest["edgetpu"]["compiler"]["message"]
+    assert variant.manifest.edgetpu["compiler"]["found"] is False
+    assert "edgetpu_compiler not found" in variant.manifest.edgetpu["compiler"]["message"]
 
 
 def test_run_without_a_model_is_refused(tiny_run, tmp_path):
@@ -199,3 +201,83 @@ def test_run_without_a_model_is_refused(tiny_run, tmp_path):
 def test_folder_that_is_not_a_run_is_refused(tmp_path):
     result = cli.invoke(app, ["compress", str(tmp_path), "--int8"])
     assert result.exit_code == 1 and "no manifest.json" in result.output
+
+
+def test_identical_recipe_again_is_a_no_op(variants, tiny_run, monkeypatch):
+    import edgekit.compress.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_context", lambda *a: pytest.fail("an identical variant must not reload"))
+    before = (variants["int8-ptq"] / "manifest.json").read_bytes()
+    [variant] = pipeline.compress_all(tiny_run, [load_recipe("int8-ptq")])
+    assert variant.status == "unchanged" and (variants["int8-ptq"] / "manifest.json").read_bytes() == before
+
+
+def test_other_recipe_under_an_existing_name_needs_force(variants, tiny_run):
+    other = recipe_from_flags(int8=True, calibration_samples=7)
+    assert other.name == "int8-ptq"
+    with pytest.raises(EdgekitError, match=r"int8-ptq: a variant named 'int8-ptq' exists from a different recipe"
+                                           r".*pass --force"):
+        compress(tiny_run, other)
+    result = cli.invoke(app, ["compress", str(tiny_run), "--int8", "--calibration-samples", "7"])
+    assert result.exit_code == 1 and "--force" in result.output
+
+
+def test_shorthands_never_take_a_shipped_recipe_name_with_other_stages():
+    assert recipe_from_flags(int8=True, uint8_io=True).name == "int8-ptq-uint8io"
+    assert recipe_from_flags(prune=0.5, int8=True).name == "prune50-int8-ptq"
+    shipped = load_recipe("prune50-int8")
+    assert recipe_from_flags(prune=0.5, qat=True, int8=True).name != shipped.name
+
+
+def test_compress_all_loads_the_run_once(tiny_run, tmp_path, monkeypatch):
+    import edgekit.compress.pipeline as pipeline
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("compressed", "bench"))
+    loads, real = [], pipeline.load_context
+    monkeypatch.setattr(pipeline, "load_context", lambda run: loads.append(run) or real(run))
+    monkeypatch.setattr(pipeline, "_build_tflite", lambda context, recipe: (
+        (tiny_run / "compressed" / "float32" / "model.tflite").read_bytes(), {}, []))
+    made = pipeline.compress_all(copy, [load_recipe("float32"), load_recipe("float16")])
+    assert len(loads) == 1 and [v.status for v in made] == ["written", "written"]
+
+
+def test_stale_scratch_of_a_killed_compress_is_removed(tmp_path):
+    from edgekit.compress.pipeline import remove_stale_scratch
+
+    dead = tmp_path / ".float16.tmp-999999999-abc"
+    live = tmp_path / f".int8.tmp-{os.getpid()}-def"
+    dead.mkdir()
+    live.mkdir()
+    assert remove_stale_scratch(tmp_path) == [dead] and live.exists()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("name: ../evil\nstages:\n  - type: convert\n", r"'name' '../evil' must be letters, digits"),
+    ("name: x\nname: y\nstages:\n  - type: convert\n", r"not valid YAML at line 2 \(duplicate key 'name'"),
+    (b"name: caf\xe9\nstages:\n  - type: convert\n", r"recipe is not UTF-8 text"),
+])
+def test_recipe_names_keys_and_encoding_are_checked_before_any_work(tmp_path, body, message):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    result = cli.invoke(app, ["compress", "--recipe", str(path), "--dry-run"])
+    assert result.exit_code == 1 and re.search(message, result.output) and str(path) in result.output
+
+
+def test_two_recipes_with_one_name_are_refused_before_any_work(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: float16\nstages:\n  - type: convert\n")
+    result = cli.invoke(app, ["compress", "--recipe", "float16", "--recipe", str(path), "--dry-run"])
+    assert result.exit_code == 1 and "recipe name 'float16' is also used by" in result.output
+
+
+def test_bare_tflite_is_described_by_info(variants, tmp_path):
+    bare = tmp_path / "other.tflite"
+    shutil.copyfile(variants["int8-ptq"] / "model.tflite", bare)
+    result = cli.invoke(app, ["info", str(bare), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["inputs"][0]["shape"] == [1, 32, 32, 3] and payload["outputs"][0]["shape"] == [1, 10]
+    assert payload["ops"]["CONV_2D"] > 10 and "manifest" not in payload
+    text = cli.invoke(app, ["info", str(bare)]).output
+    assert "looks like: image classifier" in text and "minimum runtime" in text

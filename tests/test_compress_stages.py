@@ -12,9 +12,11 @@ from tiny import tiny_datasets, tiny_images, trained_tiny_classifier
 
 from edgekit.compat import keras, tf
 from edgekit.compress import cluster, prune, qat
-from edgekit.compress.convert import ConvertParams, convert, describe_tflite, tflite_weights
+from edgekit.compress.convert import convert
 from edgekit.compress.finetune import count_steps, fine_tune, kernel_arrays
+from edgekit.compress.params import ClusterParams, ConvertParams, PruneParams, QATParams
 from edgekit.errors import EdgekitError
+from edgekit.tflite import parse
 
 IMAGE_SIZE = 32
 
@@ -46,7 +48,7 @@ def _steps(model, callbacks, data, steps: int, learning_rate: float = 1e-4):
 @pytest.fixture(scope="module")
 def pruned(trained, data):
     """Pruned to 50% in one training step (polynomial schedule over a 1-step run), then stripped."""
-    params = prune.PruneParams(target_sparsity=0.5, epochs=1)
+    params = PruneParams(target_sparsity=0.5, epochs=1)
     wrapped, callbacks = prune.apply(trained, params, steps_per_epoch=1)
     _steps(wrapped, callbacks, data, 1)
     return wrapped, prune.finalize(wrapped)
@@ -62,7 +64,7 @@ def converted(trained, calibration):
 
 def run_tflite(content: bytes, images: np.ndarray) -> np.ndarray:
     """Float outputs of a .tflite model for float pixels, (de)quantizing integer input and output."""
-    from edgekit.compat import get_runtime
+    from edgekit.interpreters import get_runtime
 
     interpreter = get_runtime().interpreter_class(model_content=content)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
@@ -111,7 +113,7 @@ def test_prune_leaves_the_callers_model_dense(trained, pruned):
 
 
 def test_prune_zero_sparsity_is_noop(trained, data):
-    params = prune.PruneParams(target_sparsity=0.0, epochs=1)
+    params = PruneParams(target_sparsity=0.0, epochs=1)
     wrapped, callbacks = prune.apply(trained, params, steps_per_epoch=1)
     _steps(wrapped, callbacks, data, 1, learning_rate=1e-9)  # the masks update; the weights barely move
     final = prune.finalize(wrapped)
@@ -123,7 +125,7 @@ def test_prune_zero_sparsity_is_noop(trained, data):
 
 
 def test_prune_structured_2x4_pattern(trained, data):
-    params = prune.PruneParams(structured_2x4=True, epochs=1)
+    params = PruneParams(structured_2x4=True, epochs=1)
     wrapped, callbacks = prune.apply(trained, params, steps_per_epoch=1)
     _steps(wrapped, callbacks, data, 1)
     final = prune.finalize(wrapped)
@@ -137,7 +139,7 @@ def test_prune_structured_2x4_pattern(trained, data):
 def test_prune_latency_policy_prunes_only_pointwise_convs(trained, data):
     with pytest.warns(UserWarning, match="XNNPACK"):  # our stem is SAME-padded, tfmot wants VALID
         wrapped, callbacks = prune.apply(
-            trained, prune.PruneParams(latency_policy=True, epochs=1), steps_per_epoch=1
+            trained, PruneParams(latency_policy=True, epochs=1), steps_per_epoch=1
         )
     _steps(wrapped, callbacks, data, 1)
     sparsity = prune.measure_sparsity(prune.finalize(wrapped))
@@ -146,23 +148,23 @@ def test_prune_latency_policy_prunes_only_pointwise_convs(trained, data):
 
 
 def test_prune_schedule_fits_short_runs():
-    schedule = prune._schedule(prune.PruneParams(epochs=2), steps_per_epoch=7)
+    schedule = prune._schedule(PruneParams(epochs=2), steps_per_epoch=7)
     config = schedule.get_config()["config"]
     assert config["frequency"] == 1 and config["end_step"] == 14
     with pytest.raises(EdgekitError, match="frequency"):
-        prune._schedule(prune.PruneParams(epochs=1, frequency=100), steps_per_epoch=20)
+        prune._schedule(PruneParams(epochs=1, frequency=100), steps_per_epoch=20)
     with pytest.raises(EdgekitError, match="end_step"):
-        prune._schedule(prune.PruneParams(), steps_per_epoch=None)
+        prune._schedule(PruneParams(), steps_per_epoch=None)
 
 
 @pytest.mark.parametrize("params, field", [
-    (prune.PruneParams(target_sparsity=1.0), "target_sparsity"),
-    (prune.PruneParams(structured_2x4=True, target_sparsity=0.8), "target_sparsity"),
-    (prune.PruneParams(begin_step=10, end_step=5), "end_step"),
-    (cluster.ClusterParams(clusters=1), "clusters"),
-    (qat.QATParams(learning_rate=0.0), "learning_rate"),
-    (qat.QATParams(epochs=0), "epochs"),
-    (qat.QATParams(preserve="everything"), "preserve"),
+    (PruneParams(target_sparsity=1.0), "target_sparsity"),
+    (PruneParams(structured_2x4=True, target_sparsity=0.8), "target_sparsity"),
+    (PruneParams(begin_step=10, end_step=5), "end_step"),
+    (ClusterParams(clusters=1), "clusters"),
+    (QATParams(learning_rate=0.0), "learning_rate"),
+    (QATParams(epochs=0), "epochs"),
+    (QATParams(preserve="everything"), "preserve"),
     (ConvertParams(mode="float16", io_dtype="uint8"), "io_dtype"),
 ])
 def test_params_report_impossible_values(params, field):
@@ -170,7 +172,7 @@ def test_params_report_impossible_values(params, field):
 
 
 def test_params_defaults_have_no_problems():
-    for params in (prune.PruneParams(), cluster.ClusterParams(), qat.QATParams(), ConvertParams()):
+    for params in (PruneParams(), ClusterParams(), QATParams(), ConvertParams()):
         assert params.problems() == []
 
 
@@ -178,7 +180,7 @@ def test_params_defaults_have_no_problems():
 
 
 def test_cluster_to_8_leaves_at_most_8_values_per_kernel(trained, data):
-    wrapped, callbacks = cluster.apply(trained, cluster.ClusterParams(clusters=8, epochs=1))
+    wrapped, callbacks = cluster.apply(trained, ClusterParams(clusters=8, epochs=1))
     _steps(wrapped, callbacks, data, 1, learning_rate=1e-4)
     final = cluster.finalize(wrapped)
     assert not any(type(layer).__name__ == "ClusterWeights" for layer in final.layers)
@@ -211,23 +213,23 @@ def test_qat_rejects_lambda_layer_by_name():
     model = _small_model(lambda x: keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(x))
     expected = r"layer 'doubler' \(Lambda\) cannot be quantization-aware trained; remove it, or use post-tr"
     with pytest.raises(EdgekitError, match=expected):
-        qat.apply(model, qat.QATParams())
+        qat.apply(model, QATParams())
 
 
 def test_qat_rejects_raw_tf_op_by_name():
     model = _small_model(lambda x: tf.math.square(x))
     with pytest.raises(EdgekitError, match=r"layer 'tf.math.square' \(TFOpLambda\)"):
-        qat.apply(model, qat.QATParams())
+        qat.apply(model, QATParams())
 
 
 def test_qat_names_an_unsupported_layer():
     model = _small_model(lambda x: keras.layers.LayerNormalization(name="norm")(x))
     with pytest.raises(EdgekitError, match=r"layer 'norm' \(LayerNormalization\) cannot be quantization"):
-        qat.apply(model, qat.QATParams())
+        qat.apply(model, QATParams())
 
 
 @pytest.mark.parametrize("stage, params", [
-    (qat, qat.QATParams()), (prune, prune.PruneParams()), (cluster, cluster.ClusterParams()),
+    (qat, QATParams()), (prune, PruneParams()), (cluster, ClusterParams()),
 ])
 def test_nested_model_is_rejected_with_its_name(stage, params):
     body = keras.Sequential([keras.layers.Conv2D(4, 1, name="inner")], name="backbone")
@@ -249,7 +251,7 @@ def test_qat_auto_preserve_follows_previous_stage(previous, preserve):
 
 
 def test_float32_tflite_matches_keras(trained, converted, eval_batch):
-    info = describe_tflite(converted["float32"])
+    info = parse(converted["float32"]).describe()
     assert info["inputs"][0] == {"name": "image", "dtype": "float32", "shape": [1, IMAGE_SIZE, IMAGE_SIZE, 3],
                                  "quantization": None}
     assert info["ops"]["CONV_2D"] == 35 and info["ops"]["DEPTHWISE_CONV_2D"] == 17
@@ -263,11 +265,11 @@ def test_float16_is_about_half_and_dynamic_smaller(converted):
     f32, f16, dyn = (len(converted[mode]) for mode in ("float32", "float16", "dynamic"))
     assert 0.45 < f16 / f32 < 0.6
     assert dyn < 0.4 * f32
-    assert "DEQUANTIZE" in describe_tflite(converted["float16"])["ops"]
+    assert "DEQUANTIZE" in parse(converted["float16"]).describe()["ops"]
 
 
 def test_int8_has_integer_io_and_agrees_with_keras(trained, converted, eval_batch):
-    info = describe_tflite(converted["int8"])
+    info = parse(converted["int8"]).describe()
     for tensor in info["inputs"] + info["outputs"]:
         assert tensor["dtype"] == "int8"
         assert tensor["quantization"]["scale"] > 0
@@ -282,7 +284,7 @@ def test_int8_has_integer_io_and_agrees_with_keras(trained, converted, eval_batc
 def test_uint8_io_for_integer_only_targets(trained, calibration):
     params = ConvertParams(mode="int8", io_dtype="uint8", calibration_samples=10)
     content = convert(trained, params, calibration)
-    info = describe_tflite(content)
+    info = parse(content).describe()
     assert info["inputs"][0]["dtype"] == "uint8" and info["outputs"][0]["dtype"] == "uint8"
     assert info["inputs"][0]["quantization"]["zero_point"] == 0
 
@@ -301,7 +303,7 @@ def test_calibration_images_must_be_raw_pixels_at_model_size(trained, calibratio
 
 def test_describe_rejects_non_tflite_bytes():
     with pytest.raises(EdgekitError, match="TFL3"):
-        describe_tflite(b"not a model at all")
+        parse(b"not a model at all").describe()
 
 
 # --- QAT (slow: quantize_apply alone takes 15-40 s for MobileNetV2 on two cores) -----------------
@@ -309,11 +311,11 @@ def test_describe_rejects_non_tflite_bytes():
 
 @pytest.mark.slow
 def test_qat_converts_to_uint8_without_calibration_and_agrees(trained, data, eval_batch):
-    model, callbacks = qat.apply(trained, qat.QATParams(epochs=1))
+    model, callbacks = qat.apply(trained, QATParams(epochs=1))
     assert qat.is_qat_model(model) and not qat.is_qat_model(trained)
     _steps(model, callbacks, data, 2, learning_rate=1e-5)
     content = convert(qat.finalize(model), ConvertParams(mode="int8", io_dtype="uint8"), None)
-    info = describe_tflite(content)
+    info = parse(content).describe()
     assert info["inputs"][0]["dtype"] == "uint8"
     assert info["inputs"][0]["quantization"] == {"scale": 1.0, "zero_point": 0}  # pinned 0..255 input range
     assert "DEQUANTIZE" not in info["ops"]  # the split Rescaling quantizes; nothing falls back to float
@@ -327,10 +329,10 @@ def test_qat_converts_to_uint8_without_calibration_and_agrees(trained, data, eva
 @pytest.mark.slow
 def test_pqat_keeps_sparsity_through_fine_tuning_and_conversion(pruned, data):
     _, final = pruned
-    model, callbacks = qat.apply(final, qat.QATParams(epochs=1), previous="prune")
+    model, callbacks = qat.apply(final, QATParams(epochs=1), previous="prune")
     _steps(model, callbacks, data, 2, learning_rate=1e-4)
     assert prune.measure_sparsity(model)["overall"] == pytest.approx(0.5, abs=0.05)
-    weights = tflite_weights(convert(model, ConvertParams(mode="int8")))
+    weights = parse(convert(model, ConvertParams(mode="int8"))).constants()
     pruned_layers = [name.split("/")[0] for name in prune.measure_sparsity(final) if name != "overall"]
     for layer in pruned_layers:
         kernel = next(v for name, v in weights.items() if f"quant_{layer}/" in name and v.dtype == np.int8)

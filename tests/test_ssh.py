@@ -16,10 +16,11 @@ import pytest
 import sshd_fixture
 import yaml
 
-from edgekit.bench.ssh import SshClient
-from edgekit.bench.targets import LocalTarget, SshTarget, deploy, doctor, make_target
+from edgekit.deploy import deploy, doctor
 from edgekit.devices import RUNNER_NAME, load_profile, parse_profile, runner_path
 from edgekit.errors import EdgekitError
+from edgekit.transport.ssh import SshClient
+from edgekit.transport.targets import LocalTarget, SshTarget, make_target
 
 # Speaks the runner's protocol (subcommand, arguments, --json) without needing a model or numpy.
 STAND_IN_RUNNER = '''\

@@ -14,27 +14,28 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.artifacts import read_manifest, verify_files
+from edgekit import manifests
 from edgekit.config import TrainConfig
 from edgekit.errors import EdgekitError
+from edgekit.manifests import RunManifest, verify_files
 from edgekit.train import train
 
 
 def test_run_directory_and_manifest(tiny_run):
     manifest = verify_files(tiny_run)
-    assert manifest["kind"] == "run"
-    assert set(manifest["files"]) >= {"model.keras", "labels.txt", "train_config.json", "history.csv"}
-    model = manifest["model"]
-    assert model["input_size"] == [32, 32, 3] and model["pixel_range"] == [0, 255]
-    assert model["labels"] == [str(i) for i in range(10)]
-    assert (tiny_run / "labels.txt").read_text().split() == model["labels"]
-    assert manifest["dataset"]["source"] == "digits" and manifest["dataset"]["n_images"] == 1797
-    assert len(manifest["dataset"]["fingerprint"]) == 64
-    assert manifest["config"]["seed"] == manifest["seed"] == 42
-    assert manifest["versions"]["tensorflow"].startswith("2.21")
-    assert manifest["training"]["epochs_run"] == 4 and manifest["training"]["throughput_images_per_s"] > 0
-    validation = manifest["metrics"]["validation"]
-    assert validation["n"] == 359 and 0.0 <= validation["accuracy"] <= 1.0
+    assert isinstance(manifest, RunManifest) and manifest.schema_version == manifests.SCHEMA_VERSION
+    assert set(manifest.files) >= {"model.keras", "labels.txt", "train_config.json", "history.csv"}
+    model = manifest.model
+    assert model.input_size == (32, 32, 3) and model.pixel_range == (0, 255)
+    assert model.labels == tuple(str(i) for i in range(10))
+    assert tuple((tiny_run / "labels.txt").read_text().split()) == model.labels
+    assert manifest.dataset["source"] == "digits" and manifest.dataset["n_images"] == 1797
+    assert len(manifest.dataset["fingerprint"]) == 64
+    assert manifest.config["seed"] == manifest.seed == 42
+    assert manifest.versions["tensorflow"].startswith("2.21")
+    assert manifest.training.epochs_run == 4 and manifest.training.throughput_images_per_s > 0
+    validation = manifest.metrics.validation
+    assert validation.n == 359 and 0.0 <= validation.accuracy <= 1.0
     assert list((tiny_run / "tensorboard").rglob("events.out.tfevents.*"))
     with open(tiny_run / "history.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4
@@ -61,9 +62,9 @@ def test_folder_training_records_classes_and_fingerprint(digits_folder, tmp_path
     result = train(TrainConfig(data=str(digits_folder), image_size=32, weights="none", epochs=1, batch_size=32,
                                name="folder", runs_dir=str(tmp_path)))
     manifest = result.manifest
-    assert manifest["model"]["labels"] == [str(i) for i in range(10)]
-    assert manifest["dataset"]["source"] == "folder" and manifest["dataset"]["n_files"] == 200
-    assert manifest["config"]["augment"]["flip"] is True  # folders keep flips; only digits turn them off
+    assert manifest.model.labels == tuple(str(i) for i in range(10))
+    assert manifest.dataset["source"] == "folder" and manifest.dataset["n_files"] == 200
+    assert manifest.config["augment"]["flip"] is True  # folders keep flips; only digits turn them off
 
 
 def _cli(*args, env=None, **kwargs):
@@ -80,7 +81,7 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     deadline = time.time() + 240
     for line in proc.stdout:
         seen.append(line)
-        if "Epoch 4/6" in line or time.time() > deadline:
+        if "epoch 3/6" in line or time.time() > deadline:
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -89,10 +90,11 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     out = subprocess.run([sys.executable, "-m", "edgekit.cli", "train", "--resume", str(run)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "Epoch 1/6" not in out.stdout  # it picked up where it was killed
-    manifest = read_manifest(run)
+    assert "epoch 1/6" not in out.stderr and "epoch 6/6" in out.stderr  # it picked up where it was killed
+    manifest = manifests.read(run, RunManifest)
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(run / "history.csv"))]
-    assert epochs[-1] == 5 and manifest["config"]["epochs"] == 6
+    assert epochs[-1] == 5 and manifest.config["epochs"] == 6
+    assert manifest.training.epochs_run == 6  # all epochs of the run's life, not just the resumed process's
 
 
 def test_resume_of_a_finished_run_is_refused(tiny_run):
@@ -122,9 +124,9 @@ def test_two_workers_train_a_step_with_multiworker_mirrored_strategy(tmp_path):
                           env={"TF_CONFIG": tf_config, "CUDA_VISIBLE_DEVICES": ""}))
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n----\n".join(o[-3000:] for o in outputs)
-    manifest = read_manifest(Path(tmp_path) / "mw")
-    assert manifest["hardware"]["strategy"].startswith("multiworker")
-    assert manifest["hardware"]["replicas"] == 2
+    manifest = manifests.read(Path(tmp_path) / "mw", RunManifest)
+    assert manifest.hardware["strategy"].startswith("multiworker")
+    assert manifest.hardware["replicas"] == 2
     assert not list(Path(tmp_path).glob("mw-*"))  # the non-chief wrote nothing beside the chief
 
 
@@ -132,7 +134,7 @@ def test_two_workers_train_a_step_with_multiworker_mirrored_strategy(tmp_path):
 def test_default_training_reaches_95_percent_on_digits(tmp_path):
     """The README's promise: `edgekit train` with defaults, offline, >= 95% in minutes."""
     result = train(TrainConfig(name="default", runs_dir=str(tmp_path)))
-    assert result.manifest["metrics"]["validation"]["accuracy"] >= 0.95
+    assert result.manifest.metrics.validation.accuracy >= 0.95
 
 
 def test_transfer_learning_freezes_the_body_then_fine_tunes_its_top(digits_folder, tmp_path):
@@ -148,7 +150,7 @@ def test_transfer_learning_freezes_the_body_then_fine_tunes_its_top(digits_folde
     result = train(TrainConfig(data=str(digits_folder), image_size=32, weights=str(weights), epochs=1,
                                fine_tune_epochs=1, fine_tune_at=100, batch_size=32, name="tl",
                                runs_dir=str(tmp_path / "runs"), augment=TrainConfig().augment))
-    assert result.manifest["training"]["epochs_run"] == 2
+    assert result.manifest.training.epochs_run == 2
     trained = keras.models.load_model(result.run_dir / "model.keras", compile=False)
     reference = build_classifier(ModelSpec(10, 32), weights=str(weights))
     early, late = "Conv1", "block_16_project"
@@ -165,7 +167,7 @@ def test_mixed_precision_run_exports_a_float32_model(tmp_path):
 
     result = train(TrainConfig(epochs=1, steps_per_epoch=1, mixed_precision="on", name="mp",
                                runs_dir=str(tmp_path)))
-    assert result.manifest["hardware"]["mixed_precision"] is True
+    assert result.manifest.hardware["mixed_precision"] is True
     model = keras.models.load_model(result.run_dir / "model.keras", compile=False)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks into later work

@@ -13,11 +13,13 @@ import platform
 import time
 from pathlib import Path
 
-from edgekit.artifacts import atomic_path, library_versions, write_json_atomic, write_manifest, write_text_atomic
+from edgekit import manifests
+from edgekit.artifacts import atomic_path, library_versions, write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
 from edgekit.report import human_size, markdown_table
 
-CSV_FIELDS = ["variant", "device", "runtime", "runtime_version", "delegate", "threads", "size", "accuracy",
+CSV_FIELDS = ["variant", "device", "runtime", "runtime_version", "delegate", "threads", "threads_requested",
+              "size", "accuracy", "device_accuracy",
               "mean", "p50", "p90", "p99", "min", "max", "n", "throughput_ips", "peak_rss_mb", "load_ms",
               "first_ms", "status", "error"]
 
@@ -32,20 +34,48 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _ms(value) -> str:
+    """Milliseconds with enough digits for a 20 µs model as well as a 200 ms one."""
+    return "-" if value is None else format(value, ".3f" if value < 1 else ".2f")
+
+
+def _threads_cell(row: dict) -> str:
+    effective = row.get("threads") or "default"
+    asked = row.get("threads_requested")
+    return f"{effective} (asked {asked})" if asked and asked != row.get("threads") else str(effective)
+
+
+def _accuracy_cells(row: dict) -> list[str]:
+    host = _fmt(row["accuracy"], ".4f") if row.get("accuracy") is not None else "not measured"
+    device = row.get("device_accuracy")
+    return [host, _fmt(device, ".4f") if device is not None else "-"]
+
+
 def results_markdown(rows: list[dict]) -> str:
     table = []
     for row in rows:
         flat = _flat(row)
         runtime = f"{flat['runtime']} {flat['runtime_version']}" if flat["runtime"] else "-"
         status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error')}"
-        table.append([row["variant"], runtime, row["delegate"], row["threads"] or "default",
-                      human_size(row["size"]), _fmt(row["accuracy"], ".4f"), _fmt(flat["mean"]), _fmt(flat["p50"]),
-                      _fmt(flat["p90"]), _fmt(flat["p99"]), _fmt(flat["min"]), _fmt(flat["max"]),
+        marks = "".join([" ★" if row.get("recommended") else "", " (pareto)" if row.get("pareto") else "",
+                         " (slower than float32)" if row.get("slower_than_float32") else ""])
+        table.append([row["variant"] + marks, runtime, row["delegate"], _threads_cell(row),
+                      human_size(row["size"]), *_accuracy_cells(row), _ms(flat["mean"]), _ms(flat["p50"]),
+                      _ms(flat["p90"]), _ms(flat["p99"]), _ms(flat["min"]), _ms(flat["max"]),
                       flat["n"] or "-", _fmt(row.get("throughput_ips"), ".1f"), _fmt(row.get("peak_rss_mb"), ".0f"),
                       _fmt(row.get("load_ms"), ".1f"), _fmt(row.get("first_ms")), status])
-    return markdown_table(["variant", "runtime", "delegate", "threads", "size", "accuracy", "mean ms", "p50",
-                           "p90", "p99", "min", "max", "n", "img/s", "peak MB", "load ms", "first ms", "status"],
-                          table)
+    return markdown_table(["variant", "runtime", "delegate", "threads", "size", "accuracy (host)",
+                           "accuracy (device)", "mean ms", "p50", "p90", "p99", "min", "max", "n", "img/s",
+                           "peak MB", "load ms", "first ms", "status"], table)
+
+
+def inputs_note(rows: list[dict]) -> str:
+    """What each model was fed, once per variant: generated tensors must not pass for photos."""
+    seen = {}
+    for row in rows:
+        if row.get("inputs"):
+            seen.setdefault(row["variant"], row["inputs"])
+    return "".join(f"- {name}: {text}\n" for name, text in seen.items())
 
 
 def results_csv(rows: list[dict]) -> str:
@@ -57,22 +87,54 @@ def results_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def _plot_points(rows: list[dict]) -> list[tuple]:
+    from edgekit.bench.advice import row_accuracy
+
+    return [(r["latency_ms"]["p90"], row_accuracy(r), r["size"], f"{r['variant']} t{r['threads'] or '-'}")
+            for r in rows if r["status"] != "error" and r.get("latency_ms") and row_accuracy(r) is not None]
+
+
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> list:
+    """Annotate each point where its label overlaps no label placed before it.
+
+    Candidates are tried in a fixed order (eight directions, growing distance), so the layout is the
+    same on every run; the text's drawn extent decides, so long labels and close points both work.
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    placed, annotations = [], []
+    directions = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    for (x, y), label in zip(points, labels):
+        for distance in range(6, 6 + 12 * 40, 12):
+            for dx, dy in directions:
+                note = ax.annotate(label, (x, y), xytext=(dx * distance, dy * distance), textcoords="offset points",
+                                   fontsize=8, ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                                   arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
+                box = note.get_window_extent(renderer)
+                if not any(box.overlaps(other) for other in placed):
+                    break
+                note.remove()
+            else:
+                continue
+            break
+        placed.append(box)
+        annotations.append(note)
+    return annotations
+
+
 def pareto_plot(rows: list[dict], title: str, target: Path) -> bool:
-    """Accuracy against p90 latency, marker area by file size; the frontier drawn as a line."""
+    """Accuracy (the device's where measured) against p90 latency, marker area by file size; frontier line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(r["latency_ms"]["p90"], r["accuracy"], r["size"], f"{r['variant']} t{r['threads'] or '-'}")
-              for r in rows if r["status"] != "error" and r.get("latency_ms") and r.get("accuracy") is not None]
+    points = _plot_points(rows)
     if not points:
         return False
     largest = max(p[2] for p in points)
     fig, ax = plt.subplots(figsize=(7, 5))
-    for latency, accuracy, size, label in points:
+    for latency, accuracy, size, _ in points:
         ax.scatter(latency, accuracy, s=40 + 800 * size / largest, alpha=0.6)
-        ax.annotate(label, (latency, accuracy), fontsize=8, xytext=(4, 4), textcoords="offset points")
     frontier, best = [], -1.0
     for latency, accuracy, _, _ in sorted(points):
         if accuracy > best:
@@ -83,11 +145,12 @@ def pareto_plot(rows: list[dict], title: str, target: Path) -> bool:
     if min(latencies) > 0 and max(latencies) / min(latencies) > 10:
         ax.set_xscale("log")  # one slow outlier must not squash every other variant into a dot
     ax.set_xlabel("p90 latency (ms)")
-    ax.set_ylabel("accuracy (validation, measured on the .tflite)")
+    ax.set_ylabel("accuracy (validation; on the device where measured)")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout()  # before placing labels: it moves the axes, and with them every point
+    place_labels(ax, [(p[0], p[1]) for p in points], [p[3] for p in points])
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
@@ -109,21 +172,27 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_results(out_dir: Path, device_name: str, result, settings: dict, parents: list[dict]) -> Path:
+def write_results(out_dir: Path, device_name: str, result, settings: dict,
+                  parents: list[manifests.ParentRef], advice: dict | None = None) -> Path:
     """Write results.json/.csv/.md and pareto.png into `out_dir`, described by a manifest."""
+    from edgekit.bench.advice import advice_markdown
+
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"device": device_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "partial": result.partial,
-               "settings": settings, "environment": environment(result.device), "rows": result.rows}
+               "settings": settings, "environment": environment(result.device), "advice": advice,
+               "rows": result.rows}
     write_json_atomic(out_dir / "results.json", payload)
     write_text_atomic(out_dir / "results.csv", results_csv(result.rows))
     markdown = results_markdown(result.rows)
     note = "\n\n**partial results**: some variants failed; see the status column.\n" if result.partial else "\n"
-    write_text_atomic(out_dir / "results.md", f"# edgekit bench on {device_name}\n\n{markdown}{note}")
+    extra = (f"\n{advice_markdown(advice)}" if advice else "") + (f"\n## Inputs\n\n{inputs_note(result.rows)}"
+                                                                   if inputs_note(result.rows) else "")
+    write_text_atomic(out_dir / "results.md", f"# edgekit bench on {device_name}\n\n{markdown}{note}{extra}")
     files = ["results.json", "results.csv", "results.md"]
     if pareto_plot(result.rows, f"{device_name}: accuracy vs p90 latency", out_dir / "pareto.png"):
         files.append("pareto.png")
-    write_manifest(out_dir, {"kind": "bench", "device": device_name, "parents": parents,
-                             "partial": result.partial}, files)
+    manifests.write(out_dir, manifests.BenchManifest(device=device_name, parents=tuple(parents),
+                                                     partial=result.partial, settings=settings), files)
     return out_dir
 
 

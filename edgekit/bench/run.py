@@ -17,25 +17,32 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifacts import MANIFEST, read_manifest, sha256_file, verify_files
-from edgekit.bench.targets import Target, make_target
+from edgekit import manifests
+from edgekit.artifacts import sha256_file
+from edgekit.bench import accuracy, inputs
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
+from edgekit.tflite import dequantizer, parse_file
+from edgekit.transport.targets import Target, make_target
 
 log = logging.getLogger(__name__)
 
 BENCH_IMAGES = "bench_inputs.npz"
-OUTPUT_TOLERANCE = 1e-4  # float outputs from another build of the same runtime may differ in the last bits
+HOST_RUNTIME = "litert"  # what the accuracy pass in `edgekit compress` ran on
 
 
 @dataclass
-class Variant:
-    """A .tflite file to benchmark, with its manifest when it has one."""
+class BenchModel:
+    """A .tflite file to benchmark, with its variant manifest when it has one (any .tflite works)."""
 
     name: str
     path: Path
-    manifest: dict | None = None
+    manifest: manifests.VariantManifest | None = None
     problem: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return sha256_file(self.path)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,22 @@ class BenchSettings:
     delegate: str | None = None
     timeout_s: float = 600
     accept_new_host_key: bool = False
+    runtime: str | None = None  # None: the profile's (auto: the first interpreter the device has)
+    images: Path | None = None  # a folder of images for models without an edgekit manifest
+    accuracy_samples: int | None = None  # None: the whole validation split, and only when runtimes differ
+
+    def check(self) -> None:
+        """Impossible settings are one line before anything is copied to a device."""
+        if self.runs < 1:
+            raise EdgekitError(f"--runs {self.runs}: must be at least 1")
+        if self.warmup < 0:
+            raise EdgekitError(f"--warmup {self.warmup}: must be 0 or more")
+        if self.min_seconds < 0:
+            raise EdgekitError(f"--min-seconds {self.min_seconds:g}: must be 0 or more")
+        if any(t is not None and t < 1 for t in self.threads):
+            raise EdgekitError("--threads: thread counts must be at least 1")
+        if self.images is not None and not Path(self.images).is_dir():
+            raise EdgekitError(f"{self.images}: no such image folder (--images)")
 
 
 @dataclass
@@ -57,11 +80,11 @@ class BenchResult:
     partial: bool = False
 
 
-def collect_variants(paths: list[Path]) -> list[Variant]:
+def collect_variants(paths: list[Path]) -> list[BenchModel]:
     """Expand run directories into their compressed variants; keep explicit .tflite files as given."""
-    variants: list[Variant] = []
+    variants: list[BenchModel] = []
     for path in map(Path, paths):
-        if path.is_dir() and (path / MANIFEST).is_file() and read_manifest(path).get("kind") == "run":
+        if path.is_dir() and isinstance(manifests.read_optional(path), manifests.RunManifest):
             found = sorted(path.glob("compressed/*/model.tflite"))
             if not found:
                 raise EdgekitError(f"{path}: no compressed variants; run `edgekit compress {path} --int8` first")
@@ -75,72 +98,86 @@ def collect_variants(paths: list[Path]) -> list[Variant]:
     return variants
 
 
-def _variant(path: Path) -> Variant:
+def _variant(path: Path) -> BenchModel:
     if not path.is_file():
         raise EdgekitError(f"{path}: no such model file")
     directory = path.parent
-    if not (directory / MANIFEST).is_file():
-        return Variant(path.stem, path)
-    manifest = read_manifest(directory)
-    name = manifest.get("name") or path.stem
+    manifest = manifests.read_optional(directory)
+    if not isinstance(manifest, manifests.VariantManifest) or path.name not in manifest.files:
+        return BenchModel(path.stem, path)
+    name = manifest.name or path.stem
     try:
-        verify_files(directory, manifest, [path.name])
+        manifests.verify_files(directory, manifest, [path.name])
     except EdgekitError as exc:
-        return Variant(name, path, manifest, problem=str(exc))
-    return Variant(name, path, manifest)
+        return BenchModel(name, path, manifest, problem=str(exc))
+    return BenchModel(name, path, manifest)
 
 
-def bench_inputs(variant: Variant, out: Path, count: int) -> np.ndarray | None:
+def bench_inputs(variant: BenchModel, out: Path, count: int) -> np.ndarray | None:
     """Validation images at the model's size, saved as .npz for the runner; None without a dataset."""
     from edgekit.data import load_dataset, load_pixels, spec_from_description
 
-    if not variant.manifest or "dataset" not in variant.manifest:
+    if variant.manifest is None or not variant.manifest.dataset:
         return None
-    size = variant.manifest["model"]["input_size"][0]
-    splits = load_dataset(spec_from_description(variant.manifest["dataset"], size))
+    size = variant.manifest.model.image_size
+    splits = load_dataset(spec_from_description(variant.manifest.dataset, size))
     images = splits.validation.subset(np.arange(min(count, len(splits.validation))))
     pixels = load_pixels(images, size)
     np.savez(out, x=pixels)
     return pixels
 
 
-def reference_outputs(path: Path, pixels: np.ndarray, k: int) -> np.ndarray:
-    """What the accuracy pass computes for the first k bench inputs (same file, same code path)."""
-    from edgekit.evaluate import TFLitePredictor
+def make_feed(variant: BenchModel, out: Path, settings: BenchSettings) -> inputs.Feed:
+    """Validation images for edgekit's variants, else `--images DIR`, else generated tensors."""
+    model = parse_file(variant.path)
+    if settings.images:
+        return inputs.folder_images(model, settings.images, out, settings.max_images)
+    pixels = bench_inputs(variant, out, settings.max_images)
+    if pixels is not None:
+        return inputs.Feed("--images", out, f"{len(pixels)} validation images", pixels=pixels)
+    return inputs.generated(model, out, min(settings.max_images, 16))
 
-    predictor = TFLitePredictor(path)
-    return predictor.predict(pixels[:k])
 
-
-def _compare_outputs(report: dict, reference: np.ndarray, dequantize) -> dict:
+def _compare_outputs(report: dict, reference: np.ndarray, output: dict) -> dict:
+    """The outputs the runner recorded while timing against LiteRT on the host, in quantization steps."""
     recorded = report.get("outputs") or []
     if not recorded or reference is None:
         return {"checked": 0}
-    raw = np.asarray([o["output"] for o in recorded], dtype=np.float64).reshape(len(recorded), -1)
-    ours = dequantize(raw)
-    expected = reference[[o["index"] for o in recorded]]
-    diff = float(np.abs(ours - expected).max())
-    argmax_equal = bool(np.all(ours.argmax(axis=1) == expected.argmax(axis=1)))
-    return {"checked": len(recorded), "max_abs_diff": diff, "argmax_equal": argmax_equal,
-            "equal": argmax_equal and diff <= OUTPUT_TOLERANCE}
+    width = min(len(recorded[0]["output"]), reference.shape[1])
+    raw = np.asarray([o["output"][:width] for o in recorded], dtype=np.float64)
+    expected = reference[[o["index"] for o in recorded]][:, :width]
+    return accuracy.compare(dequantizer(output)(raw), expected, output)
 
 
-def _dequantizer(manifest: dict | None):
-    outputs = ((manifest or {}).get("tflite") or {}).get("outputs") or []
-    quant = outputs[0].get("quantization") if outputs else None
-    if outputs and str(outputs[0].get("dtype")) in ("int8", "uint8") and quant:
-        scale, zero_point = quant["scale"], quant["zero_point"]
-        scale = scale[0] if isinstance(scale, list) else scale
-        zero_point = zero_point[0] if isinstance(zero_point, list) else zero_point
-        return lambda raw: (raw - zero_point) * scale
-    return lambda raw: raw
+def runtime_args(profile: DeviceProfile, settings: BenchSettings) -> list:
+    """`--runtime NAME` when the user or the profile names one: the runner then uses exactly that."""
+    runtime = settings.runtime or profile.runtime
+    return [] if runtime in (None, "auto") else ["--runtime", runtime]
 
 
-def _row(variant: Variant, profile: DeviceProfile, threads: int | None, delegate: str | None) -> dict:
-    metrics = ((variant.manifest or {}).get("metrics") or {}).get("validation") or {}
+def _row(variant: BenchModel, profile: DeviceProfile, threads: int | None, delegate: str | None) -> dict:
+    host = variant.manifest.metrics.validation.accuracy if variant.manifest and variant.manifest.metrics else None
     return {"variant": variant.name, "path": str(variant.path), "device": profile.name, "threads": threads,
-            "delegate": delegate or "none", "size": variant.path.stat().st_size,
-            "accuracy": metrics.get("accuracy"), "status": "ok", "error": None}
+            "threads_requested": threads, "delegate": delegate or "none", "size": variant.path.stat().st_size,
+            "mode": convert_mode(variant),
+            "accuracy": host, "accuracy_source": "host LiteRT, validation split" if host is not None
+            else "not measured", "device_accuracy": None, "status": "ok", "error": None}
+
+
+def convert_mode(variant: BenchModel) -> str | None:
+    """float32, float16, dynamic or int8 from the variant's recipe; None for a model edgekit did not make."""
+    stages = (variant.manifest.recipe or {}).get("stages", []) if variant.manifest else []
+    modes = [stage.get("mode") for stage in stages if isinstance(stage, dict) and stage.get("type") == "convert"]
+    return modes[-1] if modes else None
+
+
+def device_environment(report: dict) -> dict:
+    """The device as the runner saw it: what a row's latency was measured with."""
+    device, runtime = report.get("device") or {}, report.get("runtime") or {}
+    keys = ("python", "numpy", "machine", "os", "kernel", "cpu_model", "cpu_count", "usable_cores",
+            "memory_total_mb", "hostname")
+    return {**{k: device.get(k) for k in keys}, "runtime": runtime.get("name"),
+            "runtime_version": runtime.get("version")}
 
 
 def _fill_row(row: dict, report: dict, check: dict, profile: DeviceProfile) -> None:
@@ -148,18 +185,34 @@ def _fill_row(row: dict, report: dict, check: dict, profile: DeviceProfile) -> N
     runtime = report.get("runtime") or {}
     row.update(
         runtime=runtime.get("name"), runtime_version=runtime.get("version"),
-        threads=report.get("threads", row["threads"]), latency_ms=latency, n=latency.get("n"),
+        threads=report.get("threads", row["threads"]), threads_capped=report.get("threads_capped", False),
+        latency_ms=latency, n=latency.get("n"),
         throughput_ips=report.get("throughput_ips"), peak_rss_mb=report.get("peak_rss_mb"),
         load_ms=report.get("load_ms"), first_ms=report.get("first_ms"), model_sha256=report.get("model_sha256"),
-        output_check=check,
+        output_check=check, environment=device_environment(report),
     )
     if report.get("delegate_error"):
         row.update(status="error", error=report["delegate_error"])
-    elif check.get("checked") and not check.get("argmax_equal"):
-        row.update(status="suspect", error="outputs recorded while timing differ from the accuracy pass")
+    elif accuracy.verdict(check):
+        row.update(status="drift", error=accuracy.verdict(check))
     reference = (profile.reference_latency_ms or {}).get(row["variant"])
     if reference and latency.get("p50") and not 0.5 <= latency["p50"] / reference <= 2.0:
         row["warning"] = f"p50 {latency['p50']:.2f} ms is far from the reference {reference} ms for {profile.name}"
+
+
+def _wants_device_accuracy(row: dict, variant: BenchModel, settings: BenchSettings) -> bool:
+    """When the device ran another runtime or a delegate than the host's pass, or the user asked."""
+    if row["status"] == "error" or variant.manifest is None or not variant.manifest.dataset:
+        return False
+    return bool(settings.accuracy_samples) or row.get("runtime") != HOST_RUNTIME or row["delegate"] != "none"
+
+
+def _add_device_accuracy(row: dict, found: dict) -> None:
+    """Put the device's accuracy beside the host's; outputs beyond tolerance make the row `drift`."""
+    row.update(device_accuracy=found["device_accuracy"], accuracy_check=found)
+    problem = accuracy.verdict(found["output_check"])
+    if problem and row["status"] == "ok":
+        row.update(status="drift", error=f"{found['device_runtime']}: {problem}")
 
 
 def _delegate_runs(profile: DeviceProfile, settings: BenchSettings) -> list[str | None]:
@@ -168,7 +221,7 @@ def _delegate_runs(profile: DeviceProfile, settings: BenchSettings) -> list[str 
     return [None] if delegate is None else [None, delegate]
 
 
-def run_bench(variants: list[Variant], profile: DeviceProfile, settings: BenchSettings) -> BenchResult:
+def run_bench(variants: list[BenchModel], profile: DeviceProfile, settings: BenchSettings) -> BenchResult:
     target = make_target(profile, accept_new_host_key=settings.accept_new_host_key)
     result = BenchResult(device={"profile": profile.name, "address": getattr(profile, "address", None)})
     try:
@@ -186,27 +239,29 @@ def run_bench(variants: list[Variant], profile: DeviceProfile, settings: BenchSe
         for variant in variants:
             _bench_variant(target, variant, profile, settings, Path(scratch), result)
     result.partial = any(row["status"] == "error" for row in result.rows)
+    measured = [row["environment"] for row in result.rows if row.get("environment")]
+    if measured:  # the device as its own runner reported it, not the host's versions
+        result.device["environment"] = measured[0]
     return result
 
 
-def _bench_variant(target: Target, variant: Variant, profile: DeviceProfile, settings: BenchSettings,
+def _prepare(target: Target, variant: BenchModel, settings: BenchSettings, scratch: Path):
+    """Inputs made and copied, reference outputs computed: (remote model name, feed, reference, output)."""
+    if variant.problem:
+        raise EdgekitError(variant.problem)
+    feed = make_feed(variant, scratch / f"{variant.name}-{BENCH_IMAGES}", settings)
+    reference = inputs.reference_outputs(variant.path, feed, 16)
+    remote_model = f"models/{sha256_file(variant.path)[:12]}.tflite"
+    target.put(variant.path, remote_model)
+    target.put(feed.path, BENCH_IMAGES)
+    return remote_model, feed, reference, accuracy.output_info(variant.path)
+
+
+def _bench_variant(target: Target, variant: BenchModel, profile: DeviceProfile, settings: BenchSettings,
                    scratch: Path, result: BenchResult) -> None:
     delegates = _delegate_runs(profile, settings)
-    if variant.problem:
-        row = _row(variant, profile, None, None)
-        row.update(status="error", error=variant.problem)
-        result.rows.append(row)
-        return
     try:
-        inputs = scratch / f"{variant.name}-{BENCH_IMAGES}"
-        pixels = bench_inputs(variant, inputs, settings.max_images)
-        if pixels is None:
-            raise EdgekitError(f"{variant.path}: no manifest naming its dataset, so no real inputs to time with; "
-                               "benchmark a variant made by `edgekit compress`")
-        reference = reference_outputs(variant.path, pixels, 16)
-        remote_model = f"models/{sha256_file(variant.path)[:12]}.tflite"
-        target.put(variant.path, remote_model)
-        target.put(inputs, BENCH_IMAGES)
+        remote_model, feed, reference, output = _prepare(target, variant, settings, scratch)
     except EdgekitError as exc:
         for delegate in delegates:
             row = _row(variant, profile, None, delegate)
@@ -214,21 +269,26 @@ def _bench_variant(target: Target, variant: Variant, profile: DeviceProfile, set
             result.rows.append(row)
         return
     for delegate in delegates:
+        found = None  # the device accuracy pass, once per delegate: threads do not change the answers
         for threads in settings.threads:
             row = _row(variant, profile, threads, delegate)
-            args = ["bench", remote_model, "--images", BENCH_IMAGES, "--runs", settings.runs, "--warmup",
+            row["inputs"] = feed.description
+            model_args = runtime_args(profile, settings) + (["--threads", threads] if threads else [])
+            model_args += ["--delegate", delegate, "--require-delegate"] if delegate else []
+            args = ["bench", remote_model, feed.flag, BENCH_IMAGES, "--runs", settings.runs, "--warmup",
                     settings.warmup, "--min-seconds", settings.min_seconds, "--max-images", settings.max_images]
-            if threads:
-                args += ["--threads", threads]
-            if delegate:
-                args += ["--delegate", delegate, "--require-delegate"]
             started = time.time()
             try:
-                report = target.run_runner(args, timeout=settings.timeout_s, check=False)
+                report = target.run_runner(args + model_args, timeout=settings.timeout_s, check=False)
                 if report.get("error") and not report.get("latency_ms"):
                     raise EdgekitError(_delegate_message(delegate, report["error"]))
-                _fill_row(row, report, _compare_outputs(report, reference, _dequantizer(variant.manifest)),
-                          profile)
+                _fill_row(row, report, _compare_outputs(report, reference, output), profile)
+                if found is None and _wants_device_accuracy(row, variant, settings):
+                    found = accuracy.device_accuracy(target, variant, remote_model,
+                                                     [a for a in model_args if a != "--require-delegate"],
+                                                     scratch, settings.accuracy_samples, settings.timeout_s)
+                if found is not None:
+                    _add_device_accuracy(row, found)
             except EdgekitError as exc:
                 row.update(status="error", error=str(exc))
             row["bench_wall_s"] = round(time.time() - started, 2)

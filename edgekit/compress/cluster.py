@@ -6,13 +6,11 @@ depthwise kernels and kernels with no more weights than clusters are left alone,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
 from edgekit.compat import keras
-from edgekit.compress.finetune import check_params, common_problems, kernel_arrays, working_copy
+from edgekit.compress.finetune import check_params, kernel_arrays, working_copy
+from edgekit.compress.params import ClusterParams
 from edgekit.errors import EdgekitError
 
 # isort: split
@@ -24,25 +22,6 @@ CENTROID_INITS = {
     "random": "RANDOM",
     "density-based": "DENSITY_BASED",
 }
-
-
-@dataclass(frozen=True)
-class ClusterParams:
-    """`clusters` unique values per kernel; `preserve_sparsity` keeps the zeros of a pruned model."""
-
-    clusters: int = 16
-    centroid_init: Literal["kmeans++", "linear", "random", "density-based"] = "kmeans++"
-    preserve_sparsity: bool = False
-    epochs: int = 2
-    learning_rate: float = 1e-5
-
-    def problems(self) -> list[tuple[str, str]]:
-        found = []
-        if self.clusters < 2:
-            found.append(("clusters", "must be at least 2"))
-        if self.centroid_init not in CENTROID_INITS:
-            found.append(("centroid_init", f"must be one of {', '.join(CENTROID_INITS)}"))
-        return found + common_problems(self.epochs, self.learning_rate)
 
 
 def apply(model: keras.Model, params: ClusterParams) -> tuple[keras.Model, list[keras.callbacks.Callback]]:

@@ -13,41 +13,16 @@ import os
 import sys
 import tempfile
 import warnings
-from collections import Counter
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from edgekit.compat import keras, tf
 from edgekit.compress.finetune import check_params
+from edgekit.compress.params import ConvertParams
 from edgekit.errors import EdgekitError
 
-MODES = ("float32", "float16", "dynamic", "int8")
-IO_DTYPES = ("float32", "int8", "uint8")
 # Ops that may touch float tensors in an int8 model: the boundary converters for float32 input/output.
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
-
-
-@dataclass(frozen=True)
-class ConvertParams:
-    """`io_dtype` int8/uint8 makes the model take and return integers (uint8 for the Edge TPU)."""
-
-    mode: Literal["float32", "float16", "dynamic", "int8"] = "float32"
-    calibration_samples: int = 100
-    io_dtype: Literal["float32", "int8", "uint8"] = "float32"
-
-    def problems(self) -> list[tuple[str, str]]:
-        found = []
-        if self.mode not in MODES:
-            found.append(("mode", f"must be one of {', '.join(MODES)}"))
-        if self.io_dtype not in IO_DTYPES:
-            found.append(("io_dtype", f"must be one of {', '.join(IO_DTYPES)}"))
-        elif self.io_dtype != "float32" and self.mode != "int8":
-            found.append(("io_dtype", f"integer input/output needs mode int8, not {self.mode}"))
-        if self.calibration_samples < 0:
-            found.append(("calibration_samples", "must be 0 or more"))
-        return found
 
 
 @contextlib.contextmanager
@@ -175,112 +150,11 @@ def convert(
 
 
 def _check_integer_only(content: bytes) -> None:
-    floats = sorted({op["op"] for op in _operators(content) if op["op"] not in BOUNDARY_OPS and op["float"]})
+    from edgekit.tflite import parse
+
+    floats = parse(content, "converted int8 model").float_ops(ignore=BOUNDARY_OPS)
     if floats:
         raise EdgekitError(
             f"convert: the int8 model still computes {', '.join(floats)} in float; those layers cannot be "
             "fully quantized, so remove them or use mode dynamic"
         )
-
-
-# --- reading a .tflite flatbuffer -------------------------------------------------------------------
-
-
-def _schema():
-    from ai_edge_litert import schema_py_generated
-
-    return schema_py_generated
-
-
-def _names(enum_class) -> dict[int, str]:
-    return {value: name for name, value in vars(enum_class).items() if not name.startswith("_")}
-
-
-def _root(content: bytes):
-    if len(content) < 8 or content[4:8] != b"TFL3":
-        raise EdgekitError("not a TFLite model (no 'TFL3' flatbuffer identifier)")
-    return _schema().Model.GetRootAs(content, 0)
-
-
-def _tensor_info(tensor, dtype_names: dict[int, str]) -> dict:
-    quant = tensor.Quantization()
-    scales = quant.ScaleAsNumpy() if quant is not None and quant.ScaleLength() else np.zeros(0)
-    zeros = quant.ZeroPointAsNumpy() if quant is not None and quant.ZeroPointLength() else np.zeros(0)
-    if len(scales) == 1:
-        quantization = {"scale": float(scales[0]), "zero_point": int(zeros[0])}
-    elif len(scales) > 1:
-        quantization = {"scale": [float(s) for s in scales], "zero_point": [int(z) for z in zeros],
-                        "axis": int(quant.QuantizedDimension())}
-    else:
-        quantization = None
-    return {
-        "name": tensor.Name().decode(),
-        "dtype": dtype_names.get(tensor.Type(), str(tensor.Type())).lower(),
-        "shape": [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else [],
-        "quantization": quantization,
-    }
-
-
-def _op_name(model, index: int, op_names: dict[int, str]) -> str:
-    code = model.OperatorCodes(index)
-    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-    if op_names.get(builtin) == "CUSTOM":
-        return code.CustomCode().decode()
-    return op_names.get(builtin, f"BUILTIN_{builtin}")
-
-
-def _operators(content: bytes) -> list[dict]:
-    schema = _schema()
-    model = _root(content)
-    graph = model.Subgraphs(0)
-    op_names = _names(schema.BuiltinOperator)
-    float_type = schema.TensorType.FLOAT32
-    ops = []
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        tensors = [t for t in list(op.InputsAsNumpy()) + list(op.OutputsAsNumpy()) if t >= 0]
-        is_float = any(graph.Tensors(int(t)).Type() == float_type for t in tensors)
-        ops.append({"op": _op_name(model, op.OpcodeIndex(), op_names), "float": is_float})
-    return ops
-
-
-def describe_tflite(content: bytes) -> dict:
-    """Inputs and outputs (dtype, shape, scale/zero point), op counts and tensor count of the main graph."""
-    schema = _schema()
-    model = _root(content)
-    graph = model.Subgraphs(0)
-    dtypes = _names(schema.TensorType)
-    return {
-        "inputs": [_tensor_info(graph.Tensors(int(i)), dtypes) for i in graph.InputsAsNumpy()],
-        "outputs": [_tensor_info(graph.Tensors(int(i)), dtypes) for i in graph.OutputsAsNumpy()],
-        "ops": dict(sorted(Counter(op["op"] for op in _operators(content)).items())),
-        "tensor_count": graph.TensorsLength(),
-        "subgraph_count": model.SubgraphsLength(),
-        "size_bytes": len(content),
-    }
-
-
-def tflite_weights(content: bytes) -> dict[str, np.ndarray]:
-    """Every constant tensor of the main graph, by name, as stored (int8 weights stay int8)."""
-    schema = _schema()
-    model = _root(content)
-    graph = model.Subgraphs(0)
-    numpy_types = {schema.TensorType.FLOAT32: np.float32, schema.TensorType.FLOAT16: np.float16,
-                   schema.TensorType.INT8: np.int8, schema.TensorType.UINT8: np.uint8,
-                   schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64}
-    found = {}
-    for i in range(graph.TensorsLength()):
-        tensor = graph.Tensors(i)
-        dtype = numpy_types.get(tensor.Type())
-        buffer = model.Buffers(tensor.Buffer()) if tensor.Buffer() > 0 else None
-        if dtype is None or buffer is None:
-            continue
-        if buffer.DataLength():
-            raw = buffer.DataAsNumpy().tobytes()
-        elif buffer.Offset() > 1:  # large models keep tensor data after the flatbuffer
-            raw = content[buffer.Offset(): buffer.Offset() + buffer.Size()]
-        else:
-            continue
-        shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
-        found[tensor.Name().decode()] = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    return found

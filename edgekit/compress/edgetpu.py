@@ -16,14 +16,13 @@ import signal
 import subprocess
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.artifacts import write_json_atomic, write_text_atomic
-from edgekit.compat import TFLITE_IDENTIFIER, check_tflite_file
 from edgekit.errors import EdgekitError
+from edgekit.tflite import Op, Tensor, has_identifier, parse, read_tflite
 
 REPORT_JSON = "edgetpu_report.json"
 REPORT_MD = "edgetpu_report.md"
@@ -46,103 +45,15 @@ _MAX_SOFTMAX = 16_000
 _FOUR_D = 4  # the batch dimension is axis 0 of a 4-D (NHWC) tensor
 
 
-@dataclass(frozen=True, eq=False)  # compared by identity: values may be arrays
-class _Tensor:
-    index: int
-    name: str
-    dtype: str
-    shape: tuple[int, ...]  # the shape signature: -1 marks a dynamic dimension
-    const: bool
-    quantized: bool
-    values: np.ndarray | None
+def _parse(content: bytes, label: str) -> tuple[list[Op], dict]:
+    """The main subgraph's ops in execution order, and which tensors are the graph's inputs and outputs."""
+    model = parse(content, label)
+    info = {"n_subgraphs": model.subgraph_count, "inputs": {t.index for t in model.inputs},
+            "outputs": {t.index for t in model.outputs}}
+    return list(model.ops), info
 
 
-@dataclass(frozen=True)
-class _Op:
-    index: int
-    name: str
-    inputs: tuple[_Tensor | None, ...]
-    outputs: tuple[_Tensor, ...]
-    options: object
-
-
-@functools.cache
-def _schema():
-    from edgekit.compat import tf  # noqa: F401, I001  TensorFlow loads through compat, never directly
-    from tensorflow.lite.python import schema_py_generated
-
-    return schema_py_generated
-
-
-def _enum_names(enum_class) -> dict[int, str]:
-    return {v: k for k, v in vars(enum_class).items() if not k.startswith("_") and isinstance(v, int)}
-
-
-def _parse(content: bytes, label: str) -> tuple[list[_Op], dict]:
-    """The main subgraph's ops in execution order, with their tensors; a damaged file is an EdgekitError."""
-    schema = _schema()
-    try:
-        model = schema.ModelT.InitFromPackedBuf(content, 0)
-        if not model.subgraphs:
-            raise EdgekitError(f"{label}: the TFLite model has no subgraph; re-export it")
-        ops = _build_ops(model, content, schema)
-        graph = model.subgraphs[0]
-        info = {
-            "n_subgraphs": len(model.subgraphs),
-            "inputs": {int(i) for i in _ints(graph.inputs)},
-            "outputs": {int(i) for i in _ints(graph.outputs)},
-        }
-    except EdgekitError:
-        raise
-    except Exception as exc:  # a damaged flatbuffer fails as IndexError, struct.error, ValueError, ...
-        raise EdgekitError(
-            f"{label}: malformed TFLite flatbuffer ({type(exc).__name__}: {str(exc)[:80]}); the file is "
-            "damaged or truncated, re-export it with `edgekit compress`"
-        ) from None
-    return ops, info
-
-
-def _ints(values) -> list[int]:
-    return [] if values is None else [int(v) for v in values]
-
-
-def _build_ops(model, content: bytes, schema) -> list[_Op]:
-    builtin = _enum_names(schema.BuiltinOperator)
-    dtypes = {k: v.lower() for k, v in _enum_names(schema.TensorType).items()}
-    graph = model.subgraphs[0]
-    tensors = [_tensor(i, t, model.buffers, content, dtypes) for i, t in enumerate(graph.tensors or [])]
-    ops = []
-    for index, op in enumerate(graph.operators or []):
-        code = model.operatorCodes[op.opcodeIndex]
-        name = builtin.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
-        if name == "CUSTOM":
-            custom = code.customCode or b""
-            name = custom.decode("utf-8", "replace") if isinstance(custom, bytes) else str(custom)
-        inputs = tuple(tensors[i] if i >= 0 else None for i in _ints(op.inputs))
-        ops.append(_Op(index, name, inputs, tuple(tensors[i] for i in _ints(op.outputs)), op.builtinOptions))
-    return ops
-
-
-def _tensor(index: int, t, buffers, content: bytes, dtypes: dict[int, str]) -> _Tensor:
-    raw = b""
-    if t.buffer and t.buffer < len(buffers):
-        buffer = buffers[t.buffer]
-        if buffer.offset > 1:  # large models keep constant data after the flatbuffer
-            raw = content[buffer.offset : buffer.offset + buffer.size]
-        elif buffer.data is not None:
-            raw = np.asarray(buffer.data, dtype=np.uint8).tobytes()
-    dtype = dtypes.get(t.type, f"type{t.type}")
-    shape = tuple(_ints(t.shapeSignature) or _ints(t.shape))
-    values = None
-    if raw and dtype in ("int8", "uint8", "int32", "int64", "float16", "float32"):
-        flat = np.frombuffer(raw[: len(raw) - len(raw) % np.dtype(dtype).itemsize], dtype=dtype)
-        values = flat.reshape(_ints(t.shape)) if flat.size == int(np.prod(_ints(t.shape))) else flat
-    quantized = t.quantization is not None and t.quantization.scale is not None and len(t.quantization.scale) > 0
-    name = t.name.decode("utf-8", "replace") if isinstance(t.name, bytes) else str(t.name or "")
-    return _Tensor(index, name, dtype, shape, bool(raw), quantized, values)
-
-
-def _fmt(t: _Tensor) -> str:
+def _fmt(t: Tensor) -> str:
     return f"{'const ' if t.const else ''}{t.dtype}[{','.join(str(d) for d in t.shape)}]"
 
 
@@ -150,7 +61,7 @@ def _big_dims(shape: tuple[int, ...]) -> int:
     return sum(1 for d in shape if d > 1 or d < 0)
 
 
-def _tensor_problems(op: _Op) -> list[str]:
+def _tensor_problems(op: Op) -> list[str]:
     """Coral's model requirements: 8-bit quantized tensors, static shapes, at most 3 non-trivial dims."""
     tensors = [t for t in op.inputs if t is not None] + list(op.outputs)
     live = [t for t in tensors if not t.const]
@@ -171,18 +82,18 @@ def _tensor_problems(op: _Op) -> list[str]:
     return [text.format(", ".join(_fmt(t) for t in bad[:3])) for bad, text in checks if bad]
 
 
-def _act(op: _Op) -> list[str]:
+def _act(op: Op) -> list[str]:
     if getattr(op.options, "fusedActivationFunction", 0):
         return ["fused activation function is not supported on this op"]
     return []
 
 
-def _dilation(op: _Op) -> list[str]:
+def _dilation(op: Op) -> list[str]:
     w, h = getattr(op.options, "dilationWFactor", 1), getattr(op.options, "dilationHFactor", 1)
     return [f"dilation differs in x and y ({w} vs {h})"] if w != h else []
 
 
-def _concat(op: _Op) -> list[str]:
+def _concat(op: Op) -> list[str]:
     consts = [t for t in op.inputs if t is not None and t.const]
     zeros = all(t.values is not None and not np.any(t.values) for t in consts)
     if consts and (len(op.inputs) != 2 or not zeros):
@@ -190,14 +101,14 @@ def _concat(op: _Op) -> list[str]:
     return _act(op)
 
 
-def _fully_connected(op: _Op) -> list[str]:
+def _fully_connected(op: Op) -> list[str]:
     problems = ["only the default weights format is supported"] if getattr(op.options, "weightsFormat", 0) else []
     if _big_dims(op.outputs[0].shape) > 1:
         problems.append(f"output {_fmt(op.outputs[0])} is not one-dimensional")
     return problems
 
 
-def _axes(op: _Op, data: int, axes: int) -> tuple[int, list[int] | None]:
+def _axes(op: Op, data: int, axes: int) -> tuple[int, list[int] | None]:
     rank = len(op.inputs[data].shape)
     tensor = op.inputs[axes] if axes < len(op.inputs) else None
     if tensor is None or tensor.values is None:
@@ -205,14 +116,14 @@ def _axes(op: _Op, data: int, axes: int) -> tuple[int, list[int] | None]:
     return rank, [int(a) % max(rank, 1) for a in np.ravel(tensor.values)]
 
 
-def _reduce(op: _Op, *, data: int = 0, axes: int = 1) -> list[str]:
+def _reduce(op: Op, *, data: int = 0, axes: int = 1) -> list[str]:
     rank, found = _axes(op, data, axes)
     if found is None:
         return ["axes are not a compile-time constant"]
     return ["operates on the batch dimension"] if rank == _FOUR_D and 0 in found else []
 
 
-def _mean(op: _Op) -> list[str]:
+def _mean(op: Op) -> list[str]:
     problems = _reduce(op)
     rank, found = _axes(op, 0, 1)
     depth = op.inputs[0].shape[-1] if rank else 0
@@ -221,7 +132,7 @@ def _mean(op: _Op) -> list[str]:
     return problems
 
 
-def _pad(op: _Op) -> list[str]:
+def _pad(op: Op) -> list[str]:
     paddings = op.inputs[1].values if len(op.inputs) > 1 and op.inputs[1] is not None else None
     if paddings is None:
         return ["paddings are not a compile-time constant"]
@@ -230,12 +141,12 @@ def _pad(op: _Op) -> list[str]:
     return []
 
 
-def _pack(op: _Op) -> list[str]:
+def _pack(op: Op) -> list[str]:
     axis = getattr(op.options, "axis", 0)
     return ["packs along the batch dimension"] if len(op.outputs[0].shape) == _FOUR_D and axis % 4 == 0 else []
 
 
-def _softmax(op: _Op) -> list[str]:
+def _softmax(op: Op) -> list[str]:
     shape = op.inputs[0].shape
     problems = [f"input {_fmt(op.inputs[0])} is not 1-D"] if _big_dims(shape) > 1 else []
     if int(np.prod([max(d, 1) for d in shape])) > _MAX_SOFTMAX:
@@ -243,7 +154,7 @@ def _softmax(op: _Op) -> list[str]:
     return problems
 
 
-def _strided_slice(op: _Op) -> list[str]:
+def _strided_slice(op: Op) -> list[str]:
     strides = op.inputs[3].values if len(op.inputs) > 3 and op.inputs[3] is not None else None
     problems = [] if strides is not None and np.all(strides == 1) else ["strides other than 1"]
     if getattr(op.options, "ellipsisMask", 0) or getattr(op.options, "newAxisMask", 0):
@@ -251,7 +162,7 @@ def _strided_slice(op: _Op) -> list[str]:
     return problems
 
 
-def _prelu(op: _Op) -> list[str]:
+def _prelu(op: Op) -> list[str]:
     alpha = op.inputs[1] if len(op.inputs) > 1 else None
     if alpha is not None and any(d > 1 for d in alpha.shape[:-1]):
         return ["alpha must be 1-dimensional (only its innermost dimension > 1)"]
@@ -280,7 +191,7 @@ _CAVEATS = {
 }
 
 
-def _op_problems(op: _Op) -> list[str]:
+def _op_problems(op: Op) -> list[str]:
     if op.name == "edgetpu-custom-op":
         return []
     if op.name not in _SUPPORTED:
@@ -290,7 +201,7 @@ def _op_problems(op: _Op) -> list[str]:
     return _tensor_problems(op) + (check(op) if check else [])
 
 
-def _boundary(op: _Op, info: dict) -> str | None:
+def _boundary(op: Op, info: dict) -> str | None:
     """Float input/output conversions at the graph edge run on the CPU without splitting the TPU segment."""
     first_in = op.inputs[0] if op.inputs else None
     if op.name == "QUANTIZE" and first_in is not None and first_in.index in info["inputs"] \
@@ -342,7 +253,7 @@ def analyze_model(model: Path | str | bytes, name: str | None = None) -> dict:
     return report
 
 
-def _tensor_json(t: _Tensor) -> dict:
+def _tensor_json(t: Tensor) -> dict:
     return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "const": t.const}
 
 
@@ -362,11 +273,11 @@ def _summary(report: dict) -> str:
 def _load(model: Path | str | bytes, name: str | None) -> tuple[bytes, str, Path | None]:
     if isinstance(model, (bytes, bytearray, memoryview)):
         content, label = bytes(model), name or "<tflite bytes>"
-        if len(content) < 8 or content[4:8] != TFLITE_IDENTIFIER:
+        if not has_identifier(content):
             raise EdgekitError(f"{label}: not a TFLite model (no 'TFL3' flatbuffer identifier); pass a .tflite file")
         return content, label, None
     path = Path(model)
-    return check_tflite_file(path), name or str(path), path
+    return read_tflite(path), name or str(path), path
 
 
 _ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\S.*?)\s*$")

@@ -6,6 +6,7 @@ deletes the original kernels and pruning masks them in place. Each stage works o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,14 +49,16 @@ def working_copy(model: keras.Model, stage: str) -> keras.Model:
     return clone
 
 
-def common_problems(epochs: int, learning_rate: float) -> list[tuple[str, str]]:
-    """A stage's wrappers only do their work while training, so every stage needs at least one epoch."""
-    found = []
-    if epochs < 1:
-        found.append(("epochs", "must be at least 1"))
-    if not learning_rate > 0:
-        found.append(("learning_rate", "must be greater than 0"))
-    return found
+class EpochProgress(keras.callbacks.Callback):
+    """One line per epoch on stderr (through logging): fine-tuning can take minutes per stage."""
+
+    def __init__(self, what: str, epochs: int):
+        super().__init__()
+        self.what, self.epochs = what, epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        figures = "  ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if "acc" in k or k == "loss")
+        logging.getLogger("edgekit").info("%s epoch %d/%d  %s", self.what, epoch + 1, self.epochs, figures)
 
 
 def check_params(stage: str, params) -> None:

@@ -7,8 +7,10 @@ nothing half-written. Accuracy is measured by running the exact .tflite file tha
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifacts import parent_record, verify_files, write_bytes_atomic, write_manifest, write_text_atomic
+from edgekit import manifests
+from edgekit.artifacts import check_writable, write_bytes_atomic, write_text_atomic
 from edgekit.data import calibration_images, load_dataset, load_pixels, make_pipeline, spec_from_description
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
@@ -34,7 +37,36 @@ COMPRESSED_DIR = "compressed"
 @dataclass
 class Variant:
     directory: Path
-    manifest: dict
+    manifest: manifests.VariantManifest
+    status: str = "written"  # "written", "replaced", or "unchanged" (an identical recipe had already run)
+
+
+@dataclass
+class CompressContext:
+    """What every recipe applied to one run shares, loaded once per invocation (not once per recipe)."""
+
+    run_dir: Path
+    run: manifests.RunManifest
+    model: object
+    splits: object
+    val_pixels: np.ndarray
+    float_probs: np.ndarray
+
+    @property
+    def image_size(self) -> int:
+        return self.run.model.image_size
+
+
+def load_context(run_dir: Path) -> CompressContext:
+    """Verify the run, then load its model, dataset, validation pixels and the float model's outputs."""
+    run_dir = Path(run_dir)
+    run = manifests.read(run_dir, manifests.RunManifest)
+    manifests.verify_files(run_dir, run, names=[run.MAIN_FILE])
+    model = load_keras_model(run_dir / run.MAIN_FILE)
+    splits = load_dataset(spec_from_description(run.dataset, run.model.image_size))
+    val_pixels = load_pixels(splits.validation, run.model.image_size)
+    float_probs = KerasPredictor(model).predict(val_pixels)
+    return CompressContext(run_dir, run, model, splits, val_pixels, float_probs)
 
 
 def variant_dir(run_dir: Path, recipe: Recipe) -> Path:
@@ -46,10 +78,31 @@ def gzip_size(content: bytes) -> int:
     return len(gzip.compress(content, compresslevel=9, mtime=0))
 
 
+def existing_variant(run_dir: Path, recipe: Recipe, force: bool) -> Variant | None:
+    """The finished variant this recipe would produce, if it is already there; refuses silent replacement.
+
+    A variant is its name plus the hash of its recipe's stages: the same recipe again is a no-op, a
+    different recipe under an existing name needs `--force`.
+    """
+    directory = variant_dir(run_dir, recipe)
+    found = manifests.read_optional(directory, manifests.VariantManifest)
+    if found is None:
+        return None
+    wanted = manifests.recipe_hash(recipe.as_dict())
+    if found.recipe_hash == wanted and not force:
+        return Variant(directory, found, status="unchanged")
+    if found.recipe_hash != wanted and not force:
+        raise EdgekitError(
+            f"{directory}: a variant named {recipe.name!r} exists from a different recipe (hash "
+            f"{found.recipe_hash} vs {wanted}); rename the recipe or pass --force to replace it"
+        )
+    return None
+
+
 def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, dict, list[dict]]:
     """Run prune / cluster / qat in order; returns the model to convert, sparsity, and stage timings."""
     from edgekit.compress import cluster, prune, qat
-    from edgekit.compress.finetune import fine_tune
+    from edgekit.compress.finetune import EpochProgress, fine_tune
 
     modules = {"prune": prune, "cluster": cluster, "qat": qat}
     timings, sparsity, previous = [], {}, []
@@ -57,6 +110,7 @@ def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, d
         if stage.type not in modules:
             continue
         started = time.time()
+        log.info("%s: %s stage, %d epoch(s)", recipe.name, stage.type, stage.params.epochs)
         module = modules[stage.type]
         if stage.type == "qat":
             wrapped, callbacks = module.apply(model, stage.params, previous=previous)
@@ -65,7 +119,7 @@ def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, d
         else:
             wrapped, callbacks = module.apply(model, stage.params)
         fine_tune(wrapped, train_ds, val_ds, epochs=stage.params.epochs, learning_rate=stage.params.learning_rate,
-                  callbacks=callbacks)
+                  callbacks=[*callbacks, EpochProgress(f"{recipe.name}: {stage.type}", stage.params.epochs)])
         model = module.finalize(wrapped)
         if stage.type == "prune":
             sparsity = prune.measure_sparsity(model)
@@ -74,82 +128,149 @@ def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, d
     return model, sparsity, timings
 
 
-def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force: bool = True) -> Variant:
-    """Apply `recipe` to the run in `run_dir`; returns the written variant."""
-    from edgekit.compress.convert import convert, describe_tflite
+def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force: bool = False,
+             context: CompressContext | None = None, lineage: dict | None = None) -> Variant:
+    """Apply `recipe` to the run in `run_dir`; returns the variant (an identical one is not made again).
 
-    run_dir = Path(run_dir)
+    Pass a `context` from `load_context` to share the loaded run between several recipes.
+    """
     started = time.time()
-    manifest = verify_files(run_dir, names=["model.keras"])
-    if manifest.get("kind") != "run":
-        raise EdgekitError(f"{run_dir}: is a {manifest.get('kind')} artifact, not a training run")
-    model = load_keras_model(run_dir / "model.keras")
-    image_size = manifest["model"]["input_size"][0]
-    config = manifest.get("config", {})
-    splits = load_dataset(spec_from_description(manifest["dataset"], image_size))
-    val_pixels = load_pixels(splits.validation, image_size)
-    float_probs = KerasPredictor(model).predict(val_pixels)
-
-    batch = int(config.get("batch_size", 64))
-    train_ds = make_pipeline(splits.train, image_size, batch, training=True, seed=int(config.get("seed", 42)))
-    val_ds = make_pipeline(splits.validation, image_size, batch)
-    model, sparsity, timings = _training_stages(model, recipe, train_ds, val_ds)
-
-    convert_params = recipe.convert.params
-    calibration = None
-    if convert_params.mode == "int8" and convert_params.calibration_samples > 0:
-        calibration = calibration_images(splits.train, image_size, convert_params.calibration_samples,
-                                         seed=int(config.get("seed", 42)))
-    convert_started = time.time()
-    content = convert(model, convert_params, calibration)
-    timings.append({"stage": "convert", "seconds": round(time.time() - convert_started, 2)})
-
-    final_dir = variant_dir(run_dir, recipe)
-    if final_dir.exists() and not force:
-        raise EdgekitError(f"{final_dir}: exists; pass --force to replace it")
+    if threads is not None and threads < 1:
+        raise EdgekitError(f"--threads {threads}: must be at least 1")
+    context = context or load_context(run_dir)
+    existing = existing_variant(context.run_dir, recipe, force)
+    if existing is not None:
+        return existing
+    replacing = variant_dir(context.run_dir, recipe).exists()
+    content, sparsity, timings = _build_tflite(context, recipe)
+    final_dir = variant_dir(context.run_dir, recipe)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-", dir=final_dir.parent))
+    remove_stale_scratch(final_dir.parent)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-{os.getpid()}-", dir=final_dir.parent))
     try:
-        write_bytes_atomic(scratch / TFLITE_FILE, content)
-        write_text_atomic(scratch / RECIPE_FILE, recipe.to_yaml())
-        write_text_atomic(scratch / "labels.txt", "\n".join(manifest["model"]["labels"]) + "\n")
-        predictor = TFLitePredictor(scratch / TFLITE_FILE, num_threads=threads)
-        metrics = evaluate_predictor(predictor, val_pixels, splits.validation.targets, splits.labels)
-        probs_diff = np.abs(predictor.predict(val_pixels[:256]) - float_probs[:256])
-        metrics.pop("predictions")
-        float_accuracy = manifest["metrics"]["validation"]["accuracy"]
-        files = [TFLITE_FILE, RECIPE_FILE, "labels.txt"]
-        extra = {}
-        if any(stage.type == "edgetpu" for stage in recipe.stages):
-            extra["edgetpu"] = _edgetpu(recipe, scratch)
-            files += [name for name in ("edgetpu_report.json", "edgetpu_report.md") if (scratch / name).exists()]
-        variant_manifest = {
-            "kind": "variant",
-            "name": recipe.name,
-            "parent": parent_record(run_dir, manifest, "model.keras"),
-            "run": manifest.get("name"),
-            "model": {**manifest["model"], "file": TFLITE_FILE},
-            "dataset": manifest["dataset"],
-            "recipe": recipe.as_dict(),
-            "tflite": {**describe_tflite(content), "size": len(content), "gzip_size": gzip_size(content)},
-            "sparsity": sparsity,
-            "runtime": predictor.runtime,
-            "metrics": {
-                "validation": metrics,
-                "float_keras_accuracy": float_accuracy,
-                "accuracy_delta_vs_float": metrics["accuracy"] - float_accuracy,
-                "output_abs_diff_vs_float": {"max": float(probs_diff.max()), "mean": float(probs_diff.mean()),
-                                             "n": int(len(probs_diff))},
-            },
-            "timings": timings,
-            "wall_time_s": round(time.time() - started, 2),
-            **extra,
-        }
-        variant_manifest = write_manifest(scratch, variant_manifest, files)
+        manifest = _write_variant(scratch, context, recipe, content, threads, sparsity, timings, lineage or {},
+                                  started)
         _replace_dir(scratch, final_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return Variant(final_dir, variant_manifest)
+    return Variant(final_dir, manifest, status="replaced" if replacing else "written")
+
+
+def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = None,
+                 force: bool = False) -> list[Variant]:
+    """Apply several recipes to one run, loading the run, its data and the float reference only once.
+
+    Recipes whose identical variant already exists are reported unchanged without loading anything.
+    """
+    from edgekit.recipes import check_unique_names
+
+    check_unique_names(recipes)
+    if threads is not None and threads < 1:
+        raise EdgekitError(f"--threads {threads}: must be at least 1")
+    run_dir = Path(run_dir)
+    manifests.read(run_dir, manifests.RunManifest)
+    done = {recipe.name: existing_variant(run_dir, recipe, force) for recipe in recipes}
+    check_writable(run_dir / COMPRESSED_DIR)
+    context = None
+    variants = []
+    for recipe in recipes:
+        if done[recipe.name] is not None:
+            log.info("%s: an identical variant exists (recipe hash %s); nothing to do", recipe.name,
+                     done[recipe.name].manifest.recipe_hash)
+            variants.append(done[recipe.name])
+            continue
+        context = context or load_context(run_dir)
+        log.info("compressing %s with recipe %s", run_dir.name, recipe.name)
+        variants.append(compress(run_dir, recipe, threads=threads, force=force, context=context))
+    return variants
+
+
+def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict, list[dict]]:
+    """Training stages (if any), then conversion: the bytes that will ship."""
+    from edgekit.compress.convert import convert
+
+    config, size = context.run.config, context.image_size
+    batch, seed = int(config.get("batch_size", 64)), int(config.get("seed", 42))
+    train_ds = make_pipeline(context.splits.train, size, batch, training=True, seed=seed)
+    val_ds = make_pipeline(context.splits.validation, size, batch)
+    model, sparsity, timings = _training_stages(context.model, recipe, train_ds, val_ds)
+    params = recipe.convert.params
+    calibration = None
+    if params.mode == "int8" and params.calibration_samples > 0:
+        calibration = calibration_images(context.splits.train, size, params.calibration_samples, seed=seed)
+    log.info("%s: converting (%s)", recipe.name, params.mode)
+    convert_started = time.time()
+    content = convert(model, params, calibration)
+    timings.append({"stage": "convert", "seconds": round(time.time() - convert_started, 2)})
+    return content, sparsity, timings
+
+
+def _measure(path: Path, context: CompressContext, threads: int | None) -> tuple[dict, dict, dict]:
+    """(metrics, output difference against the float Keras model, runtime) of the exact file on disk."""
+    predictor = TFLitePredictor(path, num_threads=threads)
+    metrics = evaluate_predictor(predictor, context.val_pixels, context.splits.validation.targets,
+                                 context.splits.labels)
+    metrics.pop("predictions")
+    diff = np.abs(predictor.predict(context.val_pixels[:256]) - context.float_probs[:256])
+    return metrics, {"max": float(diff.max()), "mean": float(diff.mean()), "n": int(len(diff))}, predictor.runtime
+
+
+def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, content: bytes, threads: int | None,
+                   sparsity: dict, timings: list[dict], lineage: dict, started: float) -> manifests.VariantManifest:
+    from edgekit.tflite import parse as parse_tflite
+    from edgekit.tflite_metadata import add_classifier_metadata, lineage_record
+
+    run = context.run
+    parent, recipe_hash = manifests.parent_ref(context.run_dir, run), manifests.recipe_hash(recipe.as_dict())
+    # Standard metadata goes in before the accuracy pass, so the file measured is the file shipped.
+    content = add_classifier_metadata(content, name=recipe.name, labels=run.model.labels, version=recipe_hash,
+                                      lineage=lineage_record(parent, run.name, recipe.name, recipe_hash, lineage))
+    write_bytes_atomic(scratch / TFLITE_FILE, content)
+    write_text_atomic(scratch / RECIPE_FILE, recipe.to_yaml())
+    write_text_atomic(scratch / "labels.txt", "\n".join(run.model.labels) + "\n")
+    log.info("%s: measuring accuracy of the .tflite on %d validation images", recipe.name, len(context.val_pixels))
+    metrics, diff, runtime = _measure(scratch / TFLITE_FILE, context, threads)
+    files = [TFLITE_FILE, RECIPE_FILE, "labels.txt"]
+    edgetpu = None
+    if any(stage.type == "edgetpu" for stage in recipe.stages):
+        edgetpu = _edgetpu(recipe, scratch)
+        files += [name for name in ("edgetpu_report.json", "edgetpu_report.md") if (scratch / name).exists()]
+    float_accuracy = run.metrics.validation.accuracy
+    manifest = manifests.VariantManifest(
+        name=recipe.name, recipe_hash=recipe_hash, parent=parent, run=run.name,
+        model=dataclasses.replace(run.model, file=TFLITE_FILE), dataset=run.dataset, recipe=recipe.as_dict(),
+        tflite={**parse_tflite(content).describe(), "size": len(content), "gzip_size": gzip_size(content)},
+        sparsity=sparsity, runtime=runtime,
+        metrics=manifests.VariantMetrics(
+            validation=manifests.to_metrics(metrics), float_keras_accuracy=float_accuracy,
+            accuracy_delta_vs_float=metrics["accuracy"] - float_accuracy,
+            output_abs_diff_vs_float=manifests.OutputDiff(**diff)),
+        timings=tuple(timings), wall_time_s=round(time.time() - started, 2), edgetpu=edgetpu, lineage=lineage)
+    return manifests.write(scratch, manifest, files)
+
+
+def remove_stale_scratch(compressed: Path) -> list[Path]:
+    """Delete scratch folders left by a compress that was killed (its process no longer exists)."""
+    removed = []
+    for scratch in compressed.glob(".*.tmp-*"):
+        pid = scratch.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(scratch, ignore_errors=True)
+        removed.append(scratch)
+    if removed:
+        log.info("removed %d scratch folder(s) left by an interrupted compress", len(removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _edgetpu(recipe: Recipe, directory: Path) -> dict:

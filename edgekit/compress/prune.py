@@ -7,63 +7,21 @@ whole-model call rejects the classifier's Rescaling layer (its registry entry is
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from edgekit.compat import keras
-from edgekit.compress.finetune import check_params, common_problems, kernel_arrays, working_copy
+from edgekit.compress.finetune import check_params, kernel_arrays, working_copy
+from edgekit.compress.params import PruneParams
 from edgekit.errors import EdgekitError
 
 # isort: split
 import tensorflow_model_optimization as tfmot  # after edgekit.compat has set TF_USE_LEGACY_KERAS
 
-SCHEDULES = ("polynomial", "constant")
 DEFAULT_FREQUENCY = 100
 # A short fine-tune still gets about this many mask updates when `frequency` is left unset.
 MIN_UPDATES = 10
 PRUNABLE_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Dense)
-
-
-@dataclass(frozen=True)
-class PruneParams:
-    """How far and how fast to prune; `end_step=None` means the last step of fine-tuning.
-
-    `frequency=None` means every 100 steps, or more often when the run is too short for 10 updates.
-    `structured_2x4` zeroes 2 of every 4 consecutive input-channel weights (always 50%).
-    `latency_policy` prunes only the 1x1 convolutions XNNPACK's sparse kernels can accelerate.
-    """
-
-    target_sparsity: float = 0.5
-    schedule: Literal["polynomial", "constant"] = "polynomial"
-    begin_step: int = 0
-    end_step: int | None = None
-    frequency: int | None = None
-    initial_sparsity: float = 0.0
-    structured_2x4: bool = False
-    latency_policy: bool = False
-    epochs: int = 2
-    learning_rate: float = 1e-4
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, why) for values of the right type that cannot work; empty when all is well."""
-        found = []
-        if not 0.0 <= self.target_sparsity < 1.0:
-            found.append(("target_sparsity", "must be in [0, 1); 1 would remove every weight"))
-        if not 0.0 <= self.initial_sparsity <= self.target_sparsity:
-            found.append(("initial_sparsity", f"must be in [0, target_sparsity={self.target_sparsity}]"))
-        if self.schedule not in SCHEDULES:
-            found.append(("schedule", f"must be one of {', '.join(SCHEDULES)}"))
-        if self.begin_step < 0:
-            found.append(("begin_step", "must be 0 or more"))
-        if self.end_step is not None and self.end_step <= self.begin_step:
-            found.append(("end_step", f"must be after begin_step ({self.begin_step}), or unset"))
-        if self.frequency is not None and self.frequency < 1:
-            found.append(("frequency", "must be 1 or more, or unset"))
-        if self.structured_2x4 and self.target_sparsity != 0.5:
-            found.append(("target_sparsity", "structured_2x4 is always 50% sparse; use 0.5 or drop 2x4"))
-        return found + common_problems(self.epochs, self.learning_rate)
 
 
 def _schedule(params: PruneParams, steps_per_epoch: int | None):

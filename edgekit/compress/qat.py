@@ -11,34 +11,19 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 from edgekit.compat import keras
-from edgekit.compress.finetune import check_flat, check_params, common_problems, working_copy
+from edgekit.compress.finetune import check_flat, check_params, working_copy
+from edgekit.compress.params import QATParams
 from edgekit.errors import EdgekitError
 
 # isort: split
 import tensorflow_model_optimization as tfmot  # after edgekit.compat has set TF_USE_LEGACY_KERAS
 
-PRESERVE = ("auto", "none", "sparsity", "clusters", "sparsity+clusters")
 PIXEL_RANGE = (0.0, 255.0)  # the classifier's input contract (see edgekit.model)
 NO_QAT_HINT = "or use post-training int8 (--int8 without --qat)"
 OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")  # tf ops called on Keras tensors
 _UNSUPPORTED = re.compile(r"Layer (\S+?):<class '([\w.]+)'> is not supported")
-
-
-@dataclass(frozen=True)
-class QATParams:
-    """`preserve='auto'` keeps what the previous stage made: sparsity after prune, clusters after cluster."""
-
-    epochs: int = 2
-    learning_rate: float = 1e-5
-    preserve: Literal["auto", "none", "sparsity", "clusters", "sparsity+clusters"] = "auto"
-
-    def problems(self) -> list[tuple[str, str]]:
-        found = [] if self.preserve in PRESERVE else [("preserve", f"must be one of {', '.join(PRESERVE)}")]
-        return found + common_problems(self.epochs, self.learning_rate)
 
 
 class RescaleQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifacts import edgekit_home, write_json_atomic, write_manifest, write_text_atomic
+from edgekit import manifests
+from edgekit.artifacts import edgekit_home, write_json_atomic, write_text_atomic
 from edgekit.data import SPLIT_NAMES, DataSpec, ImageSet, scan_class_folders
 from edgekit.datacheck import hashing
 from edgekit.errors import EdgekitError
@@ -200,7 +201,7 @@ def default_out_dir(root: Path) -> Path:
 
 def write_check(report: dict, out_dir: Path) -> list[str]:
     """report.json, report.md, the contact sheets and a manifest; returns the files written."""
-    from edgekit.datacheck.report import contact_sheets, markdown
+    from edgekit.datacheck.report import contact_sheets, markdown, summary_lines
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -210,6 +211,9 @@ def write_check(report: dict, out_dir: Path) -> list[str]:
     write_json_atomic(out_dir / "report.json", report)
     write_text_atomic(out_dir / "report.md", markdown(report))
     files = ["report.json", "report.md", *sheets]
-    write_manifest(out_dir, {"kind": "datacheck", "data": report["data"],
-                             "run": report["label_errors"].get("method", {}).get("run")}, files)
+    method = report["label_errors"].get("method")
+    run = manifests.ParentRef(path=method["run"], sha256=method["model_sha256"], kind="run", file="model.keras") \
+        if method else None
+    manifests.write(out_dir, manifests.DataCheckManifest(data=report["data"], summary=tuple(summary_lines(report)),
+                                                         run=run), files)
     return files

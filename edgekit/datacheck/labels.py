@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifacts import read_manifest
+from edgekit import manifests
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -31,22 +31,19 @@ def run_features(run_dir: Path, images) -> tuple[np.ndarray, dict]:
     from edgekit.model import load_keras_model
 
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    if manifest.get("kind") != "run":
-        raise EdgekitError(f"{run_dir}: not a training run (kind {manifest.get('kind')!r}); pass a directory "
-                           "made by `edgekit train`")
-    model = load_keras_model(run_dir / manifest["model"]["file"])
+    manifest = manifests.read(run_dir, manifests.RunManifest)
+    model = load_keras_model(run_dir / manifest.model.file)
     try:
         layer = model.get_layer(FEATURE_LAYER)
     except ValueError:
         raise EdgekitError(f"{run_dir}: the model has no {FEATURE_LAYER!r} layer; pass a run made by "
                            "`edgekit train`") from None
     extractor = keras.Model(model.input, layer.output)
-    size = int(manifest["model"]["input_size"][0])
+    size = manifest.model.image_size
     log.info("computing %s-layer features of %d images with %s", FEATURE_LAYER, len(images), run_dir.name)
     features = extractor.predict(make_pipeline(images, size, 128, cache=False), verbose=0)
     return np.asarray(features, dtype=np.float32), {"run": str(run_dir.resolve()), "layer": FEATURE_LAYER,
-                                                    "input_size": size}
+                                                    "input_size": size, "model_sha256": manifest.sha256()}
 
 
 def out_of_sample_probs(features: np.ndarray, targets: np.ndarray, seed: int, folds: int = FOLDS) -> np.ndarray:

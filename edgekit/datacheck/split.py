@@ -89,7 +89,8 @@ def split_without_leaks(pool, validation, test, spec):
     if validation is None:
         ids = group_ids(len(paths), groups)[:len(pool)]
         train_idx, val_idx = group_stratified_split(pool.targets, ids, spec.validation_fraction, spec.seed)
-        if not len(val_idx):
+        if not len(val_idx) and len(stratified_split(pool.targets, spec.validation_fraction, spec.seed)[1]):
+            # (a folder of one image per class has no validation either way; that is not the copies' doing)
             raise EdgekitError(f"{spec.data}: every class is copies of one image (exact or near duplicates), so "
                                "nothing can be held out without leaking; add distinct images or a validation/ folder")
         for i in val_idx:

@@ -81,6 +81,7 @@ INSTALL = {
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PROBE_REFUSED = 3  # _probe exit code: a Python error, which the parent may report as it is
 SAMPLE_OUTPUTS = 8
+OUTPUT_SAMPLE_VALUES = 4096  # raw output values kept per sample in a bench report
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
@@ -313,6 +314,146 @@ def read_manifest(model_path: str, sha256: str) -> dict:
     return manifest
 
 
+# ---------------------------------------------------------------------------------------------------
+# Standard TFLite Model Metadata, read without the flatbuffers package: labels from the zip packed onto the
+# model, input normalisation (NormalizationOptions) from the "M001" flatbuffer in its TFLITE_METADATA buffer.
+# Field numbers are those of tflite's schema.fbs and metadata_schema.fbs.
+
+def _fb_table(buf: bytes, pos: int) -> tuple[int, int, int]:
+    """(position, vtable position, vtable size) of the flatbuffer table at `pos`."""
+    vtable = pos - _fb_unpack("<i", buf, pos)
+    return pos, vtable, _fb_unpack("<H", buf, vtable)
+
+
+def _fb_field(buf: bytes, table: tuple[int, int, int], index: int) -> int | None:
+    pos, vtable, size = table
+    slot = 4 + 2 * index
+    offset = _fb_unpack("<H", buf, vtable + slot) if slot < size else 0
+    return pos + offset if offset else None
+
+
+def _fb_vector(buf: bytes, table, index: int) -> tuple[int, int]:
+    """(first element position, length) of a vector field; (0, 0) when absent."""
+    at = _fb_field(buf, table, index)
+    if at is None:
+        return 0, 0
+    vector = at + _fb_unpack("<I", buf, at)
+    return vector + 4, _fb_unpack("<I", buf, vector)
+
+
+def _fb_tables(buf: bytes, table, index: int) -> list:
+    start, count = _fb_vector(buf, table, index)
+    return [_fb_table(buf, start + 4 * i + _fb_unpack("<I", buf, start + 4 * i)) for i in range(count)]
+
+
+def _fb_text(buf: bytes, table, index: int) -> str:
+    start, count = _fb_vector(buf, table, index)
+    return bytes(buf[start:start + count]).decode("utf-8", "replace")
+
+
+def _fb_scalar(buf: bytes, table, index: int, fmt: str, default=0):
+    at = _fb_field(buf, table, index)
+    return default if at is None else _fb_unpack(fmt, buf, at)
+
+
+def _fb_sub(buf: bytes, table, index: int):
+    at = _fb_field(buf, table, index)
+    return None if at is None else _fb_table(buf, at + _fb_unpack("<I", buf, at))
+
+
+def _fb_unpack(fmt: str, buf: bytes, pos: int):
+    import struct
+
+    return struct.unpack_from(fmt, buf, pos)[0]
+
+
+def _metadata_buffer(content: bytes) -> bytes | None:
+    """The TFLITE_METADATA buffer of a .tflite (Model.metadata 6 → Metadata{name 0, buffer 1} → Buffer)."""
+    model = _fb_table(content, _fb_unpack("<I", content, 0))
+    buffers = None
+    for entry in _fb_tables(content, model, 6):
+        if _fb_text(content, entry, 0) == "TFLITE_METADATA":
+            buffers = buffers or _fb_tables(content, model, 4)
+            buffer = buffers[_fb_scalar(content, entry, 1, "<I")]
+            offset, size = _fb_scalar(content, buffer, 1, "<Q"), _fb_scalar(content, buffer, 2, "<Q")
+            if offset > 1:  # large models keep buffers after the flatbuffer
+                return bytes(content[offset:offset + size])
+            start, count = _fb_vector(content, buffer, 0)
+            return bytes(content[start:start + count])
+    return None
+
+
+def _metadata_normalization(meta: bytes, tensor) -> tuple[list, list] | None:
+    """TensorMetadata.process_units 4 → ProcessUnit{options_type 0, options 1} → NormalizationOptions{mean, std}."""
+    for unit in _fb_tables(meta, tensor, 4):
+        options = _fb_sub(meta, unit, 1)
+        if _fb_scalar(meta, unit, 0, "<B") != 1 or options is None:  # 1: NormalizationOptions
+            continue
+        mean, std = ([_fb_unpack("<f", meta, start + 4 * i) for i in range(count)]
+                     for start, count in (_fb_vector(meta, options, 0), _fb_vector(meta, options, 1)))
+        if mean and std and len(mean) in (1, 3) and len(std) in (1, 3) and all(s != 0 for s in std):
+            return mean, std
+    return None
+
+
+def _metadata_labels(content: bytes, meta: bytes, tensor) -> list[str] | None:
+    """The output's TENSOR_AXIS_LABELS file (TensorMetadata.associated_files 6 → {name 0, type 2 = 2}), unzipped."""
+    import zipfile
+
+    for entry in _fb_tables(meta, tensor, 6):
+        if _fb_scalar(meta, entry, 2, "<b") != 2:
+            continue
+        try:
+            with zipfile.ZipFile(io.BytesIO(content)) as archive:
+                text = archive.read(_fb_text(meta, entry, 0)).decode("utf-8-sig", "replace")
+        except (zipfile.BadZipFile, KeyError, OSError, ValueError):
+            return None
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return None
+
+
+def read_standard_metadata(content: bytes, path: str) -> dict:
+    """{"labels", "mean", "std", "name"} from a model's standard metadata; {} when it has none or it is damaged.
+
+    Used only when no edgekit manifest describes the model: a stock model declares how to feed it here.
+    """
+    import struct
+
+    try:
+        meta = _metadata_buffer(content)
+        if not meta or meta[4:8] != b"M001":
+            return {}
+        root = _fb_table(meta, _fb_unpack("<I", meta, 0))
+        graphs = _fb_tables(meta, root, 3)  # ModelMetadata.subgraph_metadata
+        inputs = _fb_tables(meta, graphs[0], 2) if graphs else []  # SubGraphMetadata.input_tensor_metadata
+        outputs = _fb_tables(meta, graphs[0], 3) if graphs else []
+        found = {"name": _fb_text(meta, root, 0)}
+        normalization = _metadata_normalization(meta, inputs[0]) if inputs else None
+        if normalization:
+            found["mean"], found["std"] = normalization
+        labels = _metadata_labels(content, meta, outputs[0]) if outputs else None
+        if labels:
+            found["labels"] = labels
+        return found
+    except (IndexError, ValueError, TypeError, OverflowError, struct.error) as exc:  # a damaged flatbuffer
+        warn(f"{path}: ignoring unreadable TFLite metadata ({one_line(exc)})")
+        return {}
+
+
+def check_classifier(model) -> None:
+    """classify and serve need one [1, N] score vector out; say what the model is otherwise."""
+    outputs = model.interpreter.get_output_details()
+    shape = [int(d) for d in outputs[0]["shape"]] if outputs else []
+    if len(outputs) == 1 and len(shape) == 2 and shape[0] == 1:
+        return
+    described = "; ".join(f"{role} " + ", ".join(f"{np.dtype(d['dtype']).name}{[int(x) for x in d['shape']]}"
+                                                  for d in details)
+                          for role, details in (("inputs", model.interpreter.get_input_details()),
+                                                ("outputs", outputs)))
+    raise RunnerError(f"{model.path}: not an image classifier ({described}); this runner classifies images and "
+                      "needs one [1, N] score output")
+
+
 class Model:
     """A loaded interpreter and how to feed it; run() is safe to call from many threads."""
 
@@ -324,6 +465,11 @@ class Model:
         self.sha256 = hashlib.sha256(content).hexdigest()
         self.size_bytes = len(content)
         self.manifest = read_manifest(path, self.sha256)
+        self.standard_metadata = read_standard_metadata(content, path)
+        # Without an edgekit manifest, a model's standard metadata says how to normalise its input.
+        found = self.standard_metadata
+        self.normalization = None if self.manifest or "mean" not in found else (
+            np.asarray(found["mean"], np.float32), np.asarray(found["std"], np.float32))
         self.runtime, self.interpreter, self.load_ms = self._load(content, runtime, require_delegate)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -385,6 +531,8 @@ class Model:
         low, high = self.pixel_range
         if (low, high) != (0.0, 255.0):
             pixels = pixels * np.float32((high - low) / 255.0) + np.float32(low)
+        if self.normalization is not None:
+            pixels = (pixels - self.normalization[0]) / self.normalization[1]
         dtype = np.dtype(self.input["dtype"])
         if dtype == np.float32:
             return pixels.astype(np.float32, copy=False)
@@ -437,7 +585,7 @@ def read_labels(path: str) -> list[str]:
 
 
 def resolve_labels(model: Model, labels_path: str | None) -> list[str]:
-    """--labels, else labels.txt beside the model, else the manifest's labels, else index numbers."""
+    """--labels, else labels.txt beside the model, else the manifest's, else the metadata's, else index numbers."""
     beside = os.path.join(os.path.dirname(os.path.abspath(model.path)), "labels.txt")
     manifest_labels = model.manifest.get("model", {}).get("labels")
     if labels_path:
@@ -446,6 +594,8 @@ def resolve_labels(model: Model, labels_path: str | None) -> list[str]:
         source, labels = beside, read_labels(beside)
     elif isinstance(manifest_labels, list):
         source, labels = f"{manifest_path(model.path)} model.labels", [str(x) for x in manifest_labels]
+    elif model.standard_metadata.get("labels"):
+        source, labels = f"{model.path} (labels in its TFLite metadata)", model.standard_metadata["labels"]
     else:
         return [str(i) for i in range(model.num_outputs)]
     if len(labels) != model.num_outputs:
@@ -752,6 +902,7 @@ def load_for_classify(args):
     require_numpy()
     require_pillow()
     model = Model(args.model, args.threads, args.delegate, args.runtime)
+    check_classifier(model)
     labels = resolve_labels(model, args.labels)
     logger = Logger(open_log(args, model, labels), model, args.save_below, args.save_all)
     return model, labels, logger
@@ -1067,12 +1218,103 @@ def bench_inputs(source: str, model: Model, limit: int):
     return tensors, sources
 
 
+class RawModel(Model):
+    """Any .tflite, fed raw tensors for every input: what `bench --inputs` and `predict --inputs` time.
+
+    It loads exactly as Model does (same runtime choice, probe and delegate handling) but skips the
+    image-classifier checks, so a detector, a segmenter or a two-input model can be measured as well.
+    """
+
+    def __init__(self, path: str, threads: int | None = None, delegate: str | None = None,
+                 runtime: str | None = None, require_delegate: bool = True):
+        require_numpy()
+        self.path, self.threads, self.delegate, self.delegate_error = path, threads, delegate, None
+        content = read_model(path)
+        self.sha256 = hashlib.sha256(content).hexdigest()
+        self.size_bytes = len(content)
+        self.manifest = {}
+        self.runtime, self.interpreter, self.load_ms = self._load(content, runtime, require_delegate)
+        self.inputs = self.interpreter.get_input_details()
+        self.input = self.inputs[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.lock = threading.Lock()
+
+    def run(self, tensors):
+        """Raw first output and the milliseconds of invoke() alone; `tensors` holds one array per input."""
+        with self.lock:
+            for detail, tensor in zip(self.inputs, tensors):
+                self.interpreter.set_tensor(detail["index"], tensor)
+            start = time.perf_counter()
+            self.interpreter.invoke()
+            invoke_ms = (time.perf_counter() - start) * 1e3
+            raw = self.interpreter.get_tensor(self.output["index"])
+        return raw.reshape(-1), invoke_ms
+
+    def describe(self) -> dict:
+        described = super().describe()
+        described["inputs"] = [{"name": d["name"], "shape": [int(s) for s in d["shape"]],
+                                "dtype": np.dtype(d["dtype"]).name} for d in self.inputs]
+        return described
+
+
+def raw_inputs(source: str, model: RawModel, limit: int):
+    """Per-sample lists of input tensors from an .npz holding `input_<i>` arrays of shape [N, *tensor shape]."""
+    try:
+        with np.load(source) as archive:
+            arrays = [archive[f"input_{i}"] for i in range(len(model.inputs))]
+    except Exception as exc:  # noqa: BLE001 - as in bench_inputs
+        raise RunnerError(f"--inputs {source}: cannot read input_0..input_{len(model.inputs) - 1} "
+                          f"({one_line(exc)}); the model has {len(model.inputs)} input(s)") from None
+    for i, (detail, array) in enumerate(zip(model.inputs, arrays)):
+        expected = [int(d) for d in detail["shape"]]
+        if list(array.shape[1:]) != expected or np.dtype(detail["dtype"]) != array.dtype or not len(array):
+            raise RunnerError(f"--inputs {source}: input_{i} is {array.dtype.name} {list(array.shape)}, the "
+                              f"model's input {i} takes [N, {', '.join(map(str, expected))}] "
+                              f"{np.dtype(detail['dtype']).name}")
+    count = min(limit, *(len(a) for a in arrays))
+    return [[a[n] for a in arrays] for n in range(count)], [f"input[{n}]" for n in range(count)]
+
+
+def load_bench_model(args):
+    """(model, input tensors, their sources) for `--images` (a classifier) or `--inputs` (any model)."""
+    if bool(args.images) == bool(args.inputs):
+        raise RunnerError("pass exactly one of --images (an image classifier) or --inputs (raw tensors, any model)")
+    kind = RawModel if args.inputs else Model
+    model = kind(args.model, args.threads, args.delegate, args.runtime,
+                 require_delegate=getattr(args, "require_delegate", True))
+    limit = getattr(args, "max_images", None) or 10**9
+    if args.inputs:
+        return model, *raw_inputs(args.inputs, model, limit)
+    return model, *bench_inputs(args.images, model, limit)
+
+
+def usable_cores() -> int | None:
+    """Cores this process may run on (a container or taskset can allow fewer than the machine has)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
+def cap_threads(args, result: dict) -> None:
+    """More interpreter threads than cores only adds contention: cap them and record both figures."""
+    cores = usable_cores()
+    result["threads_requested"] = args.threads
+    if args.threads and cores and args.threads > cores:
+        args.threads = cores
+    result["threads_capped"] = args.threads != result["threads_requested"]
+
+
+def output_sample(raw) -> list:
+    """The first OUTPUT_SAMPLE_VALUES raw values: enough to compare runtimes, small enough for JSON."""
+    return raw[:OUTPUT_SAMPLE_VALUES].tolist()
+
+
 def run_bench(args, result: dict) -> None:
-    model = Model(args.model, args.threads, args.delegate, args.runtime,
-                  require_delegate=args.require_delegate)
+    cap_threads(args, result)
+    model, inputs, sources = load_bench_model(args)
     result.update(model.describe())
-    inputs, sources = bench_inputs(args.images, model, args.max_images)
-    result["input"].update(source=args.images, count=len(inputs))
+    result["input"].update(source=args.inputs or args.images, count=len(inputs),
+                           kind="raw tensors" if args.inputs else "images")
     _, result["first_ms"] = model.run(inputs[0])
     for i in range(args.warmup):
         model.run(inputs[(i + 1) % len(inputs)])
@@ -1084,7 +1326,7 @@ def run_bench(args, result: dict) -> None:
         latencies.append(invoke_ms)
         if len(outputs) < min(SAMPLE_OUTPUTS, len(inputs)) and len(latencies) <= len(inputs):
             outputs.append({"index": i, "source": sources[i], "argmax": int(np.argmax(raw)),
-                            "output": raw.tolist()})
+                            "output": output_sample(raw)})
     wall = time.perf_counter() - start
     values = np.asarray(latencies)
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
@@ -1095,6 +1337,17 @@ def run_bench(args, result: dict) -> None:
 
 
 def peak_rss_mb() -> float | None:
+    """This process's own peak resident memory.
+
+    VmHWM is per address space, so it starts afresh at exec. getrusage's ru_maxrss is kept across
+    fork and exec on Linux: a runner started by a 700 MB parent would report 700 MB. It is only the
+    fallback where /proc is absent (macOS, BSD).
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
     try:
         import resource
     except ImportError:  # Windows
@@ -1125,8 +1378,9 @@ def cmd_bench(args) -> int:
 def print_bench(result: dict) -> None:
     latency = result["latency_ms"]
     runtime = result["runtime"]
+    capped = f" (asked {result['threads_requested']}, capped to the cores)" if result.get("threads_capped") else ""
     print(f"{result['model']}  sha256 {result['model_sha256'][:12]}  {runtime['name']} {runtime['version']}, "
-          f"threads {result['threads'] or 'default'}, delegate {result['delegate'] or 'none'}")
+          f"threads {result['threads'] or 'default'}{capped}, delegate {result['delegate'] or 'none'}")
     if result.get("delegate_error"):
         print(f"  delegate error: {result['delegate_error']}")
     print(f"  load {result['load_ms']:.1f} ms, first inference {result['first_ms']:.2f} ms, "
@@ -1137,13 +1391,51 @@ def print_bench(result: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Subcommand: predict (raw outputs for the host's on-device accuracy pass)
+
+
+def cmd_predict(args) -> int:
+    """Run every input once and print the raw first output of each, with what ran them.
+
+    The host turns these into accuracy on the device and compares them, in quantization steps, with
+    the outputs LiteRT gave on the host: a different runtime or delegate can change the answers.
+    """
+    result = {"runner_version": RUNNER_VERSION, "model": args.model, "device": device_info()}
+    try:
+        require_numpy()
+        cap_threads(args, result)
+        model, inputs, _ = load_bench_model(args)
+        result.update(model.describe())
+        outputs = [model.run(tensor)[0].tolist() for tensor in inputs]
+        result.update(count=len(outputs), outputs=outputs)
+    except RunnerError as exc:
+        result["error"] = str(exc)
+        raise
+    finally:
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))  # a machine-facing subcommand: always one JSON document
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
 # Subcommand: doctor and the hidden _probe
 
 
+def os_name() -> str:
+    """The distribution as people name it (`Debian GNU/Linux 12 (bookworm)`), else the platform string."""
+    with contextlib.suppress(OSError):
+        with open("/etc/os-release") as handle:
+            for line in handle:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    return platform.platform()
+
+
 def device_info() -> dict:
-    info = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-            "numpy": getattr(np, "__version__", None), "cpu_count": os.cpu_count(), "cpu_model": None,
-            "memory_total_mb": None, "hostname": socket.gethostname()}
+    info = {"machine": platform.machine(), "system": platform.system(), "os": os_name(),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "numpy": getattr(np, "__version__", None), "cpu_count": os.cpu_count(), "usable_cores": usable_cores(),
+            "cpu_model": None, "memory_total_mb": None, "hostname": socket.gethostname()}
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/meminfo") as handle:
             for line in handle:
@@ -1263,7 +1555,7 @@ def cmd_probe(args) -> int:
             detail = interpreter.get_input_details()[0]
             interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
             interpreter.invoke()
-        print(json.dumps({"version": runtime.version, "delegate": delegate_state}))
+        print(json.dumps({"name": runtime.name, "version": runtime.version, "delegate": delegate_state}))
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         print(f"edgekit_runner: error: {one_line(exc)}", file=sys.stderr)
         return PROBE_REFUSED
@@ -1327,10 +1619,17 @@ def add_classify_options(parser) -> None:
                         help="disk budget for kept images; the oldest go first (100)")
 
 
+def add_input_options(parser) -> None:
+    parser.add_argument("--images", help="image classifiers: a directory of images, or .npz with x [N,H,W,3] "
+                        "float pixels 0..255")
+    parser.add_argument("--inputs", help="any model: .npz with input_0, input_1, ... each [N, *input shape] "
+                        "in the input's own dtype")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="python3 edgekit_runner.py", description=__doc__.split("\n", 2)[2],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{classify,serve,feedback,bench,doctor}",
+    commands = parser.add_subparsers(dest="command", metavar="{classify,serve,feedback,bench,predict,doctor}",
                                      required=True)
 
     classify = commands.add_parser("classify", help="classify images or directories of images",
@@ -1360,7 +1659,7 @@ def build_parser() -> Parser:
     bench = commands.add_parser("bench", help="measure load, first and steady-state inference latency",
                                 description="$ python3 edgekit_runner.py bench model.tflite --images photos/")
     add_model_options(bench)
-    bench.add_argument("--images", required=True, help="directory of images, or .npz with x [N,H,W,3] 0..255")
+    add_input_options(bench)
     bench.add_argument("--runs", type=positive(int), default=50, help="at least this many timed runs (50)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (5)")
     bench.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long (2)")
@@ -1368,6 +1667,13 @@ def build_parser() -> Parser:
     bench.add_argument("--require-delegate", action="store_true", help="fail if --delegate cannot load")
     bench.add_argument("--json", action="store_true", help="print one JSON document")
     bench.set_defaults(func=cmd_bench)
+
+    predict = commands.add_parser("predict", help="print the raw first output for every input (JSON)",
+                                  description="$ python3 edgekit_runner.py predict model.tflite --images val.npz")
+    add_model_options(predict)
+    add_input_options(predict)
+    predict.add_argument("--json", action="store_true", help="accepted for symmetry; the output is always JSON")
+    predict.set_defaults(func=cmd_predict)
 
     doctor = commands.add_parser("doctor", help="report what this device can run and what to install",
                                  description="$ python3 edgekit_runner.py doctor")

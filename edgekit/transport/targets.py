@@ -16,10 +16,10 @@ import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from edgekit.artifacts import MANIFEST, sha256_file, verify_files
-from edgekit.bench.ssh import SshClient, describe_exit, last_line, remote_quote, run_process
-from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
+from edgekit.artifacts import sha256_file
+from edgekit.devices import RUNNER_NAME, DeviceProfile
 from edgekit.errors import EdgekitError
+from edgekit.transport.ssh import SshClient, describe_exit, last_line, remote_quote, run_process
 
 # What `pip install` calls the modules the runner may fail to import.
 _PIP_NAMES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "PIL": "pillow"}
@@ -218,93 +218,3 @@ def make_target(profile: DeviceProfile, *, accept_new_host_key: bool = False,
     if profile.is_remote:
         return SshTarget(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
     return LocalTarget(profile)
-
-
-def _verified_manifest(model_path: Path, manifest_path: Path | None) -> Path | None:
-    """The manifest that travels with a model, after checking it still describes that model file."""
-    if manifest_path is not None and not manifest_path.is_file():
-        raise EdgekitError(f"{manifest_path}: no such manifest file")
-    manifest_path = manifest_path or model_path.parent / MANIFEST
-    if not manifest_path.is_file():
-        return None
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EdgekitError(f"{manifest_path}: not valid JSON; the file is damaged") from None
-    if model_path.name in (manifest.get("files") or {}):
-        verify_files(model_path.parent, manifest, names=[model_path.name])
-    return manifest_path
-
-
-def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | None = None,
-           labels_path: Path | None = None, runner: Path | None = None, accept_new_host_key: bool = False,
-           known_hosts_file: str | None = None) -> dict:
-    """Copy the runner, a model and its manifest and labels (default: beside the model) to a device;
-    every file's sha256 is checked there.
-
-    Models go to `models/<first 12 hex of sha256>/` so deploying a new variant never overwrites the
-    one a running service may still be using, and the runner's logs can name the exact model.
-    """
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise EdgekitError(f"{model_path}: no such model file")
-    manifest_path = _verified_manifest(model_path, Path(manifest_path) if manifest_path else None)
-    model_sha = sha256_file(model_path)
-    model_dir = f"models/{model_sha[:12]}"
-    model_rel = f"{model_dir}/{model_path.name}"
-    uploads = {RUNNER_NAME: Path(runner) if runner else runner_path(), model_rel: model_path}
-    if manifest_path:
-        uploads[f"{model_dir}/{MANIFEST}"] = manifest_path
-    if labels_path and not Path(labels_path).is_file():
-        raise EdgekitError(f"{labels_path}: no such labels file")
-    labels_path = labels_path or (model_path.parent / "labels.txt")
-    if Path(labels_path).is_file():
-        uploads[f"{model_dir}/{Path(labels_path).name}"] = Path(labels_path)
-    target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
-    target.prepare()
-    files = {name: {"path": target.path(name), "sha256": target.put(local, name)} for name, local in uploads.items()}
-    return {
-        "device": profile.name, "address": profile.address, "workdir": target.workdir,
-        "runner": target.path(RUNNER_NAME), "model": target.path(model_rel),
-        "model_sha256": model_sha, "files": files,
-        "classify": f"{profile.interpreter} {shlex.quote(target.path(RUNNER_NAME))} classify "
-                    f"{shlex.quote(target.path(model_rel))} IMAGE_OR_DIR",
-    }
-
-
-def doctor(profile: DeviceProfile, *, runner: Path | None = None, accept_new_host_key: bool = False,
-           known_hosts_file: str | None = None, timeout: float = 300) -> dict:
-    """Copy the runner to the device and return its `doctor` report, with what the profile expects.
-
-    A device that cannot run models yet is a report (`ok` false, `missing` lists install lines), not an
-    exception: saying what to install is the point of doctor. Unreachable devices still raise.
-    """
-    target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
-    target.prepare()
-    target.put(Path(runner) if runner else runner_path(), RUNNER_NAME)
-    report = target.run_runner(["doctor"], timeout=timeout, check=False)
-    report["device"] = {
-        "name": profile.name, "address": profile.address, "workdir": target.workdir,
-        "python": profile.interpreter, "runtime": profile.runtime, "delegate": profile.delegate,
-    }
-    report["warnings"] = list(report.get("warnings", [])) + _profile_warnings(profile, report)
-    report["ok"] = "error" not in report and not report.get("missing")
-    return report
-
-
-def _profile_warnings(profile: DeviceProfile, report: dict) -> list[str]:
-    """Where the device differs from what its profile promises benchmarks will run with."""
-    warnings = []
-    machine = report.get("machine")
-    if profile.arch != "any" and machine and machine != profile.arch:
-        warnings.append(f"{profile.source}: arch is {profile.arch} but the device reports {machine}")
-    runtimes = {r.get("name"): r for r in report.get("runtimes", []) if isinstance(r, dict)}
-    wanted = runtimes.get(profile.runtime)
-    if profile.runtime != "auto" and wanted is not None and not wanted.get("available"):
-        warnings.append(f"{profile.source}: runtime {profile.runtime} is not usable on the device; "
-                        f"{wanted.get('install') or 'install it'}")
-    edgetpu = report.get("edgetpu")
-    if profile.delegate == "edgetpu" and isinstance(edgetpu, dict) and not edgetpu.get("device"):
-        warnings.append(f"{profile.name}: no Edge TPU found ({edgetpu.get('error') or 'not detected'}); "
-                        f"{edgetpu.get('install') or ''}".rstrip("; "))
-    return warnings

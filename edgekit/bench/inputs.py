@@ -1,0 +1,114 @@
+"""What `edgekit bench` feeds a model: validation images, a folder of images, or generated tensors.
+
+edgekit's own variants are timed on their validation images. Any other .tflite is timed either on a
+folder of images (`--images DIR`, single-input image classifiers) or on tensors generated over each
+input's dtype range, so detectors, segmenters, multi-input and non-image models all run. What was fed
+is stated in every row (`inputs`), because a latency measured on noise is not one measured on photos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.tflite import TFLiteModel
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+SEED = 0
+
+
+@dataclass
+class Feed:
+    """Inputs saved for the runner: `flag` (--images or --inputs) names how it reads `path`."""
+
+    flag: str
+    path: Path
+    description: str
+    pixels: np.ndarray | None = None  # --images: float RGB 0..255, the classifier path
+    tensors: dict[str, np.ndarray] | None = None  # --inputs: input_<i> arrays [N, *shape], raw dtype
+
+
+def _value_range(dtype: str) -> tuple[float, float, str]:
+    """Generated values per dtype: the full integer range, [-1, 1] for floats, 0/1 where values index."""
+    if dtype in ("int8", "uint8", "int16"):
+        info = np.iinfo(dtype)
+        return info.min, info.max, f"{dtype} uniform over {info.min}..{info.max}"
+    if dtype in ("int32", "int64", "bool"):
+        return 0, 1, f"{dtype} 0 or 1 (values may index a table)"
+    if dtype in ("float32", "float16", "float64"):
+        return -1.0, 1.0, f"{dtype} uniform in [-1, 1)"
+    raise EdgekitError(f"input dtype {dtype} cannot be generated; pass --images for an image model")
+
+
+def generated(model: TFLiteModel, out: Path, count: int) -> Feed:
+    """`count` seeded random samples for every input, each over its dtype's range (dynamic dims → 1)."""
+    rng = np.random.default_rng(SEED)
+    tensors, described = {}, []
+    for i, tensor in enumerate(model.inputs):
+        shape = [1 if d < 0 else d for d in tensor.shape]
+        low, high, text = _value_range(tensor.dtype)
+        if tensor.dtype.startswith("float"):
+            values = rng.uniform(low, high, [count, *shape]).astype(tensor.dtype)
+        else:
+            values = rng.integers(low, high, [count, *shape], endpoint=True).astype(tensor.dtype)
+        tensors[f"input_{i}"] = values
+        described.append(f"{tensor.name or i} {shape}: {text}")
+    np.savez(out, **tensors)
+    return Feed("--inputs", out, f"generated ({count} samples, seed {SEED}): " + "; ".join(described),
+                tensors=tensors)
+
+
+def folder_images(model: TFLiteModel, directory: Path, out: Path, count: int) -> Feed:
+    """Up to `count` images from `directory`, RGB, bilinear-resized to the model's input, 0..255."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(model.inputs) != 1 or not model.is_image_classifier or model.inputs[0].shape[-1] != 3:
+        shapes = ", ".join(str(list(t.shape)) for t in model.inputs)
+        raise EdgekitError(f"{model.label}: --images feeds single-input RGB image classifiers; this model takes "
+                           f"{len(model.inputs)} input(s) ({shapes}); drop --images to time it on generated "
+                           "inputs")
+    if not Path(directory).is_dir():
+        raise EdgekitError(f"--images {directory}: not a directory of images")
+    height, width = model.inputs[0].shape[1:3]
+    pixels = []
+    for path in sorted(Path(directory).rglob("*")):
+        if len(pixels) >= count:
+            break
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            with Image.open(path) as image:
+                resized = image.convert("RGB").resize((width, height), Image.BILINEAR)
+        except (OSError, UnidentifiedImageError):
+            continue
+        pixels.append(np.asarray(resized, dtype=np.float32))
+    if not pixels:
+        raise EdgekitError(f"--images {directory}: no readable images ({', '.join(IMAGE_SUFFIXES)})")
+    stacked = np.stack(pixels)
+    np.savez(out, x=stacked)
+    return Feed("--images", out, f"{len(pixels)} images from {directory}", pixels=stacked)
+
+
+def reference_outputs(path: Path, feed: Feed, k: int) -> np.ndarray:
+    """What LiteRT on this host answers for the first k samples: the first output, dequantized."""
+    from edgekit.evaluate import TFLitePredictor
+    from edgekit.tflite import dequantizer, parse_file
+
+    if feed.pixels is not None:
+        return TFLitePredictor(path).predict(feed.pixels[:k]).reshape(min(k, len(feed.pixels)), -1)
+    from edgekit.interpreters import load_interpreter
+
+    interpreter, _ = load_interpreter(path)
+    inputs, output = interpreter.get_input_details(), interpreter.get_output_details()[0]
+    dequantize = dequantizer(parse_file(path).outputs[0].as_dict())
+    count = min(k, *(len(v) for v in feed.tensors.values()))
+    rows = []
+    for n in range(count):
+        for i, detail in enumerate(inputs):
+            interpreter.set_tensor(detail["index"], feed.tensors[f"input_{i}"][n])
+        interpreter.invoke()
+        rows.append(dequantize(interpreter.get_tensor(output["index"]).reshape(-1)))
+    return np.stack(rows)

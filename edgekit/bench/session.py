@@ -1,0 +1,51 @@
+"""One `edgekit bench` invocation: check everything, time every model on the target, write the results.
+
+The CLI and `edgekit tune` both come through here, so a tuned candidate is measured exactly like a
+benchmarked variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.artifacts import check_writable
+from edgekit.bench.run import BenchResult, BenchSettings, collect_variants, run_bench
+from edgekit.devices import load_profile
+from edgekit.manifests import ParentRef
+
+
+@dataclass
+class BenchSession:
+    device: str
+    out_dir: Path
+    result: BenchResult
+    advice: dict
+
+
+def bench_session(targets: list[Path], device: str, settings: BenchSettings, *, out: Path | None = None,
+                  max_latency_ms: float | None = None, min_accuracy: float | None = None) -> BenchSession:
+    """Benchmark `targets` (runs, variants or .tflite files) on `device` and write results beside them."""
+    from edgekit.bench.advice import advise
+    from edgekit.bench.report import write_results
+
+    profile = load_profile(device)
+    if settings.threads == (None,):
+        settings = dataclasses.replace(settings, threads=(profile.threads,))
+    settings.check()
+    variants = collect_variants(targets)
+    anchor = targets[0] if targets[0].is_dir() else targets[0].parent
+    out_dir = Path(out) if out else anchor / "bench" / f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_writable(out_dir)
+    result = run_bench(variants, profile, settings)
+    advice = advise(result.rows, max_latency_ms, min_accuracy)
+    parents = [ParentRef(path=str(v.path.resolve()), sha256=v.sha256, kind="variant" if v.manifest else None,
+                         file=v.path.name) for v in variants]
+    recorded = {k: getattr(settings, k) for k in ("threads", "runs", "warmup", "min_seconds", "delegate",
+                                                  "accuracy_samples")}
+    recorded.update(images=str(settings.images) if settings.images else None,
+                    runtime=settings.runtime or profile.runtime)
+    write_results(out_dir, profile.name, result, recorded, parents, advice)
+    return BenchSession(profile.name, out_dir, result, advice)

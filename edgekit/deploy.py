@@ -1,0 +1,164 @@
+"""Put a model and the runner on a device (`edgekit deploy`) and ask a device what it can run (`doctor`).
+
+Both go through `edgekit.transport`, so the desktop and a Pi over SSH are reached by the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from edgekit import manifests
+from edgekit.artifacts import MANIFEST, edgekit_home, sha256_file
+from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
+from edgekit.errors import EdgekitError
+from edgekit.transport.targets import make_target
+
+
+def _verified_manifest(model_path: Path, manifest_path: Path | None) -> Path | None:
+    """The manifest that travels with a model, after checking it still describes that model file."""
+    if manifest_path is not None and not manifest_path.is_file():
+        raise EdgekitError(f"{manifest_path}: no such manifest file")
+    manifest_path = manifest_path or model_path.parent / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    manifest = manifests.read_file(manifest_path)
+    if model_path.name in manifest.files:
+        manifests.verify_files(model_path.parent, manifest, names=[model_path.name])
+    return manifest_path
+
+
+def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | None = None,
+           labels_path: Path | None = None, runner: Path | None = None, accept_new_host_key: bool = False,
+           known_hosts_file: str | None = None, runtime: str | None = None) -> dict:
+    """Copy the runner, a model and its manifest and labels (default: beside the model) to a device;
+    every file's sha256 is checked there.
+
+    Models go to `models/<first 12 hex of sha256>/` so deploying a new variant never overwrites the
+    one a running service may still be using, and the runner's logs can name the exact model.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise EdgekitError(f"{model_path}: no such model file")
+    manifest_path = _verified_manifest(model_path, Path(manifest_path) if manifest_path else None)
+    model_sha = sha256_file(model_path)
+    model_dir = f"models/{model_sha[:12]}"
+    model_rel = f"{model_dir}/{model_path.name}"
+    uploads = {RUNNER_NAME: Path(runner) if runner else runner_path(), model_rel: model_path}
+    if manifest_path:
+        uploads[f"{model_dir}/{MANIFEST}"] = manifest_path
+    if labels_path and not Path(labels_path).is_file():
+        raise EdgekitError(f"{labels_path}: no such labels file")
+    labels_path = labels_path or (model_path.parent / "labels.txt")
+    if Path(labels_path).is_file():
+        uploads[f"{model_dir}/{Path(labels_path).name}"] = Path(labels_path)
+    target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
+    target.prepare()
+    files = {name: {"path": target.path(name), "sha256": target.put(local, name)} for name, local in uploads.items()}
+    runtime = runtime or profile.runtime
+    loaded = _check_loads(target, model_rel, runtime)
+    record = _record_deployment(profile, target.workdir, target.path(model_rel), model_path, model_sha, files)
+    pinned = "" if runtime == "auto" else f" --runtime {runtime}"
+    return {"record": str(record),
+        "device": profile.name, "address": profile.address, "workdir": target.workdir,
+        "runner": target.path(RUNNER_NAME), "model": target.path(model_rel),
+        "model_sha256": model_sha, "files": files, "runtime": loaded,
+        "classify": f"{profile.interpreter} {shlex.quote(target.path(RUNNER_NAME))} classify "
+                    f"{shlex.quote(target.path(model_rel))} IMAGE_OR_DIR{pinned}",
+    }
+
+
+def _check_loads(target, model_rel: str, runtime: str) -> dict:
+    """Load and run the deployed model once with the runtime it will run with, on the device itself.
+
+    A model that LiteRT on the host loads may use an op the device's older tflite-runtime lacks;
+    deploy is where that should surface, not the first classify.
+    """
+    argv = [target.profile.interpreter, RUNNER_NAME, "_probe", model_rel]
+    argv += [] if runtime == "auto" else ["--runtime", runtime]
+    code, out, err = target.run(argv, timeout=300, what=f"{RUNNER_NAME} _probe")
+    lines = out.decode("utf-8", "replace").strip().splitlines()
+    if code != 0 or not lines:
+        reason = next((line.split("error: ", 1)[1] for line in reversed(err.splitlines()) if "error: " in line),
+                      f"exit code {code}")
+        raise EdgekitError(f"{target.profile.name}: the deployed model does not load with runtime {runtime} "
+                           f"({reason}); check `edgekit doctor --device {target.profile.name}`")
+    loaded = json.loads(lines[-1])
+    return {"name": loaded.get("name"), "version": loaded.get("version")}
+
+
+def _record_deployment(profile: DeviceProfile, workdir: str, remote_model: str, model_path: Path, model_sha: str,
+                       files: dict) -> Path:
+    """A deployment manifest under $EDGEKIT_HOME/deployments/<device>/<sha12>: what went where, verified."""
+    directory = edgekit_home() / "deployments" / profile.name / model_sha[:12]
+    directory.mkdir(parents=True, exist_ok=True)
+    parent = manifests.ParentRef(path=str(model_path.resolve()), sha256=model_sha, file=model_path.name)
+    manifests.write(directory, manifests.DeploymentManifest(
+        device=profile.name, address=profile.address, workdir=workdir, model=remote_model, model_sha256=model_sha,
+        parent=parent, remote_files=files), [])
+    return directory
+
+
+def doctor(profile: DeviceProfile, *, runner: Path | None = None, accept_new_host_key: bool = False,
+           known_hosts_file: str | None = None, timeout: float = 300) -> dict:
+    """Copy the runner to the device and return its `doctor` report, with what the profile expects.
+
+    A device that cannot run models yet is a report (`ok` false, `missing` lists install lines), not an
+    exception: saying what to install is the point of doctor. Unreachable devices still raise.
+    """
+    target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
+    target.prepare()
+    target.put(Path(runner) if runner else runner_path(), RUNNER_NAME)
+    report = target.run_runner(["doctor"], timeout=timeout, check=False)
+    report["device"] = {
+        "name": profile.name, "address": profile.address, "workdir": target.workdir,
+        "python": profile.interpreter, "runtime": profile.runtime, "delegate": profile.delegate,
+    }
+    report["warnings"] = list(report.get("warnings", [])) + _profile_warnings(profile, report)
+    report["ok"] = "error" not in report and not report.get("missing")
+    return report
+
+
+def _profile_warnings(profile: DeviceProfile, report: dict) -> list[str]:
+    """Where the device differs from what its profile promises benchmarks will run with."""
+    warnings = []
+    machine = report.get("machine")
+    if profile.arch != "any" and machine and machine != profile.arch:
+        warnings.append(f"{profile.source}: arch is {profile.arch} but the device reports {machine}")
+    runtimes = {r.get("name"): r for r in report.get("runtimes", []) if isinstance(r, dict)}
+    wanted = runtimes.get(profile.runtime)
+    if profile.runtime != "auto" and wanted is not None and not wanted.get("available"):
+        warnings.append(f"{profile.source}: runtime {profile.runtime} is not usable on the device; "
+                        f"{wanted.get('install') or 'install it'}")
+    edgetpu = report.get("edgetpu")
+    if profile.delegate == "edgetpu" and isinstance(edgetpu, dict) and not edgetpu.get("device"):
+        warnings.append(f"{profile.name}: no Edge TPU found ({edgetpu.get('error') or 'not detected'}); "
+                        f"{edgetpu.get('install') or ''}".rstrip("; "))
+    return warnings
+
+
+def doctor_text(report: dict) -> str:
+    """Everything `doctor --json` holds, as text: scalars, then the runtimes table, Edge TPU, the rest.
+
+    The JSON and the text must tell the same story; a runtimes table only in `--json` hid the one
+    line a user needed (which interpreter is missing and how to install it).
+    """
+    nested = ("runtimes", "edgetpu", "device", "missing", "warnings")
+    lines = [f"{key:<16} {value}" for key, value in report.items()
+             if key not in nested and not isinstance(value, (dict, list))]
+    runtimes = [r for r in report.get("runtimes") or [] if isinstance(r, dict)]
+    if runtimes:
+        lines += ["", "runtimes:", f"  {'name':<15} {'available':<10} {'version':<10} {'error':<30} install"]
+        lines += [f"  {r.get('name')!s:<15} {'yes' if r.get('available') else 'no':<10} "
+                  f"{r.get('version') or '-'!s:<10} {r.get('error') or '-'!s:<30} {r.get('install') or '-'}"
+                  for r in runtimes]
+    for section in ("edgetpu", "device"):
+        if isinstance(report.get(section), dict):
+            lines += ["", f"{section}:"] + [f"  {k:<14} {v}" for k, v in report[section].items()]
+    for key, value in report.items():  # anything else structured the runner may add later
+        if key not in nested and isinstance(value, (dict, list)):
+            lines += ["", f"{key}: {json.dumps(value)}"]
+    lines += [f"missing: {line}" for line in report.get("missing") or []]
+    lines += [f"warning: {line}" for line in report.get("warnings") or []]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""How edgekit reaches a device: this machine or a device over OpenSSH, behind one `Target` interface."""

@@ -1,0 +1,57 @@
+"""The one `.tflite` reader: what it reports about real converted models, and damaged files as one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import runner_models
+
+from edgekit.errors import EdgekitError
+from edgekit.tflite import dequantizer, parse, parse_file, read_tflite
+
+
+@pytest.fixture(scope="module")
+def converted():
+    """The runner's hand-set colour classifier as float32 and full-integer uint8 .tflite (a few seconds)."""
+    model = runner_models.build_keras_model()
+    return {kind: runner_models.convert(model, kind) for kind in (None, "uint8")}
+
+
+def test_float_model_inputs_outputs_and_ops(converted):
+    model = parse(converted[None], "float")
+    assert [t.dtype for t in model.inputs] == ["float32"] and model.inputs[0].shape[1:] == (32, 32, 3)
+    assert model.outputs[0].shape[-1] == 3 and model.outputs[0].quantization is None
+    assert model.op_counts["CONV_2D"] == 1 and model.subgraph_count == 1
+    assert model.is_image_classifier and model.min_runtime_version
+    assert "min_runtime_version" in model.describe()["metadata"]
+
+
+def test_integer_model_reports_quantization_and_int8_weights(converted):
+    model = parse(converted["uint8"], "uint8")
+    quant = model.inputs[0].quantization
+    assert model.inputs[0].dtype == "uint8" and quant["scale"] > 0 and 0 <= quant["zero_point"] <= 255
+    assert model.float_ops(ignore=("QUANTIZE", "DEQUANTIZE")) == []
+    kernels = [v for v in model.constants().values() if v.ndim == 4]
+    assert kernels and all(v.dtype == np.int8 for v in kernels)
+    raw = np.array([0, 128, 255])
+    scale, zero = model.outputs[0].quantization["scale"], model.outputs[0].quantization["zero_point"]
+    np.testing.assert_allclose(dequantizer(model.outputs[0].as_dict())(raw), (raw - zero) * scale)
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.1, 0.3, 0.5, 0.9, 0.999])
+def test_truncated_file_is_one_line_never_a_crash(converted, fraction):
+    content = converted["uint8"]
+    cut = content[: max(8, int(len(content) * fraction))]
+    try:
+        parse(cut, "cut.tflite")
+    except EdgekitError as exc:
+        assert str(exc).startswith("cut.tflite: ") and "\n" not in str(exc)
+
+
+def test_not_a_flatbuffer_is_refused_by_path(tmp_path):
+    path = tmp_path / "photo.tflite"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(EdgekitError, match=r"photo.tflite: not a TFLite model \(no 'TFL3'"):
+        read_tflite(path)
+    with pytest.raises(EdgekitError, match=r"no such model file"):
+        parse_file(tmp_path / "absent.tflite")
