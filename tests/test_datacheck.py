@@ -253,9 +253,11 @@ def test_label_errors_are_found_with_a_run(digits_folder, tiny_run, tmp_path):
     found = set(issues) & set(flipped)
     # tiny_run is a weak 4-epoch model (about 70% validation accuracy), so the list is noisy; the
     # benchmark (benchmarks/data_check.py) measures precision and recall on a properly trained run
-    # listing 30% of the folder at random would catch 3 of the 10 flipped images on average
-    assert len(found) >= 7, (issues, flipped)  # recall
+    # listing 30% of the folder at random would catch 3 of the 10 flipped images on average (P(>=5) < 0.1)
+    assert len(found) >= 5, (issues, flipped)  # recall
     assert len(issues) <= 60, len(issues)
-    assert sum(issues[p] == flipped[p] for p in found) >= 0.8 * len(found)
+    assert sum(issues[p] == flipped[p] for p in found) >= 0.6 * len(found)
+    given = {i["path"]: i["given_probability"] for i in report["label_errors"]["issues"]}
+    assert np.median([given[p] for p in found]) < np.median(list(given.values())) + 1e-9
     assert "likely mislabeled" in listing.read_text()
     assert "sheets/label-errors.png" in report["sheets"]
