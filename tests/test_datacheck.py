@@ -257,7 +257,5 @@ def test_label_errors_are_found_with_a_run(digits_folder, tiny_run, tmp_path):
     assert len(found) >= 5, (issues, flipped)  # recall
     assert len(issues) <= 60, len(issues)
     assert sum(issues[p] == flipped[p] for p in found) >= 0.6 * len(found)
-    given = {i["path"]: i["given_probability"] for i in report["label_errors"]["issues"]}
-    assert np.median([given[p] for p in found]) < np.median(list(given.values())) + 1e-9
     assert "likely mislabeled" in listing.read_text()
     assert "sheets/label-errors.png" in report["sheets"]
