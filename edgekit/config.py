@@ -36,6 +36,7 @@ class TrainConfig:
 
     data: str | None = None  # None: the embedded digits dataset
     extra_data: tuple[str, ...] = ()
+    exclude: str | None = None  # exclusion list from `edgekit data check --write-exclusions`
     image_size: int | None = None  # None: 32 for digits, 96 for folders
     alpha: float = 0.35
     weights: str | None = None  # None: none for digits, imagenet for folders
@@ -70,6 +71,8 @@ class TrainConfig:
             updates["weights"] = "none" if digits else "imagenet"
         if not digits:  # absolute, so --resume and lineage work from any directory
             updates["data"] = str(Path(self.data).expanduser().resolve())
+        if self.exclude:
+            updates["exclude"] = str(Path(self.exclude).expanduser().resolve())
         updates["extra_data"] = tuple(str(Path(p).expanduser().resolve()) for p in self.extra_data)
         if digits and self.augment.flip:
             # a mirrored 2 is not a 2: flipping digits teaches the model the wrong thing
@@ -86,6 +89,10 @@ class TrainConfig:
             (self.learning_rate > 0, "--learning-rate must be positive"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
+            (self.exclude is None or self.data is not None,
+             "--exclude needs --data: the embedded digits have no files to leave out"),
+            (self.exclude is None or Path(self.exclude).is_file(),
+             f"--exclude {self.exclude}: no such file; write one with `edgekit data check DIR --write-exclusions F`"),
         ]
         for ok, message in checks:
             if not ok:

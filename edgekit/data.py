@@ -86,6 +86,8 @@ class DataSpec:
     validation_fraction: float = 0.2
     strict: bool = False
     max_image_pixels: int = 40_000_000
+    exclude: str | None = None  # an exclusion list (`edgekit data check --write-exclusions`)
+    group_duplicates: bool = True  # False: the plain stratified split of runs made before duplicate groups
 
 
 # ---------------------------------------------------------------- embedded digits
@@ -269,39 +271,47 @@ def _split_dir(root: Path, split: str) -> Path | None:
 
 
 def load_folder_splits(spec: DataSpec) -> DatasetSplits:
+    from edgekit.datacheck.exclude import Exclusions
+    from edgekit.datacheck.split import split_without_leaks
+
     root = Path(spec.data).expanduser()
     train_dir = _split_dir(root, "train") if root.is_dir() else None
     description: dict = {"source": "folder", "path": str(root.resolve())}
+    exclusions = Exclusions.read(spec.exclude, root) if spec.exclude else None
+
+    def scan_folder(folder: Path, labels: tuple[str, ...] | None = None) -> ScannedFolder:
+        scan = scan_class_folders(folder, spec, labels)
+        return exclusions.apply(scan) if exclusions else scan
+
+    validation = test = None
     if train_dir is not None:
-        train_scan = scan_class_folders(train_dir, spec)
+        train_scan = scan_folder(train_dir)
         labels = train_scan.labels
         val_dir, test_dir = _split_dir(root, "validation"), _split_dir(root, "test")
         train = _folder_set(train_scan)
         scans = {"train": train_scan}
         if val_dir is not None:
-            scans["validation"] = scan_class_folders(val_dir, spec, labels)
+            scans["validation"] = scan_folder(val_dir, labels)
             validation = _folder_set(scans["validation"])
             split = {"layout": "train/validation folders"}
         else:
-            train_idx, val_idx = stratified_split(train.targets, spec.validation_fraction, spec.seed)
-            train, validation = train.subset(train_idx), train.subset(val_idx)
             split = {"layout": "train folder, stratified split", "validation_fraction":
                      spec.validation_fraction, "seed": spec.seed}
-        test = None
         if test_dir is not None:
-            scans["test"] = scan_class_folders(test_dir, spec, labels)
+            scans["test"] = scan_folder(test_dir, labels)
             test = _folder_set(scans["test"])
     else:
-        scan = scan_class_folders(root, spec)
+        scan = scan_folder(root)
         labels = scan.labels
         scans = {"all": scan}
-        full = _folder_set(scan)
-        train_idx, val_idx = stratified_split(full.targets, spec.validation_fraction, spec.seed)
-        train, validation, test = full.subset(train_idx), full.subset(val_idx), None
+        train = _folder_set(scan)
         split = {"layout": "class folders, stratified split", "validation_fraction": spec.validation_fraction,
                  "seed": spec.seed}
     if len(labels) < 2:
         raise EdgekitError(f"{root}: only one class ({labels[0]}); a classifier needs at least two class folders")
+    train, validation, duplicates = split_without_leaks(train, validation, test, spec)
+    if duplicates is not None:
+        split["duplicates"] = duplicates
     split.update(train=len(train), validation=len(validation), test=len(test) if test is not None else 0)
     description.update(
         n_files=sum(len(s.paths) for s in scans.values()),
@@ -309,6 +319,9 @@ def load_folder_splits(spec: DataSpec) -> DatasetSplits:
         skipped=[{"path": p, "reason": r} for s in scans.values() for p, r in s.skipped],
         split=split,
     )
+    if exclusions:
+        exclusions.warn_unmatched()
+        description["exclude"] = exclusions.record
     return DatasetSplits(labels, train, validation, test, description)
 
 
@@ -354,6 +367,8 @@ def spec_from_description(description: dict, image_size: int) -> DataSpec:
         image_size=image_size,
         seed=split.get("seed", 42),
         validation_fraction=split.get("validation_fraction", 0.2),
+        exclude=description.get("exclude", {}).get("path"),
+        group_duplicates="duplicates" in split,
     )
 
 

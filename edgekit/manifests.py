@@ -230,9 +230,20 @@ class TuneManifest(Manifest):
     best: dict | None = None
 
 
+@dataclass(frozen=True)
+class DataCheckManifest(Manifest):
+    """`edgekit data check`: which folder was checked, the headline counts, and the run used for labels."""
+
+    KIND: ClassVar[str] = "datacheck"
+    MAIN_FILE: ClassVar[str] = "report.json"
+    data: str = ""
+    summary: tuple[str, ...] = ()
+    run: ParentRef | None = None
+
+
 KINDS: dict[str, type[Manifest]] = {cls.KIND: cls for cls in (
     RunManifest, VariantManifest, EvalManifest, BenchManifest, FeedbackImportManifest, FeedbackDatasetManifest,
-    DeploymentManifest, ProbeManifest, TuneManifest)}
+    DeploymentManifest, ProbeManifest, TuneManifest, DataCheckManifest)}
 M = TypeVar("M", bound=Manifest)
 
 

@@ -312,7 +312,8 @@ def train(config: cfg.TrainConfig, resume: Path | None = None, *, callbacks: tup
         write_json_atomic(work_dir / CONFIG_FILE, cfg.to_dict(config))
         keras.utils.set_random_seed(config.seed)
         splits = load_dataset(DataSpec(config.data, tuple(config.extra_data), config.image_size, config.seed,
-                                       config.validation_fraction, config.strict, config.max_image_pixels))
+                                       config.validation_fraction, config.strict, config.max_image_pixels,
+                                       exclude=config.exclude))
     except BaseException:
         if created and chief:  # nothing was trained: leave no half-made run behind
             shutil.rmtree(work_dir, ignore_errors=True)

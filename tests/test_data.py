@@ -21,9 +21,14 @@ def _image(path, size=(40, 30), color=(200, 30, 30), fmt=None):
 
 
 def _two_class_folder(root, per_class=4):
+    """Two classes of distinct images (a seeded block pattern in the class colour): no file is a copy of
+    another, so the duplicate-aware split treats each as its own group."""
+    rng = np.random.default_rng(0)
     for cls, color in (("cat", (250, 0, 0)), ("dog", (0, 0, 250))):
         for i in range(per_class):
-            _image(root / cls / f"{i}.png", color=color)
+            pattern = (rng.integers(0, 2, (6, 8, 1)) * np.array(color)).astype(np.uint8)
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pattern).resize((40, 30), Image.NEAREST).save(root / cls / f"{i}.png")
     return root
 
 
@@ -152,7 +157,8 @@ def test_every_supported_format_decodes(tmp_path):
         _image(root / "a" / f"x.{ext}", size=(16, 16), color=color, fmt=fmt)
         _image(root / "b" / f"y.{ext}", size=(16, 16), color=color, fmt=fmt)
     Image.new("CMYK", (16, 16), (0, 0, 0, 0)).save(root / "a" / "cmyk.jpg")
-    splits = load_dataset(DataSpec(data=str(root), image_size=16, validation_fraction=0.1))
+    # every file is the same flat colour, one duplicate group the group-aware split would refuse to split
+    splits = load_dataset(DataSpec(data=str(root), image_size=16, validation_fraction=0.1, group_duplicates=False))
     pixels = load_pixels(splits.train.concat(splits.validation), 16)
     assert pixels.shape == (11, 16, 16, 3)
     assert not splits.description["skipped"]
