@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -175,21 +176,29 @@ def inspect_image(path: Path, max_pixels: int) -> bool:
 
 
 def _training_decoder():
-    """The pipeline's own decode function, run eagerly on one file: the scan accepts what it accepts."""
+    """The pipeline's own decode function, run on one file: the scan accepts exactly what it accepts."""
     from edgekit.compat import tf
 
-    # traced as a graph, as tf.data runs it; a tiny output size: the decode is the check
-    decode = tf.function(_decode_fn(8), input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.bool)])
+    # traced once as a graph, as tf.data runs it; a tiny output size: the decode is the check
+    decode = tf.function(_decode_fn(8), input_signature=[tf.TensorSpec([], tf.string),
+                                                         tf.TensorSpec([], tf.bool)]).get_concrete_function()
 
     def check(path: str, tf_ok: bool) -> str | None:
         try:
             decode(tf.constant(path), tf.constant(tf_ok))
         except (tf.errors.OpError, ValueError) as exc:
-            message = (getattr(exc, "message", "") or str(exc)).strip().splitlines()
-            return f"cannot be decoded by the training decoder ({message[0][:100] if message else 'corrupt'})"
+            return f"cannot be decoded by the training decoder ({_op_error_line(exc)})"
         return None
 
     return check
+
+
+def _op_error_line(exc: Exception) -> str:
+    """The one informative line of a TensorFlow graph error (not its call stack or node names)."""
+    text = getattr(exc, "message", "") or str(exc)
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith((" ", "\t"))
+             and not line.startswith(("Graph execution error", "Detected at node"))]
+    return re.sub(r"\s*\[\[.*", "", lines[-1])[:120] if lines else "corrupt"
 
 
 def _class_folders(root: Path) -> list[Path]:

@@ -30,7 +30,7 @@ from edgekit.artifacts import (
     write_text_atomic,
 )
 from edgekit.compat import keras, tf
-from edgekit.data import DataSpec, load_dataset, load_pixels, make_pipeline
+from edgekit.data import DataSpec, iter_pixel_batches, load_dataset, make_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, evaluate_predictor
 from edgekit.model import ModelSpec, build_classifier, check_image_size, resolve_weights, set_body_trainable
@@ -270,8 +270,8 @@ def train(config: cfg.TrainConfig, resume: Path | None = None) -> TrainResult:
         return TrainResult(run_dir, {})
     model = _exportable_copy(model, model_spec, work_dir / BEST_WEIGHTS)
 
-    metrics = evaluate_predictor(KerasPredictor(model), load_pixels(splits.validation, config.image_size),
-                                 splits.validation.targets, splits.labels)
+    metrics = evaluate_predictor(KerasPredictor(model), iter_pixel_batches(splits.validation, config.image_size),
+                                 None, splits.labels)
     metrics.pop("predictions")
     with atomic_path(run_dir / MODEL_FILE) as tmp:
         model.save(tmp)

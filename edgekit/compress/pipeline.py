@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.artifacts import parent_record, verify_files, write_bytes_atomic, write_manifest, write_text_atomic
-from edgekit.data import calibration_images, load_dataset, load_pixels, make_pipeline, spec_from_description
+from edgekit.data import (
+    calibration_images,
+    iter_pixel_batches,
+    load_dataset,
+    load_pixels,
+    make_pipeline,
+    spec_from_description,
+)
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
 from edgekit.model import load_keras_model
@@ -87,12 +94,15 @@ def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force
     image_size = manifest["model"]["input_size"][0]
     config = manifest.get("config", {})
     splits = load_dataset(spec_from_description(manifest["dataset"], image_size))
-    val_pixels = load_pixels(splits.validation, image_size)
-    float_probs = KerasPredictor(model).predict(val_pixels)
+    # drift is measured on the first 256 validation images; accuracy streams over all of them
+    drift_pixels = load_pixels(splits.validation.subset(np.arange(min(256, len(splits.validation)))), image_size)
+    float_probs = KerasPredictor(model).predict(drift_pixels)
 
     batch = int(config.get("batch_size", 64))
-    train_ds = make_pipeline(splits.train, image_size, batch, training=True, seed=int(config.get("seed", 42)))
-    val_ds = make_pipeline(splits.validation, image_size, batch)
+    train_ds = val_ds = None
+    if any(stage.type in ("prune", "cluster", "qat") for stage in recipe.stages):  # else no pass over train
+        train_ds = make_pipeline(splits.train, image_size, batch, training=True, seed=int(config.get("seed", 42)))
+        val_ds = make_pipeline(splits.validation, image_size, batch)
     model, sparsity, timings = _training_stages(model, recipe, train_ds, val_ds)
 
     convert_params = recipe.convert.params
@@ -114,8 +124,9 @@ def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force
         write_text_atomic(scratch / RECIPE_FILE, recipe.to_yaml())
         write_text_atomic(scratch / "labels.txt", "\n".join(manifest["model"]["labels"]) + "\n")
         predictor = TFLitePredictor(scratch / TFLITE_FILE, num_threads=threads)
-        metrics = evaluate_predictor(predictor, val_pixels, splits.validation.targets, splits.labels)
-        probs_diff = np.abs(predictor.predict(val_pixels[:256]) - float_probs[:256])
+        metrics = evaluate_predictor(predictor, iter_pixel_batches(splits.validation, image_size), None,
+                                     splits.labels)
+        probs_diff = np.abs(predictor.predict(drift_pixels) - float_probs)
         metrics.pop("predictions")
         float_accuracy = manifest["metrics"]["validation"]["accuracy"]
         files = [TFLITE_FILE, RECIPE_FILE, "labels.txt"]
