@@ -127,7 +127,7 @@ class CachedPixels:
         if not training:
             return ds.flat_map(read)
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        return ds.interleave(read, cycle_length=min(4, len(files)), block_length=1, deterministic=True)
+        return ds.interleave(read, cycle_length=min(4, len(files)), block_length=1)
 
 
 def open_or_build(paths: list[str], tf_decodable: list[bool], image_size: int,
