@@ -10,7 +10,7 @@ uncached pipeline and from the device by up to half a grey level.
 
 The key covers each file's path, size and mtime and the image size, so a changed file makes a new
 entry. The index records the format and a fingerprint of the decoder's source and library versions:
-an entry from another edgekit or decoder, or a shard whose size or CRC is off, is rebuilt with a
+an entry from another edgekit or decoder, or a shard whose size or checksum is off, is rebuilt with a
 notice. A full disk while writing leaves the run working without the cache. `EDGEKIT_CACHE=off`
 (`edgekit --no-cache`) turns it off; `EDGEKIT_CACHE_LIMIT` (`--cache-limit`) bounds it, evicting
 the least recently used entries.
@@ -25,19 +25,19 @@ import os
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from edgekit.artifacts import edgekit_home, write_json_atomic
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: xxh3 checksums
 INDEX = "index.json"
 SHARD_BYTES = 32 << 20  # a shard is read whole; a few of them in flight bound the memory of a reader
 DEFAULT_LIMIT = 20 << 30
@@ -177,7 +177,7 @@ def _build(directory: Path, count: int, image_size: int, fingerprint: str,
     per_shard = max(1, SHARD_BYTES // per_image)
     scratch = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     shards: list[dict] = []
-    handle, crc, in_shard, written = None, 0, 0, 0
+    handle, digest, in_shard, written = None, None, 0, 0
     log.info("decoding %d images once at %d px into the pixel cache %s", count, image_size, directory)
     try:
         with progress(count, "decoding once") as bar:
@@ -187,20 +187,20 @@ def _build(directory: Path, count: int, image_size: int, fingerprint: str,
                 while start < len(batch):
                     if handle is None:
                         name = f"shard-{len(shards):05d}.f32"
-                        handle, crc, in_shard = open(scratch / name, "wb"), 0, 0
+                        handle, digest, in_shard = open(scratch / name, "wb"), xxhash.xxh3_64(), 0
                     take = min(len(batch) - start, per_shard - in_shard)
                     chunk = memoryview(batch[start:start + take]).cast("B")
                     handle.write(chunk)
-                    crc = zlib.crc32(chunk, crc)
+                    digest.update(chunk)
                     in_shard, start, written = in_shard + take, start + take, written + take
                     if in_shard == per_shard:
                         handle.close()
-                        shards.append({"file": name, "n": in_shard, "crc32": crc})
+                        shards.append({"file": name, "n": in_shard, "xxh3": digest.hexdigest()})
                         handle = None
                 bar.update(len(batch))
         if handle is not None:
             handle.close()
-            shards.append({"file": name, "n": in_shard, "crc32": crc})
+            shards.append({"file": name, "n": in_shard, "xxh3": digest.hexdigest()})
             handle = None
         if written != count:
             raise EdgekitError(f"pixel cache: the pipeline produced {written} images for {count} files")
@@ -224,7 +224,7 @@ def _read_index(directory: Path) -> dict:
 
 
 def _problem(directory: Path, count: int, image_size: int, fingerprint: str) -> str | None:
-    """Why an entry cannot be trusted (None when it can): format, decoder, sizes and every shard's CRC."""
+    """Why an entry cannot be trusted (None when it can): format, decoder, sizes and every shard's checksum."""
     try:
         index = _read_index(directory)
     except (OSError, ValueError) as exc:
@@ -244,19 +244,19 @@ def _problem(directory: Path, count: int, image_size: int, fingerprint: str) -> 
             path = directory / shard["file"]
             if path.stat().st_size != int(shard["n"]) * per_image:
                 return f"is damaged ({shard['file']} has the wrong size)"
-            if _crc32(path) != shard["crc32"]:
-                return f"is damaged ({shard['file']} fails its CRC)"
+            if _checksum(path) != shard["xxh3"]:
+                return f"is damaged ({shard['file']} fails its checksum)"
     except (OSError, KeyError, TypeError, ValueError) as exc:
         return f"is damaged ({str(exc)[:80]})"
     return None
 
 
-def _crc32(path: Path) -> int:
-    crc = 0
+def _checksum(path: Path) -> str:
+    digest = xxhash.xxh3_64()
     with open(path, "rb") as handle:
         while chunk := handle.read(8 << 20):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _evict(root: Path, budget: int) -> None:

@@ -73,7 +73,7 @@ def test_a_changed_file_makes_a_new_entry(images, edgekit_home):
 
 
 @pytest.mark.parametrize("damage, notice", [
-    ("flip", "fails its CRC"),
+    ("flip", "fails its checksum"),
     ("truncate", "has the wrong size"),
     ("index", "unreadable index"),
     ("version", "another edgekit version or decoder"),
