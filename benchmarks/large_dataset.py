@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, WORK, print_table, write_json  # noqa: E402
+from _common import RESULTS, ROOT, WORK, print_table, write_json  # noqa: E402
 
 CLASSES = 10
 COMMANDS = ("train (first)", "train (second)", "eval", "compress --int8")
@@ -111,7 +111,7 @@ def commands(folder: Path, runs: Path, size: int) -> dict[str, list[str]]:
     }
 
 
-def measure(count: int, photo: tuple[int, int], size: int, trees: dict[str, Path]) -> list[dict]:
+def measure(count: int, photo: tuple[int, int], size: int, trees: dict[str, Path], save) -> list[dict]:
     folder = photo_folder(count, *photo)
     homes = {}
     for name in trees:
@@ -129,6 +129,7 @@ def measure(count: int, photo: tuple[int, int], size: int, trees: dict[str, Path
                 training = json.loads(result["stdout"])["training"]
                 row["fit s"] = training["fit_seconds"]
             rows.append(row)
+            save(rows)  # after every command: an interrupted run keeps what it measured
             print(f"{count} {name:6} {label:16} {row['wall s']:7.1f} s  {row['peak MB'] or 0:7.0f} MB  "
                   f"exit {row['exit']}  load {row['load']}", file=sys.stderr)
     for name in trees:
@@ -157,18 +158,20 @@ def main() -> None:
     trees = {"before": export_tree(before), "after": ROOT}
     if args.only:
         trees = {args.only: trees[args.only]}
-    rows = []
-    for count in counts:
-        rows += measure(count, (width, height), size, trees)
-    print_table(rows, ["images", "tree", "command", "wall s", "fit s", "peak MB", "exit", "load"])
+    settings = {"images": counts, "photo": f"{width}x{height}", "image_size": size, "before": before,
+                "model": "MobileNetV2 alpha 0.35, weights none", "peak_MB": "child's own maximum RSS via wait4",
+                "cache on disk row": "peak MB column holds the size of $EDGEKIT_HOME/cache in MiB"}
     name = Path(args.out).stem if args.out else ("large_dataset_quick" if args.quick else "large_dataset")
-    path = write_json(name, {"settings": {"images": counts, "photo": f"{width}x{height}", "image_size": size,
-                                          "before": before, "model": "MobileNetV2 alpha 0.35, weights none",
-                                          "peak_MB": "child's own maximum RSS via wait4",
-                                          "cache on disk row": "peak MB column holds the size of "
-                                                               "$EDGEKIT_HOME/cache in MiB"},
-                               "rows": rows})
-    print(f"wrote {path}", file=sys.stderr)
+    done: list[dict] = []
+
+    def save(rows: list[dict]) -> None:
+        write_json(name, {"settings": settings, "rows": done + rows})
+
+    for count in counts:
+        done.extend(measure(count, (width, height), size, trees, save))
+    write_json(name, {"settings": settings, "rows": done})
+    print_table(done, ["images", "tree", "command", "wall s", "fit s", "peak MB", "exit", "load"])
+    print(f"wrote {RESULTS / (name + '.json')}", file=sys.stderr)
 
 
 if __name__ == "__main__":
