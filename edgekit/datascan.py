@@ -13,12 +13,15 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from edgekit.artifacts import edgekit_home, write_text_atomic
+from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +186,112 @@ def report_skipped(skipped: list[tuple[str, str]], root: Path) -> Path | None:
     log.warning("skipped %d file(s) in %s that are not usable images: %s%s (use --strict to stop at an "
                 "unreadable image instead)", len(skipped), root, listed, tail)
     return listing
+
+
+def scan_folder(root: Path, spec, labels: tuple[str, ...] | None = None, use_cache: bool | None = None):
+    """`data.scan_class_folders`: list, check (with the cache) and account for every file under root.
+
+    Verdicts are cached per file (path, size, mtime), so a rescan of an unchanged folder decodes nothing.
+    """
+    from edgekit.data import IMAGE_EXTENSIONS, ScannedFolder, _class_folders, _fingerprint
+
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgekitError(f"{root}: no such data folder; pass a folder with one sub-folder per class")
+    folders = _class_folders(root)
+    if not folders:
+        raise EdgekitError(f"{root}: no class folders; expected {root}/<class name>/<images>")
+    skipped = stray_entries(root, folders)
+    found = {}
+    for folder in folders:
+        found[folder.name], ignored = list_class_folder(folder, IMAGE_EXTENSIONS)
+        skipped += ignored
+    if labels is None:
+        labels = tuple(name for name in sorted(found))
+    else:
+        unknown = sorted(set(found) - set(labels))
+        if unknown:
+            raise EdgekitError(
+                f"{root / unknown[0]}: class {unknown[0]!r} is not one of the model's classes "
+                f"({', '.join(labels)}); rename or remove that folder"
+            )
+    for name, files in found.items():
+        if not files:
+            raise EdgekitError(
+                f"{root / name}: class folder has no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); "
+                "add images or remove the folder"
+            )
+    candidates = [(str(path), labels.index(name)) for name, files in found.items() for path in files]
+    cache = ScanCache(root, spec.max_image_pixels, enabled=_cache_enabled(use_cache))
+    decoder = []  # built on first use: an unchanged folder never needs TensorFlow to be checked
+    results = check_files([c[0] for c in candidates], lambda p: _check(p, spec.max_image_pixels, decoder),
+                                   cache, str(root))
+    paths, targets, tf_ok = [], [], []
+    for (path, target), (ok, reason) in zip(candidates, results):
+        if reason is not None:
+            if spec.strict:
+                raise EdgekitError(f"{path}: {reason}; fix or remove it, or drop --strict to skip such files")
+            skipped.append((path, reason))
+            continue
+        paths.append(path)
+        targets.append(target)
+        tf_ok.append(ok)
+    for name in found:
+        if labels.index(name) not in targets:
+            raise EdgekitError(f"{root / name}: class folder has no readable image; fix or remove its files")
+    report_skipped(skipped, root)
+    return ScannedFolder(labels, paths, targets, tf_ok, skipped, _fingerprint(root, paths))
+
+
+def _cache_enabled(use_cache: bool | None) -> bool:
+    from edgekit.datacache import cache_settings
+
+    return cache_settings().enabled if use_cache is None else use_cache
+
+
+_decoder_lock = threading.Lock()
+
+
+def _check(path: str, max_pixels: int, decoder: list) -> tuple[bool, str | None]:
+    """(tf decodable, None) for a usable image, else (False, reason); `decoder` holds the lazy decoder."""
+    from edgekit import data
+
+    try:
+        tf_ok = data.inspect_image(Path(path), max_pixels)
+    except data.BadImage as exc:
+        return False, str(exc)
+    with _decoder_lock:
+        if not decoder:
+            decoder.append(_training_decoder())
+    reason = decoder[0](path, tf_ok)
+    return (False, reason) if reason is not None else (tf_ok, None)
+
+
+def _training_decoder():
+    """The pipeline's own decode function, run on one file: the scan accepts exactly what it accepts."""
+    from edgekit.compat import tf
+    from edgekit.data import _decode_fn
+
+    # traced once as a graph, as tf.data runs it; a tiny output size: the decode is the check
+    decode = tf.function(_decode_fn(8), input_signature=[tf.TensorSpec([], tf.string),
+                                                         tf.TensorSpec([], tf.bool)]).get_concrete_function()
+
+    def check(path: str, tf_ok: bool) -> str | None:
+        try:
+            decode(tf.constant(path), tf.constant(tf_ok))
+        except (tf.errors.OpError, ValueError) as exc:
+            return f"cannot be decoded by the training decoder ({_op_error_line(exc)})"
+        return None
+
+    return check
+
+
+def _op_error_line(exc: Exception) -> str:
+    """The one informative line of a TensorFlow graph error (not its call stack or node names)."""
+    text = getattr(exc, "message", "") or str(exc)
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith((" ", "\t"))
+             and not line.startswith(("Graph execution error", "Detected at node"))]
+    return re.sub(r"\s*\[\[.*", "", lines[-1])[:120] if lines else "corrupt"
 
 
 def _edgekit_version() -> str:
