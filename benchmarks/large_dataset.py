@@ -1,5 +1,5 @@
 """usage: python benchmarks/large_dataset.py [--quick] [--images 1000,3000] [--photo 1600x1200] [--image-size 224]
-                                          [--before REV] [--only after] [--out FILE.json]
+                                          [--before REV] [--only after] [--eval-folders 250,1000] [--out FILE.json]
 
 Datasets at real scale, before and after the decode-once cache and streaming (issue 15): wall time and
 peak memory of the real CLI commands on a generated folder of full-size JPEGs, at two or more dataset
@@ -11,6 +11,8 @@ tree of git revision REV (default: the branch's merge base with main), exported 
 into benchmarks/work/; "after" is this tree. Each tree gets a fresh EDGEKIT_HOME per size.
 Photos are generated once into benchmarks/work/ (smooth colour fields plus sensor-like noise, ten
 classes by hue); the model is MobileNetV2 alpha 0.35 from scratch (`--weights none`: no download).
+--eval-folders N,M: then `eval RUN --data FOLDER` of folders of N and M photos, twice each, with the
+runs of the first --images size: memory against dataset size for a command without training state.
 --quick: 300 and 900 photos of 1024x768 at 96 px (about five minutes on a quiet 2-core machine).
 """
 
@@ -140,6 +142,29 @@ def measure(count: int, photo: tuple[int, int], size: int, trees: dict[str, Path
     return rows
 
 
+def measure_eval_folders(run_images: int, counts: list[int], photo: tuple[int, int],
+                         trees: dict[str, Path], save) -> list[dict]:
+    """`eval RUN --data FOLDER` of growing folders with the run trained on `run_images` photos: what the
+    memory of a command that holds no training state does as the dataset grows; each twice (first: scan
+    and decode, second: both caches)."""
+    rows = []
+    for count in counts:
+        folder = photo_folder(count, *photo)
+        for attempt in ("first", "second"):
+            for name, tree in trees.items():
+                home = WORK / f"large-home-{name}-{run_images}"
+                result = run(tree, home, ["eval", str(home / "runs" / "first"), "--data", str(folder),
+                                          "--out", str(home / f"eval-{count}"), "--json"])
+                row = {"images": count, "tree": name, "command": f"eval --data ({attempt})",
+                       "wall s": result["wall_s"], "peak MB": result["peak_rss_mb"], "exit": result["exit"],
+                       "error": result["error"], "load": round(os.getloadavg()[0], 1)}
+                rows.append(row)
+                save(rows)
+                print(f"{count} {name:6} {row['command']:22} {row['wall s']:7.1f} s  {row['peak MB']:7.0f} MB  "
+                      f"exit {row['exit']}  load {row['load']}", file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -148,6 +173,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="model input size (default 224)")
     parser.add_argument("--before", default=None, help="git revision for 'before' (default: merge base with main)")
     parser.add_argument("--only", choices=("before", "after"), help="measure one tree only")
+    parser.add_argument("--eval-folders", default=None,
+                        help="only `eval --data` of these folder sizes (e.g. 250,1000), with the runs an "
+                             "earlier call made for the first --images size")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     counts = [int(c) for c in (args.images or ("300,900" if args.quick else "1000,3000")).split(",")]
@@ -167,8 +195,12 @@ def main() -> None:
     def save(rows: list[dict]) -> None:
         write_json(name, {"settings": settings, "rows": done + rows})
 
-    for count in counts:
-        done.extend(measure(count, (width, height), size, trees, save))
+    if args.eval_folders:
+        eval_counts = [int(c) for c in args.eval_folders.split(",")]
+        done.extend(measure_eval_folders(counts[0], eval_counts, (width, height), trees, save))
+    else:
+        for count in counts:
+            done.extend(measure(count, (width, height), size, trees, save))
     write_json(name, {"settings": settings, "rows": done})
     print_table(done, ["images", "tree", "command", "wall s", "fit s", "peak MB", "exit", "load"])
     print(f"wrote {RESULTS / (name + '.json')}", file=sys.stderr)
