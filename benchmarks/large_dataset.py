@@ -90,7 +90,8 @@ def run(tree: Path, home: Path, args: list[str]) -> dict:
     command = [sys.executable, "-c", "from edgekit.cli import app; app()", "--quiet", *args]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
-        child = subprocess.Popen(command, env=env, stdout=out, stderr=err)
+        # cwd=tree: `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH
+        child = subprocess.Popen(command, env=env, stdout=out, stderr=err, cwd=tree)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - started
         child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
