@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -41,9 +42,30 @@ def main(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the edgekit version and exit.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode images every time: no scan or pixel "
+                                                              "cache under $EDGEKIT_HOME/cache (EDGEKIT_CACHE=off).")]
+    = False,
+    cache_limit: Annotated[str | None, typer.Option(help="Largest size of the pixel cache, e.g. 20G (default; "
+                                                         "EDGEKIT_CACHE_LIMIT); least recently used entries go.")]
+    = None,
 ) -> None:
-    """edgekit: train → compress → bench → deploy → feedback, one artifact directory at a time."""
+    """edgekit: train → compress → bench → deploy → feedback, one artifact directory at a time.
+
+    $ edgekit --no-cache eval runs/photos-20260101-120000
+    $ edgekit --cache-limit 50G train --data photos/
+    """
     _state["debug"] = debug
+    if no_cache:  # the environment carries it to the library, subprocesses and tests alike
+        os.environ["EDGEKIT_CACHE"] = "off"
+    if cache_limit is not None:
+        from edgekit.datacache import parse_size
+
+        try:
+            parse_size(cache_limit, "--cache-limit")
+        except EdgekitError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        os.environ["EDGEKIT_CACHE_LIMIT"] = cache_limit
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(levelname)s: %(message)s", force=True)
     for noisy in ("absl", "tensorflow", "h5py"):

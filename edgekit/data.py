@@ -11,7 +11,6 @@ import functools
 import hashlib
 import logging
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +20,14 @@ from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # what tf.io.decode_image reads natively; anything else is decoded by Pillow inside the pipeline
 TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
 TF_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "val"), "test": ("test",)}
-CACHE_LIMIT_BYTES = 2 << 30
+# without the disk cache, a split this small is kept decoded in memory (was 2 GiB: the 4.9 GB peak)
+MEMORY_CACHE_BYTES = 512 << 20
+SHUFFLE_BYTES = 512 << 20  # the training shuffle buffer's cap, so memory does not grow with the dataset
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,11 @@ class BadImage(Exception):
 
 
 def inspect_image(path: Path, max_pixels: int) -> bool:
-    """Fully decode `path` once; return whether tf.io can decode it natively. Raise BadImage otherwise."""
+    """Read `path`'s header with Pillow; return whether tf.io decodes it natively. Raise BadImage otherwise.
+
+    Only the header: `_check` then decodes the file with the training decoder itself, because a full
+    Pillow decode accepts files (a PNG with a bad CRC) that TensorFlow's decoder refuses mid-epoch.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -161,7 +166,6 @@ def inspect_image(path: Path, max_pixels: int) -> bool:
                     raise BadImage(f"{width}x{height} is over the {max_pixels:,}-pixel limit for safe decoding")
                 if width < 1 or height < 1:
                     raise BadImage("has no pixels")
-                image.load()
                 upright = image.getexif().get(0x0112, 1) in (0, 1)  # tf.io ignores EXIF orientation
                 return image.format in TF_FORMATS and image.mode in TF_MODES and upright
     except Image.DecompressionBombError:
@@ -171,14 +175,6 @@ def inspect_image(path: Path, max_pixels: int) -> bool:
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"cannot be decoded ({str(exc).splitlines()[0][:100] if str(exc) else 'corrupt'})") \
             from None
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
 
 
 def _class_folders(root: Path) -> list[Path]:
@@ -195,59 +191,12 @@ class ScannedFolder:
     fingerprint: str
 
 
-def scan_class_folders(root: Path, spec: DataSpec, labels: tuple[str, ...] | None = None) -> ScannedFolder:
+def scan_class_folders(root: Path, spec: DataSpec, labels: tuple[str, ...] | None = None,
+                       use_cache: bool | None = None) -> ScannedFolder:
     """Find and check every image under `root/<class>/`. `labels` fixes the class list and order."""
-    root = Path(root)
-    if not root.is_dir():
-        raise EdgekitError(f"{root}: no such data folder; pass a folder with one sub-folder per class")
-    folders = _class_folders(root)
-    if not folders:
-        raise EdgekitError(f"{root}: no class folders; expected {root}/<class name>/<images>")
-    found = {f.name: _image_files(f) for f in folders}
-    if labels is None:
-        labels = tuple(name for name in sorted(found))
-    else:
-        unknown = sorted(set(found) - set(labels))
-        if unknown:
-            raise EdgekitError(
-                f"{root / unknown[0]}: class {unknown[0]!r} is not one of the model's classes "
-                f"({', '.join(labels)}); rename or remove that folder"
-            )
-    for name, files in found.items():
-        if not files:
-            raise EdgekitError(
-                f"{root / name}: class folder has no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}); "
-                "add images or remove the folder"
-            )
-    candidates = [(str(path), labels.index(name)) for name, files in found.items() for path in files]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda c: _check(c[0], spec.max_image_pixels), candidates))
-    paths, targets, tf_ok, skipped = [], [], [], []
-    for (path, target), (ok, reason) in zip(candidates, results):
-        if reason is not None:
-            if spec.strict:
-                raise EdgekitError(f"{path}: {reason}; fix or remove it, or drop --strict to skip such files")
-            skipped.append((path, reason))
-            continue
-        paths.append(path)
-        targets.append(target)
-        tf_ok.append(ok)
-    for name in found:
-        if labels.index(name) not in targets:
-            raise EdgekitError(f"{root / name}: class folder has no readable image; fix or remove its files")
-    if skipped:
-        listed = "; ".join(f"{p} ({r})" for p, r in skipped[:5])
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        log.warning("skipped %d unreadable image(s): %s%s (use --strict to stop instead)", len(skipped), listed,
-                    more)
-    return ScannedFolder(labels, paths, targets, tf_ok, skipped, _fingerprint(root, paths))
+    from edgekit.datascan import scan_folder
 
-
-def _check(path: str, max_pixels: int) -> tuple[bool, str | None]:
-    try:
-        return inspect_image(Path(path), max_pixels), None
-    except BadImage as exc:
-        return False, str(exc)
+    return scan_folder(root, spec, labels, use_cache)
 
 
 def _fingerprint(root: Path, paths: list[str]) -> str:
@@ -434,30 +383,63 @@ def _decode_fn(image_size: int):
 
 def make_pipeline(images: ImageSet, image_size: int, batch_size: int, *, training: bool = False,
                   augment=None, seed: int = 0, cache: bool = True, drop_remainder: bool = False):
-    """tf.data: parallel decode and resize → cache (when it fits) → shuffle → batch → augment → prefetch."""
+    """tf.data: decoded pixels (from the disk cache, built on first use) → shuffle → batch → augment → prefetch.
+
+    Nothing here holds more than a bounded number of images in memory: the disk cache is read shard
+    by shard and the shuffle buffer is capped in bytes (SHUFFLE_BYTES), whatever the dataset size.
+    """
     from edgekit.compat import tf
 
     autotune = tf.data.AUTOTUNE
     labels = tf.constant(images.targets, dtype=tf.int32)
+    image_bytes = image_size * image_size * 3 * 4
+    shuffle_pixels = training
     if images.pixels is not None:
         pixels = images.pixels
         if pixels.shape[1] != image_size:
             pixels = tf.image.resize(pixels, [image_size, image_size], method="bilinear").numpy()
         ds = tf.data.Dataset.from_tensor_slices((tf.cast(pixels, tf.float32), labels))
+    elif (cached := _disk_cache(images, image_size) if cache else None) is not None:
+        ds = cached.dataset(images.targets, training=training, seed=seed)
     else:
+        in_memory = cache and len(images) * image_bytes <= MEMORY_CACHE_BYTES
         decode = _decode_fn(image_size)
         ds = tf.data.Dataset.from_tensor_slices((list(images.paths), list(images.tf_decodable), labels))
+        if training and not in_memory:  # shuffling paths is free and complete; pixels need a buffer
+            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+            shuffle_pixels = False
         ds = ds.map(lambda p, ok, y: (decode(p, ok), y), num_parallel_calls=autotune, deterministic=True)
-    if cache and len(images) * image_size * image_size * 3 * 4 <= CACHE_LIMIT_BYTES:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(len(images), 10_000), seed=seed, reshuffle_each_iteration=True)
+        if in_memory:
+            ds = ds.cache()
+    if shuffle_pixels:
+        ds = ds.shuffle(max(1, min(len(images), 10_000, max(batch_size, SHUFFLE_BYTES // image_bytes))), seed=seed,
+                        reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if training and augment is not None and augment.enabled:
         from edgekit.augment import augment_batch
 
         ds = ds.map(lambda x, y: (augment_batch(x, augment, seed), y), num_parallel_calls=autotune)
     return ds.prefetch(autotune)
+
+
+def _disk_cache(images: ImageSet, image_size: int):
+    """The decode-once cache entry for these files (None when off or unwritable)."""
+    from edgekit import datacache
+
+    def decoded_batches():
+        for x, _ in make_pipeline(images, image_size, 64, cache=False):
+            yield x.numpy()
+
+    return datacache.open_or_build(list(images.paths), list(images.tf_decodable), image_size, decoded_batches)
+
+
+def iter_pixel_batches(images: ImageSet, image_size: int, batch_size: int = 128):
+    """(float32 pixels, int32 targets) batches in dataset order, from the decode-once cache.
+
+    What evaluation, compression and bench iterate instead of one array the size of the dataset.
+    """
+    for x, y in make_pipeline(images, image_size, batch_size):
+        yield x.numpy(), y.numpy()
 
 
 def load_pixels(images: ImageSet, image_size: int, batch_size: int = 256) -> np.ndarray:

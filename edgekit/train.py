@@ -32,7 +32,7 @@ from edgekit.artifacts import (
 )
 from edgekit.compat import gpus, keras, tf
 from edgekit.compress.finetune import EpochProgress
-from edgekit.data import DataSpec, load_dataset, load_pixels, make_pipeline
+from edgekit.data import DataSpec, iter_pixel_batches, load_dataset, make_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, evaluate_predictor
 from edgekit.model import ModelSpec, build_classifier, check_image_size, resolve_weights, set_body_trainable
@@ -341,8 +341,8 @@ def train(config: cfg.TrainConfig, resume: Path | None = None, *, callbacks: tup
 
 def _write_run(run_dir: Path, config: cfg.TrainConfig, splits, model, model_spec: ModelSpec, fit: _Fit,
                hardware: dict, started: float, lineage: dict) -> manifests.RunManifest:
-    metrics = evaluate_predictor(KerasPredictor(model), load_pixels(splits.validation, config.image_size),
-                                 splits.validation.targets, splits.labels)
+    metrics = evaluate_predictor(KerasPredictor(model), iter_pixel_batches(splits.validation, config.image_size),
+                                 None, splits.labels)
     metrics.pop("predictions")
     with atomic_path(run_dir / MODEL_FILE) as tmp:
         model.save(tmp)

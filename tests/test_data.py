@@ -133,7 +133,7 @@ def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path, caplog):
     skipped = {s["path"].rsplit("/", 1)[-1] for s in splits.description["skipped"]}
     assert skipped == {"truncated.jpg", "garbage.png"}
     assert len(splits.train) + len(splits.validation) == 9
-    assert "skipped 2 unreadable image(s)" in caplog.text and "truncated.jpg" in caplog.text
+    assert "skipped 2 file(s)" in caplog.text and "truncated.jpg" in caplog.text
 
 
 def test_strict_makes_a_corrupt_image_fatal(tmp_path):

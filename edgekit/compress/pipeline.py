@@ -21,17 +21,25 @@ import numpy as np
 
 from edgekit import manifests
 from edgekit.artifacts import check_writable, process_alive, write_bytes_atomic, write_text_atomic
-from edgekit.data import calibration_images, load_dataset, load_pixels, make_pipeline, spec_from_description
+from edgekit.data import (
+    calibration_images,
+    iter_pixel_batches,
+    load_dataset,
+    load_pixels,
+    make_pipeline,
+    spec_from_description,
+)
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
 from edgekit.model import load_keras_model
-from edgekit.recipes import Recipe
+from edgekit.recipes import TRAINING_STAGES, Recipe
 
 log = logging.getLogger(__name__)
 
 TFLITE_FILE = "model.tflite"
 RECIPE_FILE = "recipe.yaml"
 COMPRESSED_DIR = "compressed"
+DRIFT_IMAGES = 256
 
 
 @dataclass
@@ -49,7 +57,7 @@ class CompressContext:
     run: manifests.RunManifest
     model: object
     splits: object
-    val_pixels: np.ndarray
+    drift_pixels: np.ndarray  # the first validation images: the float model's outputs on them are the reference
     float_probs: np.ndarray
 
     @property
@@ -64,9 +72,11 @@ def load_context(run_dir: Path) -> CompressContext:
     manifests.verify_files(run_dir, run, names=[run.MAIN_FILE])
     model = load_keras_model(run_dir / run.MAIN_FILE)
     splits = load_dataset(spec_from_description(run.dataset, run.model.image_size))
-    val_pixels = load_pixels(splits.validation, run.model.image_size)
-    float_probs = KerasPredictor(model).predict(val_pixels)
-    return CompressContext(run_dir, run, model, splits, val_pixels, float_probs)
+    # Accuracy streams over the whole split; only the drift reference is held in memory (256 images).
+    first = splits.validation.subset(np.arange(min(DRIFT_IMAGES, len(splits.validation))))
+    drift_pixels = load_pixels(first, run.model.image_size)
+    float_probs = KerasPredictor(model).predict(drift_pixels)
+    return CompressContext(run_dir, run, model, splits, drift_pixels, float_probs)
 
 
 def variant_dir(run_dir: Path, recipe: Recipe) -> Path:
@@ -191,8 +201,10 @@ def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict
 
     config, size = context.run.config, context.image_size
     batch, seed = int(config.get("batch_size", 64)), int(config.get("seed", 42))
-    train_ds = make_pipeline(context.splits.train, size, batch, training=True, seed=seed)
-    val_ds = make_pipeline(context.splits.validation, size, batch)
+    train_ds = val_ds = None
+    if any(stage.type in TRAINING_STAGES for stage in recipe.stages):  # else no pass over the training data
+        train_ds = make_pipeline(context.splits.train, size, batch, training=True, seed=seed)
+        val_ds = make_pipeline(context.splits.validation, size, batch)
     model, sparsity, timings = _training_stages(context.model, recipe, train_ds, val_ds)
     params = recipe.convert.params
     calibration = None
@@ -208,10 +220,10 @@ def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict
 def _measure(path: Path, context: CompressContext, threads: int | None) -> tuple[dict, dict, dict]:
     """(metrics, output difference against the float Keras model, runtime) of the exact file on disk."""
     predictor = TFLitePredictor(path, num_threads=threads)
-    metrics = evaluate_predictor(predictor, context.val_pixels, context.splits.validation.targets,
+    metrics = evaluate_predictor(predictor, iter_pixel_batches(context.splits.validation, context.image_size), None,
                                  context.splits.labels)
     metrics.pop("predictions")
-    diff = np.abs(predictor.predict(context.val_pixels[:256]) - context.float_probs[:256])
+    diff = np.abs(predictor.predict(context.drift_pixels) - context.float_probs)
     return metrics, {"max": float(diff.max()), "mean": float(diff.mean()), "n": int(len(diff))}, predictor.runtime
 
 
@@ -228,7 +240,8 @@ def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, cont
     write_bytes_atomic(scratch / TFLITE_FILE, content)
     write_text_atomic(scratch / RECIPE_FILE, recipe.to_yaml())
     write_text_atomic(scratch / "labels.txt", "\n".join(run.model.labels) + "\n")
-    log.info("%s: measuring accuracy of the .tflite on %d validation images", recipe.name, len(context.val_pixels))
+    log.info("%s: measuring accuracy of the .tflite on %d validation images", recipe.name,
+             len(context.splits.validation))
     metrics, diff, runtime = _measure(scratch / TFLITE_FILE, context, threads)
     files = [TFLITE_FILE, RECIPE_FILE, "labels.txt"]
     edgetpu = None
