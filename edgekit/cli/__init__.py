@@ -1,0 +1,136 @@
+"""The `edgekit` command: a thin typer layer that parses options and calls one library function each.
+
+Results go to stdout (`--json` for machines), progress and warnings to stderr. A user mistake is an
+`EdgekitError`: one line on stderr, exit code 1, no traceback unless `--debug`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekit.errors import EdgekitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train, compress, measure and deploy image classifiers for edge devices.",
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from edgekit import __version__
+
+        typer.echo(f"edgekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the edgekit version and exit.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode images every time: no scan or pixel "
+                                                              "cache under $EDGEKIT_HOME/cache (EDGEKIT_CACHE=off).")]
+    = False,
+    cache_limit: Annotated[str | None, typer.Option(help="Largest size of the pixel cache, e.g. 20G (default; "
+                                                         "EDGEKIT_CACHE_LIMIT); least recently used entries go.")]
+    = None,
+) -> None:
+    """edgekit: train → compress → bench → deploy → feedback, one artifact directory at a time.
+
+    $ edgekit --no-cache eval runs/photos-20260101-120000
+    $ edgekit --cache-limit 50G train --data photos/
+    """
+    _state["debug"] = debug
+    if no_cache:  # the environment carries it to the library, subprocesses and tests alike
+        os.environ["EDGEKIT_CACHE"] = "off"
+    if cache_limit is not None:
+        from edgekit.datacache import parse_size
+
+        try:
+            parse_size(cache_limit, "--cache-limit")
+        except EdgekitError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        os.environ["EDGEKIT_CACHE_LIMIT"] = cache_limit
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s: %(message)s", force=True)
+    for noisy in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def user_errors(func):
+    """Turn EdgekitError into one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except EdgekitError as exc:
+            if _state["debug"]:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def emit(payload: dict, as_json: bool, human: str) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str) if as_json else human)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+def _run_dir(run_dir: Path | None) -> Path:
+    from edgekit.artifacts import latest_run
+
+    return run_dir if run_dir is not None else latest_run()
+
+
+DeviceOption = Annotated[str, typer.Option("--device", "-d", help="Device profile name (desktop, pi, rpi5, coral, "
+                                                                  "...) or a profile .yaml file.")]
+RuntimeOption = Annotated[str | None, typer.Option(
+    help="Interpreter on the device: litert, tflite_runtime or tf.lite (default: the profile's runtime).")]
+AcceptKeyOption = Annotated[bool, typer.Option("--accept-new-host-key",
+                                               help="Trust an SSH host key seen for the first time.")]
+
+
+def _threads(value: str | None) -> tuple[int | None, ...]:
+    if not value:
+        return (None,)
+    try:
+        threads = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise EdgekitError(f"--threads {value!r}: expected numbers separated by commas, e.g. 1,2,4") from None
+    if any(t < 1 for t in threads):
+        raise EdgekitError(f"--threads {value!r}: thread counts must be at least 1")
+    return threads
+
+
+def _check_runtime(runtime: str | None) -> None:
+    from edgekit.devices import RUNTIMES
+
+    if runtime is not None and runtime not in RUNTIMES:
+        raise EdgekitError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+
+
+# Importing the command modules registers their commands on `app`, in the order `--help` lists them.
+for _module in ("training", "compression", "devices", "feedback", "data", "tune", "info"):
+    importlib.import_module(f"edgekit.cli.{_module}")

@@ -1,0 +1,104 @@
+"""`edgekit compress` and `edgekit report`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekit.cli import (
+    JsonOption,
+    _run_dir,
+    app,
+    emit,
+    user_errors,
+)
+from edgekit.errors import EdgekitError
+
+
+@app.command()
+@user_errors
+def compress(
+    run_dir: Annotated[Path | None, typer.Argument(help="A training run directory; default: the latest run.")]
+    = None,
+    recipe: Annotated[list[str] | None, typer.Option(
+        help="A shipped recipe name (int8-ptq, prune50-int8, ...) or a YAML file; repeatable.")] = None,
+    all_recipes: Annotated[bool, typer.Option("--all", help="Every shipped recipe.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Full-integer int8 conversion.")] = False,
+    float16: Annotated[bool, typer.Option("--float16", help="Float16 weights.")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic-range (int8 weights) conversion.")] = False,
+    prune: Annotated[float | None, typer.Option(help="Magnitude-prune to this sparsity first (e.g. 0.5).")]
+    = None,
+    cluster: Annotated[int | None, typer.Option(help="Cluster weights to this many centroids first.")] = None,
+    qat: Annotated[bool, typer.Option("--qat", help="Quantization-aware fine-tuning before int8.")] = False,
+    uint8_io: Annotated[bool, typer.Option("--uint8-io", help="uint8 model input/output (integer-only targets).")]
+    = False,
+    calibration_samples: Annotated[int, typer.Option(help="Training images used to calibrate int8.")] = 100,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per shorthand stage.")] = 2,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe(s) as YAML and stop.")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Then print the table of every variant of the run.")]
+    = False,
+    threads: Annotated[int | None, typer.Option(help="Interpreter threads for the accuracy pass.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a variant of the same name made by a different "
+                                                        "recipe (an identical recipe is never redone).")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Turn a trained run into .tflite variants, each measured on the validation split.
+
+    $ edgekit compress --int8
+    $ edgekit compress runs/digits-20260101-120000 --prune 0.5 --qat --int8
+    $ edgekit compress --recipe prune50-int8 --recipe cluster16-int8 --compare
+    """
+    from edgekit.recipes import check_unique_names, load_recipe, recipe_from_flags, shipped_recipes
+
+    if threads is not None and threads < 1:
+        raise EdgekitError(f"--threads {threads}: must be at least 1")
+    recipes = [load_recipe(name) for name in list(recipe or []) + (shipped_recipes() if all_recipes else [])]
+    shorthand = any((int8, float16, dynamic, prune is not None, cluster is not None, qat))
+    if shorthand:
+        recipes.append(recipe_from_flags(int8=int8, float16=float16, dynamic=dynamic, prune=prune, qat=qat,
+                                         cluster=cluster, uint8_io=uint8_io,
+                                         calibration_samples=calibration_samples, epochs=epochs))
+    if not recipes:
+        raise EdgekitError("nothing to do: pass --recipe NAME, --all, or a shorthand such as --int8")
+    check_unique_names(recipes)
+    if dry_run:
+        typer.echo("---\n".join(r.to_yaml() for r in recipes))
+        return
+    from edgekit.compress.pipeline import compress_all
+    from edgekit.report import write_variant_report
+
+    run = _run_dir(run_dir)
+    variants = compress_all(run, recipes, threads=threads, force=force)
+    results = [{"variant": v.manifest.name, "dir": str(v.directory), "status": v.status,
+                "recipe_hash": v.manifest.recipe_hash, "accuracy": v.manifest.metrics.validation.accuracy,
+                "size": v.manifest.tflite["size"]} for v in variants]
+    if not as_json:
+        for r in results:
+            typer.echo(f"{r['variant']}: {r['dir']}/model.tflite  accuracy {r['accuracy']:.4f}  size {r['size']:,} B"
+                       f"  ({r['status']})")
+    if compare:
+        rows, markdown = write_variant_report(run)
+        emit({"variants": results, "report": rows}, as_json, markdown)
+    elif as_json:
+        typer.echo(json.dumps({"variants": results}, indent=2))
+
+
+@app.command()
+@user_errors
+def report(
+    run_dir: Annotated[Path | None, typer.Argument(help="A training run directory; default: the latest run.")]
+    = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One table of every compressed variant of a run: size, gzip size, sparsity, accuracy, delta vs float.
+
+    $ edgekit report runs/digits-20260101-120000
+    """
+    from edgekit.report import write_variant_report
+
+    run = _run_dir(run_dir)
+    rows, markdown = write_variant_report(run)
+    emit({"run": str(run), "variants": rows}, as_json, markdown)

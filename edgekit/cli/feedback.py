@@ -1,0 +1,89 @@
+"""`edgekit feedback import|pull|export`: device logs back into training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekit.cli import (
+    AcceptKeyOption,
+    DeviceOption,
+    JsonOption,
+    app,
+    emit,
+    user_errors,
+)
+
+feedback_app = typer.Typer(no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.callback()
+def feedback_group() -> None:
+    """Bring device logs (wrong predictions, corrections) back into training.
+
+    $ edgekit feedback pull --device pi && edgekit feedback export --out feedback-data
+    """
+
+
+@feedback_app.command("import")
+@user_errors
+def feedback_import(
+    db: Annotated[Path, typer.Argument(help="An edgekit_runner.db copied from a device.")],
+    name: Annotated[str | None, typer.Option(help="Name of the import.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Snapshot a runner database and its saved samples into $EDGEKIT_HOME/feedback.
+
+    $ edgekit feedback import ./edgekit_runner.db
+    """
+    from edgekit.feedback import import_db
+
+    _report_imports([import_db(db, name=name)], "imported", as_json)
+
+
+@feedback_app.command("pull")
+@user_errors
+def feedback_pull(
+    device: DeviceOption,
+    name: Annotated[str | None, typer.Option(help="Name of the import.")] = None,
+    accept_new_host_key: AcceptKeyOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Fetch the runner database and samples from a device over SSH, then import them.
+
+    $ edgekit feedback pull --device pi
+    """
+    from edgekit.devices import load_profile
+    from edgekit.feedback import pull
+
+    _report_imports(pull(load_profile(device), name=name, accept_new_host_key=accept_new_host_key), "pulled",
+                    as_json)
+
+
+def _report_imports(imports: list[Path], verb: str, as_json: bool) -> None:
+    from edgekit.feedback import summarize
+
+    counts = [summarize(target / "device.db") for target in imports]
+    predictions, feedback = sum(c["predictions"] for c in counts), sum(c["feedback"] for c in counts)
+    emit({"imports": [str(t) for t in imports], "predictions": predictions, "feedback": feedback}, as_json,
+         f"{verb} {predictions} predictions and {feedback} corrections into {', '.join(map(str, imports))}")
+
+
+@feedback_app.command("export")
+@user_errors
+def feedback_export(
+    out: Annotated[Path, typer.Option(help="New folder for the class-folder dataset.")],
+    imports: Annotated[list[Path] | None, typer.Argument(help="Imports to export; default: all.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write corrected samples as a class-folder dataset for `edgekit train --extra-data`.
+
+    $ edgekit feedback export --out feedback-data && edgekit train --data photos --extra-data feedback-data
+    """
+    from edgekit.feedback import export, report_markdown
+
+    report = export(out, imports)
+    emit(report, as_json, report_markdown(report) + f"\nwritten to {out}")
