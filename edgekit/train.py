@@ -239,6 +239,8 @@ def _fit_phases(config: cfg.TrainConfig, splits, model, strategy, work_dir: Path
     train_ds = make_pipeline(splits.train, config.image_size, config.batch_size, training=True,
                              augment=config.augment, seed=config.seed, cache=config.cache)
     val_ds = make_pipeline(splits.validation, config.image_size, config.batch_size, cache=config.cache)
+    if config.steps_per_epoch:  # capped epochs walk on through the data instead of running out of it
+        train_ds = train_ds.repeat()
     fit, done = _Fit(model), _finished_phases(work_dir)
     for phase, first, last, learning_rate, trainable_from in _phases(config, pretrained):
         if phase in done:

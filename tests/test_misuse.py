@@ -143,6 +143,7 @@ def test_read_only_home_refuses_a_feedback_import(read_only_home, tmp_path):
     assert "Read-only file system" in line
 
 
+@pytest.mark.slow
 def test_full_disk_while_training_is_one_line_and_resumable(tmp_path, monkeypatch):
     runs = tmp_path / "small"
     _mount_tmpfs(runs, "size=1m")

@@ -58,6 +58,7 @@ def test_tampered_model_is_detected(tiny_run, tmp_path):
         verify_files(copy)
 
 
+@pytest.mark.slow
 def test_folder_training_records_classes_and_fingerprint(digits_folder, tmp_path):
     result = train(TrainConfig(data=str(digits_folder), image_size=32, weights="none", epochs=1, batch_size=32,
                                name="folder", runs_dir=str(tmp_path)))
@@ -137,6 +138,7 @@ def test_default_training_reaches_95_percent_on_digits(tmp_path):
     assert result.manifest.metrics.validation.accuracy >= 0.95
 
 
+@pytest.mark.slow
 def test_transfer_learning_freezes_the_body_then_fine_tunes_its_top(digits_folder, tmp_path):
     """Pretrained weights from a file: phase 1 trains only the head, phase 2 the body from layer 100 on."""
     import numpy as np
@@ -161,6 +163,7 @@ def test_transfer_learning_freezes_the_body_then_fine_tunes_its_top(digits_folde
     np.testing.assert_array_equal(trained.get_layer(bn).get_weights()[2], reference.get_layer(bn).get_weights()[2])
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_exports_a_float32_model(tmp_path):
     """What a GPU run does (mixed_float16, float32 softmax), forced on the CPU for one step."""
     from edgekit.compat import keras

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgekit import manifests
 from edgekit.artifacts import edgekit_home, write_json_atomic, write_text_atomic
-from edgekit.data import SPLIT_NAMES, DataSpec, ImageSet, scan_class_folders
+from edgekit.data import IMAGE_EXTENSIONS, SPLIT_NAMES, DataSpec, ImageSet, scan_class_folders
 from edgekit.datacheck import hashing
 from edgekit.errors import EdgekitError
 
@@ -75,6 +75,10 @@ def scan_folder(root: Path) -> Images:
     if len(labels) < 2:
         raise EdgekitError(f"{root}: only one class ({labels[0]}); a classifier needs at least two class folders")
     return Images(root, labels, paths, splits, np.asarray(targets, dtype=np.int64), tf_ok, skipped)
+
+
+def _is_image_name(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _groups(images: Images, facts: list, options: CheckOptions) -> list[dict]:
@@ -159,7 +163,11 @@ def check_folder(root: Path, run: Path | None = None, options: CheckOptions | No
         "n_images": len(images.paths),
         "labels": list(images.labels),
         "options": options.__dict__,
-        "unreadable": images.skipped,
+        # The scan names every file it did not use; images that failed to decode are the data problem,
+        # the rest (notes.txt, hidden files, a folder named x.jpg) are listed apart.
+        "unreadable": [s for s in images.skipped if _is_image_name(s["path"]) and (images.root / s["path"]).is_file()],
+        "not_used": [s for s in images.skipped
+                     if not (_is_image_name(s["path"]) and (images.root / s["path"]).is_file())],
         "balance": _balance(images, options),
         "grayscale_share": round(sum(f.grayscale for f in facts) / max(1, len(facts)), 4),
         "duplicates": {"method": f"sha256 (exact); imagehash.phash within {options.near_distance} of 64 bits "
