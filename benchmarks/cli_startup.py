@@ -42,7 +42,9 @@ PROBE = "import runpy, sys; sys.argv = ['edgekit'] + sys.argv[1:]; " \
 def run_once(tree: Path, args: list[str], home: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "EDGEKIT_HOME": str(home)}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=900)
+    # cwd=tree: `python -c` puts the working directory ahead of PYTHONPATH, so run inside the tree measured
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=900,
+                          cwd=tree)
     wall = time.perf_counter() - started
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     tf_loaded = any(line == "TF=True" for line in lines)

@@ -33,7 +33,7 @@ def run_tree(tree: Path, run: Path, recipes: list[str], scratch: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "EDGEKIT_HOME": str(scratch / f"{tree.name}-home")}
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=3600)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=3600, cwd=tree)  # see PYTHONPATH
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{tree}: compress failed: {done.stderr.strip().splitlines()[-1:]}")
