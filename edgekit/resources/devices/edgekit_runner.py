@@ -506,11 +506,7 @@ class Model:
 
     def __init__(self, path: str, threads: int | None = None, delegate: str | None = None,
                  runtime: str | None = None, require_delegate: bool = True):
-        require_numpy()
-        self.path, self.threads, self.delegate, self.delegate_error = path, threads, delegate, None
-        content = read_model(path)
-        self.sha256 = hashlib.sha256(content).hexdigest()
-        self.size_bytes = len(content)
+        content = self._read(path, threads, delegate)
         self.manifest = read_manifest(path, self.sha256)
         self.standard_metadata = read_standard_metadata(content, path)
         # Without an edgekit manifest, a model's standard metadata says how to normalise its input.
@@ -524,6 +520,15 @@ class Model:
         self._check_input()
         self.pixel_range = self._manifest_field("pixel_range", [0, 255])
         self.lock = threading.Lock()
+
+    def _read(self, path: str, threads: int | None, delegate: str | None) -> bytes:
+        """The model's bytes (checked), with the identity every log row and report names."""
+        require_numpy()
+        self.path, self.threads, self.delegate, self.delegate_error = path, threads, delegate, None
+        content = read_model(path)
+        self.sha256 = hashlib.sha256(content).hexdigest()
+        self.size_bytes = len(content)
+        return content
 
     def _load(self, content: bytes, runtime: str | None, require_delegate: bool):
         """The runtime, the allocated interpreter, and the milliseconds loading took (delegate included)."""
@@ -1861,11 +1866,7 @@ class RawModel(Model):
 
     def __init__(self, path: str, threads: int | None = None, delegate: str | None = None,
                  runtime: str | None = None, require_delegate: bool = True):
-        require_numpy()
-        self.path, self.threads, self.delegate, self.delegate_error = path, threads, delegate, None
-        content = read_model(path)
-        self.sha256 = hashlib.sha256(content).hexdigest()
-        self.size_bytes = len(content)
+        content = self._read(path, threads, delegate)
         self.manifest = {}
         self.runtime, self.interpreter, self.load_ms = self._load(content, runtime, require_delegate)
         self.inputs = self.interpreter.get_input_details()
