@@ -41,7 +41,7 @@ def _mediapipe():
         import mediapipe
         from mediapipe.tasks.python import BaseOptions, vision
     except ImportError as exc:
-        pytest.skip(f"mediapipe Tasks not importable ({exc}); install the clients extra: pip install -e '.[clients]'")
+        pytest.skip(f"mediapipe Tasks not importable ({exc}); install it: pip install --no-deps -r .ci/clients.txt")
     return mediapipe, BaseOptions, vision
 
 
