@@ -71,11 +71,13 @@ def available_runtimes() -> list[Runtime]:
 
 def get_runtime(name: str | None = None) -> Runtime:
     """The named runtime, or the first available one; a clear error when it is missing."""
-    if name is None:
-        runtimes = available_runtimes()
-        if not runtimes:
-            raise EdgekitError("no TFLite interpreter found: pip install ai-edge-litert")
-        return runtimes[0]
+    if name is None:  # the first that imports; later ones are not even tried (tf.lite means TensorFlow)
+        for loader in _LOADERS.values():
+            try:
+                return loader()
+            except ImportError:
+                continue
+        raise EdgekitError("no TFLite interpreter found: pip install ai-edge-litert")
     if name not in _LOADERS:
         raise EdgekitError(f"unknown runtime {name!r}: choose one of {', '.join(_LOADERS)}")
     try:

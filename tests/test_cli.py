@@ -152,9 +152,14 @@ print(result.output[-2000:])
     ["devices"], ["recipes"], ["recipes", "show", "int8-qat"], ["feedback", "--help"],
     ["doctor", "--device", "desktop"],
     ["info", "RUN/compressed/float32/model.tflite"],
+    ["bench", "BARE", "--runs", "5", "--warmup", "1", "--min-seconds", "0.1", "--threads", "1"],
 ], ids=" ".join)
-def test_commands_that_need_no_model_import_no_tensorflow(args, tiny_run, variants):
-    args = [a.replace("RUN", str(tiny_run)) for a in args]
+def test_commands_that_need_no_model_import_no_tensorflow(args, tiny_run, variants, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare.tflite"  # a model without a manifest: generated inputs, no dataset to load
+    shutil.copyfile(variants["float32"] / "model.tflite", bare)
+    args = [a.replace("RUN", str(tiny_run)).replace("BARE", str(bare)) for a in args]
     out = subprocess.run([sys.executable, "-c", _NO_TF, *args], capture_output=True, text=True, timeout=120)
     code, loaded = out.stdout.splitlines()[0].split()
     assert code == "0" and loaded == "-", out.stdout + out.stderr
