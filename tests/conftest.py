@@ -24,6 +24,14 @@ def edgekit_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="session")
+def runner():
+    """The standalone on-device runner imported as a module (the same loader `edgekit.data` uses)."""
+    from edgekit.devices import runner_module
+
+    return runner_module()
+
+
+@pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory) -> Path:
     """200 digits as a class-folder PNG dataset at 32 px (20 per class)."""
     from edgekit.data import export_digits

@@ -7,7 +7,6 @@ same float pixels, so a speed-up on one side cannot silently change what the mod
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import struct
 import zlib
@@ -20,14 +19,6 @@ from PIL import Image
 from edgekit.data import DataSpec, load_dataset, load_pixels
 
 RUNNER = Path(__file__).resolve().parents[1] / "edgekit" / "resources" / "devices" / "edgekit_runner.py"
-
-
-@pytest.fixture(scope="module")
-def runner():
-    spec = importlib.util.spec_from_file_location("edgekit_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def camera_like(width: int, height: int, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,6 @@ import ast
 import contextlib
 import hashlib
 import http.client
-import importlib.util
 import io
 import json
 import os
@@ -36,14 +35,6 @@ TOKEN = "test-token-0123456789abcdef"
 
 # ---------------------------------------------------------------------------------------------------
 # Fixtures and helpers
-
-
-@pytest.fixture(scope="session")
-def runner():
-    spec = importlib.util.spec_from_file_location("edgekit_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")

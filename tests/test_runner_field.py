@@ -33,16 +33,6 @@ COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
 
 
 @pytest.fixture(scope="module")
-def runner():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("edgekit_runner", RUNNER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     content = runner_models.convert(runner_models.build_keras_model())
     return runner_models.write_variant(tmp_path_factory.mktemp("model"), content)
