@@ -12,7 +12,8 @@ rank), one image after the other; logged = the same plus the SQLite row as `clas
 (before: synchronous=FULL, one fsync per row; after: grouped fsync every 1 s), no sample; +sample = logged
 and the JPEG kept under samples/ (what a low-confidence image costs); dir = `classify DIR` itself over the
 JPEG files, logged, which decodes the next file on a second thread while invoking this one (after only).
-Then frames per second of `live` on a 640x480 MJPG video at 224 px (logging on change of label), and each
+Then frames per second of `live` (each runner that has it) on a 640x480 MJPG video at 224 px (logging on
+change of label; after this change it reads and resizes the next frame on a second thread), and each
 stage alone (fastest of --stage-repeats tries) with the ratio those minimums imply. Prints a table;
 writes JSON (default benchmarks/results/runner_overhead.json) with versions, CPU and load average.
 """
@@ -173,8 +174,9 @@ def measure(runners: dict, size: int, frames: list[bytes], rounds: int, workdir:
     return rows
 
 
-def live_fps(runner, workdir: Path, frames: int) -> dict:
-    """`live` on a 640x480 MJPG video at 224 px, frames per second over the whole file."""
+def live_fps(runners: dict, workdir: Path, frames: int, bare_ms: float) -> list[dict]:
+    """`live` of each runner that has it on a 640x480 MJPG video at 224 px: frames per second over the
+    whole file, and ms per frame against the bare invoke loop's (`bare_ms`, from the same run)."""
     import cv2
 
     video = workdir / "camera.avi"
@@ -182,9 +184,20 @@ def live_fps(runner, workdir: Path, frames: int) -> dict:
     for data in camera_jpegs(30):
         writer.write(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
     writer.release()
+    rows = []
+    for version, runner in runners.items():
+        if hasattr(runner, "run_live"):
+            row = live_run(runner, workdir, video, frames)
+            rows.append({"runner": version, **row, "ms_per_frame": round(1e3 / row["fps"], 3),
+                         "ratio_to_bare": round(1e3 / row["fps"] / bare_ms, 3)})
+    return rows
+
+
+def live_run(runner, workdir: Path, video: Path, frames: int) -> dict:
     model = runner.Model(str(workdir / "mobilenetv2-1.0-224.tflite"), threads=1)
     labels = [str(i) for i in range(model.num_outputs)]
-    logger = runner.Logger(open_log(runner, workdir / "live.db"), model, save_below=0.0, save_all=False)
+    logger = runner.Logger(open_log(runner, workdir / f"live-{runner.__name__}.db"), model, save_below=0.0,
+                           save_all=False)
     args = SimpleNamespace(source=str(video), existing=False, every=1, fps=None, log_policy="change", log_below=0.6,
                            top_k=3, max_megapixels=40.0, max_frames=0, duration=0)
     results = []
@@ -254,7 +267,8 @@ def main() -> None:
         for size in (224, 96):
             print(f"converting and measuring MobileNetV2 1.0 at {size} px ...", file=sys.stderr, flush=True)
             rows += measure(runners, size, frames, args.rounds, workdir)
-        live = live_fps(runners["after"], workdir, args.live_frames) if args.live_frames else None
+        bare_224 = next(r["bare"] for r in rows if r["runner"] == "after" and "-224-" in r["model"])
+        live = live_fps(runners, workdir, args.live_frames, bare_224) if args.live_frames else []
         stages = stage_minimums(runners, workdir, frames, args.stage_repeats)
     print(f"{'model':<30}{'runner':>8}" + "".join(f"{c:>9}" for c in ("bare", "no log", "logged", "+sample"))
           + f"{'dir':>9}   ratio no log / logged / +sample / dir")
@@ -270,8 +284,9 @@ def main() -> None:
         print(f"{r['model']:<30}{r['runner']:>8}  stage minimums (ms): "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["min_ms"].items())
               + f"  -> ratio {r['estimated_ratio_no_log']:.2f} no log, {r['estimated_ratio_logged']:.2f} logged")
-    if live:
-        print(f"live: {live['frames']} frames of 640x480 video at 224 px in {live['seconds']} s = {live['fps']} fps")
+    for r in live:
+        print(f"live ({r['runner']}): {r['frames']} frames of 640x480 video at 224 px in {r['seconds']} s = "
+              f"{r['fps']} fps, {r['ms_per_frame']} ms a frame = {r['ratio_to_bare']:.2f}x the bare invoke")
     runtime = runners["after"].get_runtime(runners["after"].choose_runtime(None))
     result = {"benchmark": "runner_overhead", "before_revision": before,
               "images": {"count": args.images, "size": [480, 640, 3], "format": "JPEG q90"}, "rounds": args.rounds,

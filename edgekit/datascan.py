@@ -103,66 +103,92 @@ def stray_entries(root: Path, class_folders: list[Path]) -> list[tuple[str, str]
     return out
 
 
-class ScanCache:
-    """Per-file verdicts of earlier scans of one folder, reused while a file's size and mtime hold."""
+class FileResults:
+    """Results of an earlier pass over files (a scan's verdicts, image hashes), one JSON file per
+    (kind, identity) under `$EDGEKIT_HOME/cache/<kind>/`, reused while a file's size and mtime hold."""
 
-    def __init__(self, root: Path, max_pixels: int, enabled: bool = True):
-        identity = f"{SCAN_FORMAT}\t{Path(root).resolve()}\t{max_pixels}\t{_edgekit_version()}"
-        self.path = cache_dir() / "scan" / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.json"
-        self.enabled = enabled
+    def __init__(self, kind: str, identity: str, version: int, enabled: bool = True):
+        key = f"{version}\t{identity}\t{_edgekit_version()}"
+        self.path = cache_dir() / kind / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+        self.kind, self.version, self.enabled = kind, version, enabled
         self.entries: dict[str, list] = {}
         if enabled and self.path.is_file():
             try:
                 payload = json.loads(self.path.read_text())
-                if payload.get("format") != SCAN_FORMAT or not isinstance(payload.get("files"), dict):
+                if payload.get("format") != version or not isinstance(payload.get("files"), dict):
                     raise ValueError("another format")
                 self.entries = payload["files"]
             except (OSError, ValueError) as exc:
-                log.warning("scan cache %s is unreadable (%s); rescanning", self.path, str(exc)[:80])
+                log.warning("%s cache %s is unreadable (%s); computing it again", kind, self.path, str(exc)[:80])
 
-    def lookup(self, path: str, stat: os.stat_result) -> tuple[bool, str | None] | None:
+    def lookup(self, path: str, stat: os.stat_result) -> list | None:
+        """The stored result for an unchanged file, else None."""
         entry = self.entries.get(path)
-        if entry and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
-            return bool(entry[2]), entry[3]
+        if isinstance(entry, list) and len(entry) > 2 and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+            return entry[2:]
         return None
 
     def save(self, results: dict[str, list]) -> None:
+        """Replace the stored results with `results` (path -> [size, mtime_ns, *result])."""
         if not self.enabled:
             return
         try:
-            write_text_atomic(self.path, json.dumps({"format": SCAN_FORMAT, "files": results}))
+            write_text_atomic(self.path, json.dumps({"format": self.version, "files": results}))
         except OSError as exc:
-            log.warning("could not save the scan cache %s (%s); the next scan decodes every file again",
+            log.warning("could not save the %s cache %s (%s); the next run reads every file again", self.kind,
                         self.path, exc.strerror or exc)
 
 
-def check_files(paths: list[str], check: Check, cache: ScanCache, label: str) -> list[tuple[bool, str | None]]:
-    """`check` every file not already checked unchanged; verdicts in the order of `paths`."""
-    results: list[tuple[bool, str | None] | None] = []
+def ScanCache(root: Path, max_pixels: int, enabled: bool = True) -> FileResults:  # noqa: N802 - a cache kind
+    """The scan's verdicts for one folder: (tf decodable, reason it is not usable or None) per file."""
+    return FileResults("scan", f"{Path(root).resolve()}\t{max_pixels}", SCAN_FORMAT, enabled)
+
+
+def per_file(paths: list[str], work: Callable[[str], list], cache: FileResults, what: str,
+             workers: int = 8) -> list[list | None]:
+    """`work(path)` for every file not already done unchanged, in threads; results in the order of
+    `paths`, None for a file that cannot be stat()ed. The cache is rewritten when anything changed."""
+    results: list[list | None] = []
     stats: dict[str, os.stat_result] = {}
     todo = []
     for index, path in enumerate(paths):
         try:
             stats[path] = os.stat(path)
-        except OSError as exc:
-            results.append((False, f"cannot be read ({exc.strerror or exc})"))
+        except OSError:
+            results.append(None)
             continue
         found = cache.lookup(path, stats[path])
         results.append(found)
         if found is None:
             todo.append(index)
     if todo:
-        log.info("checking %d of %d image(s) in %s (%d unchanged since the last scan)", len(todo), len(paths),
-                 label, len(paths) - len(todo))
-        with progress(len(todo), f"checking {label}") as bar, ThreadPoolExecutor(max_workers=8) as pool:
-            for index, verdict in zip(todo, pool.map(lambda i: check(paths[i]), todo)):
-                results[index] = verdict
+        log.info("%s: %d of %d file(s) (%d unchanged since the last time)", what, len(todo), len(paths),
+                 len(paths) - len(todo))
+        with progress(len(todo), what) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
+            for index, result in zip(todo, pool.map(lambda i: list(work(paths[i])), todo)):
+                results[index] = result
                 bar.update()
-    fresh = {p: [stats[p].st_size, stats[p].st_mtime_ns, r[0], r[1]]
-             for p, r in zip(paths, results) if p in stats}
+    fresh = {p: [stats[p].st_size, stats[p].st_mtime_ns, *r] for p, r in zip(paths, results) if p in stats}
     if todo or fresh.keys() != cache.entries.keys():
         cache.save(fresh)
-    return results  # type: ignore[return-value]
+    return results
+
+
+def check_files(paths: list[str], check: Check, cache: FileResults, label: str) -> list[tuple[bool, str | None]]:
+    """`check` every file not already checked unchanged; verdicts in the order of `paths`."""
+    verdicts = per_file(paths, check, cache, f"checking {label}")
+    out = []
+    for path, verdict in zip(paths, verdicts):
+        if verdict is None:
+            try:
+                os.stat(path)
+                reason = "cannot be read"
+            except OSError as exc:
+                reason = f"cannot be read ({exc.strerror or exc})"
+            out.append((False, reason))
+        else:
+            out.append((bool(verdict[0]), verdict[1]))
+    return out
 
 
 def report_skipped(skipped: list[tuple[str, str]], root: Path) -> Path | None:

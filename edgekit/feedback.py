@@ -77,7 +77,7 @@ def summarize(db_path: Path) -> dict:
     return {"predictions": predictions, "feedback": feedback, "models": models}
 
 
-def _corrections(db_path: Path) -> list[dict]:
+def corrections(db_path: Path) -> list[dict]:
     """The latest correction per prediction, with what the model said and where its image is."""
     conn = _connect_readonly(db_path)
     conn.row_factory = sqlite3.Row
@@ -96,7 +96,7 @@ def _corrections(db_path: Path) -> list[dict]:
     return out
 
 
-def _image_file(import_dir: Path, image_path: str | None) -> Path | None:
+def sample_file(import_dir: Path, image_path: str | None) -> Path | None:
     """Find a logged sample inside the import (device paths are relative to the database's folder)."""
     if not image_path:
         return None
@@ -116,10 +116,10 @@ def export(out_dir: Path, imports: list[Path] | None = None) -> dict:
         raise EdgekitError(f"{out_dir}: exists and is not empty; pass a new --out folder")
     written, missing, confusions, per_class = 0, 0, Counter(), Counter()
     for import_dir in imports:
-        for row in _corrections(import_dir / SNAPSHOT_DB):
+        for row in corrections(import_dir / SNAPSHOT_DB):
             if row["predicted"] is not None and row["predicted"] != row["label"]:
                 confusions[(row["predicted"], row["label"])] += 1
-            image = _image_file(import_dir, row["image_path"])
+            image = sample_file(import_dir, row["image_path"])
             if image is None:
                 missing += 1
                 continue

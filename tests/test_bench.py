@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -75,7 +76,8 @@ def test_bench_over_ssh_on_the_loopback_device(bench_run, sshd, tmp_path):
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)["rows"]
     assert row["status"] == "ok" and row["device"] == "loopback" and row["output_check"]["equal"]
-    assert (tmp_path / "device" / "bench_inputs.npz").is_file()  # the inputs travelled to the device
+    [inputs] = (tmp_path / "device" / "inputs").glob("*.npz")  # the inputs travelled, named by their content
+    assert inputs.name == f"{hashlib.sha256(inputs.read_bytes()).hexdigest()[:16]}.npz"
 
 
 def test_sha_mismatch_becomes_an_error_row_and_the_rest_still_run(bench_run, tmp_path):
@@ -225,7 +227,15 @@ def test_model_the_device_runtime_cannot_load_is_an_error_row(foreign, tmp_path)
 
 
 @pytest.mark.slow
-def test_tflite_runtime_device_runs_its_own_accuracy_pass(bench_run, tmp_path):
+def test_tflite_runtime_device_runs_its_own_accuracy_pass(bench_run, tmp_path, monkeypatch):
+    from edgekit.bench import accuracy
+    from edgekit.transport.targets import Target
+
+    monkeypatch.setattr(accuracy, "CHUNK_BYTES", 16 * 32 * 32 * 3 * 4)  # 16 images of 32 px per predict call
+    calls = []
+    run_runner = Target.run_runner
+    monkeypatch.setattr(Target, "run_runner", lambda self, args, *a, **k: calls.append(args[0]) or
+                        run_runner(self, args, *a, **k))
     profile = _tflite_runtime_profile(tmp_path)
     result = cli.invoke(app, ["bench", str(bench_run / "compressed" / "int8-ptq"), "--device", str(profile),
                               "--accuracy-samples", "40", "--out", str(tmp_path / "o"), "--json", *QUICK])
@@ -235,6 +245,8 @@ def test_tflite_runtime_device_runs_its_own_accuracy_pass(bench_run, tmp_path):
     assert row["environment"]["numpy"].startswith("1.") and row["environment"]["runtime"] == "tflite_runtime"
     check = row["accuracy_check"]
     assert check["samples"] == 40 and 0 <= row["device_accuracy"] <= 1
+    assert calls.count("predict") == 3  # 16 + 16 + 8: the split streams over in chunks, never whole
+    assert not list((tmp_path / "tflrt-device" / "inputs").glob("accuracy-*"))  # its chunk file is removed
     assert check["device_runtime"] == "tflite_runtime 2.14.0"
     steps = check["output_check"]
     assert steps["unit"] == "quantization steps" and steps["tolerance"] == 1.0

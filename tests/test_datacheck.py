@@ -69,6 +69,26 @@ def test_exact_and_near_copies_form_groups(digits_folder, tmp_path):
     assert duplicate_groups(hash_files(paths), max_distance=None) == [{"kind": "exact", "members": [0, 1]}]
 
 
+def test_hashes_are_computed_once_per_unchanged_file(digits_folder, tmp_path, monkeypatch):
+    from edgekit.datacheck import hashing
+
+    paths = [str(p) for p in sorted((digits_folder / "3").glob("*.png"))[:4]]
+    moved = tmp_path / "moving.png"
+    shutil.copyfile(paths[0], moved)
+    paths.append(str(moved))
+    first = hash_files(paths)
+    calls = []
+    real = hashing.image_facts
+    monkeypatch.setattr(hashing, "image_facts", lambda path, *a: calls.append(path) or real(path, *a))
+    assert hash_files(paths) == first and calls == []  # all five from the cache
+    with Image.open(paths[1]) as image:
+        image.rotate(90).save(moved)  # same path, new content and mtime
+    again = hash_files(paths)
+    assert calls == [str(moved)] and again[:4] == first[:4] and again[4].sha256 != first[4].sha256
+    calls.clear()
+    assert hash_files(paths, use_cache=False) == again and len(calls) == 5
+
+
 def test_group_split_never_separates_a_group_and_stays_stratified():
     rng = np.random.default_rng(0)
     targets = np.repeat(np.arange(4), 60)

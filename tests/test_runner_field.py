@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -103,6 +104,57 @@ def test_live_logs_below_a_confidence_and_keeps_samples_within_the_budget(model,
         assert sample.size == (64, 48) and sample.getpixel((30, 20))[0] > 180  # an RGB frame, not BGR
     none, summary = predictions(live(model, video, "--no-log", "--log-policy", "below", "--log-below", "0.0"))
     assert summary["frames"] == 30 and summary["logged"] == 0 and none == []
+
+
+class _ListSource:
+    """A live source of ready frames that records when each one is asked for."""
+
+    def __init__(self, runner, items, fail_after=None):
+        self.runner, self.items, self.fail_after = runner, items, fail_after
+        self.asked = [threading.Event() for _ in items]
+
+    def frames(self, stop, gate):
+        for index, item in enumerate(self.items):
+            if stop.is_set():
+                return
+            self.asked[index].set()
+            if index == self.fail_after:
+                raise self.runner.RunnerError("camera unplugged")
+            yield item
+
+
+def _pixels_frame(runner, index):
+    return runner.Frame(f"frame{index}", index / 30, np.full((48, 64, 3), index, np.uint8), None)
+
+
+def test_live_prepares_the_next_frame_while_this_one_is_classified(runner):
+    """The reader thread decodes frame n+1 during frame n's invoke, keeps order, passes bad files on as
+    errors, and a frame limit (closing the generator) stops and joins it."""
+    model = SimpleNamespace(height=24, width=32, to_input=lambda pixels: pixels)
+    items = [_pixels_frame(runner, 0), runner.Frame("broken.jpg", 0.0, None, b"not an image"),
+             *(_pixels_frame(runner, i) for i in range(2, 6))]
+    source = _ListSource(runner, items)
+    frames = runner.prepared_frames(source, threading.Event(), runner.FrameGate(1, None), model, 10**6)
+    first, prepared = next(frames)
+    assert first.source == "frame0" and prepared[0].shape == (24, 32, 3) and prepared[2] == "JPEG"
+    # still holding frame 0: the reader has already gone on to the next frames
+    assert source.asked[1].wait(5) and source.asked[2].wait(5)
+    broken, error = next(frames)
+    assert broken.source == "broken.jpg" and isinstance(error, runner.ImageError)
+    assert [frame.source for frame, _ in [next(frames), next(frames)]] == ["frame2", "frame3"]
+    frames.close()
+    assert not [t for t in threading.enumerate() if t.name == "live-reader"]
+    assert not source.asked[5].is_set()  # one frame ahead, no more
+
+
+def test_live_source_failure_reaches_the_caller(runner):
+    model = SimpleNamespace(height=24, width=32, to_input=lambda pixels: pixels)
+    source = _ListSource(runner, [_pixels_frame(runner, i) for i in range(3)], fail_after=1)
+    frames = runner.prepared_frames(source, threading.Event(), runner.FrameGate(1, None), model, 10**6)
+    assert next(frames)[0].source == "frame0"
+    with pytest.raises(runner.RunnerError, match="camera unplugged"):
+        next(frames)
+    assert not [t for t in threading.enumerate() if t.name == "live-reader"]
 
 
 class _Mjpeg(http.server.BaseHTTPRequestHandler):

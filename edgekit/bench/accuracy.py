@@ -9,6 +9,8 @@ and where the runtime or delegate differs the validation split is run on the dev
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ from edgekit.errors import EdgekitError
 
 TOLERANCE_STEPS = 1.0  # one step: rounding may differ between kernels, more is a different computation
 FLOAT_TOLERANCE = 1e-4  # float outputs from another build of the same runtime may differ in the last bits
-ACCURACY_INPUTS = "accuracy_inputs.npz"
+ACCURACY_INPUTS = "accuracy_inputs.npz"  # the local scratch copy of one chunk
+CHUNK_BYTES = 64 << 20  # pixels per predict call on the device: 111 images at 224 px, 606 at 96 px
 
 
 def output_info(path: Path) -> dict:
@@ -79,40 +82,62 @@ def verdict(check: dict) -> str | None:
             f"{check['checked']} top-1 answers flipped")
 
 
-def validation_samples(manifest, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The variant's validation split (or its first `limit` images) as pixels and labels."""
-    from edgekit.data import load_dataset, load_pixels, spec_from_description
+def validation_images(manifest, limit: int | None):
+    """The variant's validation split (or its first `limit` images), not yet decoded."""
+    from edgekit.data import load_dataset, spec_from_description
 
-    size = manifest.model.image_size
-    splits = load_dataset(spec_from_description(manifest.dataset, size))
+    splits = load_dataset(spec_from_description(manifest.dataset, manifest.model.image_size))
     count = len(splits.validation) if not limit else min(limit, len(splits.validation))
-    images = splits.validation.subset(np.arange(count))
-    return load_pixels(images, size), np.asarray(images.targets)
+    return splits.validation.subset(np.arange(count))
 
 
 def device_accuracy(target, variant, remote_model: str, model_args: list, scratch: Path, limit: int | None,
                     timeout: float) -> dict:
     """Run the validation split on the device with the row's runtime/delegate and on the host with LiteRT.
 
-    Returns host and device top-1 accuracy over the same samples and the output comparison.
+    The split goes over in chunks of at most CHUNK_BYTES of pixels, one `predict` call each, so neither
+    the host nor the device holds more than a chunk whatever the dataset's size (a whole 224 px split
+    of 4,000 images would be 2.4 GB). Returns host and device top-1 accuracy over the same samples and
+    the output comparison.
     """
+    from edgekit.data import iter_pixel_batches
     from edgekit.evaluate import TFLitePredictor
     from edgekit.tflite import dequantizer
 
     if variant.manifest is None or not variant.manifest.dataset:
         raise EdgekitError(f"{variant.path}: no manifest naming its dataset, so no labelled inputs for an "
                            "accuracy pass on the device")
-    pixels, labels = validation_samples(variant.manifest, limit)
-    local = scratch / f"{variant.name}-{ACCURACY_INPUTS}"
-    np.savez(local, x=pixels)
-    target.put(local, ACCURACY_INPUTS)
-    report = target.run_runner(["predict", remote_model, "--images", ACCURACY_INPUTS, *model_args],
-                               timeout=timeout)
+    images = validation_images(variant.manifest, limit)
+    size = variant.manifest.model.image_size
+    per_chunk = max(1, CHUNK_BYTES // (size * size * 3 * 4))
     output = output_info(variant.path)
-    device = dequantizer(output)(np.asarray(report["outputs"], dtype=np.float64))
-    host = TFLitePredictor(variant.path).predict(pixels)
+    to_scores = dequantizer(output)
+    host_predictor = TFLitePredictor(variant.path)
+    local = scratch / f"{variant.name}-{ACCURACY_INPUTS}"
+    remote = f"inputs/accuracy-{uuid.uuid4().hex[:12]}.npz"  # this pass's own: other bench processes share the device
+    device, host, labels, runtime = [], [], [], {}
+    try:
+        for pixels, targets in iter_pixel_batches(images, size, batch_size=per_chunk):
+            np.savez(local, x=pixels)
+            target.put(local, remote)
+            report = target.run_runner(["predict", remote_model, "--images", remote, *model_args], timeout=timeout)
+            if len(report.get("outputs") or []) != len(pixels):
+                raise EdgekitError(f"{target.name}: the runner's predict returned {len(report.get('outputs') or [])}"
+                                   f" outputs for {len(pixels)} inputs; redeploy the runner (edgekit doctor)")
+            device.append(to_scores(np.asarray(report["outputs"], dtype=np.float64)).astype(np.float32))
+            host.append(host_predictor.predict(pixels))
+            labels.append(targets)
+            runtime = report.get("runtime") or runtime
+    finally:
+        local.unlink(missing_ok=True)
+        with contextlib.suppress(EdgekitError):
+            target.remove(remote)
+    if not labels:
+        raise EdgekitError(f"{variant.path}: its validation split is empty, so there is nothing to run on the "
+                           "device; train with a validation split")
+    device, host = np.concatenate(device), np.concatenate(host)
+    labels = np.concatenate(labels)
     check = compare(device, host, output)
-    runtime = report.get("runtime") or {}
     return {"samples": len(labels), "split": "validation" if not limit or limit >= len(labels) else
             f"first {len(labels)} validation images",
             "host_accuracy": float(np.mean(host.argmax(axis=1) == labels)),

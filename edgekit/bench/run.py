@@ -246,22 +246,25 @@ def run_bench(variants: list[BenchModel], profile: DeviceProfile, settings: Benc
 
 
 def _prepare(target: Target, variant: BenchModel, settings: BenchSettings, scratch: Path):
-    """Inputs made and copied, reference outputs computed: (remote model name, feed, reference, output)."""
+    """Inputs made and copied, reference outputs computed: (remote model name, remote inputs name, feed,
+    reference, output)."""
     if variant.problem:
         raise EdgekitError(variant.problem)
     feed = make_feed(variant, scratch / f"{variant.name}-{BENCH_IMAGES}", settings)
     reference = inputs.reference_outputs(variant.path, feed, 16)
     remote_model = f"models/{sha256_file(variant.path)[:12]}.tflite"
     target.put(variant.path, remote_model)
-    target.put(feed.path, BENCH_IMAGES)
-    return remote_model, feed, reference, accuracy.output_info(variant.path)
+    # named by content: two bench processes on one device never overwrite each other's inputs
+    remote_inputs = f"inputs/{sha256_file(feed.path)[:16]}.npz"
+    target.put(feed.path, remote_inputs)
+    return remote_model, remote_inputs, feed, reference, accuracy.output_info(variant.path)
 
 
 def _bench_variant(target: Target, variant: BenchModel, profile: DeviceProfile, settings: BenchSettings,
                    scratch: Path, result: BenchResult) -> None:
     delegates = _delegate_runs(profile, settings)
     try:
-        remote_model, feed, reference, output = _prepare(target, variant, settings, scratch)
+        remote_model, remote_inputs, feed, reference, output = _prepare(target, variant, settings, scratch)
     except EdgekitError as exc:
         for delegate in delegates:
             row = _row(variant, profile, None, delegate)
@@ -275,7 +278,7 @@ def _bench_variant(target: Target, variant: BenchModel, profile: DeviceProfile, 
             row["inputs"] = feed.description
             model_args = runtime_args(profile, settings) + (["--threads", threads] if threads else [])
             model_args += ["--delegate", delegate, "--require-delegate"] if delegate else []
-            args = ["bench", remote_model, feed.flag, BENCH_IMAGES, "--runs", settings.runs, "--warmup",
+            args = ["bench", remote_model, feed.flag, remote_inputs, "--runs", settings.runs, "--warmup",
                     settings.warmup, "--min-seconds", settings.min_seconds, "--max-images", settings.max_images]
             started = time.time()
             try:

@@ -2,21 +2,22 @@
 
 An exact duplicate has the same bytes (sha256); a near duplicate has a 64-bit DCT perceptual hash
 (imagehash.phash) within a few bits of another image's: a re-saved JPEG, a resized copy, a burst frame.
-Both are computed in one decode per file, so `train` can afford to run this on every start.
+Both are computed in one decode per file, cached per file, so `train` can afford this on every start.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
 
 NEAR_DISTANCE = 4  # of 64 bits; re-encoded and resized copies land within 0-2 in practice
 THUMB_SIDE = 64  # the perceptual hash only looks at 32x32, so decode no larger than needed
+FACTS_FORMAT = 1  # bump when ImageFacts or how it is computed changes
 GRAY_TOLERANCE = 3  # max channel spread (grey levels) for an RGB image to count as greyscale
 
 
@@ -55,10 +56,23 @@ def image_facts(path: str, max_pixels: int = 40_000_000) -> ImageFacts:
     return ImageFacts(sha, int(np.packbits(bits).view(">u8")[0]), width, height, gray, len(data))
 
 
-def hash_files(paths: list[str], max_pixels: int = 40_000_000, workers: int = 4) -> list[ImageFacts]:
-    """Facts for every path, in order (Pillow releases the GIL while decoding, so threads help)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda p: image_facts(p, max_pixels), paths, chunksize=64))
+def hash_files(paths: list[str], max_pixels: int = 40_000_000, workers: int = 4,
+               use_cache: bool | None = None) -> list[ImageFacts]:
+    """Facts for every path, in order (Pillow releases the GIL while decoding, so threads help).
+
+    Cached per file by path, size and mtime under `$EDGEKIT_HOME/cache/facts/` (one file per folder):
+    `train`, `eval`, `compress` and `bench` all rebuild the group-aware split, and hashing 20,000 files
+    again each time cost more than the rest of an `eval`.
+    """
+    from edgekit.datascan import FileResults, _cache_enabled, per_file
+
+    if not paths:
+        return []
+    folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    cache = FileResults("facts", f"{folder}\t{max_pixels}", FACTS_FORMAT, enabled=_cache_enabled(use_cache))
+    found = per_file(list(paths), lambda p: astuple(image_facts(p, max_pixels)), cache, "hashing images", workers)
+    return [ImageFacts(*values) if values is not None else image_facts(path, max_pixels)
+            for path, values in zip(paths, found)]
 
 
 class _UnionFind:

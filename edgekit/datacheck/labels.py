@@ -89,16 +89,16 @@ def device_corrections(sha256s: list[str], phashes: np.ndarray, near_distance: i
     counts. Which of them contradict the folder is for the caller, who knows the folder labels.
     """
     from edgekit.datacheck.hashing import image_facts
-    from edgekit.feedback import SNAPSHOT_DB, _corrections, _image_file, feedback_home
+    from edgekit.feedback import SNAPSHOT_DB, corrections, feedback_home, sample_file
 
     by_sha = {sha: i for i, sha in reversed(list(enumerate(sha256s)))}
     phashes = np.asarray(phashes, dtype=np.uint64)
     imports = sorted(p for p in feedback_home().glob("*") if (p / SNAPSHOT_DB).is_file())
     matches, counts = [], {"imports": len(imports), "corrections": 0, "without_image": 0, "matched": 0}
     for import_dir in imports:
-        for row in _corrections(import_dir / SNAPSHOT_DB):
+        for row in corrections(import_dir / SNAPSHOT_DB):
             counts["corrections"] += 1
-            image = _image_file(import_dir, row["image_path"])
+            image = sample_file(import_dir, row["image_path"])
             if image is None:
                 counts["without_image"] += 1
                 continue

@@ -59,6 +59,10 @@ class Target(ABC):
         """Run `argv` inside the work directory: (exit code, stdout, stderr). Raises only on timeouts
         and connection failures, so callers can read an error the program printed itself."""
 
+    def remove(self, remote_name: str) -> None:
+        """Delete a file from the work directory (nothing when it is not there)."""
+        self.run(["rm", "-f", "--", remote_name], timeout=30, what=f"remove {remote_name}")
+
     def run_runner(self, args: list[str], timeout: float = 600, *, check: bool = True) -> dict:
         """Run `<python> edgekit_runner.py <args> --json` on the device and return the JSON it printed.
 

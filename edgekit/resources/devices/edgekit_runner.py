@@ -1717,20 +1717,74 @@ def encode_jpeg(pixels) -> bytes:
     return buffer.getvalue()
 
 
-def classify_frame(model: Model, labels: list[str], frame: Frame, k: int, max_pixels: int):
-    """(result, sample bytes or a function making them, format) for a decoded frame or a file's bytes."""
+def prepare_frame(model: Model, frame: Frame, max_pixels: int):
+    """(input tensor, sample bytes or a function making them, format, preprocess ms) for one frame;
+    ImageError for a file that is not a readable image."""
+    start = time.perf_counter()
     if frame.data is not None:
-        result, image_format = classify_bytes(model, labels, frame.data, k, max_pixels)
-        return result, frame.data, image_format
-    start = time.perf_counter()
+        tensor, image_format = preprocess(model, frame.data, max_pixels)
+        return tensor, frame.data, image_format, (time.perf_counter() - start) * 1e3
     tensor = model.to_input(resize_bilinear(frame.pixels, model.height, model.width))
-    preprocess_ms = (time.perf_counter() - start) * 1e3
-    raw, invoke_ms = model.run(tensor)
-    start = time.perf_counter()
-    ranked = top_k(model.scores(raw), labels, k)
-    latency = {"preprocess": preprocess_ms, "invoke": invoke_ms,
-               "postprocess": (time.perf_counter() - start) * 1e3}
-    return {"top_k": ranked, "latency_ms": latency}, functools.partial(encode_jpeg, frame.pixels), "JPEG"
+    return tensor, functools.partial(encode_jpeg, frame.pixels), "JPEG", (time.perf_counter() - start) * 1e3
+
+
+_SOURCE_DONE = object()
+
+
+def prepared_frames(source, stop: threading.Event, gate: FrameGate, model: Model, max_pixels: int):
+    """(frame, prepared frame or its ImageError) in order, read and preprocessed one frame ahead.
+
+    A second thread grabs and decodes the next frame (OpenCV, Picamera2 and Pillow release the GIL)
+    while this one is invoked, so a frame costs about max(capture + preprocess, invoke), not their sum.
+    Only that thread touches the source. One frame is buffered, so a camera's frame is at most one
+    invoke old when its turn comes. Closing the generator (a frame or time limit) stops the thread.
+    """
+    import queue
+
+    ahead: queue.Queue = queue.Queue(maxsize=1)
+    halt = threading.Event()
+
+    def offer(item) -> bool:
+        while not halt.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if stop.is_set():
+                    halt.set()
+        return False
+
+    def produce():
+        try:
+            for frame in source.frames(halt, gate):
+                try:
+                    item = (frame, prepare_frame(model, frame, max_pixels))
+                except ImageError as exc:
+                    item = (frame, exc)
+                if not offer(item):
+                    return
+            offer(_SOURCE_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            offer(exc)
+
+    reader = threading.Thread(target=produce, name="live-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                item = ahead.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set():
+                    return
+                continue
+            if item is _SOURCE_DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        halt.set()
+        reader.join()
 
 
 def run_live(args, model: Model, labels: list[str], logger: Logger, stop: threading.Event, report=None,
@@ -1741,14 +1795,15 @@ def run_live(args, model: Model, labels: list[str], logger: Logger, stop: thread
     k, max_pixels = min(args.top_k, model.num_outputs), int(args.max_megapixels * 1e6)
     counts = {"source": args.source, "frames": 0, "logged": 0, "unreadable": 0}
     started = time.monotonic()
+    frames = prepared_frames(source, stop, gate, model, max_pixels)
     try:
-        for frame in source.frames(stop, gate):
-            try:
-                result, sample, image_format = classify_frame(model, labels, frame, k, max_pixels)
-            except ImageError as exc:
-                warn(f"{frame.source}: skipped, {exc}")
+        for frame, prepared in frames:
+            if isinstance(prepared, ImageError):
+                warn(f"{frame.source}: skipped, {prepared}")
                 counts["unreadable"] += 1
                 continue
+            tensor, sample, image_format, preprocess_ms = prepared
+            result = classify_tensor(model, labels, tensor, k, preprocess_ms)
             counts["frames"] += 1
             prediction = {"id": None, "source": frame.source, "time_s": round(frame.time_s, 3), **result}
             if policy.wants(result):
@@ -1759,10 +1814,11 @@ def run_live(args, model: Model, labels: list[str], logger: Logger, stop: thread
             if latest is not None:
                 latest.set("live", prediction)
             elapsed = time.monotonic() - started
-            if (args.max_frames and counts["frames"] >= args.max_frames) or (args.duration and
-                                                                                elapsed >= args.duration):
+            if (stop.is_set() or (args.max_frames and counts["frames"] >= args.max_frames)
+                    or (args.duration and elapsed >= args.duration)):
                 break
     finally:
+        frames.close()  # stops and joins the reader before the source is closed under it
         source.close()
     elapsed = time.monotonic() - started
     return {**counts, "seconds": round(elapsed, 3), "fps": round(counts["frames"] / elapsed, 2) if elapsed else None}
