@@ -119,9 +119,16 @@ class CachedPixels:
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         labels = tf.constant(np.asarray(targets, dtype=np.int32))
 
+        def decode(record):
+            return tf.reshape(tf.io.decode_raw(record, tf.float32), [size, size, 3])
+
         def read(file, start, count):
-            pixels = tf.reshape(tf.io.decode_raw(tf.io.read_file(file), tf.float32), [-1, size, size, 3])
-            return tf.data.Dataset.from_tensor_slices((pixels, labels[start:start + count]))
+            # One record per image, each decoded into its own buffer. Slicing a whole shard read at once
+            # (from_tensor_slices) gives images that share the shard's buffer: a shuffle buffer holding
+            # one image per shard then keeps every shard alive, and training memory grew with the
+            # dataset (+1.6 GB from 5,000 to 20,000 images at 96 px).
+            pixels = tf.data.FixedLengthRecordDataset(file, size * size * 3 * 4, buffer_size=1 << 20).map(decode)
+            return tf.data.Dataset.zip((pixels, tf.data.Dataset.from_tensor_slices(labels[start:start + count])))
 
         ds = tf.data.Dataset.from_tensor_slices((files, starts, np.asarray(counts, np.int64)))
         if not training:

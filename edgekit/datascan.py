@@ -107,10 +107,11 @@ class FileResults:
     """Results of an earlier pass over files (a scan's verdicts, image hashes), one JSON file per
     (kind, identity) under `$EDGEKIT_HOME/cache/<kind>/`, reused while a file's size and mtime hold."""
 
-    def __init__(self, kind: str, identity: str, version: int, enabled: bool = True):
+    def __init__(self, kind: str, identity: str, version: int, enabled: bool = True,
+                 valid: Callable[[list], bool] | None = None):
         key = f"{version}\t{identity}\t{_edgekit_version()}"
         self.path = cache_dir() / kind / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
-        self.kind, self.version, self.enabled = kind, version, enabled
+        self.kind, self.version, self.enabled, self.valid = kind, version, enabled, valid
         self.entries: dict[str, list] = {}
         if enabled and self.path.is_file():
             try:
@@ -122,10 +123,11 @@ class FileResults:
                 log.warning("%s cache %s is unreadable (%s); computing it again", kind, self.path, str(exc)[:80])
 
     def lookup(self, path: str, stat: os.stat_result) -> list | None:
-        """The stored result for an unchanged file, else None."""
+        """The stored result for an unchanged file, else None (also for an entry that is not valid: a cache
+        file is never trusted further than its checks)."""
         entry = self.entries.get(path)
         if isinstance(entry, list) and len(entry) > 2 and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
-            return entry[2:]
+            return entry[2:] if self.valid is None or self.valid(entry[2:]) else None
         return None
 
     def save(self, results: dict[str, list]) -> None:
@@ -141,7 +143,8 @@ class FileResults:
 
 def ScanCache(root: Path, max_pixels: int, enabled: bool = True) -> FileResults:  # noqa: N802 - a cache kind
     """The scan's verdicts for one folder: (tf decodable, reason it is not usable or None) per file."""
-    return FileResults("scan", f"{Path(root).resolve()}\t{max_pixels}", SCAN_FORMAT, enabled)
+    return FileResults("scan", f"{Path(root).resolve()}\t{max_pixels}", SCAN_FORMAT, enabled,
+                       valid=lambda v: len(v) == 2 and isinstance(v[0], bool) and isinstance(v[1], (str, type(None))))
 
 
 def per_file(paths: list[str], work: Callable[[str], list], cache: FileResults, what: str,

@@ -69,7 +69,7 @@ def test_exact_and_near_copies_form_groups(digits_folder, tmp_path):
     assert duplicate_groups(hash_files(paths), max_distance=None) == [{"kind": "exact", "members": [0, 1]}]
 
 
-def test_hashes_are_computed_once_per_unchanged_file(digits_folder, tmp_path, monkeypatch):
+def test_hashes_are_computed_once_per_unchanged_file(digits_folder, tmp_path, monkeypatch, edgekit_home):
     from edgekit.datacheck import hashing
 
     paths = [str(p) for p in sorted((digits_folder / "3").glob("*.png"))[:4]]
@@ -87,6 +87,14 @@ def test_hashes_are_computed_once_per_unchanged_file(digits_folder, tmp_path, mo
     assert calls == [str(moved)] and again[:4] == first[:4] and again[4].sha256 != first[4].sha256
     calls.clear()
     assert hash_files(paths, use_cache=False) == again and len(calls) == 5
+    [cache_file] = (edgekit_home / "cache" / "facts").glob("*.json")
+    stored = json.loads(cache_file.read_text())
+    stored["files"][paths[0]][3] = "not a hash"  # a tampered entry is recomputed, never trusted
+    cache_file.write_text(json.dumps(stored))
+    calls.clear()
+    assert hash_files(paths) == again and calls == [paths[0]]
+    calls.clear()
+    assert hash_files(paths) == again and calls == []  # and the repaired entry is stored
 
 
 def test_group_split_never_separates_a_group_and_stays_stratified():
