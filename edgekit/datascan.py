@@ -136,9 +136,9 @@ class FileResults:
             return
         try:
             write_text_atomic(self.path, json.dumps({"format": self.version, "files": results}))
-        except OSError as exc:
-            log.warning("could not save the %s cache %s (%s); the next run reads every file again", self.kind,
-                        self.path, exc.strerror or exc)
+        except (OSError, EdgekitError) as exc:  # a full disk or read-only home: go on without the cache
+            log.warning("could not save the %s cache (%s); the next run reads every file again", self.kind,
+                        getattr(exc, "strerror", None) or exc)
 
 
 def ScanCache(root: Path, max_pixels: int, enabled: bool = True) -> FileResults:  # noqa: N802 - a cache kind

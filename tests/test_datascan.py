@@ -141,3 +141,17 @@ def test_no_cache_writes_no_scan_cache(tmp_path, edgekit_home, monkeypatch):
     root = _folder(tmp_path / "data")
     scan_class_folders(root, DataSpec(data=str(root)))
     assert not (edgekit_home / "cache").exists()
+
+
+def test_a_cache_that_cannot_be_saved_leaves_the_scan_working(tmp_path, edgekit_home, caplog, monkeypatch):
+    from edgekit import datascan
+
+    def full_disk(path, text):
+        raise EdgekitError(f"{path}: cannot write (No space left on device); free some space")
+
+    monkeypatch.setattr(datascan, "write_text_atomic", full_disk)
+    root = _folder(tmp_path / "data")
+    with caplog.at_level(logging.WARNING):
+        scan = scan_class_folders(root, DataSpec(data=str(root)))
+    assert len(scan.paths) == 6 and "could not save the scan cache" in caplog.text
+    assert "No space left on device" in caplog.text

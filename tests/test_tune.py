@@ -298,6 +298,10 @@ def test_two_workers_share_one_postgresql_study_and_each_trial_appears_once(tmp_
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # each trial once, no gaps
     assert len({t._trial_id for t in trials}) == len(trials) == 4
-    assert {t.user_attrs["worker"].rpartition(":")[2] for t in trials} == {str(w.pid) for w in workers}
+    # Every trial was run by one of these two workers. Not asserted: that both got one. A worker that
+    # starts late on a loaded machine can find the study full, which is correct (the full suite once
+    # failed here that way).
+    pids = {t.user_attrs["worker"].rpartition(":")[2] for t in trials}
+    assert pids and pids <= {str(w.pid) for w in workers}
     for i in range(2):  # both workers wrote the report from the shared study
         assert len(_trials(tmp_path / f"worker{i}")) >= 3
