@@ -1,5 +1,6 @@
 """Shared pieces of the side-by-side benchmarks: where things live, the environment record, the
-table and the JSON result file.
+table and the JSON result file. Importing this module imports no TensorFlow (only environment() does),
+so drivers that measure child processes stay small themselves.
 """
 
 from __future__ import annotations
@@ -8,12 +9,8 @@ import datetime
 import json
 import os
 import platform
+import sys
 from pathlib import Path
-
-import numpy as np
-
-from edgekit.bench.report import cpu_model
-from edgekit.compat import keras, tf
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "work"
@@ -21,8 +18,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def environment() -> dict:
+    import numpy as np
     import PIL
     import scipy
+
+    from edgekit.bench.report import cpu_model
+    from edgekit.compat import keras, tf
 
     return {
         "cpu": cpu_model(),
@@ -57,3 +58,12 @@ def write_json(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"environment": environment(), **payload}, indent=2) + "\n")
     return path
+
+
+def save_result(out: Path, result: dict, load_start: tuple) -> None:
+    """Write one benchmark's JSON to `out` and say where, with the load average at start and end."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}  (load average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f})",
+          file=sys.stderr)

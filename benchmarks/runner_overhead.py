@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from _common import save_result
 from PIL import Image
 
 from edgekit.compat import keras, tf
@@ -295,11 +295,7 @@ def main() -> None:
                               "tensorflow": tf.__version__, "platform": platform.platform(),
                               "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())},
               "rows": rows, "stage_minimums": stages, "live": live}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}  (load average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f})",
-          file=sys.stderr)
+    save_result(Path(args.out), result, load_start)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import json
 import os
 import re
 import subprocess
@@ -26,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from _common import save_result
 from PIL import Image
 
 from edgekit.compat import keras, tf
@@ -141,11 +141,7 @@ def main() -> None:
     result = {"benchmark": "serve_memory", "before_revision": before, "upload_bytes": len(body),
               "upload": "7744x5164 RGB PNG", "load_average_start": list(load_start),
               "load_average_end": list(os.getloadavg()), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}  (load average at start {load_start[0]:.2f}, at end {os.getloadavg()[0]:.2f})",
-          file=sys.stderr)
+    save_result(Path(args.out), result, load_start)
 
 
 if __name__ == "__main__":

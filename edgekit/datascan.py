@@ -141,7 +141,7 @@ class FileResults:
                         getattr(exc, "strerror", None) or exc)
 
 
-def ScanCache(root: Path, max_pixels: int, enabled: bool = True) -> FileResults:  # noqa: N802 - a cache kind
+def scan_cache(root: Path, max_pixels: int, enabled: bool = True) -> FileResults:
     """The scan's verdicts for one folder: (tf decodable, reason it is not usable or None) per file."""
     return FileResults("scan", f"{Path(root).resolve()}\t{max_pixels}", SCAN_FORMAT, enabled,
                        valid=lambda v: len(v) == 2 and isinstance(v[0], bool) and isinstance(v[1], (str, type(None))))
@@ -251,7 +251,7 @@ def scan_folder(root: Path, spec, labels: tuple[str, ...] | None = None, use_cac
                 "add images or remove the folder"
             )
     candidates = [(str(path), labels.index(name)) for name, files in found.items() for path in files]
-    cache = ScanCache(root, spec.max_image_pixels, enabled=_cache_enabled(use_cache))
+    cache = scan_cache(root, spec.max_image_pixels, enabled=_cache_enabled(use_cache))
     decoder = []  # built on first use: an unchanged folder never needs TensorFlow to be checked
     results = check_files([c[0] for c in candidates], lambda p: _check(p, spec.max_image_pixels, decoder),
                                    cache, str(root))

@@ -70,19 +70,17 @@ def hash_files(paths: list[str], max_pixels: int = 40_000_000, workers: int = 4,
         return []
     folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     cache = FileResults("facts", f"{folder}\t{max_pixels}", FACTS_FORMAT, enabled=_cache_enabled(use_cache),
-                        valid=lambda values: _cached_facts(values) is not None)
+                        valid=_is_facts)
     found = per_file(list(paths), lambda p: astuple(image_facts(p, max_pixels)), cache, "hashing images", workers)
     # None only for a file that vanished since the scan: image_facts then raises the OSError that says so
-    return [_cached_facts(values) or image_facts(path, max_pixels) for path, values in zip(paths, found)]
+    return [ImageFacts(*values) if values is not None else image_facts(path, max_pixels)
+            for path, values in zip(paths, found)]
 
 
-def _cached_facts(values: list | None) -> ImageFacts | None:
-    """ImageFacts from a cache entry, or None when the entry is not exactly what image_facts stores."""
+def _is_facts(values: list) -> bool:
+    """Whether a cache entry is exactly what image_facts stores (sha256, phash, width, height, grey, bytes)."""
     types = (str, int, int, int, bool, int)
-    if (values is None or len(values) != len(types)
-            or not all(type(v) is t for v, t in zip(values, types))):  # noqa: E721 - bool is not an int here
-        return None
-    return ImageFacts(*values)
+    return len(values) == len(types) and all(type(v) is t for v, t in zip(values, types))  # noqa: E721
 
 
 class _UnionFind:
