@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from edgekit.bench.accuracy import compare, verdict
 from edgekit.bench.advice import advice_markdown, advise
+from edgekit.bench.paired import ratio_interval
+from edgekit.bench.paired import verdict as paired_verdict
 from edgekit.bench.report import place_labels
 from edgekit.bench.run import BenchSettings, collect_variants, run_bench
 from edgekit.cli import app
@@ -285,13 +287,49 @@ def test_output_check_counts_quantization_steps_and_marks_drift():
     assert "76.8 quantization steps (tolerance 1)" in verdict(drifted)
 
 
-def _row(variant, p50, accuracy, mode=None, threads=1):
-    return {"variant": variant, "device": "pi", "threads": threads, "delegate": "none", "status": "ok",
-            "latency_ms": {"p50": p50, "p90": p50}, "accuracy": accuracy, "mode": mode, "size": 1000}
+def _row(variant, p50, accuracy, mode=None, threads=1, rounds=None):
+    row = {"variant": variant, "device": "pi", "threads": threads, "delegate": "none", "status": "ok",
+           "latency_ms": {"p50": p50, "p90": p50}, "accuracy": accuracy, "mode": mode, "size": 1000,
+           "model_sha256": f"sha-{variant}"}
+    if rounds is not None:  # interleaved rounds against the float32 row: [this model ms, float32 ms]
+        row["paired"] = {"baseline": "float32", "baseline_sha256": "sha-float32", **ratio_interval(rounds)}
+    return row
+
+
+def test_paired_rounds_tell_a_real_slowdown_from_noise():
+    steady = ratio_interval([[1.30 * b, b] for b in (7.0, 7.4, 7.1, 7.6, 7.2, 7.3)])
+    assert steady["ratio"] == pytest.approx(1.30) and paired_verdict(steady, 1.05) == "slower"
+    noisy = ratio_interval([[8.9, 7.0], [7.1, 7.6], [8.5, 7.2], [7.0, 7.8], [8.8, 7.1], [7.3, 7.4]])
+    assert 1.0 < noisy["ratio"] < 1.15 and noisy["ci95"][0] < 1.0 < noisy["ci95"][1]
+    assert paired_verdict(noisy, 1.05) == "no measurable difference"
+    small = ratio_interval([[1.02 * b, b] for b in (7.0, 7.4, 7.1, 7.6)])
+    assert small["ci95"][0] > 1.0 and paired_verdict(small, 1.05) == "no measurable difference"  # real, but < 5%
+    assert paired_verdict(ratio_interval([[0.5 * b, b] for b in (7.0, 7.4, 7.1)]), 1.05) == "faster"
+    assert ratio_interval([[8.0, 7.0], [8.0, 7.0]]) is None and paired_verdict(None, 1.05) == "unknown"
+
+
+def test_advice_flags_slower_only_when_interleaved_rounds_confirm_it():
+    noise = [[7.6, 7.0], [7.0, 7.7], [7.9, 7.1], [7.2, 7.6], [7.8, 7.0], [7.1, 7.5]]
+    rows = [_row("float32", 7.0, 0.95, "float32"), _row("float16", 7.9, 0.95, "float16", rounds=noise),
+            _row("dynamic", 7.9, 0.95, "dynamic")]
+    advice = advise(rows)
+    assert advice["slower_than_float32"] == [] and not any(r.get("slower_than_float32") for r in rows)
+    float16, dynamic = advice["no_measurable_difference"]
+    assert "float16" in float16 and "no measurable difference" in float16 and "95% CI" in float16
+    assert "dynamic" in dynamic and "not confirmed by interleaved rounds" in dynamic
+    assert rows[1]["vs_float32"]["verdict"] == "no measurable difference" and rows[1]["vs_float32"]["rounds"] == 6
+    assert rows[2]["vs_float32"] == {"p50_ratio": 1.129, "verdict": "unknown"}
+    text = advice_markdown(advice)
+    assert "do not ship" not in text and "Not slower than float32" in text
+    other = _row("float16", 7.9, 0.95, "float16", rounds=noise)
+    other["paired"]["baseline_sha256"] = "sha-of-another-file"  # rounds against another float32 do not count
+    assert advise([_row("float32", 7.0, 0.95, "float32"), other])["no_measurable_difference"][0].endswith(
+        "to decide)")
 
 
 def test_advice_names_the_frontier_the_slow_variants_and_a_pick():
-    rows = [_row("float32", 7.4, 0.95, "float32"), _row("dynamic", 13.5, 0.95, "dynamic"),
+    slow = [[13.5 * f, 7.4 * f] for f in (1.0, 1.02, 0.98, 1.01, 0.99)]
+    rows = [_row("float32", 7.4, 0.95, "float32"), _row("dynamic", 13.5, 0.95, "dynamic", rounds=slow),
             _row("int8", 3.0, 0.94, "int8"), _row("float16", 7.6, 0.95, "float16")]
     advice = advise(rows, max_latency_ms=5.0)
     assert [r["variant"] for r in rows if r.get("pareto")] == ["float32", "int8"]

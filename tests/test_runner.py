@@ -470,6 +470,18 @@ def test_bench_cycles_real_inputs_and_reports_delegate_error(models, images, tmp
     assert_user_error(required, "edgetpu: not available")
 
 
+def test_bench_versus_times_both_models_in_interleaved_rounds(models, images):
+    result = run("bench", models["int8"], "--images", images, "--runs", "10", "--min-seconds", "0",
+                 "--versus", models["float32"], "--versus-images", images, "--rounds", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    versus = json.loads(result.stdout)["versus"]
+    assert versus["model_sha256"] == hashlib.sha256(models["float32"].read_bytes()).hexdigest()
+    assert len(versus["rounds_ms"]) == 4 and versus["per_round"] == 5
+    assert all(a > 0 and b > 0 for a, b in versus["rounds_ms"])
+    lacking = run("bench", models["int8"], "--images", images, "--versus", models["float32"])
+    assert_user_error(lacking, "--versus needs exactly one of --versus-images or --versus-inputs")
+
+
 def test_bench_on_image_directory_prints_a_summary(models, images):
     result = run("bench", models["float32"], "--images", images, "--runs", "5", "--min-seconds", "0")
     assert result.returncode == 0, result.stderr

@@ -3,11 +3,15 @@
 Compression does not always pay: on an x86 CPU the dynamic-range variant took 13.5 ms against 7.4 ms
 for float32 at 224 px. The table alone leaves the reader to notice; this says it. Rows are compared
 only within one device, thread count and delegate, since those change latency more than variants do.
+"Slower" is decided from interleaved rounds against float32 (`edgekit.bench.paired`), not from two p50s
+measured in separate runs: those differ by the machine's drift as much as by the model.
 """
 
 from __future__ import annotations
 
-SLOWER_MARGIN = 1.05  # within 5% of float32 is noise on a shared CPU, not a finding
+from edgekit.bench.paired import verdict
+
+SLOWER_MARGIN = 1.05  # a confirmed slowdown smaller than 5% is no reason to avoid a variant
 
 
 def _latency(row: dict) -> float | None:
@@ -43,7 +47,7 @@ def _is_float32(row: dict) -> bool:
 
 def advise(rows: list[dict], max_latency_ms: float | None = None, min_accuracy: float | None = None) -> dict:
     """Mark each row (`pareto`, `slower_than_float32`) and return the advice for the report."""
-    pareto, slower = [], []
+    pareto, slower, unclear = [], [], []
     for group in _groups(rows).values():
         ranked = [r for r in group if row_accuracy(r) is not None]
         for row in ranked:
@@ -52,15 +56,45 @@ def advise(rows: list[dict], max_latency_ms: float | None = None, min_accuracy: 
                 pareto.append(_label(row))
         baseline = next((r for r in group if _is_float32(r)), None)
         for row in group:
-            if baseline is not None and row is not baseline and _latency(row) > SLOWER_MARGIN * _latency(baseline):
-                row["slower_than_float32"] = round(_latency(row) / _latency(baseline), 2)
-                slower.append(f"{_label(row)}: p50 {_latency(row):.2f} ms vs {_latency(baseline):.2f} ms for "
-                              f"float32 ({row['slower_than_float32']:.2f}x); slower than float32 here, do not "
-                              "ship it for this target")
-    advice = {"pareto": pareto, "slower_than_float32": slower, "recommended": None}
+            if baseline is not None and row is not baseline:
+                _against_float32(row, baseline, slower, unclear)
+    advice = {"pareto": pareto, "slower_than_float32": slower, "no_measurable_difference": unclear,
+              "recommended": None}
     if max_latency_ms is not None or min_accuracy is not None:
         advice.update(_recommend(rows, max_latency_ms, min_accuracy))
     return advice
+
+
+def _paired_with(row: dict, baseline: dict) -> dict | None:
+    """The row's interleaved rounds, if they were run against exactly this baseline's file."""
+    paired = row.get("paired")
+    if paired and paired.get("baseline_sha256") and paired["baseline_sha256"] == baseline.get("model_sha256"):
+        return paired
+    return None
+
+
+def _against_float32(row: dict, baseline: dict, slower: list[str], unclear: list[str]) -> None:
+    """Flag `row` as slower than float32 only when interleaved rounds show it; say so when they do not."""
+    point = _latency(row) / _latency(baseline)
+    paired = _paired_with(row, baseline)
+    found = verdict(paired, SLOWER_MARGIN)
+    row["vs_float32"] = {"p50_ratio": round(point, 3), "verdict": found,
+                         **({"ratio": round(paired["ratio"], 3), "ci95": [round(x, 3) for x in paired["ci95"]],
+                             "rounds": paired["rounds"]} if paired else {})}
+    if found == "slower":
+        row["slower_than_float32"] = round(paired["ratio"], 2)
+        low, high = paired["ci95"]
+        slower.append(f"{_label(row)}: {paired['ratio']:.2f}x float32 over {paired['rounds']} interleaved rounds "
+                      f"(95% CI {low:.2f}-{high:.2f}; p50 {_latency(row):.2f} vs {_latency(baseline):.2f} ms); "
+                      "slower than float32 here, do not ship it for this target")
+    elif paired and point > SLOWER_MARGIN:
+        low, high = paired["ci95"]
+        unclear.append(f"{_label(row)}: p50 {point:.2f}x float32 in separate runs, but {paired['ratio']:.2f}x over "
+                       f"{paired['rounds']} interleaved rounds (95% CI {low:.2f}-{high:.2f}): no measurable "
+                       "difference")
+    elif paired is None and point > SLOWER_MARGIN:
+        unclear.append(f"{_label(row)}: p50 {point:.2f}x float32 in separate runs, not confirmed by interleaved "
+                       "rounds (bench it in one `edgekit bench` call with its float32 variant to decide)")
 
 
 def _recommend(rows: list[dict], max_latency_ms: float | None, min_accuracy: float | None) -> dict:
@@ -92,6 +126,7 @@ def advice_markdown(advice: dict) -> str:
     lines += [f"- Pareto-optimal (p50 vs accuracy, per device, threads and delegate): {name}"
               for name in advice["pareto"]] or ["- Pareto-optimal: none ranked (no row has an accuracy)"]
     lines += [f"- **Slower than float32**: {text}" for text in advice["slower_than_float32"]]
+    lines += [f"- Not slower than float32: {text}" for text in advice.get("no_measurable_difference", [])]
     if advice.get("constraints"):
         pick = advice["recommended"]
         lines.append(f"- **Recommended**: {pick['variant']} ({pick['device']}, threads {pick['threads'] or 'default'},"

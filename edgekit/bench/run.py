@@ -20,6 +20,7 @@ import numpy as np
 from edgekit import manifests
 from edgekit.artifacts import sha256_file
 from edgekit.bench import accuracy, inputs
+from edgekit.bench.paired import ratio_interval
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
 from edgekit.tflite import dequantizer, parse_file
@@ -58,6 +59,7 @@ class BenchSettings:
     runtime: str | None = None  # None: the profile's (auto: the first interpreter the device has)
     images: Path | None = None  # a folder of images for models without an edgekit manifest
     accuracy_samples: int | None = None  # None: the whole validation split, and only when runtimes differ
+    paired_rounds: int = 10  # interleaved rounds of each variant against float32 (0: none)
 
     def check(self) -> None:
         """Impossible settings are one line before anything is copied to a device."""
@@ -65,6 +67,8 @@ class BenchSettings:
             raise EdgekitError(f"--runs {self.runs}: must be at least 1")
         if self.warmup < 0:
             raise EdgekitError(f"--warmup {self.warmup}: must be 0 or more")
+        if self.paired_rounds < 0 or self.paired_rounds == 1 or self.paired_rounds > 1000:
+            raise EdgekitError(f"--paired-rounds {self.paired_rounds}: must be 0 (off) or 2..1000")
         if self.min_seconds < 0:
             raise EdgekitError(f"--min-seconds {self.min_seconds:g}: must be 0 or more")
         if any(t is not None and t < 1 for t in self.threads):
@@ -236,13 +240,51 @@ def run_bench(variants: list[BenchModel], profile: DeviceProfile, settings: Benc
             result.rows.append(row)
         return result
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
+        prepared = Prepared(target, settings, Path(scratch), _float32_baseline(variants, settings))
         for variant in variants:
-            _bench_variant(target, variant, profile, settings, Path(scratch), result)
+            _bench_variant(prepared, variant, profile, result)
     result.partial = any(row["status"] == "error" for row in result.rows)
     measured = [row["environment"] for row in result.rows if row.get("environment")]
     if measured:  # the device as its own runner reported it, not the host's versions
         result.device["environment"] = measured[0]
     return result
+
+
+def _float32_baseline(variants: list[BenchModel], settings: BenchSettings) -> BenchModel | None:
+    """The float32 variant the others are timed against in interleaved rounds, when the call has one."""
+    if settings.paired_rounds < 2 or len(variants) < 2:
+        return None
+    return next((v for v in variants if convert_mode(v) == "float32" and not v.problem), None)
+
+
+@dataclass
+class Prepared:
+    """Each variant's inputs made and copied once, so the float32 baseline can be used before its own turn."""
+
+    target: Target
+    settings: BenchSettings
+    scratch: Path
+    baseline: BenchModel | None = None
+    done: dict = field(default_factory=dict)
+
+    def get(self, variant: BenchModel):
+        """(remote model name, remote inputs name, feed, reference outputs, output info)."""
+        if variant.path not in self.done:
+            self.done[variant.path] = _prepare(self.target, variant, self.settings, self.scratch)
+        return self.done[variant.path]
+
+    def versus_args(self, variant: BenchModel) -> list:
+        """`--versus` the float32 baseline for every other variant; nothing when it cannot be prepared."""
+        if self.baseline is None or variant.path == self.baseline.path:
+            return []
+        try:
+            remote_model, remote_inputs, feed, _, _ = self.get(self.baseline)
+        except EdgekitError as exc:
+            log.warning("no interleaved rounds against %s: %s", self.baseline.name, exc)
+            self.baseline = None
+            return []
+        flag = "--versus-images" if feed.flag == "--images" else "--versus-inputs"
+        return ["--versus", remote_model, flag, remote_inputs, "--rounds", self.settings.paired_rounds]
 
 
 def _prepare(target: Target, variant: BenchModel, settings: BenchSettings, scratch: Path):
@@ -260,11 +302,23 @@ def _prepare(target: Target, variant: BenchModel, settings: BenchSettings, scrat
     return remote_model, remote_inputs, feed, reference, accuracy.output_info(variant.path)
 
 
-def _bench_variant(target: Target, variant: BenchModel, profile: DeviceProfile, settings: BenchSettings,
-                   scratch: Path, result: BenchResult) -> None:
+def _paired(report: dict, baseline: BenchModel | None) -> dict | None:
+    """The runner's interleaved rounds against the baseline, as a ratio with its interval."""
+    versus = report.get("versus")
+    if not versus or baseline is None:
+        return None
+    interval = ratio_interval(versus.get("rounds_ms") or [])
+    if interval is None:
+        return None
+    return {"baseline": baseline.name, "baseline_sha256": versus.get("model_sha256"),
+            "per_round": versus.get("per_round"), "rounds_ms": versus.get("rounds_ms"), **interval}
+
+
+def _bench_variant(prepared: Prepared, variant: BenchModel, profile: DeviceProfile, result: BenchResult) -> None:
+    target, settings, scratch = prepared.target, prepared.settings, prepared.scratch
     delegates = _delegate_runs(profile, settings)
     try:
-        remote_model, remote_inputs, feed, reference, output = _prepare(target, variant, settings, scratch)
+        remote_model, remote_inputs, feed, reference, output = prepared.get(variant)
     except EdgekitError as exc:
         for delegate in delegates:
             row = _row(variant, profile, None, delegate)
@@ -279,13 +333,15 @@ def _bench_variant(target: Target, variant: BenchModel, profile: DeviceProfile, 
             model_args = runtime_args(profile, settings) + (["--threads", threads] if threads else [])
             model_args += ["--delegate", delegate, "--require-delegate"] if delegate else []
             args = ["bench", remote_model, feed.flag, remote_inputs, "--runs", settings.runs, "--warmup",
-                    settings.warmup, "--min-seconds", settings.min_seconds, "--max-images", settings.max_images]
+                    settings.warmup, "--min-seconds", settings.min_seconds, "--max-images", settings.max_images,
+                    *prepared.versus_args(variant)]
             started = time.time()
             try:
                 report = target.run_runner(args + model_args, timeout=settings.timeout_s, check=False)
                 if report.get("error") and not report.get("latency_ms"):
                     raise EdgekitError(_delegate_message(delegate, report["error"]))
                 _fill_row(row, report, _compare_outputs(report, reference, output), profile)
+                row["paired"] = _paired(report, prepared.baseline)
                 if found is None and _wants_device_accuracy(row, variant, settings):
                     found = accuracy.device_accuracy(target, variant, remote_model,
                                                      [a for a in model_args if a != "--require-delegate"],

@@ -48,6 +48,9 @@ def bench(
                                                               "at or under this.")] = None,
     min_accuracy: Annotated[float | None, typer.Option(help="Recommend the fastest variant with at least this "
                                                             "accuracy (0..1).")] = None,
+    paired_rounds: Annotated[int, typer.Option(
+        help="Interleaved rounds of each variant against the float32 one, to tell a real slowdown from the "
+             "machine's drift (0: off).")] = 10,
     accept_new_host_key: AcceptKeyOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -56,7 +59,7 @@ def bench(
     $ edgekit bench --device desktop --threads 1,2
     $ edgekit bench runs/digits-20260101-120000 --device pi --min-accuracy 0.95
     $ edgekit bench face_detector.tflite --device pi --runtime tflite_runtime
-    $ edgekit bench --compare before/results.json --compare after/results.json
+    $ edgekit bench --compare before/results.json after/results.json
     """
     from edgekit.bench.advice import advice_markdown
     from edgekit.bench.report import compare as compare_results
@@ -64,7 +67,11 @@ def bench(
     from edgekit.bench.run import BenchSettings
     from edgekit.bench.session import bench_session
 
+    if compare and len(compare) == 1 and models and len(models) == 1:  # `--compare A.json B.json`
+        compare, models = [compare[0], models[0]], None
     if compare:
+        if models:
+            raise EdgekitError("--compare compares two results.json files; it takes no models to benchmark")
         if len(compare) != 2:
             raise EdgekitError("--compare takes exactly two results.json files (pass it twice)")
         rows, table = compare_results(compare[0], compare[1])
@@ -73,7 +80,8 @@ def bench(
     _check_runtime(runtime)
     settings = BenchSettings(threads=_threads(threads) if threads else (None,), runs=runs, warmup=warmup,
                              min_seconds=min_seconds, delegate=delegate, accept_new_host_key=accept_new_host_key,
-                             runtime=runtime, images=images, accuracy_samples=accuracy_samples)
+                             runtime=runtime, images=images, accuracy_samples=accuracy_samples,
+                             paired_rounds=paired_rounds)
     session = bench_session(list(models) if models else [_run_dir(None)], device, settings, out=out,
                             max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
     result = session.result

@@ -2025,6 +2025,42 @@ def run_bench(args, result: dict) -> None:
         "n": len(values), "mean": float(values.mean()), "std": float(values.std()), "p50": float(p50),
         "p90": float(p90), "p99": float(p99), "min": float(values.min()), "max": float(values.max())})
     result["outputs"] = outputs
+    if args.versus:
+        result["versus"] = paired_rounds(args, model, inputs)
+
+
+def paired_rounds(args, model: Model, inputs: list) -> dict:
+    """Median invoke time per round for this model and `--versus` (a baseline), interleaved round by round.
+
+    Two models timed in separate runs differ by the machine's drift between the runs (clock, cache, other
+    load), which on a shared CPU is often larger than the difference between the models. Alternating short
+    rounds (A B, then B A) exposes both to the same conditions, so the per-round ratios say how much of a
+    difference is the model and how much is noise.
+    """
+    if bool(args.versus_images) == bool(args.versus_inputs):
+        raise RunnerError("--versus needs exactly one of --versus-images or --versus-inputs")
+    versus = argparse.Namespace(**{**vars(args), "model": args.versus, "images": args.versus_images,
+                                   "inputs": args.versus_inputs})
+    baseline, baseline_inputs, _ = load_bench_model(versus)
+    for i in range(args.warmup):
+        baseline.run(baseline_inputs[i % len(baseline_inputs)])
+    per_round = max(5, -(-args.runs // args.rounds))
+    timed = {"model": [], "versus": []}
+    done = {"model": 0, "versus": 0}
+
+    def one_round(which: str, runner: Model, tensors: list) -> float:
+        times = []
+        for _ in range(per_round):
+            times.append(runner.run(tensors[done[which] % len(tensors)])[1])
+            done[which] += 1
+        return float(np.median(times))
+
+    for r in range(args.rounds):
+        order = [("model", model, inputs), ("versus", baseline, baseline_inputs)]
+        for which, runner, tensors in order if r % 2 == 0 else order[::-1]:
+            timed[which].append(one_round(which, runner, tensors))
+    return {"model": args.versus, "model_sha256": baseline.sha256, "per_round": per_round,
+            "rounds_ms": [[a, b] for a, b in zip(timed["model"], timed["versus"])]}
 
 
 def peak_rss_mb() -> float | None:
@@ -2417,6 +2453,10 @@ def build_parser() -> Parser:
     bench.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long (2)")
     bench.add_argument("--max-images", type=positive(int), default=64, help="inputs to cycle through (64)")
     bench.add_argument("--require-delegate", action="store_true", help="fail if --delegate cannot load")
+    bench.add_argument("--versus", metavar="MODEL", help="a baseline model, timed in interleaved rounds with this one")
+    bench.add_argument("--versus-images", metavar="NPZ_OR_DIR", help="the baseline's --images")
+    bench.add_argument("--versus-inputs", metavar="NPZ", help="the baseline's --inputs")
+    bench.add_argument("--rounds", type=positive(int), default=10, help="interleaved rounds with --versus (10)")
     bench.add_argument("--json", action="store_true", help="print one JSON document")
     bench.set_defaults(func=cmd_bench)
 
