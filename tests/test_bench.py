@@ -64,6 +64,11 @@ def test_desktop_bench_writes_the_table_and_files(bench_run, tmp_path):
         assert latency["n"] >= 20 and latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"]
         assert row["runtime"] == "litert" and row["accuracy"] is not None and row["peak_rss_mb"] > 0
         assert row["output_check"]["checked"] > 0 and row["output_check"]["equal"], row["output_check"]
+        if row["variant"] == "int8-ptq":  # timed against float32 in interleaved rounds, at its thread count
+            assert row["paired"]["rounds"] >= 2 and row["paired"]["ci95"][0] <= row["paired"]["ratio"]
+            assert row["vs_float32"]["verdict"] in ("slower", "faster", "no measurable difference")
+        else:
+            assert row["paired"] is None
     for name in ("results.json", "results.csv", "results.md", "pareto.png", "manifest.json"):
         assert (out / name).is_file(), name
     environment = json.loads((out / "results.json").read_text())["environment"]
@@ -135,6 +140,10 @@ def test_compare_two_results(bench_run, tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
     assert {r["variant"] for r in rows} == {"float32", "int8-ptq"} and all(r["p50_ratio"] > 0 for r in rows)
+    spelled = cli.invoke(app, ["bench", "--compare", str(tmp_path / "a" / "results.json"),
+                               str(tmp_path / "b" / "results.json"), "--json"])  # as the README once wrote it
+    assert spelled.exit_code == 0, spelled.output
+    assert json.loads(spelled.stdout)["rows"] == rows
 
 
 def test_deploy_puts_the_same_sha256_on_the_device(bench_run, sshd, tmp_path):
