@@ -17,6 +17,9 @@ def describe_path(path: Path) -> tuple[dict, str]:
     if path.is_file() and path.suffix == ".tflite":
         return _describe_model_file(path)
     directory = path if path.is_dir() else path.parent
+    if path.is_file() and path.name != manifests.MANIFEST and manifests.read_optional(directory) is None:
+        raise EdgekitError(f"{path}: not a .tflite file, and its folder has no edgekit manifest.json; pass a .tflite "
+                           "file or a run, variant, eval or bench folder")
     manifest = manifests.read(directory)
     if isinstance(manifest, manifests.TuneManifest):
         from edgekit.tune.report import describe_tune

@@ -102,9 +102,13 @@ def describe_tflite(path: Path, model) -> str:
             q = "" if quant is None else (f"  scale {quant['scale']:.6g} zero point {quant['zero_point']}"
                                           if "axis" not in quant else f"  per-channel (axis {quant['axis']})")
             lines.append(f"  {role} {tensor.name}: {tensor.dtype} {list(tensor.shape)}{q}")
-    ops = model.op_counts
-    lines.append(f"  ops ({sum(ops.values())}): " + ", ".join(f"{k} {v}" for k, v in ops.items()))
-    lines.append("  metadata: " + (", ".join(sorted(model.metadata)) or "none"))
+    ops, custom = model.op_counts, set(model.custom_ops)
+    lines.append(f"  ops ({sum(ops.values())}): " + ", ".join(f"{k}{' (custom)' if k in custom else ''} {v}"
+                                                             for k, v in ops.items()))
+    if custom:
+        lines.append(f"  custom ops: {', '.join(sorted(custom))} — stock LiteRT and tflite-runtime cannot load this "
+                     "model unless these ops are registered with the interpreter")
+    lines.append("  metadata entries: " + (", ".join(sorted(model.metadata)) or "none"))
     kind = "image classifier ([1, H, W, C] in, [1, N] out)" if model.is_image_classifier else \
         "not a single-input image classifier"
     lines.append(f"  looks like: {kind}")

@@ -85,6 +85,7 @@ class Op:
     inputs: tuple[Tensor | None, ...]
     outputs: tuple[Tensor, ...]
     options: object  # the flatbuffer's builtin options object (attribute names as in the schema)
+    custom: bool = False  # a CUSTOM op: a runtime loads the model only if this code is registered with it
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,11 @@ class TFLiteModel:
     @property
     def op_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(op.name for op in self.ops).items()))
+
+    @property
+    def custom_ops(self) -> list[str]:
+        """Codes of the CUSTOM ops: stock LiteRT and tflite-runtime cannot load the model without them."""
+        return sorted({op.name for op in self.ops if op.custom})
 
     @property
     def min_runtime_version(self) -> str | None:
@@ -140,6 +146,7 @@ class TFLiteModel:
             "inputs": [t.as_dict() for t in self.inputs],
             "outputs": [t.as_dict() for t in self.outputs],
             "ops": self.op_counts,
+            "custom_ops": self.custom_ops,
             "tensor_count": self.tensor_count,
             "subgraph_count": self.subgraph_count,
             "metadata": sorted(self.metadata),
@@ -183,10 +190,11 @@ def _model(model, content: bytes, label: str, schema) -> TFLiteModel:
     for index, op in enumerate(graph.operators or []):
         code = model.operatorCodes[op.opcodeIndex]
         name = builtin.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
-        if name == "CUSTOM":
+        custom = name == "CUSTOM"
+        if custom:
             name = _text(code.customCode)
         inputs = tuple(tensors[i] if i >= 0 else None for i in _ints(op.inputs))
-        ops.append(Op(index, name, inputs, tuple(tensors[i] for i in _ints(op.outputs)), op.builtinOptions))
+        ops.append(Op(index, name, inputs, tuple(tensors[i] for i in _ints(op.outputs)), op.builtinOptions, custom))
     metadata = {}
     for entry in model.metadata or []:
         buffer = model.buffers[entry.buffer] if entry.buffer < len(model.buffers or []) else None

@@ -301,8 +301,9 @@ def describe_lines(meta: ClassifierMetadata) -> list[str]:
     labels = meta.labels
     shown = "none packed" if labels is None else ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
     norm = "none" if meta.mean is None else f"mean {list(meta.mean)} std {list(meta.std)}"
-    lines = [f"  metadata: {meta.name or '(no name)'} version {meta.version or '-'} by {meta.author or '-'}"
-             f" (parser >= {meta.min_parser_version or '-'})",
+    about = "".join(f" {word} {value}" for word, value in (("version", meta.version), ("by", meta.author),
+                                                            ("(parser >=", meta.min_parser_version)) if value)
+    lines = [f"  standard metadata: {meta.name or '(no name)'}{about}{')' if meta.min_parser_version else ''}",
              f"    input: {meta.color_space or 'no image properties'}, normalisation {norm}",
              f"    labels ({0 if labels is None else len(labels)}): {shown}"]
     if meta.edgekit:

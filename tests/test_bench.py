@@ -213,7 +213,21 @@ def test_images_for_a_multi_input_model_is_one_error_row_and_the_rest_run(bench_
     assert rows["int8-ptq"]["status"] == "ok" and "images from" in rows["int8-ptq"]["inputs"]
     error = rows["two_input"]["error"]
     assert rows["two_input"]["status"] == "error" and "\n" not in error
-    assert "2 input(s)" in error and "drop --images" in error
+    assert "this model takes 2 inputs" in error and "drop --images" in error
+
+
+def test_images_refusal_names_the_part_of_the_model_that_is_not_a_classifier():
+    from types import SimpleNamespace as T
+
+    from edgekit.bench.inputs import _not_a_classifier
+
+    rgb, scores = T(shape=(1, 32, 32, 3)), T(shape=(1, 10))
+    two_outputs = T(inputs=(rgb,), outputs=(scores, T(shape=(1, 4))))
+    assert _not_a_classifier(two_outputs) == "its input is RGB but it has 2 outputs ([1, 10], [1, 4]), not one [1, N]"
+    assert _not_a_classifier(T(inputs=(T(shape=(1, 16000)),), outputs=(scores,))) == \
+        "its input is [1, 16000], not [1, H, W, 3] RGB"
+    assert _not_a_classifier(T(inputs=(rgb,), outputs=(T(shape=(1, 8, 8, 2)),))) == \
+        "its output is [1, 8, 8, 2], not [1, N] class scores"
 
 
 def test_runtime_not_installed_on_the_device_is_an_error_row(foreign, tmp_path):

@@ -105,6 +105,13 @@ def test_info_on_a_plain_folder_is_one_line(tmp_path):
     assert "no manifest.json" in line
 
 
+
+def test_info_on_a_stray_file_names_the_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    line = _one_line_error(runner.invoke(app, ["info", str(tmp_path / "notes.txt")]))
+    assert line.startswith(f"error: {tmp_path / 'notes.txt'}: not a .tflite file")
+
+
 def _subprocess(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True,
                           timeout=timeout)

@@ -172,6 +172,7 @@ def test_info_shows_the_metadata(variants):
     assert shown["edgekit"]["lineage"]["recipe"] == "md-int8"
     text = CliRunner().invoke(app, ["info", str(path)]).stdout
     assert "normalisation mean [0.0] std [1.0]" in text and f"labels ({len(shown['labels'])})" in text
+    assert "standard metadata:" in text and "metadata entries:" in text and " - by -" not in text
 
 
 @pytest.fixture(scope="session")

@@ -55,3 +55,33 @@ def test_not_a_flatbuffer_is_refused_by_path(tmp_path):
         read_tflite(path)
     with pytest.raises(EdgekitError, match=r"no such model file"):
         parse_file(tmp_path / "absent.tflite")
+
+
+def _with_custom_op(content: bytes, code: str) -> bytes:
+    """The model with its first operator's code turned into CUSTOM `code` (what a converter with
+    allow_custom_ops writes for an op TFLite does not know)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(content, 0))
+    opcode = model.operatorCodes[model.subgraphs[0].operators[0].opcodeIndex]
+    opcode.builtinCode = opcode.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    opcode.customCode = code
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def test_custom_ops_are_marked_and_info_says_stock_runtimes_cannot_load_them(converted, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    path = tmp_path / "custom.tflite"
+    path.write_bytes(_with_custom_op(converted[None], "MyFancyConv"))
+    model = parse_file(path)
+    assert model.custom_ops == ["MyFancyConv"] and "MyFancyConv" in model.op_counts
+    assert parse(converted[None], "float").custom_ops == []
+    text = CliRunner().invoke(app, ["info", str(path)]).output
+    assert "MyFancyConv (custom) 1" in text and "cannot load this model unless these ops are registered" in text
+    assert text.count("metadata") == 1  # `metadata entries:` once; no standard metadata block here

@@ -66,10 +66,8 @@ def folder_images(model: TFLiteModel, directory: Path, out: Path, count: int) ->
     from PIL import Image, UnidentifiedImageError
 
     if len(model.inputs) != 1 or not model.is_image_classifier or model.inputs[0].shape[-1] != 3:
-        shapes = ", ".join(str(list(t.shape)) for t in model.inputs)
-        raise EdgekitError(f"{model.label}: --images feeds single-input RGB image classifiers; this model takes "
-                           f"{len(model.inputs)} input(s) ({shapes}); drop --images to time it on generated "
-                           "inputs")
+        raise EdgekitError(f"{model.label}: --images feeds single-input RGB image classifiers; "
+                           f"{_not_a_classifier(model)}; drop --images to time it on generated inputs")
     if not Path(directory).is_dir():
         raise EdgekitError(f"--images {directory}: not a directory of images")
     height, width = model.inputs[0].shape[1:3]
@@ -90,6 +88,19 @@ def folder_images(model: TFLiteModel, directory: Path, out: Path, count: int) ->
     stacked = np.stack(pixels)
     np.savez(out, x=stacked)
     return Feed("--images", out, f"{len(pixels)} images from {directory}", pixels=stacked)
+
+
+def _not_a_classifier(model: TFLiteModel) -> str:
+    """Which part of "one [1, H, W, 3] input, one [1, N] output" this model breaks, in its own shapes."""
+    shapes = lambda tensors: ", ".join(str(list(t.shape)) for t in tensors)  # noqa: E731
+    if len(model.inputs) != 1:
+        return f"this model takes {len(model.inputs)} inputs ({shapes(model.inputs)})"
+    shape = model.inputs[0].shape
+    if len(shape) != 4 or shape[-1] != 3:
+        return f"its input is {list(shape)}, not [1, H, W, 3] RGB"
+    if len(model.outputs) != 1:
+        return f"its input is RGB but it has {len(model.outputs)} outputs ({shapes(model.outputs)}), not one [1, N]"
+    return f"its output is {list(model.outputs[0].shape)}, not [1, N] class scores"
 
 
 def reference_outputs(path: Path, feed: Feed, k: int) -> np.ndarray:
