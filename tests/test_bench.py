@@ -230,6 +230,19 @@ def test_images_refusal_names_the_part_of_the_model_that_is_not_a_classifier():
         "its output is [1, 8, 8, 2], not [1, N] class scores"
 
 
+def test_a_foreign_models_results_go_under_edgekit_home_not_beside_it(foreign, edgekit_home, tmp_path):
+    elsewhere = tmp_path / "site-packages" / "somepkg"
+    elsewhere.mkdir(parents=True)
+    model = elsewhere / "dense.tflite"
+    shutil.copy(foreign["dense"], model)
+    result = cli.invoke(app, ["bench", str(model), "--device", "desktop", "--threads", "1", "--json", *QUICK])
+    assert result.exit_code == 0, result.output
+    out = Path(json.loads(result.stdout)["out_dir"])
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()[:12]
+    assert out.parent == edgekit_home / "bench" / f"dense-{sha}" and (out / "results.json").is_file()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["dense.tflite"]
+
+
 def test_runtime_not_installed_on_the_device_is_an_error_row(foreign, tmp_path):
     profile = _tflite_runtime_profile(tmp_path, runtime="litert")  # the venv has no LiteRT
     result = cli.invoke(app, ["bench", str(foreign["dense"]), "--device", str(profile), "--out",

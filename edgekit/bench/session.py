@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.artifacts import check_writable
-from edgekit.bench.run import BenchResult, BenchSettings, collect_variants, run_bench
+from edgekit.artifacts import check_writable, edgekit_home
+from edgekit.bench.run import BenchModel, BenchResult, BenchSettings, collect_variants, run_bench
 from edgekit.devices import load_profile
-from edgekit.manifests import ParentRef
+from edgekit.manifests import MANIFEST, ParentRef
 
 
 @dataclass
@@ -23,6 +23,15 @@ class BenchSession:
     out_dir: Path
     result: BenchResult
     advice: dict
+
+
+def results_home(first: Path, variant: BenchModel) -> Path:
+    """Where a bench's `<device>-<time>` folders go: beside the first run or variant edgekit made; under $EDGEKIT_HOME for a model edgekit did not make,
+    whose folder may be anywhere (site-packages, a read-only mount, a colleague's checkout)."""
+    anchor = first if first.is_dir() else first.parent
+    if (anchor / MANIFEST).is_file():
+        return anchor / "bench"
+    return edgekit_home() / "bench" / f"{variant.path.stem}-{variant.sha256[:12]}"
 
 
 def bench_session(targets: list[Path], device: str, settings: BenchSettings, *, out: Path | None = None,
@@ -36,8 +45,8 @@ def bench_session(targets: list[Path], device: str, settings: BenchSettings, *, 
         settings = dataclasses.replace(settings, threads=(profile.threads,))
     settings.check()
     variants = collect_variants(targets)
-    anchor = targets[0] if targets[0].is_dir() else targets[0].parent
-    out_dir = Path(out) if out else anchor / "bench" / f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = Path(out) if out else results_home(targets[0], variants[0]) / stamp
     check_writable(out_dir)
     result = run_bench(variants, profile, settings)
     advice = advise(result.rows, max_latency_ms, min_accuracy)
