@@ -26,8 +26,9 @@ class BenchSession:
 
 
 def results_home(first: Path, variant: BenchModel) -> Path:
-    """Where a bench's `<device>-<time>` folders go: beside the first run or variant edgekit made; under $EDGEKIT_HOME for a model edgekit did not make,
-    whose folder may be anywhere (site-packages, a read-only mount, a colleague's checkout)."""
+    """Where a bench's `<device>-<time>` folders go: beside the first run or variant edgekit made; under
+    $EDGEKIT_HOME for a model edgekit did not make, whose folder may be anywhere (site-packages, a read-only
+    mount, a colleague's checkout)."""
     anchor = first if first.is_dir() else first.parent
     if (anchor / MANIFEST).is_file():
         return anchor / "bench"
