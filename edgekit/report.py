@@ -18,9 +18,59 @@ def human_size(n: int | float | None) -> str:
     return str(n)
 
 
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    """A GitHub-style Markdown table; also readable as plain text in a terminal."""
+TERMINAL_WIDTH = 100  # what tables printed to a terminal fit by default; `--wide` and results.md show all
+
+
+def _table_width(headers: list[str], cells: list[list[str]]) -> int:
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fit_table(headers: list[str], cells: list[list[str]], width: int, drop: tuple[str, ...] = (),
+              min_text: int = 12, keep: tuple[str, ...] = ()) -> tuple[list[str], list[list[str]], list[str]]:
+    """Make a table fit `width` columns: drop the `drop` columns in that order, then shorten the widest
+    cells (text gets a trailing "…") down to `min_text`, never those in `keep`. Returns headers, cells and
+    the dropped names."""
+    hidden = []
+    for name in drop:
+        if _table_width(headers, cells) <= width:
+            break
+        if name in headers:
+            i = headers.index(name)
+            headers = headers[:i] + headers[i + 1:]
+            cells = [row[:i] + row[i + 1:] for row in cells]
+            hidden.append(name)
+    while cells and _table_width(headers, cells) > width:
+        widths = [0 if headers[i] in keep else max(len(r[i]) for r in cells) for i in range(len(headers))]
+        i = max(range(len(headers)), key=lambda k: widths[k])
+        limit = max(min_text, len(headers[i]), widths[i] - (_table_width(headers, cells) - width))
+        if limit >= widths[i]:
+            break  # nothing left to shorten: the table stays wider than asked
+        cells = [[_clip(c, limit) if k == i else c for k, c in enumerate(row)] for row in cells]
+    return headers, cells, hidden
+
+
+def markdown_table(headers: list[str], rows: list[list], width: int | None = None,
+                   drop: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> str:
+    """A GitHub-style Markdown table; also readable as plain text in a terminal.
+
+    With `width` (a terminal), the `drop` columns go first and long cells are shortened, and a last line
+    says what was hidden; the full table belongs in files and `--wide`."""
     cells = [[str(c) for c in row] for row in rows]
+    hidden: list[str] = []
+    if width is not None:
+        headers, cells, hidden = fit_table(list(headers), cells, width, drop, keep=keep)
+    table = _render(headers, cells)
+    if hidden:
+        table += f"\n(--wide adds {', '.join(hidden)})"
+    return table
+
+
+def _render(headers: list[str], cells: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

@@ -191,3 +191,34 @@ def test_devices_and_recipes_list_shipped_and_user_entries(edgekit_home):
     assert recipes["int8-ptq"]["source"] == "shipped" and recipes["mine"]["source"].endswith("mine.yaml")
     shown = runner.invoke(app, ["recipes", "show", "mine"])
     assert shown.exit_code == 0 and "mode: float16" in shown.output
+
+
+@pytest.mark.parametrize("command", [["recipes"], ["devices"]])
+def test_listing_tables_fit_100_columns_unless_wide(command):
+    narrow = runner.invoke(app, command)
+    assert narrow.exit_code == 0, narrow.output
+    assert max(map(len, narrow.stdout.splitlines())) <= 100
+    wide = runner.invoke(app, [*command, "--wide"])
+    assert max(map(len, wide.stdout.splitlines())) > 100  # the shipped descriptions and paths are long
+    assert "…" not in wide.stdout and "--wide adds" not in wide.stdout
+
+
+def test_bench_table_fits_a_terminal_and_keeps_the_columns_that_matter():
+    from edgekit.bench.report import results_markdown
+
+    row = {"variant": "prune50-int8 (pareto)", "device": "rpi4", "runtime": "tflite_runtime",
+           "runtime_version": "2.14.0", "delegate": "none", "threads": 4, "threads_requested": 4, "size": 812345,
+           "accuracy": 0.9512, "device_accuracy": 0.9488, "status": "drift",
+           "error": "tflite_runtime: outputs differ from LiteRT by up to 54 quantization steps (tolerance 1)",
+           "latency_ms": {"mean": 12.3, "p50": 12.1, "p90": 13.0, "p99": 15.2, "min": 11.8, "max": 16.0, "n": 200},
+           "throughput_ips": 81.2, "peak_rss_mb": 45, "load_ms": 12.5, "first_ms": 30.1}
+    other = {**row, "variant": "float32", "status": "ok", "error": None, "device_accuracy": None}
+    narrow = results_markdown([row, other], 100)
+    assert max(map(len, narrow.splitlines())) <= 100
+    above, header = narrow.splitlines()[:2]
+    assert above == "runtime: tflite_runtime 2.14.0"  # shared by every row: said once
+    for kept in ("variant", "threads", "size", "acc host", "acc device", "p50", "p90", "status"):
+        assert kept in header
+    assert "prune50-int8 (pareto)" in narrow and "| drift " in narrow and "(--wide adds min, max" in narrow
+    full = results_markdown([row, other])
+    assert "p99" in full.splitlines()[0] and "54 quantization steps" in full  # results.md keeps everything

@@ -51,12 +51,21 @@ def _accuracy_cells(row: dict) -> list[str]:
     return [host, _fmt(device, ".4f") if device is not None else "-"]
 
 
-def results_markdown(rows: list[dict]) -> str:
-    table = []
+# What a terminal loses first when the table is wider than it (results.md and --wide keep every column).
+TERMINAL_DROP = ("min", "max", "mean ms", "p99", "n", "first ms", "load ms", "peak MB", "delegate", "img/s")
+HEADERS = ["variant", "runtime", "delegate", "threads", "size", "accuracy (host)", "accuracy (device)", "mean ms",
+           "p50", "p90", "p99", "min", "max", "n", "img/s", "peak MB", "load ms", "first ms", "status"]
+
+
+def results_markdown(rows: list[dict], width: int | None = None) -> str:
+    """The results table. With `width` (a terminal) it is fitted to it: least-read columns go first, a runtime
+    every row shares moves to a line above, and a status keeps its word (the reasons are printed as warnings)."""
+    table, runtimes = [], set()
     for row in rows:
         flat = _flat(row)
         runtime = f"{flat['runtime']} {flat['runtime_version']}" if flat["runtime"] else "-"
-        status = row["status"] if row["status"] == "ok" else f"{row['status']}: {row.get('error')}"
+        runtimes.add(runtime)
+        status = row["status"] if row["status"] == "ok" or width else f"{row['status']}: {row.get('error')}"
         marks = "".join([" ★" if row.get("recommended") else "", " (pareto)" if row.get("pareto") else "",
                          " (slower than float32)" if row.get("slower_than_float32") else ""])
         table.append([row["variant"] + marks, runtime, row["delegate"], _threads_cell(row),
@@ -64,9 +73,16 @@ def results_markdown(rows: list[dict]) -> str:
                       _ms(flat["p90"]), _ms(flat["p99"]), _ms(flat["min"]), _ms(flat["max"]),
                       flat["n"] or "-", _fmt(row.get("throughput_ips"), ".1f"), _fmt(row.get("peak_rss_mb"), ".0f"),
                       _fmt(row.get("load_ms"), ".1f"), _fmt(row.get("first_ms")), status])
-    return markdown_table(["variant", "runtime", "delegate", "threads", "size", "accuracy (host)",
-                           "accuracy (device)", "mean ms", "p50", "p90", "p99", "min", "max", "n", "img/s",
-                           "peak MB", "load ms", "first ms", "status"], table)
+    if width is None:
+        return markdown_table(HEADERS, table)
+    headers, above = list(HEADERS), ""
+    if len(runtimes) == 1 and "-" not in runtimes:
+        column = headers.index("runtime")
+        headers.pop(column)
+        table = [cells[:column] + cells[column + 1:] for cells in table]
+        above = f"runtime: {runtimes.pop()}\n"
+    headers = [{"accuracy (host)": "acc host", "accuracy (device)": "acc device"}.get(h, h) for h in headers]
+    return above + markdown_table(headers, table, width, TERMINAL_DROP, keep=("variant",))
 
 
 def inputs_note(rows: list[dict]) -> str:

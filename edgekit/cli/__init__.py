@@ -96,6 +96,8 @@ def emit(payload: dict, as_json: bool, human: str) -> None:
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+WideOption = Annotated[bool, typer.Option("--wide", help="Print every table column (the default fits 100 "
+                                                        "columns; files always have them all).")]
 
 
 def _run_dir(run_dir: Path | None) -> Path:

@@ -12,6 +12,7 @@ from edgekit.cli import (
     DeviceOption,
     JsonOption,
     RuntimeOption,
+    WideOption,
     _check_runtime,
     _run_dir,
     _threads,
@@ -48,6 +49,7 @@ def bench(
                                                               "at or under this.")] = None,
     min_accuracy: Annotated[float | None, typer.Option(help="Recommend the fastest variant with at least this "
                                                             "accuracy (0..1).")] = None,
+    wide: WideOption = False,
     paired_rounds: Annotated[int, typer.Option(
         help="Interleaved rounds of each variant against the float32 one, to tell a real slowdown from the "
              "machine's drift (0: off).")] = 10,
@@ -66,6 +68,7 @@ def bench(
     from edgekit.bench.report import results_markdown
     from edgekit.bench.run import BenchSettings
     from edgekit.bench.session import bench_session
+    from edgekit.report import TERMINAL_WIDTH
 
     if compare and len(compare) == 1 and models and len(models) == 1:  # `--compare A.json B.json`
         compare, models = [compare[0], models[0]], None
@@ -91,7 +94,8 @@ def bench(
                        err=True)
     emit({"device": session.device, "out_dir": str(session.out_dir), "partial": result.partial,
           "advice": session.advice, "rows": result.rows}, as_json,
-         results_markdown(result.rows) + "\n" + advice_markdown(session.advice) + f"\nwritten to {session.out_dir}")
+         results_markdown(result.rows, None if wide else TERMINAL_WIDTH) + "\n" + advice_markdown(session.advice)
+         + f"\nwritten to {session.out_dir}")
     if all(row["status"] == "error" for row in result.rows):
         raise typer.Exit(1)
 
@@ -180,7 +184,7 @@ app.add_typer(recipes_app, name="recipes")
 
 @devices_app.callback()
 @user_errors
-def devices_group(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def devices_group(ctx: typer.Context, as_json: JsonOption = False, wide: WideOption = False) -> None:
     """List device profiles: shipped ones and your own in $EDGEKIT_HOME/devices.
 
     $ edgekit devices
@@ -193,12 +197,12 @@ def devices_group(ctx: typer.Context, as_json: JsonOption = False) -> None:
     profiles = list_profiles()
     rows = [{"name": p.name, "aliases": list(p.aliases), "connection": p.connection, "address": p.address,
              "arch": p.arch, "runtime": p.runtime, "delegate": p.delegate, "source": p.source} for p in profiles]
-    from edgekit.report import markdown_table
+    from edgekit.report import TERMINAL_WIDTH, markdown_table
 
     emit({"devices": rows}, as_json, markdown_table(
         ["name", "aliases", "connection", "address", "arch", "runtime", "delegate", "source"],
         [[r["name"], ", ".join(r["aliases"]) or "-", r["connection"], r["address"], r["arch"], r["runtime"],
-          r["delegate"], r["source"]] for r in rows]))
+          r["delegate"], r["source"]] for r in rows], None if wide else TERMINAL_WIDTH, drop=("source",)))
 
 
 @devices_app.command("show")
@@ -216,7 +220,7 @@ def devices_show(name: Annotated[str, typer.Argument(help="Device name, alias or
 
 @recipes_app.callback()
 @user_errors
-def recipes_group(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def recipes_group(ctx: typer.Context, as_json: JsonOption = False, wide: WideOption = False) -> None:
     """List compression recipes: shipped ones and your own in $EDGEKIT_HOME/recipes.
 
     $ edgekit recipes
@@ -225,7 +229,7 @@ def recipes_group(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from edgekit.recipes import load_recipe, recipe_sources
-    from edgekit.report import markdown_table
+    from edgekit.report import TERMINAL_WIDTH, markdown_table
 
     rows = []
     for name, source in recipe_sources().items():
@@ -234,7 +238,8 @@ def recipes_group(ctx: typer.Context, as_json: JsonOption = False) -> None:
                      "source": source})
     emit({"recipes": rows}, as_json, markdown_table(
         ["name", "stages", "description", "source"],
-        [[r["name"], " → ".join(r["stages"]), r["description"], r["source"]] for r in rows]))
+        [[r["name"], " → ".join(r["stages"]), r["description"], r["source"]] for r in rows],
+        None if wide else TERMINAL_WIDTH))
 
 
 @recipes_app.command("show")
