@@ -58,6 +58,7 @@ class TrainConfig:
     cache: bool = True
     max_image_pixels: int = 40_000_000
     steps_per_epoch: int | None = None  # cap, for smoke tests and multi-worker checks
+    deterministic: bool = False  # TensorFlow op determinism: the same seed gives the same weights, slower
     name: str | None = None
     runs_dir: str | None = None
 

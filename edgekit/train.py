@@ -313,6 +313,9 @@ def train(config: cfg.TrainConfig, resume: Path | None = None, *, callbacks: tup
         work_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(work_dir / CONFIG_FILE, cfg.to_dict(config))
         keras.utils.set_random_seed(config.seed)
+        if config.deterministic:
+            # process-wide and not reversible: every later op in this process runs its deterministic kernel
+            tf.config.experimental.enable_op_determinism()
         splits = load_dataset(DataSpec(config.data, tuple(config.extra_data), config.image_size, config.seed,
                                        config.validation_fraction, config.strict, config.max_image_pixels,
                                        exclude=config.exclude))

@@ -13,8 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -26,7 +28,10 @@ from edgekit.tune.space import DEFAULT_SPACE, load_space
 
 SPACE = {
     "width": [0.35], "image_size": [32], "recipe": ["float32", "int8-ptq"], "epochs": [1],
-    "train": {"steps_per_epoch": 2, "batch_size": 32, "weights": "none", "augment": {"enabled": False}},
+    # deterministic: false because op determinism is process-wide and these studies run inside pytest's
+    # process; `train --deterministic` is tested in child processes (test_deterministic_training_...).
+    "train": {"steps_per_epoch": 2, "batch_size": 32, "weights": "none", "augment": {"enabled": False},
+              "deterministic": False},
     "pruning": {"min_trials": 1},
 }
 FAST_BENCH = ["--runs", "3", "--warmup", "1", "--min-seconds", "0.02", "--threads", "1"]
@@ -181,8 +186,93 @@ def test_study_trains_only_candidates_within_budget_and_names_study_and_trial(tu
     assert (Path(rows[0]["bench_dir"]) / "results.json").is_file()
     assert rows[0]["accuracy"] == variant["metrics"]["validation"]["accuracy"]  # measured on the .tflite
     assert rows[0]["size_kb"] < 1000 and rows[0]["feasible"] is True
+    assert rows[0]["estimated_s"] > 0 and rows[0]["duration_s"] > 0  # estimate beside the wall time
     for name in ("trials.json", "trials.csv", "trials.md", "pareto.png", "manifest.json"):
         assert (tune_study / name).is_file()
+    assert "est s" in (tune_study / "trials.md").read_text()
+
+
+# ---------------------------------------------------------------- cost, budget, determinism
+
+
+def test_cost_model_scales_with_macs_and_ranks_candidates():
+    from edgekit.recipes import load_recipe
+    from edgekit.tune.cost import TrainRate, candidate_seconds, mmacs, parse_duration, recipe_epochs, study_cost
+    from edgekit.tune.space import space_from_mapping
+
+    assert mmacs(1.0, 224) == 300 and mmacs(0.35, 224) == 59 and mmacs(1.0, 112) == pytest.approx(75)
+    assert mmacs(0.35, 96) < mmacs(0.5, 96) < mmacs(0.5, 128)
+    rate = TrainRate(base_s=0.001, per_mmac_s=0.0001)
+    one = candidate_seconds(rate, 0.35, 96, 10, 0, n_train=1000, n_val=250)
+    assert one == pytest.approx((0.001 + 0.0001 * mmacs(0.35, 96)) * (1000 + 250 / 3) * 10 + 30)
+    assert recipe_epochs(load_recipe("int8-qat")) > 0 == recipe_epochs(load_recipe("int8-ptq"))
+    space = space_from_mapping({"width": [0.35, 1.0], "image_size": [96, 224], "recipe": ["int8-ptq", "int8-qat"],
+                                "epochs": [5, 30]}, "test")
+    cost = study_cost(space, rate, 1000, 250, 20, load_recipe)
+    assert cost["cheapest"]["width"] == 0.35 and cost["cheapest"]["image_size"] == 96
+    assert cost["dearest"] == {**cost["dearest"], "width": 1.0, "image_size": 224, "epochs": 30, "recipe": "int8-qat"}
+    assert cost["study_median_s"] == pytest.approx(20 * cost["median_s"])
+    assert parse_duration("30m") == 1800 and parse_duration("2h") == 7200 and parse_duration("90") == 90
+    with pytest.raises(EdgekitError, match="--budget 'soon': a duration like 900, 30m or 2h"):
+        parse_duration("soon")
+
+
+def test_a_candidate_that_cannot_finish_in_the_time_left_is_not_trained():
+    from types import SimpleNamespace
+
+    from edgekit.recipes import load_recipe
+    from edgekit.tune.candidate import _over_time
+    from edgekit.tune.cost import TrainRate
+
+    class Trial:
+        attrs: dict = {}
+
+        def set_user_attr(self, key, value):
+            self.attrs[key] = value
+
+    splits = SimpleNamespace(train=range(10_000), validation=range(2_000))
+    ctx = SimpleNamespace(rate=TrainRate(0.0, 0.0005), deadline=None)
+    params = {"width": 1.0, "image_size": 224, "epochs": 30}
+    trial = Trial()
+    assert _over_time(trial, ctx, params, load_recipe("float32"), splits) is None  # no budget: only recorded
+    assert trial.attrs["estimated_s"] > 3600
+    ctx.deadline = time.time() + 600
+    reason = _over_time(trial, ctx, params, load_recipe("float32"), splits)
+    assert reason.startswith("time: estimated ") and "left of --budget" in reason
+    assert _over_time(trial, ctx, {**params, "width": 0.35, "image_size": 64, "epochs": 1},
+                      load_recipe("float32"), splits) is None
+
+
+def test_without_a_gpu_the_default_space_is_the_laptop_one(caplog):
+    from edgekit.tune.study import shipped_space
+
+    cpu = load_space(shipped_space(None))
+    assert max(cpu.dimensions["width"].choices) <= 0.5 and max(cpu.dimensions["image_size"].choices) <= 128
+    assert cpu.train["deterministic"] is True
+    assert "no GPU: searching the laptop-sized space" in caplog.text
+    assert load_space(shipped_space("default")).dimensions["width"].choices == (0.35, 0.5, 0.75, 1.0)
+
+
+@pytest.mark.slow
+def test_deterministic_training_gives_the_same_weights_twice(tmp_path):
+    """Two child processes (op determinism is process-wide), same seed: identical weights."""
+    weights = []
+    for i in range(2):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEKIT_HOME": str(tmp_path / f"home{i}"),
+               "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([sys.executable, "-m", "edgekit.cli", "train", "--epochs", "2", "--steps-per-epoch",
+                               "4", "--deterministic", "--name", "det", "--json"], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        run_dir = Path(json.loads(done.stdout)["run_dir"])
+        assert json.loads((run_dir / "manifest.json").read_text())["config"]["deterministic"] is True
+        code = ("import sys, numpy as np; from edgekit.compat import keras; m = keras.models.load_model(sys.argv[1], "
+                "compile=False); np.savez(sys.argv[2], *m.get_weights())")
+        subprocess.run([sys.executable, "-c", code, str(run_dir / "model.keras"), str(tmp_path / f"w{i}.npz")],
+                       env=env, check=True, capture_output=True, timeout=300)
+        with np.load(tmp_path / f"w{i}.npz") as saved:
+            weights.append([saved[k] for k in sorted(saved.files, key=lambda k: int(k.split("_")[1]))])
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
 
 
 @pytest.mark.slow

@@ -49,6 +49,9 @@ def train(
     mixed_precision: Annotated[str, typer.Option(help="auto (on with a GPU) | on | off.")] = "auto",
     strict: Annotated[bool, typer.Option(help="Stop at the first unreadable image instead of skipping it.")] = False,
     steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (smoke tests).")] = None,
+    deterministic: Annotated[bool, typer.Option(
+        help="Reproducible training: TensorFlow's op determinism, so the same seed gives the same model "
+             "(slower; see README).")] = False,
     name: Annotated[str | None, typer.Option(help="Run name; default <dataset>-<timestamp>.")] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Where runs go; default $EDGEKIT_HOME/runs.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory.")] = None,
@@ -74,6 +77,7 @@ def train(
         augment=AugmentConfig(augment, flip, rotation, zoom, translation, contrast), patience=patience,
         strategy=strategy, mixed_precision=mixed_precision, strict=strict, steps_per_epoch=steps_per_epoch,
         name=name, runs_dir=str(runs_dir) if runs_dir else None,
+        deterministic=deterministic,
     )
     result = run_training(config, resume=resume)
     if result.manifest is None:

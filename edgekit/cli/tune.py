@@ -25,10 +25,14 @@ def tune(
         help="Budget: .tflite size in KB (also makes size a third objective).")] = None,
     min_accuracy: Annotated[float | None, typer.Option(help="Budget: validation accuracy, e.g. 0.95.")] = None,
     data: Annotated[str | None, typer.Option(help="Image folder; default: the embedded digits.")] = None,
-    space: Annotated[str | None, typer.Option(help="Search-space YAML; default: the shipped one.")] = None,
+    space: Annotated[str | None, typer.Option(help="Search-space YAML, or `default` / `cpu` for a shipped one; "
+                                                   "default: `cpu` without a GPU, else `default`.")] = None,
     trials: Annotated[int, typer.Option(help="Trials for the whole study (all workers), rejected ones "
                                              "included.")] = 20,
     timeout: Annotated[float | None, typer.Option(help="Stop this worker after S seconds.")] = None,
+    budget: Annotated[str | None, typer.Option(
+        help="Time for this worker, e.g. 30m or 2h: stops then, and candidates estimated not to finish in the "
+             "time left are not trained.")] = None,
     storage: Annotated[str | None, typer.Option(help="Study database URL (postgresql://user:pw@host/db); "
                                                      "default: study.db in the tune directory.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name; default tune-<time>.")] = None,
@@ -49,11 +53,15 @@ def tune(
     the study's own device, budget and space.
 
     $ edgekit tune --device pi --max-latency-ms 33 --trials 30
+    $ edgekit tune --device pi --max-latency-ms 33 --budget 2h
     $ edgekit tune --resume tunes/tune-20260101-120000
     $ edgekit tune --join shared --storage postgresql://edgekit@db.lan/edgekit
     """
+    from edgekit.tune.cost import parse_duration
     from edgekit.tune.study import tune as run_study
 
+    if budget is not None:
+        timeout = min(parse_duration(budget), timeout) if timeout is not None else parse_duration(budget)
     result = run_study(resume_dir=resume, join_study=join, storage=storage, study_name=study, out=out,
                        trials=trials, timeout=timeout, device=device or "desktop", max_latency_ms=max_latency_ms,
                        max_size_kb=max_size_kb, min_accuracy=min_accuracy, data=data, space_path=space, runs=runs,

@@ -65,6 +65,22 @@ def precheck(probe, recipe, budget: Budget) -> str | None:
     return None
 
 
+def _over_time(trial, ctx, params: dict, recipe, splits) -> str | None:
+    """Record the candidate's estimated cost; why it cannot finish in the time left (--budget), or None."""
+    from edgekit.tune.cost import candidate_seconds, human_seconds, recipe_epochs
+
+    if ctx.rate is None:
+        return None
+    estimate = candidate_seconds(ctx.rate, float(params["width"]), int(params["image_size"]),
+                                 int(params.get("epochs", 30)), recipe_epochs(recipe), len(splits.train),
+                                 len(splits.validation))
+    trial.set_user_attr("estimated_s", round(estimate, 1))
+    if ctx.deadline is not None and estimate > ctx.deadline - time.time():
+        return (f"time: estimated {human_seconds(estimate)} > {human_seconds(max(ctx.deadline - time.time(), 0))} "
+                "left of --budget")
+    return None
+
+
 def epoch_rule(trial, study, rule):
     """A Keras callback applying the pruning rule after every epoch (see `edgekit.tune.space.PruningRule`).
 
@@ -142,6 +158,11 @@ def run_candidate(trial, ctx) -> tuple[float, ...]:
     trial.set_user_attr("probe", {"p90_ms": probe.p90_ms, "p50_ms": probe.p50_ms, "size": probe.size,
                                   "sha256": probe.sha256, "cached": probe.cached, "runtime": probe.runtime})
     reason = precheck(probe, recipe, ctx.budget)
+    if reason:
+        trial.set_user_attr("rejected", reason)
+        log.info("trial %d: %s: rejected before training: %s", trial.number, describe(params), reason)
+        raise optuna.TrialPruned(f"rejected before training: {reason}")
+    reason = _over_time(trial, ctx, params, recipe, splits)
     if reason:
         trial.set_user_attr("rejected", reason)
         log.info("trial %d: %s: rejected before training: %s", trial.number, describe(params), reason)

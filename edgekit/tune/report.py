@@ -18,7 +18,7 @@ from edgekit.report import markdown_table
 
 COLUMNS = ("trial", "state", "width", "image_size", "recipe", "epochs", "learning_rate", "accuracy", "p90_ms",
            "size_kb", "feasible", "probe_p90_ms", "probe_cached", "note", "run_dir", "variant_dir", "bench_dir",
-           "worker", "duration_s")
+           "worker", "duration_s", "estimated_s")
 
 
 def trial_rows(study) -> list[dict]:
@@ -42,7 +42,7 @@ def trial_rows(study) -> list[dict]:
             "probe_cached": probe.get("cached"), "note": note, "run_dir": attrs.get("run_dir"),
             "variant_dir": attrs.get("variant_dir"), "bench_dir": attrs.get("bench_dir"),
             "worker": attrs.get("worker"), "duration_s": round(duration, 1) if duration is not None else None,
-            "val_accuracy_curve": attrs.get("val_accuracy_curve"),
+            "val_accuracy_curve": attrs.get("val_accuracy_curve"), "estimated_s": attrs.get("estimated_s"),
         })
     return rows
 
@@ -99,11 +99,12 @@ def _fmt(value, spec: str) -> str:
 def markdown(rows: list[dict], header: str) -> str:
     table = markdown_table(
         ["trial", "state", "width", "size", "recipe", "epochs", "lr", "accuracy", "p90 ms", "KB", "in budget",
-         "probe p90 ms", "note"],
+         "probe p90 ms", "est s", "wall s", "note"],
         [[r["trial"], r["state"], r["width"], r["image_size"], r["recipe"], _fmt(r["epochs"], ""),
           _fmt(r["learning_rate"], ".2g"), _fmt(r["accuracy"], ".4f"), _fmt(r["p90_ms"], ".3f"),
           _fmt(r["size_kb"], ".0f"), {True: "yes", False: "no"}.get(r["feasible"], "-"),
-          _fmt(r["probe_p90_ms"], ".3f"), r["note"] or ""] for r in rows])
+          _fmt(r["probe_p90_ms"], ".3f"), _fmt(r["estimated_s"], ".0f"), _fmt(r["duration_s"], ".0f"),
+          r["note"] or ""] for r in rows])
     return f"{header}\n\n{table}\n"
 
 

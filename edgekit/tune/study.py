@@ -188,6 +188,22 @@ def new_study_name() -> str:
     return f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def shipped_space(space_path: str | None) -> Path | str:
+    """`default`, `cpu` or a file; with none given, `cpu` where TensorFlow sees no GPU, saying so."""
+    shipped = Path(__file__).resolve().parent.parent / "resources" / "tune"
+    if space_path in ("default", "cpu"):
+        return shipped / f"{space_path}.yaml"
+    if space_path is not None:
+        return space_path
+    from edgekit.compat import gpus
+
+    if gpus():
+        return shipped / "default.yaml"
+    log.warning("no GPU: searching the laptop-sized space (%s: widths 0.35-0.5, 64-128 px, up to 15 epochs); "
+                "--space default searches up to width 1.0, 224 px, 30 epochs", shipped / "cpu.yaml")
+    return shipped / "cpu.yaml"
+
+
 def load_config(device: str, max_latency_ms: float, space_path: str | None, **options) -> TuneConfig:
     """Validate everything a study needs before any work: the space file and the device profile."""
     from edgekit.devices import load_profile
@@ -202,7 +218,7 @@ def load_config(device: str, max_latency_ms: float, space_path: str | None, **op
         raise EdgekitError(f"--data {options['data']}: no such folder; pass a folder with one sub-folder per class")
     if options.get("data"):
         options["data"] = str(Path(options["data"]).expanduser().resolve())
-    space = load_space(space_path)
+    space = load_space(shipped_space(space_path))
     load_profile(device)
     return TuneConfig(device=device, max_latency_ms=max_latency_ms, space=space.as_dict(),
                       space_source=space.source, **options)
@@ -230,6 +246,11 @@ class Context:
                                       min_seconds=config.min_seconds)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._splits: dict[int, object] = {}
+        # Reproducible candidates: the same parameters train to the same model, so a retrained duplicate or a
+        # benchmark against a grid compares search, not run-to-run noise. A space may say `deterministic: false`.
+        self.train_fields.setdefault("deterministic", True)
+        self.rate = None  # training seconds per image on this machine (edgekit.tune.cost), set before trials
+        self.deadline: float | None = None  # --budget / --timeout: candidates that cannot finish are not trained
 
     def lineage(self, trial) -> dict:
         return {"tune": {"study": self.study_name, "trial": trial.number, "tune_dir": str(self.tune_dir.resolve())}}
@@ -315,6 +336,32 @@ def check_satisfiable(ctx: Context) -> None:
                        f"{ctx.profile.name}; raise {flag} or add smaller widths, sizes or faster recipes to the space")
 
 
+def estimate_cost(ctx: Context, trials: int | None) -> dict:
+    """Time two training steps on this machine and say what the study will cost, before the first trial.
+
+    The fitted rate is kept in the study (per host and batch size), so a resumed study does not time again.
+    """
+    from edgekit.config import TrainConfig
+    from edgekit.recipes import load_recipe
+    from edgekit.tune.cost import TrainRate, cost_lines, measure_rate, study_cost
+
+    dims = ctx.space.dimensions
+    widths, sizes = dims["width"].values(), dims["image_size"].values()
+    batch = int(ctx.train_fields.get("batch_size", TrainConfig.batch_size))
+    key = f"edgekit_rate:{socket.gethostname()}:{batch}"
+    splits = ctx.splits(min(sizes))
+    if key in ctx.study.user_attrs:
+        ctx.rate = TrainRate.from_dict(ctx.study.user_attrs[key])
+    else:
+        log.info("timing two training steps to estimate the study's cost (smallest and largest candidate)")
+        ctx.rate = measure_rate(widths, sizes, len(splits.labels), batch)
+        ctx.study.set_user_attr(key, ctx.rate.as_dict())
+    cost = study_cost(ctx.space, ctx.rate, len(splits.train), len(splits.validation), trials, load_recipe)
+    for line in cost_lines(cost):
+        log.warning("%s", line)
+    return cost
+
+
 def _objective(ctx: Context):
     def objective(trial):
         try:
@@ -332,13 +379,18 @@ def run_tune(study, tune_dir: Path, trials: int | None, timeout: float | None) -
     from edgekit.tune.report import unsatisfied, write_report
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    started = time.time()
     ctx = Context(study, study_config(study), tune_dir)
     limit = TrialLimit(trials)
     stopped = None
     try:
         check_satisfiable(ctx)
+        estimate_cost(ctx, limit.remaining(study))
+        if timeout is not None:
+            ctx.deadline = started + timeout
         if limit.remaining(study) is None or limit.remaining(study) > 0:
-            study.optimize(_objective(ctx), timeout=timeout, callbacks=[limit], gc_after_trial=True)
+            left = None if ctx.deadline is None else max(ctx.deadline - time.time(), 1.0)
+            study.optimize(_objective(ctx), timeout=left, callbacks=[limit], gc_after_trial=True)
     except DeviceUnreachable as exc:
         stopped = str(exc)
     finally:
