@@ -1553,7 +1553,8 @@ def cmd_serve(args) -> int:
     host, port = server.server_address[:2]
     live = start_live_thread(args, server.app) if args.source else None
     print(f"edgekit_runner: serving {args.model} ({model.runtime.name} {model.runtime.version}) on "
-          f"{'https' if tls else 'http'}://{host}:{port}  POST /predict, POST /feedback, GET /health, GET /stats, GET /latest"
+          f"{'https' if tls else 'http'}://{host}:{port}  POST /predict, POST /feedback, GET /health, GET /stats, "
+          "GET /latest"
           f"{'; live input ' + args.source if live else ''}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
