@@ -10,7 +10,7 @@ import shlex
 from pathlib import Path
 
 from edgekit import manifests
-from edgekit.artifacts import MANIFEST, edgekit_home, sha256_file
+from edgekit.artifacts import MANIFEST, check_writable, edgekit_home, sha256_file
 from edgekit.certificate import ensure_certificate
 from edgekit.device_python import ensure_venv
 from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
@@ -45,6 +45,7 @@ def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | No
     if not model_path.is_file():
         raise EdgekitError(f"{model_path}: no such model file")
     manifest_path = _verified_manifest(model_path, Path(manifest_path) if manifest_path else None)
+    check_writable(edgekit_home() / "deployments")  # before the copy, not after it: the record must fit
     model_sha = sha256_file(model_path)
     model_dir = f"models/{model_sha[:12]}"
     model_rel = f"{model_dir}/{model_path.name}"
@@ -105,7 +106,11 @@ def _record_deployment(profile: DeviceProfile, workdir: str, remote_model: str, 
                        files: dict, service: dict | None = None, tls=None) -> Path:
     """A deployment manifest under $EDGEKIT_HOME/deployments/<device>/<sha12>: what went where, verified."""
     directory = edgekit_home() / "deployments" / profile.name / model_sha[:12]
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgekitError(f"{directory}: cannot record the deployment ({exc.strerror or exc}); the files are on "
+                           "the device, so free some space or make EDGEKIT_HOME writable and deploy again") from None
     parent = manifests.ParentRef(path=str(model_path.resolve()), sha256=model_sha, file=model_path.name)
     manifests.write(directory, manifests.DeploymentManifest(
         device=profile.name, address=profile.address, workdir=workdir, model=remote_model, model_sha256=model_sha,
