@@ -21,7 +21,7 @@ import pytest
 
 from edgekit import manifests
 from edgekit.certificate import ensure_certificate
-from edgekit.devices import load_profile
+from edgekit.devices import load_profile, parse_profile
 from edgekit.errors import EdgekitError
 from edgekit.service import ServiceSpec, unit_text
 from edgekit.transport.https import fetch_json, fingerprint_of_pem, normalize_fingerprint
@@ -29,6 +29,7 @@ from edgekit.transport.targets import make_target
 
 sys.path.insert(0, str(Path(__file__).parent))
 import runner_models  # noqa: E402
+import sshd_fixture  # noqa: E402
 
 RUNNER = Path(__file__).resolve().parents[1] / "edgekit" / "resources" / "devices" / "edgekit_runner.py"
 TOKEN = "tls-test-token-0123456789abcdef"
@@ -174,3 +175,48 @@ def test_the_unit_serves_with_the_certificate_and_the_manifest_records_its_finge
     del raw["tls"]  # a manifest written before TLS existed still reads
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     assert manifests.read(tmp_path, manifests.DeploymentManifest).tls is None
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    yield from sshd_fixture.serve(tmp_path_factory)
+
+
+def test_deploy_tls_over_ssh_makes_the_key_on_the_device_and_records_the_fingerprint(sshd, tmp_path, monkeypatch):
+    import edgekit.deploy
+
+    installed = {}
+
+    def install(target, profile, spec, *, runner, model, model_sha256, tls=None):  # the host has no systemd
+        installed.update(spec=spec, tls=tls)
+        return {"unit": spec.unit_name, "state": "active"}
+
+    monkeypatch.setattr(edgekit.deploy, "install_service", install)
+    runner = tmp_path / "stand_in_runner.py"
+    runner.write_text("import json\nprint(json.dumps({'name': 'stand-in', 'version': '0'}))\n")
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"stand-in model")
+    workdir = tmp_path / "device"
+    profile = parse_profile(tmp_path / "loopback.yaml", sshd.profile(workdir, python=sys.executable))
+    spec = ServiceSpec.parse("serve", "--host 0.0.0.0", tls=True)
+    result = edgekit.deploy.deploy(profile, model, runner=runner, service=spec)
+    cert, key = workdir / "tls" / "serve-cert.pem", workdir / "tls" / "serve-key.pem"
+    assert result["tls"]["sha256"] == fingerprint_of_pem(cert.read_text()) == installed["tls"].sha256
+    assert oct(key.stat().st_mode & 0o777) == "0o600" and installed["tls"].key == str(key)
+    recorded = manifests.read(Path(result["record"]), manifests.DeploymentManifest).tls
+    assert recorded == manifests.TlsRecord(sha256=result["tls"]["sha256"], cert=str(cert), key=str(key))
+    again = edgekit.deploy.deploy(profile, model, runner=runner, service=spec)
+    assert again["tls"]["sha256"] == result["tls"]["sha256"]  # kept across deployments: pins stay valid
+
+
+def test_a_device_without_openssl_gets_one_line(tmp_path, monkeypatch):
+    bare = tmp_path / "bin"  # a PATH with the shell tools the script needs, but no openssl
+    bare.mkdir()
+    for tool in ("sh", "mkdir", "chmod"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(bare))
+    target = make_target(load_profile("desktop"))
+    target.prepare()
+    with pytest.raises(EdgekitError) as error:
+        ensure_certificate(target)
+    assert "`openssl` is not installed on the device" in str(error.value) and "\n" not in str(error.value)
