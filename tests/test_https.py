@@ -161,6 +161,15 @@ def test_deploy_options_refuse_serving_beyond_loopback_without_tls():
         ServiceSpec.parse("serve", "--host 0.0.0.0 --tls-cert c.pem --tls-key k.pem", tls=True)
     assert ServiceSpec.parse("serve", "--host 0.0.0.0", tls=True).tls
     assert ServiceSpec.parse("serve", "--port 8081").args == ("--port", "8081")  # loopback: unchanged
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    for args, needle in ((["--tls"], "--tls needs --service serve"),
+                         (["--service", "serve", "--service-args", "--host 0.0.0.0"], "add --tls")):
+        result = CliRunner().invoke(app, ["deploy", "m.tflite", "--device", "desktop", *args])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and needle in lines[0], result.output
 
 
 def test_the_unit_serves_with_the_certificate_and_the_manifest_records_its_fingerprint(tmp_path, certificate):

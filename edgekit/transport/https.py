@@ -55,7 +55,7 @@ def _client_context() -> ssl.SSLContext:
     return context
 
 
-def _connection(url: str, token: str | None, fingerprint: str | None, timeout: float):
+def _connection(url: str, fingerprint: str | None, timeout: float):
     """An open connection to the URL's host, the peer's certificate already checked; and the request path."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -102,7 +102,7 @@ def _unreachable(address: str, exc: BaseException) -> EdgekitError:
 def request(url: str, *, token: str | None = None, fingerprint: str | None = None, timeout: float = 10,
             method: str = "GET", body: bytes | None = None, content_type: str | None = None) -> tuple[int, bytes]:
     """One request to a runner: (HTTP status, body). The token goes only over a pinned or loopback link."""
-    connection, path, address = _connection(url, token, fingerprint, timeout)
+    connection, path, address = _connection(url, fingerprint, timeout)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if content_type:
         headers["Content-Type"] = content_type
