@@ -9,6 +9,7 @@ tensorflow, tried in that order).
 
   python3 edgekit_runner.py classify model.tflite photos/ --top-k 3
   python3 edgekit_runner.py serve model.tflite --port 8080
+  python3 edgekit_runner.py serve model.tflite --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
   python3 edgekit_runner.py live model.tflite /dev/video0 --fps 5 --log-policy change
   python3 edgekit_runner.py feedback 3f2a0c9e5b7d4e1f8a6b2c4d9e0f1a2b cat --db edgekit_runner.db
   python3 edgekit_runner.py bench model.tflite --images photos/ --json
