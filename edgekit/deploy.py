@@ -10,7 +10,8 @@ import shlex
 from pathlib import Path
 
 from edgekit import manifests
-from edgekit.artifacts import MANIFEST, edgekit_home, sha256_file
+from edgekit.artifacts import MANIFEST, check_writable, edgekit_home, sha256_file
+from edgekit.certificate import ensure_certificate
 from edgekit.device_python import ensure_venv
 from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
@@ -44,6 +45,7 @@ def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | No
     if not model_path.is_file():
         raise EdgekitError(f"{model_path}: no such model file")
     manifest_path = _verified_manifest(model_path, Path(manifest_path) if manifest_path else None)
+    check_writable(edgekit_home() / "deployments")  # before the copy, not after it: the record must fit
     model_sha = sha256_file(model_path)
     model_dir = f"models/{model_sha[:12]}"
     model_rel = f"{model_dir}/{model_path.name}"
@@ -69,11 +71,15 @@ def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | No
         "classify": f"{profile.interpreter} {shlex.quote(target.path(RUNNER_NAME))} classify "
                     f"{shlex.quote(target.path(model_rel))} IMAGE_OR_DIR{pinned}",
     }
+    tls = None
     if service is not None:  # edgekit.service.ServiceSpec: keep it running under systemd
+        tls = ensure_certificate(target) if service.tls else None
         result["service"] = install_service(target, profile, service, runner=target.path(RUNNER_NAME),
-                                            model=target.path(model_rel), model_sha256=model_sha)
+                                            model=target.path(model_rel), model_sha256=model_sha, tls=tls)
+    if tls is not None:
+        result["tls"] = {"sha256": tls.sha256, "cert": tls.cert, "key": tls.key}
     record = _record_deployment(profile, target.workdir, target.path(model_rel), model_path, model_sha, files,
-                                result.get("service"))
+                                result.get("service"), tls)
     return {"record": str(record), **result}
 
 
@@ -97,14 +103,19 @@ def _check_loads(target, model_rel: str, runtime: str) -> dict:
 
 
 def _record_deployment(profile: DeviceProfile, workdir: str, remote_model: str, model_path: Path, model_sha: str,
-                       files: dict, service: dict | None = None) -> Path:
+                       files: dict, service: dict | None = None, tls=None) -> Path:
     """A deployment manifest under $EDGEKIT_HOME/deployments/<device>/<sha12>: what went where, verified."""
     directory = edgekit_home() / "deployments" / profile.name / model_sha[:12]
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgekitError(f"{directory}: cannot record the deployment ({exc.strerror or exc}); the files are on "
+                           "the device, so free some space or make EDGEKIT_HOME writable and deploy again") from None
     parent = manifests.ParentRef(path=str(model_path.resolve()), sha256=model_sha, file=model_path.name)
     manifests.write(directory, manifests.DeploymentManifest(
         device=profile.name, address=profile.address, workdir=workdir, model=remote_model, model_sha256=model_sha,
-        parent=parent, remote_files=files, service=service), [])
+        parent=parent, remote_files=files, service=service,
+        tls=manifests.TlsRecord(sha256=tls.sha256, cert=tls.cert, key=tls.key) if tls is not None else None), [])
     return directory
 
 

@@ -7,6 +7,7 @@ into a class-folder dataset that `edgekit train --extra-data` folds into the nex
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import sqlite3
@@ -62,9 +63,25 @@ def import_db(db_path: Path, name: str | None = None, samples_dir: Path | None =
         manifests.write(scratch, manifests.FeedbackImportManifest(source=str(db_path.resolve()), counts=counts),
                         [SNAPSHOT_DB])
         scratch.rename(target)
+    except (sqlite3.OperationalError, OSError) as exc:
+        raise _import_error(db_path, scratch.parent, exc) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def _import_error(db_path: Path, folder: Path, exc: Exception) -> EdgekitError:
+    """A full or read-only $EDGEKIT_HOME/feedback in one line (sqlite says 'database or disk is full')."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        reason = str(exc.args[0][0][-1])  # copytree collects (source, destination, reason) per file
+    else:
+        reason = getattr(exc, "strerror", None) or str(exc)
+    ours = isinstance(exc, OSError) or any(word in reason.lower() for word in ("full", "readonly", "disk i/o"))
+    if not ours:  # the device's database itself, e.g. 'database is locked'
+        return EdgekitError(f"{db_path}: cannot be snapshotted ({reason}); stop whatever writes it and import again")
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in reason.lower() or "space" in reason.lower()
+    fix = "free some space there" if full else "make it writable or set EDGEKIT_HOME to a writable folder"
+    return EdgekitError(f"{folder}: cannot import the device log into it ({reason}); {fix}; nothing was kept")
 
 
 def summarize(db_path: Path) -> dict:

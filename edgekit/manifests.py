@@ -195,6 +195,15 @@ class FeedbackDatasetManifest(Manifest):
 
 
 @dataclass(frozen=True)
+class TlsRecord:
+    """The certificate a deployed `serve` presents: paths on the device and the SHA-256 clients pin."""
+
+    sha256: str
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True)
 class DeploymentManifest(Manifest):
     """What was installed where: the device, its work directory and the sha256 of every file copied."""
 
@@ -207,6 +216,7 @@ class DeploymentManifest(Manifest):
     parent: ParentRef | None = None
     remote_files: dict = field(default_factory=dict)
     service: dict | None = None
+    tls: TlsRecord | None = None  # `deploy --service serve --tls`; absent in older manifests
 
 
 @dataclass(frozen=True)

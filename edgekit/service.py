@@ -33,32 +33,45 @@ class ServiceSpec:
 
     mode: str
     args: tuple[str, ...] = field(default_factory=tuple)
+    tls: bool = False  # serve over HTTPS with a certificate made on the device (edgekit.certificate)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise EdgekitError(f"--service {self.mode}: choose serve or live")
+        if self.tls and self.mode != "serve":
+            raise EdgekitError("--tls: only `--service serve` answers HTTP; drop --tls or use --service serve")
         self._check()
 
     def _check(self) -> None:
         """Parse the arguments as the device's runner will (a live SOURCE is required): a typo fails here,
         before anything is copied."""
-        parser = runner_module().build_parser()
+        module = runner_module()
         argv = [self.mode, "model.tflite", *self.args]
         errors = io.StringIO()
         try:
             with contextlib.redirect_stderr(errors):
-                parser.parse_args(argv)
+                parsed = module.build_parser().parse_args(argv)
         except SystemExit:
             message = errors.getvalue().strip().splitlines()[-1:] or ["invalid"]
             reason = message[0].split("error: ", 1)[-1].removesuffix("; see --help")
             raise EdgekitError(f"--service-args {shlex.join(self.args)!r}: {reason}") from None
+        if self.mode != "serve":
+            return
+        if self.tls and (parsed.tls_cert or parsed.tls_key):
+            raise EdgekitError(f"--service-args {shlex.join(self.args)!r}: --tls makes the certificate itself; "
+                               "drop --tls-cert/--tls-key or drop --tls")
+        if not self.tls and not parsed.tls_cert and parsed.host not in module.LOCAL_HOSTS:
+            raise EdgekitError(f"--service-args {shlex.join(self.args)!r}: serving on --host {parsed.host} sends "
+                               "the token in clear without TLS; add --tls (a certificate made on the device, "
+                               "its fingerprint recorded) or bind 127.0.0.1")
 
     @classmethod
-    def parse(cls, mode: str, args: str | None) -> ServiceSpec:
+    def parse(cls, mode: str, args: str | None, tls: bool = False) -> ServiceSpec:
         try:
-            return cls(mode, tuple(shlex.split(args or "")))
+            words = tuple(shlex.split(args or ""))
         except ValueError as exc:
             raise EdgekitError(f"--service-args {args!r}: {exc}; quote it as a shell would") from None
+        return cls(mode, words, tls)
 
     @property
     def unit_name(self) -> str:
@@ -74,13 +87,16 @@ def systemd_quote(arg: str) -> str:
 
 
 def unit_text(spec: ServiceSpec, *, python: str, runner: str, model: str, workdir: str, user: str,
-              description: str) -> str:
-    """The unit file. Every path must be absolute: systemd neither expands ~ nor searches a relative PATH."""
+              description: str, tls=None) -> str:
+    """The unit file. Every path must be absolute: systemd neither expands ~ nor searches a relative PATH.
+    `tls` (an edgekit.certificate.Certificate) adds --tls-cert/--tls-key to `serve`."""
     for name, path in (("python", python), ("runner", runner), ("model", model), ("workdir", workdir)):
         if not posixpath.isabs(path):
             raise EdgekitError(f"service {name} path {path!r} is not absolute; systemd needs absolute paths")
     command = [python, runner, spec.mode, model, *spec.args] if spec.mode == "serve" else \
         [python, runner, "live", model, *spec.args]
+    if tls is not None:
+        command += ["--tls-cert", tls.cert, "--tls-key", tls.key]
     groups = "SupplementaryGroups=video\n" if spec.mode == "live" else ""  # /dev/video* belongs to 'video'
     return (
         "[Unit]\n"
@@ -126,7 +142,8 @@ def _run_script(target, script: str, what: str) -> str:
     return out.decode("utf-8", "replace")
 
 
-def install_service(target, profile, spec: ServiceSpec, *, runner: str, model: str, model_sha256: str) -> dict:
+def install_service(target, profile, spec: ServiceSpec, *, runner: str, model: str, model_sha256: str,
+                    tls=None) -> dict:
     """Write, install, enable and (re)start the unit on the device behind `target`; returns what was done."""
     code, out, err = target.run([profile.interpreter, "-c", _FACTS], timeout=60, what="read the device's Python")
     facts = out.decode("utf-8", "replace").split()
@@ -135,7 +152,7 @@ def install_service(target, profile, spec: ServiceSpec, *, runner: str, model: s
                            f"({(err.strip().splitlines() or ['no output'])[-1][:200]})")
     python, user = facts[-2], facts[-1]
     unit = unit_text(spec, python=python, runner=runner, model=model, workdir=target.workdir, user=user,
-                     description=f"edgekit runner {spec.mode} (model sha256 {model_sha256[:12]})")
+                     description=f"edgekit runner {spec.mode} (model sha256 {model_sha256[:12]})", tls=tls)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / spec.unit_name
         local.write_text(unit)

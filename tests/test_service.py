@@ -47,7 +47,7 @@ def make_unit(tmp_path: Path, spec: ServiceSpec, python: str = sys.executable, m
 
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is missing: apt-get install systemd (.ci/run does)")
-@pytest.mark.parametrize("spec", [ServiceSpec("serve", ("--host", "0.0.0.0", "--port", "8080")),
+@pytest.mark.parametrize("spec", [ServiceSpec("serve", ("--host", "0.0.0.0", "--port", "8080"), tls=True),
                                   ServiceSpec("live", ("/dev/video0", "--fps", "5", "--log-policy", "change"))],
                          ids=["serve", "live"])
 def test_unit_passes_systemd_analyze_verify(tmp_path, spec):

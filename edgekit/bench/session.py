@@ -49,6 +49,8 @@ def bench_session(targets: list[Path], device: str, settings: BenchSettings, *, 
     stamp = f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = Path(out) if out else results_home(targets[0], variants[0]) / stamp
     check_writable(out_dir)
+    if not profile.is_remote:  # the local target's work directory lives in $EDGEKIT_HOME/targets
+        check_writable(Path(profile.remote_workdir).expanduser())
     result = run_bench(variants, profile, settings)
     advice = advise(result.rows, max_latency_ms, min_accuracy)
     parents = [ParentRef(path=str(v.path.resolve()), sha256=v.sha256, kind="variant" if v.manifest else None,

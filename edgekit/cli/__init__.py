@@ -6,12 +6,15 @@ Results go to stdout (`--json` for machines), progress and warnings to stderr. A
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +29,30 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _state = {"debug": False}
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C would be: the same cleanup then runs for all three (a runner
+    child's process group killed by `transport.ssh.run_process`, `.part` files removed, no results written)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def stop_on_signals() -> None:
+    """What systemd (SIGTERM), CI timeouts (SIGTERM) and a closed terminal (SIGHUP) send must stop edgekit the
+    way Ctrl-C does; by default they end Python at once and leave children in their own sessions running.
+    A signal the caller chose to ignore (`nohup` ignores SIGHUP) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (CliRunner may call us from another)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _raise_stopped)
 
 
 def _print_version(value: bool) -> None:
@@ -55,6 +82,7 @@ def main(
     $ edgekit --cache-limit 50G train --data photos/
     """
     _state["debug"] = debug
+    stop_on_signals()
     if no_cache:  # the environment carries it to the library, subprocesses and tests alike
         os.environ["EDGEKIT_CACHE"] = "off"
     if cache_limit is not None:
@@ -84,9 +112,11 @@ def user_errors(func):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+            with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                typer.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+            raise typer.Exit(128 + signum) from None
 
     return wrapper
 

@@ -113,6 +113,9 @@ def deploy(
                                                           "0.0.0.0 --port 8080' or '/dev/video0 --fps 5'.")] = None,
     remove_service: Annotated[str | None, typer.Option(help="Stop, disable and delete the `serve` or `live` "
                                                             "service instead of deploying.")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="`--service serve` over HTTPS: a self-signed certificate made "
+                                                    "on the device (openssl), its SHA-256 recorded for pinning; "
+                                                    "needed to serve beyond 127.0.0.1.")] = False,
     accept_new_host_key: AcceptKeyOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -122,6 +125,7 @@ def deploy(
     $ edgekit deploy runs/digits-20260101-120000/compressed/int8-ptq --device pi
     $ edgekit deploy model.tflite --device coral-devboard --runtime tflite_runtime
     $ edgekit deploy runs/digits-20260101-120000/compressed/int8-ptq --device pi --service serve
+    $ edgekit deploy runs/<run>/compressed/int8-ptq --device pi --service serve --tls --service-args '--host 0.0.0.0'
     $ edgekit deploy runs/<run>/compressed/int8-ptq --device pi --service live --service-args '/dev/video0 --fps 5'
     $ edgekit deploy --device pi --remove-service serve
     """
@@ -138,7 +142,9 @@ def deploy(
         raise EdgekitError("deploy needs a MODEL (a .tflite file or a variant directory), or --remove-service")
     if service_args and not service:
         raise EdgekitError("--service-args needs --service serve or --service live")
-    spec = ServiceSpec.parse(service, service_args) if service else None
+    if tls and not service:
+        raise EdgekitError("--tls needs --service serve (it is the served HTTP that TLS protects)")
+    spec = ServiceSpec.parse(service, service_args, tls=tls) if service else None
     path = model / "model.tflite" if model.is_dir() else model
     result = deploy_model(load_profile(device), path, accept_new_host_key=accept_new_host_key,
                           runtime=runtime, service=spec)
@@ -148,6 +154,8 @@ def deploy(
         unit = result["service"]
         text += (f"\nservice {unit['unit']}: {unit['state']} (token in {unit['env_file']}; logs: {unit['logs']}; "
                  f"remove: {unit['remove']})")
+    if result.get("tls"):
+        text += f"\nTLS certificate sha256 {result['tls']['sha256']} (pin it; recorded in {result['record']})"
     emit(result, as_json, text)
 
 

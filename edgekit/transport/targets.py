@@ -7,6 +7,7 @@ the local desktop is measured through exactly the code path a Raspberry Pi is.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -132,18 +133,41 @@ class LocalTarget(Target):
 
     def prepare(self) -> str:
         workdir = Path(self.workdir).expanduser()
-        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._disk_error(workdir, exc) from None
         self.workdir = str(workdir.resolve())
         return self.workdir
+
+    def _disk_error(self, folder: Path, exc: OSError, workdir: bool = True) -> EdgekitError:
+        """A read-only or full $EDGEKIT_HOME (where local work directories live) is one line naming the folder."""
+        if exc.errno == errno.ENOSPC:
+            fix = "free some space there"
+        elif workdir:
+            fix = (f"make it writable, set EDGEKIT_HOME to a writable folder, or set `workdir:` in "
+                   f"{self.profile.source or 'the device profile'}")
+        else:
+            fix = "make it writable or choose another folder"
+        return EdgekitError(f"{self.name}: cannot write in {folder} ({exc.strerror or exc}); {fix}")
+
+    def _copy(self, source: Path, destination: Path, workdir: bool = True) -> None:
+        """Copy through a `.part` file renamed into place; a failure or an interrupt leaves no `.part`."""
+        part = destination.with_name(destination.name + ".part")
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, part)
+            os.replace(part, destination)
+        except OSError as exc:
+            raise self._disk_error(destination.parent, exc, workdir) from None
+        finally:
+            part.unlink(missing_ok=True)
 
     def put(self, local_path: Path, remote_name: str) -> str:
         expected = sha256_file(local_path)
         destination = Path(self.path(remote_name)).expanduser()
         if not destination.exists() or not os.path.samefile(local_path, destination):
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            part = destination.with_name(destination.name + ".part")
-            shutil.copyfile(local_path, part)
-            os.replace(part, destination)
+            self._copy(Path(local_path), destination)
         _check_digest(self.name, remote_name, expected, sha256_file(destination))
         return expected
 
@@ -152,9 +176,8 @@ class LocalTarget(Target):
         if not source.is_file():
             raise EdgekitError(f"{self.name}: {source} does not exist; nothing to fetch")
         local_path = Path(local_path)
-        local_path.parent.mkdir(parents=True, exist_ok=True)
         if not local_path.exists() or not os.path.samefile(source, local_path):
-            shutil.copyfile(source, local_path)
+            self._copy(source, local_path, workdir=False)
         return local_path
 
     def run(self, argv: list[str], *, timeout: float, what: str) -> tuple[int, bytes, str]:

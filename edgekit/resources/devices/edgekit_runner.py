@@ -9,6 +9,7 @@ tensorflow, tried in that order).
 
   python3 edgekit_runner.py classify model.tflite photos/ --top-k 3
   python3 edgekit_runner.py serve model.tflite --port 8080
+  python3 edgekit_runner.py serve model.tflite --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
   python3 edgekit_runner.py live model.tflite /dev/video0 --fps 5 --log-policy change
   python3 edgekit_runner.py feedback 3f2a0c9e5b7d4e1f8a6b2c4d9e0f1a2b cat --db edgekit_runner.db
   python3 edgekit_runner.py bench model.tflite --images photos/ --json
@@ -1468,11 +1469,24 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple, app: App):
+    def __init__(self, address: tuple, app: App, tls=None):
         self.app = app
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+        if tls is not None:
+            # The handshake runs on the first read, in the handler's thread and under its read timeout:
+            # a client that connects and stays silent must not stall accept() for everyone else.
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request, client_address):
+        """A failed TLS handshake (a plain-HTTP client, a client that rejects the certificate) is one line."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # ssl.SSLError, a reset or timed-out connection
+            print(f"edgekit_runner: {client_address[0]}: connection dropped ({type(exc).__name__}: "
+                  f"{clip(getattr(exc, 'reason', None) or exc)})", file=sys.stderr, flush=True)
+            return
+        super().handle_error(request, client_address)
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -1492,22 +1506,56 @@ def read_token(token_file: str | None) -> str | None:
     return token or None
 
 
+def tls_context(cert: str | None, key: str | None):
+    """A server-side TLS 1.2+ context from --tls-cert/--tls-key, or None for plain HTTP.
+
+    Errors are one line naming the file: a wrong path, a key that does not match the certificate.
+    """
+    if not cert and not key:
+        return None
+    try:
+        import ssl  # here, not at the top: `doctor` must run on a Python built without OpenSSL
+    except ImportError:
+        raise RunnerError(f"{sys.executable} has no ssl module, so it cannot serve HTTPS; install a Python "
+                          "built with OpenSSL") from None
+    if not (cert and key):
+        raise RunnerError("--tls-cert and --tls-key go together; pass both (a certificate and its private key)")
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not os.path.isfile(path):
+            raise RunnerError(f"{option} {path}: no such file")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise RunnerError(f"--tls-cert {cert} --tls-key {key}: cannot load them ({reason}); pass a PEM "
+                          "certificate and its matching private key") from None
+    return context
+
+
 def cmd_serve(args) -> int:
     token = read_token(args.token_file)
     if args.host not in LOCAL_HOSTS and token is None:
         raise RunnerError(f"--host {args.host}: serving beyond this machine needs a token; set "
                           "EDGEKIT_RUNNER_TOKEN or pass --token-file PATH (clients send 'Authorization: "
                           "Bearer <token>')")
+    tls = tls_context(args.tls_cert, args.tls_key)
+    if args.host not in LOCAL_HOSTS and tls is None:
+        raise RunnerError(f"--host {args.host}: serving beyond this machine needs TLS, or the token crosses the "
+                          "network in clear; pass --tls-cert CERT --tls-key KEY (`edgekit deploy --service serve "
+                          "--tls` makes them), or bind 127.0.0.1")
     model, labels, logger = load_for_classify(args)
     try:
-        server = Server((args.host, args.port), App(args, model, labels, logger, token))
+        server = Server((args.host, args.port), App(args, model, labels, logger, token), tls)
     except OSError as exc:
         raise RunnerError(f"--host {args.host} --port {args.port}: cannot listen ({exc.strerror or exc}); "
                           "pick another port or host") from None
     host, port = server.server_address[:2]
     live = start_live_thread(args, server.app) if args.source else None
     print(f"edgekit_runner: serving {args.model} ({model.runtime.name} {model.runtime.version}) on "
-          f"http://{host}:{port}  POST /predict, POST /feedback, GET /health, GET /stats, GET /latest"
+          f"{'https' if tls else 'http'}://{host}:{port}  POST /predict, POST /feedback, GET /health, GET /stats, "
+          "GET /latest"
           f"{'; live input ' + args.source if live else ''}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -2411,7 +2459,8 @@ def build_parser() -> Parser:
     serve = commands.add_parser("serve", help="serve POST /predict over HTTP",
                                 description="$ python3 edgekit_runner.py serve model.tflite --port 8080")
     add_classify_options(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1); others need a token")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (127.0.0.1); others need a token and --tls-cert/--tls-key")
     serve.add_argument("--port", type=port_number, default=8080, help="port (8080; 0 picks a free one)")
     serve.add_argument("--max-body-bytes", type=byte_size, default=10 * 2**20, help="largest upload (10MB)")
     serve.add_argument("--max-decodes", type=positive(int), default=2,
@@ -2419,6 +2468,8 @@ def build_parser() -> Parser:
     serve.add_argument("--read-timeout", type=positive(float), default=30.0,
                        help="seconds a stalled upload may send nothing before it gets 408 (30)")
     serve.add_argument("--token-file", help="file holding the bearer token (else $EDGEKIT_RUNNER_TOKEN)")
+    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (TLS 1.2+); needed beyond 127.0.0.1")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert (keep it mode 600)")
     serve.add_argument("--live", dest="source", metavar="SOURCE",
                        help="also classify a live input (as `live` does); GET /latest returns its newest result")
     add_live_options(serve)
