@@ -22,7 +22,8 @@ from edgekit.artifacts import sha256_file
 from edgekit.bench import accuracy, inputs
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
-from edgekit.tflite import dequantizer, parse_file
+from edgekit.runner import dequantizer
+from edgekit.tflite import parse_file
 from edgekit.transport.targets import Target, make_target
 
 log = logging.getLogger(__name__)
