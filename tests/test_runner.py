@@ -311,6 +311,30 @@ def test_damaged_metadata_is_the_same_one_line_error_in_eval_and_classify(models
     assert line == f"edgekit_runner: error: {host.value}"
 
 
+def test_bench_image_folder_is_decoded_by_the_runners_code(runner, models, class_folder, tmp_path):
+    """`edgekit bench --images DIR` feeds what `classify DIR` would: same files, same pixels."""
+    from edgekit.bench.inputs import folder_images
+    from edgekit.tflite import parse_file
+
+    feed = folder_images(parse_file(models["float32"]), class_folder, tmp_path / "x.npz", 100)
+    paths = sorted(p for p in class_folder.rglob("*") if p.is_file())
+    expected = [runner.resize_bilinear(runner.decode_image(p.read_bytes(), 10**8, (32, 32))[0], 32, 32)
+                for p in paths]
+    assert feed.pixels.dtype == np.float32 and np.array_equal(feed.pixels, np.stack(expected))
+
+
+@pytest.mark.slow
+def test_host_refuses_a_truncated_model_under_tf_lite_without_crashing(models, tmp_path):
+    """The probe in a child process guards the host too: tf.lite would segfault on this file."""
+    from edgekit.errors import EdgekitError
+    from edgekit.evaluate import TFLitePredictor
+
+    bad = tmp_path / "truncated.tflite"
+    bad.write_bytes(models["float32"].read_bytes()[:-200])
+    with pytest.raises(EdgekitError, match="truncated.tflite: tf.lite cannot load this model"):
+        TFLitePredictor(bad, runtime="tf.lite")
+
+
 def test_classify_json_shape_and_log(models, images, tmp_path):
     db = tmp_path / "log.db"
     labels = tmp_path / "names.txt"
