@@ -69,13 +69,6 @@ class ClassifierMetadata:
                 "color_space": self.color_space, "min_parser_version": self.min_parser_version,
                 "files": list(self.files), "edgekit": self.edgekit}
 
-    def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """Raw 0..255 RGB pixels as this model's metadata says to feed them (float32)."""
-        if self.mean is None:
-            return pixels.astype(np.float32, copy=False)
-        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
-        return (pixels.astype(np.float32, copy=False) - mean) / std
-
 
 # ---------------------------------------------------------------------------------------------------
 # Writing
