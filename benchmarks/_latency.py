@@ -150,9 +150,9 @@ def count_macs(path: Path) -> dict:
     channel per output channel); fully connected: output elements x input features. Read from the
     interpreter's op and tensor details, so it is the graph as the runtime sees it.
     """
-    from edgekit.interpreters import load_interpreter
+    from edgekit.runner import load_model
 
-    interpreter, _ = load_interpreter(path, num_threads=1)
+    interpreter = load_model(path, threads=1, raw=True).interpreter
     shapes = {t["index"]: [int(d) for d in t["shape"]] for t in interpreter.get_tensor_details()}
     macs = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 0, "FULLY_CONNECTED": 0}
     for op in interpreter._get_ops_details():  # noqa: SLF001 - the only op listing the Python API offers

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from edgekit.bench import inputs as bench_inputs  # noqa: E402
 from edgekit.bench import run as bench_run  # noqa: E402
 from edgekit.devices import parse_profile  # noqa: E402
-from edgekit.interpreters import load_interpreter  # noqa: E402
+from edgekit.runner import load_model  # noqa: E402
 from edgekit.tflite import parse_file  # noqa: E402
 
 QUICK = {"runs": 200, "warmup": 10, "min_seconds": 1.0}
@@ -40,7 +40,7 @@ QUICK = {"runs": 200, "warmup": 10, "min_seconds": 1.0}
 
 def bare_p50(path: Path, feed, runs: int, threads: int) -> float:
     """A bare invoke loop on the same generated inputs: what `benchmark_model` would time."""
-    interpreter, _ = load_interpreter(path, num_threads=threads)
+    interpreter = load_model(path, threads=threads, raw=True).interpreter
     details = interpreter.get_input_details()
     count = len(next(iter(feed.tensors.values())))
     samples = [[feed.tensors[f"input_{i}"][n] for i in range(len(details))] for n in range(count)]

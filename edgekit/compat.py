@@ -2,7 +2,7 @@
 
 tensorflow-model-optimization 0.8 works only with tf-keras, so `TF_USE_LEGACY_KERAS=1` must be set
 before TensorFlow is first imported; every other module gets `tf` and `keras` from here. The TFLite
-interpreters are picked in `edgekit.interpreters`, which needs no TensorFlow.
+interpreters are picked by the on-device runner (`edgekit.runner`), which needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from edgekit.quiet import native_stderr_filtered  # noqa: E402
+from edgekit.runner import native_stderr_filtered  # noqa: E402
 
 with native_stderr_filtered():
     import tensorflow as tf

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.runner import IMAGE_EXTENSIONS  # noqa: F401 - the device's list, so classify DIR finds what trains
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # what tf.io.decode_image reads natively; anything else is decoded by Pillow inside the pipeline
 TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
 TF_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")

@@ -9,8 +9,6 @@ found on the device, after a model was copied over SSH, costs far more than one 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib.util
 import os
 import posixpath
 import sys
@@ -278,11 +276,9 @@ def runner_path() -> Path:
     return path
 
 
-@functools.cache
 def runner_module():
-    """The runner file imported as a module, for code that must behave exactly as the device does (its
-    decode, its option parser). It imports nothing from edgekit, so this cannot cycle."""
-    spec = importlib.util.spec_from_file_location("edgekit_runner_module", runner_path())
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The runner file imported as a module (`edgekit.runner` loads it once), for code that must behave
+    exactly as the device does (its decode, its option parser)."""
+    from edgekit import runner
+
+    return runner.module

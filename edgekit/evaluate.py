@@ -14,7 +14,6 @@ import numpy as np
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, atomic_path, sha256_file, write_json_atomic
 from edgekit.errors import EdgekitError
-from edgekit.tflite_metadata import read_metadata_file
 
 
 class KerasPredictor:
@@ -36,46 +35,27 @@ class KerasPredictor:
 
 
 class TFLitePredictor:
-    """A .tflite file run through the first available interpreter, one image per invoke.
+    """A .tflite file run by the on-device runner's own `Model`, one image per invoke.
 
-    Integer models get their inputs quantized and outputs dequantized with the file's own parameters.
+    Interpreter choice, loading, pixel range, normalisation, quantization and dequantization are the
+    runner's code (`edgekit.runner`), so the accuracy edgekit reports is what a device computes.
     """
 
     def __init__(self, path: Path, num_threads: int | None = None, runtime: str | None = None):
-        from edgekit.interpreters import load_interpreter
+        from edgekit.runner import load_model
 
         self.path = Path(path)
-        self.interpreter, rt = load_interpreter(self.path, num_threads=num_threads, runtime=runtime)
+        self.model = load_model(self.path, threads=num_threads, runtime=runtime)
+        rt = self.model.runtime
         self.runtime = {"name": rt.name, "version": rt.version, "threads": num_threads}
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.input_size = tuple(int(d) for d in self.input["shape"][1:3])
-        # A model's standard metadata says how to feed it (edgekit's own: raw pixels; stock models: their mean/std).
-        self.metadata = read_metadata_file(self.path)
-
-    def quantize_input(self, image: np.ndarray) -> np.ndarray:
-        if self.metadata is not None:
-            image = self.metadata.normalize(image)
-        dtype = self.input["dtype"]
-        if np.issubdtype(dtype, np.integer):
-            scale, zero_point = self.input["quantization"]
-            info = np.iinfo(dtype)
-            image = np.clip(np.round(image / scale + zero_point), info.min, info.max)
-        return image.astype(dtype)[None]
-
-    def dequantize_output(self, raw: np.ndarray) -> np.ndarray:
-        if np.issubdtype(raw.dtype, np.integer):
-            scale, zero_point = self.output["quantization"]
-            return (raw.astype(np.float32) - zero_point) * scale
-        return raw.astype(np.float32)
+        self.input_size = (self.model.height, self.model.width)
+        # A bare .tflite's own labels, from its standard metadata.
+        self.labels = self.model.standard_metadata.get("labels")
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        outputs = []
-        for image in images:
-            self.interpreter.set_tensor(self.input["index"], self.quantize_input(image))
-            self.interpreter.invoke()
-            outputs.append(self.dequantize_output(self.interpreter.get_tensor(self.output["index"]))[0])
-        return np.stack(outputs) if outputs else np.zeros((0, self.output["shape"][-1]), np.float32)
+        model = self.model
+        outputs = [model.scores(model.run(model.to_input(image))[0]) for image in images]
+        return np.stack(outputs) if outputs else np.zeros((0, model.num_outputs), np.float32)
 
 
 def open_predictor(path: Path, num_threads: int | None = None):
@@ -256,7 +236,7 @@ def evaluate_model(path: Path, data: str | None = None, out_dir: Path | None = N
         out_dir = Path(out_dir) if out_dir else model_file.parent / f"eval-{model_file.stem}"
         check_writable(out_dir)
     predictor = open_predictor(model_file, num_threads=num_threads)
-    model_labels = getattr(predictor, "metadata", None) and predictor.metadata.labels  # a bare .tflite's own labels
+    model_labels = getattr(predictor, "labels", None)  # a bare .tflite's own labels
     pixels, targets, labels, record = evaluation_data(manifest, data, predictor.input_size[0], strict, model_labels)
     metrics = evaluate_predictor(predictor, pixels, targets, labels)
     if write:

@@ -34,7 +34,7 @@ def _describe_model_file(path: Path) -> tuple[dict, str]:
 
     content = read_tflite(path)
     model = parse(content, str(path))
-    standard = read_metadata(content, model, str(path))
+    standard = read_metadata(content, str(path))
     payload = {"path": str(path), **model.describe(),
                "standard_metadata": standard.as_dict() if standard is not None else None}
     text = describe_tflite(path, model)

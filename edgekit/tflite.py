@@ -235,14 +235,3 @@ def _tensor(index: int, t, buffers, content: bytes, dtypes: dict[int, str]) -> T
         dims = _ints(t.shape)
         values = flat.reshape(dims) if flat.size == int(np.prod(dims)) else flat
     return Tensor(index, _text(t.name), dtype, shape, bool(raw), _quantization(t.quantization), values)
-
-
-def dequantizer(tensor_info: dict):
-    """A function mapping raw output values to real numbers, from a tensor description (`Tensor.as_dict`)."""
-    quant = tensor_info.get("quantization")
-    if str(tensor_info.get("dtype")) in ("int8", "uint8", "int16") and quant:
-        scale, zero_point = quant["scale"], quant["zero_point"]
-        scale = scale[0] if isinstance(scale, list) else scale
-        zero_point = zero_point[0] if isinstance(zero_point, list) else zero_point
-        return lambda raw: (np.asarray(raw, dtype=np.float64) - zero_point) * scale
-    return lambda raw: np.asarray(raw, dtype=np.float64)

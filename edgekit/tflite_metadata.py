@@ -28,7 +28,7 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
-from edgekit.tflite import METADATA_NAME, TFLITE_IDENTIFIER, TFLiteModel, parse
+from edgekit.tflite import METADATA_NAME, TFLITE_IDENTIFIER, has_identifier, parse
 
 METADATA_IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"  # every feature written here (image properties, normalisation, stats, files) is 1.0.0
@@ -68,13 +68,6 @@ class ClassifierMetadata:
                 "normalization": None if self.mean is None else {"mean": list(self.mean), "std": list(self.std)},
                 "color_space": self.color_space, "min_parser_version": self.min_parser_version,
                 "files": list(self.files), "edgekit": self.edgekit}
-
-    def normalize(self, pixels: np.ndarray) -> np.ndarray:
-        """Raw 0..255 RGB pixels as this model's metadata says to feed them (float32)."""
-        if self.mean is None:
-            return pixels.astype(np.float32, copy=False)
-        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
-        return (pixels.astype(np.float32, copy=False) - mean) / std
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -216,68 +209,30 @@ def packed_files(content: bytes) -> dict[str, bytes]:
         return {}
 
 
-def read_metadata(content: bytes, model: TFLiteModel | None = None, label: str = "<tflite bytes>"
-                  ) -> ClassifierMetadata | None:
-    """The standard metadata of any .tflite (None when it has none); damaged metadata is one error line."""
-    model = model or parse(content, label)
-    raw = model.metadata.get(METADATA_NAME)
-    if not raw:
+def read_metadata(content: bytes, label: str = "<tflite bytes>") -> ClassifierMetadata | None:
+    """The standard metadata of any .tflite (None when it has none), read by the on-device runner's reader
+    so host and device agree on it; metadata that is present but unreadable is one EdgekitError line."""
+    from edgekit.runner import read_metadata as runner_read_metadata
+
+    if not has_identifier(content):
+        raise EdgekitError(f"{label}: not a TFLite model (no 'TFL3' flatbuffer identifier); pass a .tflite file")
+    found = runner_read_metadata(content, label)
+    if not found:
         return None
-    md = _md()
-    if not md.ModelMetadata.ModelMetadataBufferHasIdentifier(raw, 0):
-        raise EdgekitError(f"{label}: its {METADATA_NAME} buffer is not TFLite Model Metadata (no 'M001' "
-                           "identifier); rewrite it with a metadata writer")
-    try:
-        meta = md.ModelMetadataT.InitFromPackedBuf(raw, 0)
-    except Exception as exc:  # a damaged flatbuffer fails as IndexError, struct.error, ...
-        raise EdgekitError(f"{label}: damaged TFLite Model Metadata ({type(exc).__name__}); rewrite it with a "
-                           "metadata writer") from None
     files = packed_files(content)
-    graph = (meta.subgraphMetadata or [None])[0]
-    inputs = (graph.inputTensorMetadata or []) if graph else []
-    outputs = (graph.outputTensorMetadata or []) if graph else []
-    mean, std = _normalization(inputs[0] if inputs else None)
-    edgekit = _json(files.get(LINEAGE_FILE))
+    labels, mean, std = (found.get(key) for key in ("labels", "mean", "std"))
     return ClassifierMetadata(
-        name=_text(meta.name), description=_text(meta.description), version=_text(meta.version),
-        author=_text(meta.author), labels=_labels(outputs[0] if outputs else None, files),
-        mean=mean, std=std, color_space=_color_space(inputs[0] if inputs else None),
-        min_parser_version=_text(meta.minParserVersion), files=tuple(sorted(files)), edgekit=edgekit)
+        name=found["name"], description=found["description"], version=found["version"], author=found["author"],
+        labels=tuple(labels) if labels else None, mean=tuple(mean) if mean else None,
+        std=tuple(std) if std else None, color_space=found["color_space"],
+        min_parser_version=found["min_parser_version"], files=tuple(sorted(files)),
+        edgekit=_json(files.get(LINEAGE_FILE)))
 
 
 def read_metadata_file(path) -> ClassifierMetadata | None:
     from edgekit.tflite import read_tflite
 
     return read_metadata(read_tflite(path), label=str(path))
-
-
-def _normalization(tensor) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
-    md = _md()
-    for unit in (tensor.processUnits or []) if tensor is not None else []:
-        if unit.optionsType == md.ProcessUnitOptions.NormalizationOptions and unit.options is not None:
-            mean = tuple(float(v) for v in (unit.options.mean if unit.options.mean is not None else []))
-            std = tuple(float(v) for v in (unit.options.std if unit.options.std is not None else []))
-            if mean and std and all(s != 0 for s in std):
-                return mean, std
-    return None, None
-
-
-def _labels(tensor, files: dict[str, bytes]) -> tuple[str, ...] | None:
-    md = _md()
-    for entry in (tensor.associatedFiles or []) if tensor is not None else []:
-        if entry.type == md.AssociatedFileType.TENSOR_AXIS_LABELS and _text(entry.name) in files:
-            text = files[_text(entry.name)].decode("utf-8-sig", "replace")
-            return tuple(line.strip() for line in text.splitlines() if line.strip())
-    return None
-
-
-def _color_space(tensor) -> str | None:
-    md = _md()
-    content = tensor.content if tensor is not None else None
-    if content is None or content.contentPropertiesType != md.ContentProperties.ImageProperties:
-        return None
-    names = {v: k for k, v in vars(md.ColorSpaceType).items() if not k.startswith("_")}
-    return names.get(content.contentProperties.colorSpace, "UNKNOWN")
 
 
 def _json(data: bytes | None) -> dict | None:

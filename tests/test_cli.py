@@ -118,7 +118,7 @@ def _subprocess(*args, timeout=600):
 
 
 def _noise(stderr: str) -> list[str]:
-    from edgekit.quiet import is_noise
+    from edgekit.runner import is_noise
 
     return [line for line in stderr.splitlines() if is_noise(line) or re.search(r"absl|cuInit|cuda|oneDNN", line)]
 

@@ -64,9 +64,9 @@ def converted(trained, calibration):
 
 def run_tflite(content: bytes, images: np.ndarray) -> np.ndarray:
     """Float outputs of a .tflite model for float pixels, (de)quantizing integer input and output."""
-    from edgekit.interpreters import get_runtime
+    from edgekit.runner import module as runner
 
-    interpreter = get_runtime().interpreter_class(model_content=content)
+    interpreter = runner.get_runtime(runner.choose_runtime(None)).interpreter(model_content=content)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     interpreter.resize_tensor_input(inp["index"], list(images.shape))
     interpreter.allocate_tensors()

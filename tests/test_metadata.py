@@ -276,17 +276,15 @@ def test_wrong_labels_or_normalisation_are_refused_in_one_line(variants):
                                 mean=(127.5,), std=(0.0,))
 
 
-def test_runner_ignores_damaged_metadata_with_a_warning(variants, capsys):
-    import importlib.util
-
+def test_runner_and_host_refuse_damaged_metadata_alike(variants, runner):
     from edgekit.tflite_metadata import _with_metadata_buffer
 
-    spec = importlib.util.spec_from_file_location("edgekit_runner_metadata", RUNNER)
-    runner = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(runner)
     content = (variants["md-float32"] / "model.tflite").read_bytes()
     found = runner.read_standard_metadata(content, "good.tflite")
     assert found["mean"] == [0.0] and found["std"] == [1.0] and found["labels"] == list(read_metadata(content).labels)
     truncated = _with_metadata_buffer(content, b"\x10\x00\x00\x00M001\xff\xff")
-    assert runner.read_standard_metadata(truncated, "bad.tflite") == {}
-    assert "bad.tflite: ignoring unreadable TFLite metadata" in capsys.readouterr().err
+    with pytest.raises(runner.RunnerError, match="bad.tflite: its TFLITE_METADATA buffer is damaged") as device:
+        runner.read_standard_metadata(truncated, "bad.tflite")
+    with pytest.raises(EdgekitError) as host:
+        read_metadata(truncated, label="bad.tflite")
+    assert str(host.value) == str(device.value)

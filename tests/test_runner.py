@@ -210,10 +210,27 @@ def test_decode_takes_first_frame_of_animated_gif(runner):
 
 
 def test_pixel_limit_is_checked_before_decoding(runner):
-    with pytest.raises(runner.ImageTooLarge, match="400.0 megapixels, over the 40 megapixel limit"):
-        runner.decode_image(png_header(20000, 20000), 40 * 10**6)
+    with pytest.raises(runner.ImageTooLarge, match="64.0 megapixels, over the 40 megapixel limit"):
+        runner.decode_image(png_header(8000, 8000), 40 * 10**6)
     with pytest.raises(runner.ImageError, match="not a readable image"):
         runner.decode_image(png_header(20, 20), 40 * 10**6)  # small enough, so decoding finds it truncated
+
+
+def test_importing_the_runner_keeps_pillows_decompression_bomb_guard(runner, models, tmp_path):
+    """Training imports the runner: its decode must not switch Pillow's guard off in the host process."""
+    default = Image.MAX_IMAGE_PIXELS
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    runner.decode_image(buffer.getvalue(), 40 * 10**6)
+    assert Image.MAX_IMAGE_PIXELS == default and default is not None
+    with pytest.raises(runner.ImageTooLarge, match="decompression-bomb"):  # 400 MP: Pillow refuses it first
+        runner.decode_image(png_header(20000, 20000), 10**12)
+    # The runner's own process relies on --max-megapixels alone: 400 MP under a 1000 MP limit is decoded
+    # (and found truncated), not refused by Pillow.
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header(20000, 20000))
+    assert_user_error(run("classify", models["float32"], huge, "--no-log", "--max-megapixels", "1000"),
+                      "huge.png", "not a readable image")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,6 +251,88 @@ def test_classify_matches_direct_interpreter(models, images, tf, kind):
         assert best["label"] == path.name.split("_")[0]  # the colour the image was made with
         assert np.allclose([t["score"] for t in item["top_k"]], scores[[t["index"] for t in item["top_k"]]],
                            atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def class_folder(images, tmp_path_factory) -> Path:
+    """The colour images as a class-folder dataset, plus a TIFF: what `edgekit eval --data` reads."""
+    root = tmp_path_factory.mktemp("eval") / "data"
+    for path in sorted(images.iterdir()):
+        (root / path.name.split("_")[0]).mkdir(parents=True, exist_ok=True)
+        (root / path.name.split("_")[0] / path.name).write_bytes(path.read_bytes())
+    pixels, _ = runner_models.color_images(1, size=(40, 30), seed=99)
+    Image.fromarray(pixels[0]).save(root / "red" / "red_tiff.tif")
+    return root
+
+
+@pytest.mark.parametrize("kind", ["float32", "uint8", "int8", "pixel-range"])
+def test_host_eval_and_runner_classify_give_identical_scores(models, class_folder, tmp_path, kind):
+    """One implementation of model I/O: edgekit eval's .tflite path and the runner agree to the last bit,
+    on every file of the folder (a .tif included) and with a manifest's pixel_range applied by both."""
+    from edgekit import manifests
+    from edgekit.data import DataSpec, scan_class_folders
+    from edgekit.evaluate import evaluation_data, open_predictor, resolve_model
+
+    path = models["float32" if kind == "pixel-range" else kind]
+    if kind == "pixel-range":  # the model is fed [0, 1]: its scores change, and both sides must agree
+        contract = manifests.ModelContract(file="model.tflite", input_size=(32, 32, 3),
+                                           labels=tuple(runner_models.LABELS), pixel_range=(0.0, 1.0))
+        path = runner_models.write_variant(tmp_path / "ranged", path.read_bytes())
+        manifests.write(path.parent, manifests.VariantManifest(name="ranged", model=contract), [path.name])
+    model_file, manifest = resolve_model(path)
+    predictor = open_predictor(model_file)
+    batches, _, labels, _ = evaluation_data(manifest, str(class_folder), predictor.input_size[0])
+    host = np.concatenate([predictor.predict(x) for x, _ in batches])
+    paths = scan_class_folders(class_folder, DataSpec(data=str(class_folder)), labels).paths
+
+    result = run("classify", path, class_folder, "--json", "--no-log", "--top-k", "3")
+    assert result.returncode == 0, result.stderr
+    device = {r["path"]: r["top_k"] for r in json.loads(result.stdout)}
+    assert sorted(device) == sorted(paths) and any(p.endswith(".tif") for p in paths)
+    for row, image in zip(host, paths):
+        scores = np.zeros(3, np.float32)
+        for entry in device[image]:
+            scores[entry["index"]] = entry["score"]
+        assert scores.tolist() == row.tolist(), image
+
+
+def test_damaged_metadata_is_the_same_one_line_error_in_eval_and_classify(models, images, tmp_path):
+    """Metadata may say how to normalise the input: neither side guesses around a damaged one."""
+    from edgekit.errors import EdgekitError
+    from edgekit.evaluate import TFLitePredictor
+    from edgekit.tflite_metadata import _with_metadata_buffer
+
+    damaged = tmp_path / "damaged.tflite"
+    damaged.write_bytes(_with_metadata_buffer(models["float32"].read_bytes(), b"\x10\x00\x00\x00M001\xff\xff"))
+    line = assert_user_error(run("classify", damaged, images, "--no-log"), str(damaged),
+                             "TFLITE_METADATA buffer is damaged")
+    with pytest.raises(EdgekitError) as host:
+        TFLitePredictor(damaged)
+    assert line == f"edgekit_runner: error: {host.value}"
+
+
+def test_bench_image_folder_is_decoded_by_the_runners_code(runner, models, class_folder, tmp_path):
+    """`edgekit bench --images DIR` feeds what `classify DIR` would: same files, same pixels."""
+    from edgekit.bench.inputs import folder_images
+    from edgekit.tflite import parse_file
+
+    feed = folder_images(parse_file(models["float32"]), class_folder, tmp_path / "x.npz", 100)
+    paths = sorted(p for p in class_folder.rglob("*") if p.is_file())
+    expected = [runner.resize_bilinear(runner.decode_image(p.read_bytes(), 10**8, (32, 32))[0], 32, 32)
+                for p in paths]
+    assert feed.pixels.dtype == np.float32 and np.array_equal(feed.pixels, np.stack(expected))
+
+
+@pytest.mark.slow
+def test_host_refuses_a_truncated_model_under_tf_lite_without_crashing(models, tmp_path):
+    """The probe in a child process guards the host too: tf.lite would segfault on this file."""
+    from edgekit.errors import EdgekitError
+    from edgekit.evaluate import TFLitePredictor
+
+    bad = tmp_path / "truncated.tflite"
+    bad.write_bytes(models["float32"].read_bytes()[:-200])
+    with pytest.raises(EdgekitError, match="truncated.tflite: tf.lite cannot load this model"):
+        TFLitePredictor(bad, runtime="tf.lite")
 
 
 def test_classify_json_shape_and_log(models, images, tmp_path):

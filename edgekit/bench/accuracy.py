@@ -102,7 +102,7 @@ def device_accuracy(target, variant, remote_model: str, model_args: list, scratc
     """
     from edgekit.data import iter_pixel_batches
     from edgekit.evaluate import TFLitePredictor
-    from edgekit.tflite import dequantizer
+    from edgekit.runner import dequantizer
 
     if variant.manifest is None or not variant.manifest.dataset:
         raise EdgekitError(f"{variant.path}: no manifest naming its dataset, so no labelled inputs for an "

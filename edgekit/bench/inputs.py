@@ -16,8 +16,8 @@ import numpy as np
 from edgekit.errors import EdgekitError
 from edgekit.tflite import TFLiteModel
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SEED = 0
+MAX_PIXELS = 40 * 10**6  # what the runner's own bench allows an image
 
 
 @dataclass
@@ -62,8 +62,9 @@ def generated(model: TFLiteModel, out: Path, count: int) -> Feed:
 
 
 def folder_images(model: TFLiteModel, directory: Path, out: Path, count: int) -> Feed:
-    """Up to `count` images from `directory`, RGB, bilinear-resized to the model's input, 0..255."""
-    from PIL import Image, UnidentifiedImageError
+    """Up to `count` images from `directory`, decoded and resized to the model's input as the runner's
+    `classify` does (its own code), float RGB 0..255."""
+    from edgekit import runner
 
     if len(model.inputs) != 1 or not model.is_image_classifier or model.inputs[0].shape[-1] != 3:
         raise EdgekitError(f"{model.label}: --images feeds single-input RGB image classifiers; "
@@ -75,16 +76,15 @@ def folder_images(model: TFLiteModel, directory: Path, out: Path, count: int) ->
     for path in sorted(Path(directory).rglob("*")):
         if len(pixels) >= count:
             break
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if path.suffix.lower() not in runner.IMAGE_EXTENSIONS or not path.is_file():
             continue
         try:
-            with Image.open(path) as image:
-                resized = image.convert("RGB").resize((width, height), Image.BILINEAR)
-        except (OSError, UnidentifiedImageError):
+            decoded, _ = runner.decode_image(path.read_bytes(), MAX_PIXELS, (height, width))
+        except (OSError, runner.ImageError):
             continue
-        pixels.append(np.asarray(resized, dtype=np.float32))
+        pixels.append(runner.resize_bilinear(decoded, height, width))
     if not pixels:
-        raise EdgekitError(f"--images {directory}: no readable images ({', '.join(IMAGE_SUFFIXES)})")
+        raise EdgekitError(f"--images {directory}: no readable images ({', '.join(runner.IMAGE_EXTENSIONS)})")
     stacked = np.stack(pixels)
     np.savez(out, x=stacked)
     return Feed("--images", out, f"{len(pixels)} images from {directory}", pixels=stacked)
@@ -106,20 +106,14 @@ def _not_a_classifier(model: TFLiteModel) -> str:
 def reference_outputs(path: Path, feed: Feed, k: int) -> np.ndarray:
     """What LiteRT on this host answers for the first k samples: the first output, dequantized."""
     from edgekit.evaluate import TFLitePredictor
-    from edgekit.tflite import dequantizer, parse_file
+    from edgekit.runner import dequantize, load_model
 
     if feed.pixels is not None:
         return TFLitePredictor(path).predict(feed.pixels[:k]).reshape(min(k, len(feed.pixels)), -1)
-    from edgekit.interpreters import load_interpreter
-
-    interpreter, _ = load_interpreter(path)
-    inputs, output = interpreter.get_input_details(), interpreter.get_output_details()[0]
-    dequantize = dequantizer(parse_file(path).outputs[0].as_dict())
+    model = load_model(path, raw=True)
     count = min(k, *(len(v) for v in feed.tensors.values()))
     rows = []
     for n in range(count):
-        for i, detail in enumerate(inputs):
-            interpreter.set_tensor(detail["index"], feed.tensors[f"input_{i}"][n])
-        interpreter.invoke()
-        rows.append(dequantize(interpreter.get_tensor(output["index"]).reshape(-1)))
+        raw, _ = model.run([feed.tensors[f"input_{i}"][n] for i in range(len(model.inputs))])
+        rows.append(dequantize(raw, model.output))
     return np.stack(rows)

@@ -23,7 +23,8 @@ from edgekit.bench import accuracy, inputs
 from edgekit.bench.paired import ratio_interval
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
-from edgekit.tflite import dequantizer, parse_file
+from edgekit.runner import dequantizer
+from edgekit.tflite import parse_file
 from edgekit.transport.targets import Target, make_target
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,9 @@ keeps the high byte of 16-bit images, and a numpy bilinear resize equal to
 `tf.image.resize(method="bilinear", antialias=False)` squashes it to the model's input size. Integer
 inputs get round(x / scale + zero_point), numpy's round-half-even, as edgekit's evaluation does. Input
 size comes from the model; `manifest.json` beside it supplies pixel range and labels, cross-checked.
+Without one, the model's standard TFLite metadata supplies labels and normalisation; metadata that is
+there but unreadable is refused (one error line), never guessed around. edgekit imports this file as
+`edgekit.runner` for all of this, so the host feeds a model exactly as the device does.
 
 Every prediction is logged in SQLite (`edgekit_runner.db` beside the model, or $EDGEKIT_RUNNER_DB, or
 --db), in WAL mode. Durability contract: a logged row and its sample survive a kill of the runner as soon
@@ -61,6 +64,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import sqlite3
@@ -82,8 +86,9 @@ except ImportError:  # `doctor` must still run on a device where nothing is inst
 
 SCHEMA_VERSION = 1
 RUNNER_VERSION = "1"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-SAMPLE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # edgekit trains on these too
+SAMPLE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp",
+                     "TIFF": "tif"}
 RUNTIMES = ("litert", "tflite_runtime", "tf.lite")
 VENV = "~/edgekit/venv"  # what `edgekit deploy`/`doctor` create on a device whose Python is externally managed
 # pip name, Debian package (for a system Python under PEP 668) of what the runner may need
@@ -288,28 +293,57 @@ def load_delegate(runtime: Runtime, name: str):
         raise RunnerError(f"{name}: not available ({one_line(exc) or 'no device found'})") from None
 
 
-@contextlib.contextmanager
-def native_info_hidden():
-    """Drop the interpreter's native 'INFO: Created ... XNNPACK delegate' line; pass other output on.
+# Native start-up chatter of TensorFlow and the interpreters, written by C++ straight to file descriptor 2.
+NATIVE_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\]"  # absl/glog INFO and WARNING lines
+    r"|E\d{4} [\d:.]+ +\d+ \S+:\d+\] (failed call to cuInit|Unable to register cu\w+ factory)"
+    r"|INFO: "  # the interpreter's own notices: "Created TensorFlow Lite XNNPACK delegate for CPU." ...
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
+    r"|This TensorFlow binary is optimized to use available CPU instructions"
+    r"|oneDNN custom operations are on"
+    r"|Attempting to register factory for plugin cu\w+"
+    r"|Could not find cuda drivers on your machine)"
+)
 
-    It is written by C++ straight to file descriptor 2, so only a redirect of that descriptor hides it.
+
+def is_noise(line: str) -> bool:
+    return bool(NATIVE_NOISE.match(line.strip()))
+
+
+@contextlib.contextmanager
+def native_stderr_filtered():
+    """Keep known native library noise off stderr for the duration; pass every other line on.
+
+    It is written by C++ straight to file descriptor 2, below Python's logging, so only a redirect of that
+    descriptor hides it: fd 2 goes to a scratch file, and on exit the lines that are not noise are replayed.
+    edgekit wraps its TensorFlow import in this same filter.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (an embedded interpreter): stay as is
+        yield
+        return
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
             yield
         finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
+            kept = "".join(line for line in lines if line.strip() and not is_noise(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 def make_interpreter(runtime: Runtime, content: bytes, threads: int | None, delegates: list):
-    with warnings.catch_warnings(), native_info_hidden():
+    with warnings.catch_warnings(), native_stderr_filtered():
         warnings.simplefilter("ignore")  # tf.lite's deprecation notice is not the user's problem
         interpreter = runtime.interpreter(model_content=content, num_threads=threads,
                                           experimental_delegates=delegates or None)
@@ -460,22 +494,40 @@ def _metadata_labels(content: bytes, meta: bytes, tensor) -> list[str] | None:
     return None
 
 
-def read_standard_metadata(content: bytes, path: str) -> dict:
-    """{"labels", "mean", "std", "name"} from a model's standard metadata; {} when it has none or it is damaged.
+def _metadata_color_space(meta: bytes, tensor) -> str | None:
+    """TensorMetadata.content 3 → Content{properties_type 0 = ImageProperties 2, properties 1} → color_space 0."""
+    content = _fb_sub(meta, tensor, 3)
+    if content is None or _fb_scalar(meta, content, 0, "<B") != 2:
+        return None
+    properties = _fb_sub(meta, content, 1)
+    space = 0 if properties is None else _fb_scalar(meta, properties, 0, "<b")
+    return {1: "RGB", 2: "GRAYSCALE"}.get(space, "UNKNOWN")
 
-    Used only when no edgekit manifest describes the model: a stock model declares how to feed it here.
+
+def read_standard_metadata(content: bytes, path: str) -> dict:
+    """What a model's standard metadata says: {} when it has none, else "name", "description", "version",
+    "author", "min_parser_version", "color_space" and, when declared, "labels" and "mean"/"std".
+
+    A stock model declares here how to feed it. Metadata that is present but unreadable is a RunnerError
+    (edgekit raises the same): it may hold the input normalisation, and guessing would give wrong scores
+    without a word. This is the one reader of it; edgekit imports it.
     """
     import struct
 
+    meta = None
     try:
         meta = _metadata_buffer(content)
-        if not meta or meta[4:8] != b"M001":
+        if not meta:
             return {}
+        if meta[4:8] != b"M001":
+            raise ValueError("no 'M001' identifier")
         root = _fb_table(meta, _fb_unpack("<I", meta, 0))
         graphs = _fb_tables(meta, root, 3)  # ModelMetadata.subgraph_metadata
         inputs = _fb_tables(meta, graphs[0], 2) if graphs else []  # SubGraphMetadata.input_tensor_metadata
         outputs = _fb_tables(meta, graphs[0], 3) if graphs else []
-        found = {"name": _fb_text(meta, root, 0)}
+        found = {key: _fb_text(meta, root, index) for key, index in
+                 (("name", 0), ("description", 1), ("version", 2), ("author", 4), ("min_parser_version", 7))}
+        found["color_space"] = _metadata_color_space(meta, inputs[0]) if inputs else None
         normalization = _metadata_normalization(meta, inputs[0]) if inputs else None
         if normalization:
             found["mean"], found["std"] = normalization
@@ -484,8 +536,9 @@ def read_standard_metadata(content: bytes, path: str) -> dict:
             found["labels"] = labels
         return found
     except (IndexError, ValueError, TypeError, OverflowError, struct.error) as exc:  # a damaged flatbuffer
-        warn(f"{path}: ignoring unreadable TFLite metadata ({one_line(exc)})")
-        return {}
+        what = "not TFLite Model Metadata" if meta and meta[4:8] != b"M001" else "damaged TFLite Model Metadata"
+        raise RunnerError(f"{path}: its TFLITE_METADATA buffer is {what} ({one_line(exc)}); rewrite it with a "
+                          "metadata writer (edgekit compress writes one)") from None
 
 
 def check_classifier(model) -> None:
@@ -509,12 +562,13 @@ class Model:
                  runtime: str | None = None, require_delegate: bool = True):
         content = self._read(path, threads, delegate)
         self.manifest = read_manifest(path, self.sha256)
+        self.runtime, self.interpreter, self.load_ms = self._load(content, runtime, require_delegate)
+        # Read once the interpreter accepted the file, so a damaged model is reported as that first.
         self.standard_metadata = read_standard_metadata(content, path)
         # Without an edgekit manifest, a model's standard metadata says how to normalise its input.
         found = self.standard_metadata
         self.normalization = None if self.manifest or "mean" not in found else (
             np.asarray(found["mean"], np.float32), np.asarray(found["std"], np.float32))
-        self.runtime, self.interpreter, self.load_ms = self._load(content, runtime, require_delegate)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.num_outputs = int(np.prod(self.output["shape"][1:]))
@@ -607,10 +661,7 @@ class Model:
         return raw.reshape(-1), invoke_ms
 
     def scores(self, raw):
-        scale, zero_point = self.output["quantization"]
-        if raw.dtype in (np.uint8, np.int8, np.int16) and scale:
-            return (raw.astype(np.float32) - zero_point) * np.float32(scale)
-        return raw.astype(np.float32)
+        return dequantize(raw, self.output)
 
     def describe(self) -> dict:
         scale, zero_point = self.output["quantization"]
@@ -626,6 +677,18 @@ class Model:
                        else None},
             "load_ms": self.load_ms,
         }
+
+
+def dequantize(raw, detail: dict):
+    """float32 real values of a tensor's raw values; `detail` is the interpreter's (dtype, quantization).
+
+    Raw values may come back as other numbers (a device's JSON report): the tensor's dtype decides.
+    """
+    scale, zero_point = detail["quantization"]
+    raw = np.asarray(raw)
+    if np.dtype(detail["dtype"]) in (np.uint8, np.int8, np.int16) and scale:
+        return (raw.astype(np.float32) - zero_point) * np.float32(scale)
+    return raw.astype(np.float32)
 
 
 def read_labels(path: str) -> list[str]:
@@ -696,7 +759,8 @@ def decode_image(data: bytes, max_pixels: int, size: tuple[int, int] | None = No
     """
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = None  # replaced by our own limit, checked on the header before decoding
+    # Our own limit is checked on the header. Pillow's guard (2 x Image.MAX_IMAGE_PIXELS) stays on in
+    # other processes that import this file; main() turns it off in the runner's own process.
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -721,6 +785,9 @@ def decode_image(data: bytes, max_pixels: int, size: tuple[int, int] | None = No
             return pixels, image.format
     except (ImageError, RunnerError):
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image is over Pillow's decompression-bomb limit ({one_line(exc)}); shrink it") \
+            from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for bad files
         reason = "unknown format" if type(exc).__name__ == "UnidentifiedImageError" else one_line(exc)
         raise ImageError(f"not a readable image ({reason})") from None
@@ -2533,6 +2600,10 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with contextlib.suppress(ImportError):  # doctor runs where Pillow is missing
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None  # --max-megapixels is checked on each header instead, here only
     try:
         return args.func(args)
     except RunnerError as exc:
