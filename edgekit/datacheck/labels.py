@@ -24,15 +24,18 @@ FOLDS = 5
 PCA_COMPONENTS = 64
 
 
-def run_features(run_dir: Path, images) -> tuple[np.ndarray, dict]:
+def run_features(run_dir: Path, images, trust_model: bool = False) -> tuple[np.ndarray, dict]:
     """Pooled features of every image in `images` (an ImageSet) from the run's model, and a record."""
     from edgekit.compat import keras
     from edgekit.data import make_pipeline
+    from edgekit.evaluate import manifest_model_file
     from edgekit.model import load_keras_model
 
     run_dir = Path(run_dir)
     manifest = manifests.read(run_dir, manifests.RunManifest)
-    model = load_keras_model(run_dir / manifest.model.file)
+    model_file = manifest_model_file(run_dir, manifest)
+    manifests.verify_files(run_dir, manifest, [model_file.name])
+    model = load_keras_model(model_file, trust=trust_model)
     try:
         layer = model.get_layer(FEATURE_LAYER)
     except ValueError:

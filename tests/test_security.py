@@ -1,0 +1,122 @@
+"""What comes back from the field is a stranger's: model files that are programs, crafted device databases
+and archives, credentials in access logs, and the faults (kills, shared folders) that corrupt what we keep.
+
+Each test crafts the hostile input and asserts the one-line refusal and the absence of the effect
+(no marker file written by model code, nothing written outside the output folder, no host file copied).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekit import manifests
+from edgekit.cli import app
+
+cli = CliRunner()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models are programs
+
+
+def _lambda_model(marker: Path):
+    """A tiny Keras model whose Lambda layer creates `marker` whenever the model is built (as on load)."""
+    from edgekit.compat import keras
+
+    payload = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]")  # noqa: S307
+    inputs = keras.Input(shape=(4, 4, 3))
+    x = keras.layers.Lambda(payload, name="evil")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def evil_models(tmp_path_factory):
+    """(folder, marker, evil.h5, evil.keras): both files run code that touches `marker` when rebuilt."""
+    root = tmp_path_factory.mktemp("evil")
+    marker = root / "PWNED"
+    model = _lambda_model(marker)
+    model.save(root / "evil.h5")
+    model.save(root / "evil.keras")
+    marker.unlink()
+    return root, marker, root / "evil.h5", root / "evil.keras"
+
+
+def _one_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_eval_refuses_a_legacy_h5_without_trust_and_runs_no_code(evil_models, tmp_path):
+    _, marker, h5, _ = evil_models
+    line = _one_line(cli.invoke(app, ["eval", str(h5), "--data", str(tmp_path), "--out", str(tmp_path / "o")]))
+    assert "--trust-model" in line and "run code" in line and "evil.h5" in line
+    assert not marker.exists()
+
+
+def test_trust_model_does_load_the_h5_so_the_refusal_is_what_protects(evil_models):
+    from edgekit.model import load_keras_model
+
+    _, marker, h5, _ = evil_models
+    load_keras_model(h5, trust=True)
+    assert marker.exists()  # the crafted file really runs code; the refusal above is what stopped it
+    marker.unlink()
+
+
+def test_eval_loads_keras_files_in_safe_mode(evil_models, tmp_path):
+    _, marker, _, keras_file = evil_models
+    line = _one_line(cli.invoke(app, ["eval", str(keras_file), "--data", str(tmp_path),
+                                      "--out", str(tmp_path / "o")]))
+    assert "--trust-model" in line and "evil.keras" in line
+    assert not marker.exists()
+
+
+def test_savedmodel_folder_is_refused_without_trust(tmp_path):
+    from edgekit.errors import EdgekitError
+    from edgekit.model import load_keras_model
+
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "saved_model.pb").write_bytes(b"\0")
+    with pytest.raises(EdgekitError, match="SavedModel folder.*--trust-model"):
+        load_keras_model(tmp_path / "saved")
+
+
+def _copied_run(directory: Path, model_file: Path) -> Path:
+    """A run folder whose manifest (with a correct sha256) names a legacy .h5 instead of model.keras."""
+    directory.mkdir()
+    (directory / "model.h5").write_bytes(model_file.read_bytes())
+    contract = manifests.ModelContract(file="model.h5", input_size=(4, 4, 3), labels=("a", "b"))
+    manifests.write(directory, manifests.RunManifest(name="copied", model=contract), ["model.h5"])
+    return directory
+
+
+def test_eval_of_a_run_whose_manifest_names_an_h5_is_refused(evil_models, tmp_path):
+    _, marker, h5, _ = evil_models
+    run = _copied_run(tmp_path / "run", h5)
+    for extra in ([], ["--trust-model"]):  # trust is for a file the user names, not one a manifest points at
+        line = _one_line(cli.invoke(app, ["eval", str(run), "--data", str(tmp_path), *extra]))
+        assert "model.h5" in line and "model.keras" in line and "refusing" in line
+    assert not marker.exists()
+
+
+def test_data_check_run_features_refuse_a_run_naming_an_h5(evil_models, tmp_path):
+    from edgekit.datacheck.labels import run_features
+    from edgekit.errors import EdgekitError
+
+    _, marker, h5, _ = evil_models
+    run = _copied_run(tmp_path / "run", h5)
+    with pytest.raises(EdgekitError, match="refusing to follow"):
+        run_features(run, images=None)
+    assert not marker.exists()
+
+
+def test_trust_model_option_is_on_every_command_that_loads_a_users_keras_model():
+    for command in (["eval", "--help"], ["data", "check", "--help"]):
+        assert "--trust-model" in cli.invoke(app, command).output
