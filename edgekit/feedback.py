@@ -16,7 +16,14 @@ from collections import Counter
 from pathlib import Path
 
 from edgekit import manifests
-from edgekit.artifacts import check_writable, edgekit_home, sha256_file, write_json_atomic, write_text_atomic
+from edgekit.artifacts import (
+    check_writable,
+    edgekit_home,
+    sha256_file,
+    visible_glob,
+    write_json_atomic,
+    write_text_atomic,
+)
 from edgekit.errors import EdgekitError
 from edgekit.report import markdown_table
 
@@ -106,8 +113,8 @@ def sample_file(import_dir: Path, image_path: str | None) -> Path | None:
 
 def export(out_dir: Path, imports: list[Path] | None = None) -> dict:
     """Write corrected samples as <out_dir>/<label>/<prediction id>.<ext> plus a report and manifest."""
-    imports = [Path(p) for p in imports] if imports else sorted(
-        p for p in feedback_home().glob("*") if (p / SNAPSHOT_DB).is_file())
+    imports = [Path(p) for p in imports] if imports else [
+        p.parent for p in visible_glob(feedback_home(), f"*/{SNAPSHOT_DB}")]
     if not imports:
         raise EdgekitError(f"no imported device logs under {feedback_home()}; run `edgekit feedback import DB` "
                            "or `edgekit feedback pull --device NAME` first")

@@ -120,3 +120,89 @@ def test_data_check_run_features_refuse_a_run_naming_an_h5(evil_models, tmp_path
 def test_trust_model_option_is_on_every_command_that_loads_a_users_keras_model():
     for command in (["eval", "--help"], ["data", "check", "--help"]):
         assert "--trust-model" in cli.invoke(app, command).output
+
+
+# ---------------------------------------------------------------------------------------------------
+# Faults: a variant swap killed between its two renames
+
+
+def _fake_variant(directory: Path, name: str, accuracy: float) -> None:
+    directory.mkdir(parents=True)
+    (directory / "model.tflite").write_bytes(b"tflite" + name.encode())
+    metrics = manifests.Metrics(n=1, accuracy=accuracy, macro_precision=0, macro_recall=0, macro_f1=0)
+    manifests.write(directory, manifests.VariantManifest(
+        name=name, model=manifests.ModelContract(file="model.tflite", input_size=(4, 4, 3), labels=("a",)),
+        tflite={"size": 6, "gzip_size": 6},
+        metrics=manifests.VariantMetrics(validation=metrics, float_keras_accuracy=1, accuracy_delta_vs_float=0,
+                                         output_abs_diff_vs_float=manifests.OutputDiff(0, 0, 1))),
+        ["model.tflite"])
+
+
+KILLED_SWAP = """
+import os, sys
+from pathlib import Path
+from edgekit import artifacts
+renames = []
+real = Path.rename
+def rename(self, target):
+    if renames:  # the second rename of the swap: die the way SIGKILL would, with no cleanup
+        os._exit(9)
+    renames.append(target)
+    return real(self, target)
+Path.rename = rename
+artifacts.replace_dir(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def _killed_swap(tmp_path: Path) -> Path:
+    import os
+    import subprocess
+    import sys
+
+    compressed = tmp_path / "run" / "compressed"
+    _fake_variant(compressed / "int8", "int8", 0.5)
+    _fake_variant(compressed / ".int8.tmp-1-x", "int8", 0.9)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", KILLED_SWAP, str(compressed / ".int8.tmp-1-x"),
+                           str(compressed / "int8")], env=env, timeout=60)
+    assert done.returncode == 9
+    assert not (compressed / "int8").exists() and len(list(compressed.glob(".int8.old-*"))) == 1
+    return tmp_path / "run"
+
+
+def test_report_after_a_swap_killed_between_renames_lists_the_variant_once(tmp_path):
+    from edgekit.report import variant_rows
+
+    run = _killed_swap(tmp_path)
+    rows = variant_rows(run)
+    assert [r["variant"] for r in rows] == ["int8"] and rows[0]["accuracy"] == 0.5  # the old one, restored
+    assert (run / "compressed" / "int8" / "manifest.json").is_file()
+    assert not list((run / "compressed").glob(".int8.old-*"))
+
+
+def test_swap_leftover_is_deleted_when_the_new_variant_is_in_place(tmp_path):
+    from edgekit.artifacts import recover_swaps
+
+    compressed = tmp_path / "compressed"
+    _fake_variant(compressed / "int8", "int8", 0.9)
+    _fake_variant(compressed / ".int8.old-999999999-1", "int8", 0.5)  # a dead process finished the swap
+    assert recover_swaps(compressed) == [compressed / "int8"]
+    assert [p.name for p in compressed.iterdir()] == ["int8"]
+
+
+def test_dot_folders_are_never_listed_as_variants_or_runs(tmp_path):
+    from edgekit.artifacts import latest_run
+    from edgekit.bench.run import collect_variants
+    from edgekit.report import variant_rows
+
+    run = tmp_path / "runs" / "r1"
+    _fake_variant(run / "compressed" / "int8", "int8", 0.5)
+    _fake_variant(run / "compressed" / ".int8.tmp-999999999-x", "int8", 0.7)  # another compress, still writing
+    contract = manifests.ModelContract(file="model.keras", input_size=(4, 4, 3), labels=("a",))
+    manifests.write(run, manifests.RunManifest(name="r1", model=contract), [])
+    hidden = tmp_path / "runs" / ".r2.tmp"
+    hidden.mkdir()
+    manifests.write(hidden, manifests.RunManifest(name="r2", model=contract), [])
+    assert [r["variant"] for r in variant_rows(run)] == ["int8"]
+    assert [m.path.parent.name for m in collect_variants([run])] == ["int8"]
+    assert latest_run(tmp_path / "runs") == run

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import manifests
-from edgekit.artifacts import check_writable, process_alive, write_bytes_atomic, write_text_atomic
+from edgekit.artifacts import (
+    check_writable,
+    process_alive,
+    recover_swaps,
+    replace_dir,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from edgekit.data import (
     calibration_images,
     iter_pixel_batches,
@@ -95,6 +102,7 @@ def existing_variant(run_dir: Path, recipe: Recipe, force: bool) -> Variant | No
     different recipe under an existing name needs `--force`.
     """
     directory = variant_dir(run_dir, recipe)
+    recover_swaps(directory.parent)  # a swap killed half-way: the old variant is back before we look
     found = manifests.read_optional(directory, manifests.VariantManifest)
     if found is None:
         return None
@@ -156,11 +164,12 @@ def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force
     final_dir = variant_dir(context.run_dir, recipe)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(final_dir.parent)
+    recover_swaps(final_dir.parent)
     scratch = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-{os.getpid()}-", dir=final_dir.parent))
     try:
         manifest = _write_variant(scratch, context, recipe, content, threads, sparsity, timings, lineage or {},
                                   started)
-        _replace_dir(scratch, final_dir)
+        replace_dir(scratch, final_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return Variant(final_dir, manifest, status="replaced" if replacing else "written")
@@ -281,14 +290,3 @@ def _edgetpu(recipe: Recipe, directory: Path) -> dict:
 
     params = next(s.params for s in recipe.stages if s.type == "edgetpu")
     return check_edgetpu(directory / TFLITE_FILE, directory, run_compiler=params.run_compiler)
-
-
-def _replace_dir(scratch: Path, final_dir: Path) -> None:
-    """Swap the finished scratch directory into place; the old variant is removed only after."""
-    old = None
-    if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old-{int(time.time() * 1000)}")
-        final_dir.rename(old)
-    scratch.rename(final_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
