@@ -7,6 +7,7 @@ Each test crafts the hostile input and asserts the one-line refusal and the abse
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,7 @@ def _fake_variant(directory: Path, name: str, accuracy: float) -> None:
 
 KILLED_SWAP = """
 import os, sys
+import json
 from pathlib import Path
 from edgekit import artifacts
 renames = []
@@ -206,3 +208,201 @@ def test_dot_folders_are_never_listed_as_variants_or_runs(tmp_path):
     assert [r["variant"] for r in variant_rows(run)] == ["int8"]
     assert [m.path.parent.name for m in collect_variants([run])] == ["int8"]
     assert latest_run(tmp_path / "runs") == run
+
+
+# ---------------------------------------------------------------------------------------------------
+# A crafted runner database: labels, ids and sample paths are data
+
+
+def _crafted_db(folder: Path, runner, rows, labels=("cat", "dog"), version: int | None = None) -> Path:
+    """A runner database written by a hostile device: `rows` are (prediction id, label, image_path)."""
+    import sqlite3
+
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / "edgekit_runner.db"
+    conn = sqlite3.connect(db)
+    for statement in runner.SCHEMA:
+        conn.execute(statement)
+    if version is not None:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (version,))
+    conn.execute("INSERT INTO models VALUES ('m', '/x', ?, 't')", (json.dumps(list(labels)),))
+    for prediction_id, label, image_path in rows:
+        conn.execute("INSERT INTO predictions VALUES (?, 't', 'm', 'cli', ?, '{}', ?, 1)",
+                     (prediction_id, json.dumps([{"label": "cat", "score": 1.0}]), image_path))
+        conn.execute("INSERT INTO feedback (prediction_id, label, time, source) VALUES (?, ?, 't', 'cli')",
+                     (prediction_id, label))
+    conn.commit()
+    conn.close()
+    return db
+
+
+def _sample(folder: Path, name: str) -> str:
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    (folder / "samples" / name).write_bytes(b"\x89PNG fake")
+    return f"samples/{name}"
+
+
+def test_export_refuses_labels_ids_and_paths_that_escape(runner, tmp_path):
+    device = tmp_path / "device"
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("host file")
+    (device / "samples").mkdir(parents=True)
+    (device / "samples" / "link.png").symlink_to(secret)
+    rows = [("ok1", "dog", _sample(device, "ok1.png")),
+            ("ok2", "../../escaped-label", _sample(device, "ok2.png")),
+            ("../../escaped-id", "dog", _sample(device, "ok3.png")),
+            ("abs", "dog", str(secret)),
+            ("up", "dog", "../host-secret.txt"),
+            ("link", "dog", "samples/link.png"),
+            ("unknown", "horse", _sample(device, "ok4.png"))]
+    db = _crafted_db(device, runner, rows)
+    imported = cli.invoke(app, ["feedback", "import", str(db), "--name", "evil", "--json"])
+    assert imported.exit_code == 0, imported.output
+    out = tmp_path / "export" / "fb"
+    result = cli.invoke(app, ["feedback", "export", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["written"] == 1 and report["per_class"] == {"dog": 1}
+    assert report["refused"] == {"unknown_label": 1, "unsafe_id": 1, "unsafe_image_path": 2, "unsafe_label": 1}
+    assert "refused 5 correction(s)" in result.stderr
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()
+                     and "export" in p.parts)
+    assert written == ["export/fb/dog/ok1.png", "export/fb/feedback_report.json", "export/fb/feedback_report.md",
+                       "export/fb/manifest.json"]
+    assert not list(tmp_path.rglob("escaped-*"))
+    assert "host file" not in "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+
+
+def test_import_copies_no_host_file_named_by_a_sample_path(runner, tmp_path, edgekit_home):
+    device = tmp_path / "device"
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("host file")
+    (device / "samples").mkdir(parents=True)
+    (device / "samples" / "link.png").symlink_to(secret)
+    db = _crafted_db(device, runner, [("a", "dog", str(secret)), ("b", "dog", "samples/../../host-secret.txt"),
+                                      ("c", "dog", "samples/link.png")])
+    result = cli.invoke(app, ["feedback", "import", str(db), "--name", "evil"])
+    assert result.exit_code == 0, result.output
+    assert "3 sample path(s) refused" in result.stderr
+    imported = edgekit_home / "feedback" / "evil"
+    assert all("host file" not in p.read_text(errors="replace") for p in imported.rglob("*") if p.is_file())
+    assert json.loads((imported / "manifest.json").read_text())["counts"]["samples_refused"] == 3
+
+
+def test_import_of_a_database_from_a_newer_runner_is_one_line(runner, tmp_path):
+    db = _crafted_db(tmp_path / "device", runner, [], version=99)
+    line = _one_line(cli.invoke(app, ["feedback", "import", str(db)]))
+    assert "schema_version 99" in line and "upgrade edgekit" in line
+
+
+def test_import_leaves_no_wal_files_and_records_the_real_source(runner, tmp_path, edgekit_home):
+    db = _crafted_db(tmp_path / "device", runner, [("a", "dog", None)])
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")  # as the runner keeps its log
+    conn.close()
+    assert cli.invoke(app, ["feedback", "import", str(db), "--name", "one"]).exit_code == 0
+    imported = edgekit_home / "feedback" / "one"
+    assert sorted(p.name for p in imported.iterdir()) == ["device.db", "manifest.json"]
+    assert json.loads((imported / "manifest.json").read_text())["source"] == str(db.resolve())
+
+
+def test_export_refuses_an_import_name_that_is_a_path(runner, tmp_path):
+    db = _crafted_db(tmp_path / "device", runner, [])
+    line = _one_line(cli.invoke(app, ["feedback", "import", str(db), "--name", "../../outside"]))
+    assert "--name" in line
+    assert not (tmp_path / "outside").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# A crafted pull archive
+
+
+def _tar(path: Path, entries) -> Path:
+    """A tar with the given TarInfo kinds: ("file", name, bytes) or (tarfile type, name)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for entry in entries:
+            info = tarfile.TarInfo(entry[1])
+            if entry[0] == "file":
+                info.size = len(entry[2])
+                tar.addfile(info, io.BytesIO(entry[2]))
+            else:
+                info.type = entry[0]
+                if entry[0] == tarfile.CHRTYPE:
+                    info.devmajor, info.devminor = 1, 5  # /dev/zero
+                if entry[0] == tarfile.SYMTYPE:
+                    info.linkname = "/etc/passwd"
+                tar.addfile(info)
+    return path
+
+
+@pytest.fixture
+def fake_device(tmp_path, edgekit_home, runner):
+    """A local device profile whose 'python' hands back whatever archive the test left in its workdir,
+    the way a compromised device would answer the pack step."""
+    work = tmp_path / "work"
+    work.mkdir()
+    python = tmp_path / "fake-python"
+    python.write_text("#!/bin/sh\necho '[\"m1\"]'\n")
+    python.chmod(0o755)
+    (edgekit_home / "devices").mkdir()
+    (edgekit_home / "devices" / "evil.yaml").write_text(
+        f"description: a device that lies\narch: any\nconnection: local\npython: {python}\nworkdir: {work}\n")
+    device = tmp_path / "m1"
+    db = _crafted_db(device, runner, [("a", "dog", _sample(device, "a.png"))])
+    good = [("file", "m1/edgekit_runner.db", db.read_bytes()), ("file", "m1/samples/a.png", b"png")]
+    return work, good
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev", "symlink"])
+def test_pull_refuses_an_archive_with_anything_but_files_and_folders(fake_device, edgekit_home, kind):
+    import tarfile
+
+    work, good = fake_device
+    bad = {"fifo": tarfile.FIFOTYPE, "chardev": tarfile.CHRTYPE, "symlink": tarfile.SYMTYPE}[kind]
+    _tar(work / "feedback-pull.tar", [*good, (bad, "m1/samples/b.png"), (bad, "m1/samples/c.png")])
+    line = _one_line(cli.invoke(app, ["feedback", "pull", "--device", "evil"]))
+    assert "2 entries are not plain files or folders" in line and "nothing was imported" in line
+    assert not (edgekit_home / "feedback").exists() or not any((edgekit_home / "feedback").iterdir())
+
+
+def test_pull_refuses_an_archive_over_the_size_cap(fake_device, edgekit_home):
+    work, good = fake_device
+    _tar(work / "feedback-pull.tar", [*good, ("file", "m1/samples/big.png", b"\0" * (2 * 2**20))])
+    line = _one_line(cli.invoke(app, ["feedback", "pull", "--device", "evil", "--max-size-mb", "1"]))
+    assert "over the 1 MB limit" in line and "--max-size-mb" in line
+    assert not (edgekit_home / "feedback").exists() or not any((edgekit_home / "feedback").iterdir())
+
+
+def test_pull_of_a_plain_archive_records_the_device_path_as_source(fake_device, edgekit_home):
+    work, good = fake_device
+    _tar(work / "feedback-pull.tar", good)
+    result = cli.invoke(app, ["feedback", "pull", "--device", "evil", "--name", "p", "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((edgekit_home / "feedback" / "p-m1" / "manifest.json").read_text())
+    assert manifest["source"] == f"evil:{work}/models/m1/edgekit_runner.db"
+    assert manifest["counts"]["samples"] == 1
+
+
+def test_pull_refuses_member_paths_that_climb_out(tmp_path):
+    from edgekit.errors import EdgekitError
+    from edgekit.untrusted import extract_archive
+
+    archive = _tar(tmp_path / "a.tar", [("file", "../escaped", b"x"), ("file", "/abs", b"y")])
+    with pytest.raises(EdgekitError, match="2 entries.*path outside the archive"):
+        extract_archive(archive, tmp_path / "out", "pi", 2**20)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "out").exists()
+
+
+def test_runner_schema_version_matches_what_feedback_reads():
+    import re
+
+    from edgekit.devices import runner_path
+    from edgekit.untrusted import RUNNER_SCHEMA_VERSION
+
+    found = re.search(r"^SCHEMA_VERSION = (\d+)", runner_path().read_text(), re.M)
+    assert int(found.group(1)) == RUNNER_SCHEMA_VERSION
