@@ -8,6 +8,7 @@ Each test crafts the hostile input and asserts the one-line refusal and the abse
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,7 @@ def _fake_variant(directory: Path, name: str, accuracy: float) -> None:
 KILLED_SWAP = """
 import os, sys
 import json
+import time
 from pathlib import Path
 from edgekit import artifacts
 renames = []
@@ -406,3 +408,81 @@ def test_runner_schema_version_matches_what_feedback_reads():
 
     found = re.search(r"^SCHEMA_VERSION = (\d+)", runner_path().read_text(), re.M)
     assert int(found.group(1)) == RUNNER_SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------------------------------------------
+# The runner: credentials stay out of its access log, host paths out of its answers; samples per database
+
+RESULT = {"top_k": [{"label": "red", "index": 0, "score": 0.1}], "latency_ms": {}}
+
+
+@pytest.fixture(scope="module")
+def tflite_model(tmp_path_factory) -> Path:
+    import runner_models
+
+    content = runner_models.convert(runner_models.build_keras_model())
+    return runner_models.write_variant(tmp_path_factory.mktemp("model"), content)
+
+
+def test_serve_logs_no_token_and_answers_no_host_path(tflite_model, tmp_path):
+    import socket
+
+    from test_runner import call, runner_env, served
+
+    token = "Tok3n-in-the-header-0123456789"
+    db = tmp_path / "private-folder" / "serve.db"
+    env = runner_env(EDGEKIT_RUNNER_TOKEN=token)
+    with served(tflite_model, tmp_path, "--db", db, env=env) as (_, port):
+        assert call(port, "GET", "/stats?token=QuerySecret-1234567890", token=token)[0] == 200
+        assert call(port, "GET", "/nowhere?access_token=QuerySecret-1234567890")[0] == 404
+        status, body = call(port, "POST", "/feedback", json.dumps({"id": "feedbeef", "label": "red"}).encode(),
+                            token=token)
+        assert status == 404 and str(tmp_path) not in body["error"] and "feedbeef" in body["error"]
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.sendall(b"GET /x?token=QuerySecret-1234567890 HTTP/9.9\r\n\r\n")  # a malformed request line
+        raw.recv(4096)
+        raw.close()
+        log = tmp_path / "serve.log"
+        deadline = time.time() + 10
+        while log.read_text().count('"GET /') < 2 and time.time() < deadline:
+            time.sleep(0.05)
+    text = log.read_text()
+    assert '"GET /stats" 200' in text and '"GET /nowhere" 404' in text  # still an access log
+    assert "QuerySecret" not in text and token not in text
+
+
+def test_a_second_database_in_the_folder_keeps_the_first_ones_samples(runner, tmp_path):
+    first = runner.PredictionLog(str(tmp_path / "a.db"))
+    kept = first.log_prediction("sha", "x", RESULT, b"a" * 10, "jpg")
+    first.close()
+    second = runner.PredictionLog(str(tmp_path / "b.db"))  # what `classify --db b.db` opens
+    assert second.start_writing()["orphan_samples_removed"] == 0
+    second.close()
+    [(image_path,)] = runner_rows(tmp_path / "a.db", "SELECT image_path FROM predictions WHERE id = ?", kept)
+    assert image_path == f"samples/a/{kept}.jpg" and (tmp_path / image_path).read_bytes() == b"a" * 10
+
+
+def test_samples_of_an_older_runner_in_the_shared_folder_are_read_and_never_cleaned(runner, tmp_path):
+    import sqlite3
+
+    old = runner.PredictionLog(str(tmp_path / "a.db"))
+    row = old.log_prediction("sha", "x", RESULT, None)
+    old.close()
+    (tmp_path / "samples").mkdir(exist_ok=True)
+    (tmp_path / "samples" / "legacy.jpg").write_bytes(b"old layout")
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("UPDATE predictions SET image_path = 'samples/legacy.jpg', image_bytes = 10 WHERE id = ?", (row,))
+    for name in ("b.db", "a.db"):
+        log = runner.PredictionLog(str(tmp_path / name))
+        assert log.start_writing()["orphan_samples_removed"] == 0
+        log.close()
+    assert (tmp_path / "samples" / "legacy.jpg").read_bytes() == b"old layout"
+    assert runner_rows(tmp_path / "a.db", "SELECT image_path FROM predictions") == [("samples/legacy.jpg",)]
+
+
+def runner_rows(db: Path, sql: str, *params) -> list:
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        return connection.execute(sql, params).fetchall()
