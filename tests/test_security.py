@@ -119,8 +119,20 @@ def test_data_check_run_features_refuse_a_run_naming_an_h5(evil_models, tmp_path
     assert not marker.exists()
 
 
+def test_compress_of_a_copied_run_with_code_in_its_model_keras_is_one_line(evil_models, tmp_path):
+    _, marker, _, keras_file = evil_models
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(keras_file.read_bytes())
+    contract = manifests.ModelContract(file="model.keras", input_size=(4, 4, 3), labels=("a", "b"))
+    manifests.write(run, manifests.RunManifest(name="copied", model=contract), ["model.keras"])
+    line = _one_line(cli.invoke(app, ["compress", str(run), "--recipe", "float32"]))
+    assert "model.keras" in line and "--trust-model" in line
+    assert not marker.exists()
+
+
 def test_trust_model_option_is_on_every_command_that_loads_a_users_keras_model():
-    for command in (["eval", "--help"], ["data", "check", "--help"]):
+    for command in (["eval", "--help"], ["data", "check", "--help"], ["compress", "--help"]):
         assert "--trust-model" in cli.invoke(app, command).output
 
 

@@ -72,12 +72,13 @@ class CompressContext:
         return self.run.model.image_size
 
 
-def load_context(run_dir: Path) -> CompressContext:
-    """Verify the run, then load its model, dataset, validation pixels and the float model's outputs."""
+def load_context(run_dir: Path, trust_model: bool = False) -> CompressContext:
+    """Verify the run, then load its model (in Keras' safe mode unless `trust_model`), dataset, validation
+    pixels and the float model's outputs."""
     run_dir = Path(run_dir)
     run = manifests.read(run_dir, manifests.RunManifest)
     manifests.verify_files(run_dir, run, names=[run.MAIN_FILE])
-    model = load_keras_model(run_dir / run.MAIN_FILE)
+    model = load_keras_model(run_dir / run.MAIN_FILE, trust=trust_model)
     splits = load_dataset(spec_from_description(run.dataset, run.model.image_size))
     # Accuracy streams over the whole split; only the drift reference is held in memory (256 images).
     first = splits.validation.subset(np.arange(min(DRIFT_IMAGES, len(splits.validation))))
@@ -176,7 +177,7 @@ def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force
 
 
 def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = None,
-                 force: bool = False) -> list[Variant]:
+                 force: bool = False, trust_model: bool = False) -> list[Variant]:
     """Apply several recipes to one run, loading the run, its data and the float reference only once.
 
     Recipes whose identical variant already exists are reported unchanged without loading anything.
@@ -198,7 +199,7 @@ def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = 
                      done[recipe.name].manifest.recipe_hash)
             variants.append(done[recipe.name])
             continue
-        context = context or load_context(run_dir)
+        context = context or load_context(run_dir, trust_model=trust_model)
         log.info("compressing %s with recipe %s", run_dir.name, recipe.name)
         variants.append(compress(run_dir, recipe, threads=threads, force=force, context=context))
     return variants
