@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,9 @@ def evil_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("evil")
     marker = root / "PWNED"
     model = _lambda_model(marker)
-    model.save(root / "evil.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": that is the point
+        model.save(root / "evil.h5")
     model.save(root / "evil.keras")
     marker.unlink()
     return root, marker, root / "evil.h5", root / "evil.keras"
@@ -156,6 +159,7 @@ KILLED_SWAP = """
 import os, sys
 import json
 import time
+import warnings
 from pathlib import Path
 from edgekit import artifacts
 renames = []
