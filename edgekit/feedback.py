@@ -53,6 +53,7 @@ def _connect_readonly(db_path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
         conn.execute("SELECT count(*) FROM predictions").fetchone()
+        conn.execute("SELECT count(*) FROM feedback").fetchone()
         return conn
     except sqlite3.DatabaseError as exc:
         raise EdgekitError(f"{db_path}: not a runner database ({exc}); pass the edgekit_runner.db from a device") \
@@ -147,12 +148,17 @@ def corrections(db_path: Path) -> list[dict]:
            ORDER BY f.id"""
     ).fetchall()
     conn.close()
-    out = []
-    for row in rows:
-        top_k = json.loads(row["top_k"]) if row["top_k"] else []
-        out.append({"id": row["id"], "model_sha256": row["model_sha256"], "label": row["label"],
-                    "predicted": top_k[0]["label"] if top_k else None, "image_path": row["image_path"]})
-    return out
+    return [{"id": row["id"], "model_sha256": row["model_sha256"], "label": row["label"],
+             "predicted": _top_label(row["top_k"]), "image_path": row["image_path"]} for row in rows]
+
+
+def _top_label(top_k: object) -> str | None:
+    """What the model said, from a row's top_k JSON; None when the device wrote something else."""
+    try:
+        first = json.loads(top_k)[0] if isinstance(top_k, str) and top_k else None
+        return str(first["label"]) if isinstance(first, dict) and "label" in first else None
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
 
 
 def sample_file(import_dir: Path, image_path: str | None) -> Path | None:
@@ -321,7 +327,7 @@ def pull(profile, name: str | None = None, accept_new_host_key: bool = False,
     base = name or f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="edgekit-pull-") as scratch_name:
         scratch = Path(scratch_name)
-        archive = target.fetch("feedback-pull.tar", scratch / "pull.tar")
+        archive = target.fetch("feedback-pull.tar", scratch / "pull.tar", max_bytes=max_bytes)
         extract_archive(archive, scratch / "logs", profile.name, max_bytes)
         imported = [import_db(scratch / "logs" / tag / "edgekit_runner.db", name=f"{base}-{tag}",
                               samples_dir=scratch / "logs" / tag / "samples",

@@ -502,3 +502,54 @@ def runner_rows(db: Path, sql: str, *params) -> list:
 
     with contextlib.closing(sqlite3.connect(db)) as connection:
         return connection.execute(sql, params).fetchall()
+
+
+def test_export_of_rows_with_garbage_top_k_is_not_a_traceback(runner, tmp_path):
+    import sqlite3
+
+    device = tmp_path / "device"
+    db = _crafted_db(device, runner, [("a", "dog", _sample(device, "a.png")), ("b", "dog", _sample(device, "b.png"))])
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE predictions SET top_k = 'not json' WHERE id = 'a'")
+        conn.execute("UPDATE predictions SET top_k = '[42]' WHERE id = 'b'")
+    assert cli.invoke(app, ["feedback", "import", str(db), "--name", "g"]).exit_code == 0
+    result = cli.invoke(app, ["feedback", "export", "--out", str(tmp_path / "fb"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["written"] == 2
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    import sshd_fixture
+
+    yield from sshd_fixture.serve(tmp_path_factory)
+
+
+def test_pull_over_ssh_of_an_endless_archive_stops_at_the_cap(sshd, tmp_path, edgekit_home):
+    """The device answers the fetch with /dev/zero: the host takes at most the cap, then refuses."""
+    import yaml
+
+    work = tmp_path / "device"
+    work.mkdir()
+    (work / "feedback-pull.tar").symlink_to("/dev/zero")
+    python = tmp_path / "fake-python"
+    python.write_text("#!/bin/sh\necho '[\"m1\"]'\n")
+    python.chmod(0o755)
+    profile = tmp_path / "loopback.yaml"
+    profile.write_text(yaml.safe_dump(sshd.profile(work, python=str(python))))
+    started = time.time()
+    line = _one_line(cli.invoke(app, ["feedback", "pull", "--device", str(profile), "--max-size-mb", "1"]))
+    assert "over the 1 MB limit" in line and "nothing fetched" in line
+    assert time.time() - started < 60
+    assert not (edgekit_home / "feedback").exists() or not any((edgekit_home / "feedback").iterdir())
+
+
+def test_local_fetch_refuses_a_device_node_or_an_oversized_file(fake_device):
+    work, good = fake_device
+    (work / "feedback-pull.tar").symlink_to("/dev/zero")
+    line = _one_line(cli.invoke(app, ["feedback", "pull", "--device", "evil"]))
+    assert "nothing to fetch" in line
+    (work / "feedback-pull.tar").unlink()
+    (work / "feedback-pull.tar").write_bytes(b"\0" * (2 * 2**20))
+    line = _one_line(cli.invoke(app, ["feedback", "pull", "--device", "evil", "--max-size-mb", "1"]))
+    assert "over the 1 MB limit" in line
