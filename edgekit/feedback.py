@@ -25,7 +25,7 @@ from edgekit.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, TooLarge
 from edgekit.report import markdown_table
 from edgekit.untrusted import (
     DEFAULT_PULL_LIMIT,
@@ -327,7 +327,10 @@ def pull(profile, name: str | None = None, accept_new_host_key: bool = False,
     base = name or f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="edgekit-pull-") as scratch_name:
         scratch = Path(scratch_name)
-        archive = target.fetch("feedback-pull.tar", scratch / "pull.tar", max_bytes=max_bytes)
+        try:
+            archive = target.fetch("feedback-pull.tar", scratch / "pull.tar", max_bytes=max_bytes)
+        except TooLarge as exc:
+            raise EdgekitError(f"{exc}; pass a larger --max-size-mb or trim the device's samples") from None
         extract_archive(archive, scratch / "logs", profile.name, max_bytes)
         imported = [import_db(scratch / "logs" / tag / "edgekit_runner.db", name=f"{base}-{tag}",
                               samples_dir=scratch / "logs" / tag / "samples",

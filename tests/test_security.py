@@ -7,6 +7,7 @@ Each test crafts the hostile input and asserts the one-line refusal and the abse
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 import warnings
@@ -157,6 +158,7 @@ def _fake_variant(directory: Path, name: str, accuracy: float) -> None:
 
 KILLED_SWAP = """
 import os, sys
+import gzip
 import json
 import time
 import warnings
@@ -392,7 +394,13 @@ def test_pull_refuses_an_archive_over_the_size_cap(fake_device, edgekit_home):
     work, good = fake_device
     _tar(work / "feedback-pull.tar", [*good, ("file", "m1/samples/big.png", b"\0" * (2 * 2**20))])
     line = _one_line(cli.invoke(app, ["feedback", "pull", "--device", "evil", "--max-size-mb", "1"]))
-    assert "over the 1 MB limit" in line and "--max-size-mb" in line
+    assert "over the 1 MB limit" in line and "--max-size-mb" in line and "nothing fetched" in line
+    bomb = work / "feedback-pull.tar"  # small on the wire, 2 MB unpacked: tarfile reads gzip transparently
+    raw = _tar(work / "plain.tar", [*good, ("file", "m1/samples/big.png", b"\0" * (2 * 2**20))]).read_bytes()
+    bomb.write_bytes(gzip.compress(raw))
+    assert bomb.stat().st_size < 2**20
+    line = _one_line(cli.invoke(app, ["feedback", "pull", "--device", "evil", "--max-size-mb", "1"]))
+    assert "unpack to 2 MB, over the 1 MB limit" in line and "--max-size-mb" in line
     assert not (edgekit_home / "feedback").exists() or not any((edgekit_home / "feedback").iterdir())
 
 

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, TooLarge
 
 SSH_EXIT_ERROR = 255  # OpenSSH's own failures (or a remote command that exited 255 itself)
 REMOTE_TIMEOUT_EXIT = 124  # coreutils `timeout` when the device-side deadline fired
@@ -195,8 +195,8 @@ class SshClient:
                 self.run(f"{reader} -- {remote_quote(remote_path)}", timeout=timeout,
                          what=f"copy {remote_path} from the device", stdout=sink)
             if max_bytes is not None and part.stat().st_size > max_bytes:
-                raise EdgekitError(f"{self.host}: {remote_path} is over the {max_bytes / 2**20:.0f} MB limit; "
-                                   "nothing fetched")
+                raise TooLarge(f"{self.host}: {remote_path} is over the {max_bytes / 2**20:.0f} MB limit; "
+                               "nothing fetched")
             os.replace(part, local_path)
         finally:
             part.unlink(missing_ok=True)

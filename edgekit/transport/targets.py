@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgekit.artifacts import sha256_file
 from edgekit.devices import RUNNER_NAME, DeviceProfile
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, TooLarge
 from edgekit.transport.ssh import SshClient, describe_exit, last_line, remote_quote, run_process
 
 # What `pip install` calls the modules the runner may fail to import.
@@ -153,7 +153,7 @@ class LocalTarget(Target):
         if not source.is_file():
             raise EdgekitError(f"{self.name}: {source} does not exist; nothing to fetch")
         if max_bytes is not None and source.stat().st_size > max_bytes:
-            raise EdgekitError(f"{self.name}: {source} is over the {max_bytes / 2**20:.0f} MB limit; nothing fetched")
+            raise TooLarge(f"{self.name}: {source} is over the {max_bytes / 2**20:.0f} MB limit; nothing fetched")
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
         if not local_path.exists() or not os.path.samefile(source, local_path):
