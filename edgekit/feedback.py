@@ -109,9 +109,10 @@ def _copy_samples(db_path: Path, samples_dir: Path, dest: Path) -> tuple[int, in
                                             "WHERE image_path IS NOT NULL")]
     conn.close()
     copied = refused = 0
+    linked = samples_dir.is_symlink()  # a samples "folder" that is a link to elsewhere: nothing inside counts
     for image_path in paths:
         parts = relative_parts(image_path)
-        if parts is None or len(parts) < 2 or parts[0] != "samples":
+        if linked or parts is None or len(parts) < 2 or parts[0] != "samples":
             refused += 1
             continue
         if not _present(samples_dir, parts[1:]):

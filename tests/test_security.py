@@ -561,3 +561,17 @@ def test_local_fetch_refuses_a_device_node_or_an_oversized_file(fake_device):
     (work / "feedback-pull.tar").write_bytes(b"\0" * (2 * 2**20))
     line = _one_line(cli.invoke(app, ["feedback", "pull", "--device", "evil", "--max-size-mb", "1"]))
     assert "over the 1 MB limit" in line
+
+
+def test_import_refuses_a_samples_folder_that_links_elsewhere(runner, tmp_path, edgekit_home):
+    private = tmp_path / "home-ssh"
+    private.mkdir()
+    (private / "id_rsa").write_text("PRIVATE KEY")
+    device = tmp_path / "device"
+    db = _crafted_db(device, runner, [("a", "dog", "samples/id_rsa")])
+    (device / "samples").symlink_to(private)
+    result = cli.invoke(app, ["feedback", "import", str(db), "--name", "linked"])
+    assert result.exit_code == 0, result.output
+    assert "1 sample path(s) refused" in result.stderr
+    imported = edgekit_home / "feedback" / "linked"
+    assert all("PRIVATE KEY" not in p.read_text(errors="replace") for p in imported.rglob("*") if p.is_file())
