@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,10 +145,60 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def visible_glob(root: Path, pattern: str) -> list[Path]:
+    """`root.glob(pattern)` without anything under a dot-folder: scratch (`.x.tmp-*`) and swapped-out
+    (`.x.old-*`) folders hold manifests too, but they are not runs, variants or imports."""
+    root = Path(root)
+    return sorted(p for p in root.glob(pattern) if not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _old_name(final_dir: Path) -> Path:
+    return final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}-{int(time.time() * 1000)}")
+
+
+def replace_dir(scratch: Path, final_dir: Path) -> None:
+    """Swap a finished scratch folder into place (two renames); the old folder is removed only after.
+
+    A kill between the renames leaves `.NAME.old-PID-MS` and no NAME: `recover_swaps` (run by the next
+    command that reads or writes that folder) puts the old folder back.
+    """
+    old = None
+    if final_dir.exists():
+        old = _old_name(final_dir)
+        final_dir.rename(old)
+    scratch.rename(final_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_swaps(parent: Path) -> list[Path]:
+    """Finish or undo the swaps under `parent` whose process is gone: a `.NAME.old-*` folder is restored as
+    NAME when NAME is missing (killed between the renames), else deleted (killed before the cleanup)."""
+    recovered = []
+    parent = Path(parent)
+    if not parent.is_dir():
+        return recovered
+    for old in sorted(parent.glob(".*.old-*")):
+        name, _, tag = old.name[1:].rpartition(".old-")
+        pid = tag.split("-")[0] if "-" in tag else ""  # older swaps named no process: treat as finished
+        if not name or not old.is_dir() or (pid.isdigit() and process_alive(int(pid))):
+            continue
+        final_dir = parent / name
+        try:
+            if final_dir.exists():
+                shutil.rmtree(old)
+            else:
+                old.rename(final_dir)
+        except OSError:
+            continue  # a read-only folder: listing skips dot-folders anyway
+        recovered.append(final_dir)
+    return recovered
+
+
 def latest_run(runs_dir: Path | None = None) -> Path:
     """The most recently created run under the runs directory: the default input of later stages."""
     runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
-    candidates = [p.parent for p in runs_dir.glob(f"*/{MANIFEST}")]
+    candidates = [p.parent for p in visible_glob(runs_dir, f"*/{MANIFEST}")]
     if not candidates:
         raise EdgekitError(f"no runs under {runs_dir}: run `edgekit train` first or pass a run directory")
     return max(candidates, key=lambda p: (p / MANIFEST).stat().st_mtime)

@@ -7,3 +7,7 @@ and keeps its traceback.
 
 class EdgekitError(Exception):
     """A user-facing failure; `str(error)` is the whole one-line message."""
+
+
+class TooLarge(EdgekitError):
+    """A file from elsewhere is over the size its caller allows; the caller adds how to allow more."""

@@ -58,15 +58,15 @@ class TFLitePredictor:
         return np.stack(outputs) if outputs else np.zeros((0, model.num_outputs), np.float32)
 
 
-def open_predictor(path: Path, num_threads: int | None = None):
-    """A predictor for a .keras/.h5 file or a .tflite file, chosen by suffix."""
+def open_predictor(path: Path, num_threads: int | None = None, trust_model: bool = False):
+    """A predictor for a .keras/.h5 file or a .tflite file, chosen by suffix (.h5 needs `trust_model`)."""
     path = Path(path)
     if path.suffix == ".tflite":
         return TFLitePredictor(path, num_threads=num_threads)
     if path.suffix in (".keras", ".h5"):
         from edgekit.model import load_keras_model
 
-        return KerasPredictor(load_keras_model(path))
+        return KerasPredictor(load_keras_model(path, trust=trust_model))
     raise EdgekitError(f"{path}: unknown model type; pass a .keras, .h5 or .tflite file or a run directory")
 
 
@@ -168,6 +168,19 @@ def summary_line(metrics: dict) -> str:
             f"precision {metrics['macro_precision']:.4f}  recall {metrics['macro_recall']:.4f}  (n={metrics['n']})")
 
 
+def manifest_model_file(directory: Path, manifest) -> Path:
+    """The model file a run or variant manifest names, refused unless it is the kind of file that stage
+    writes (`model.keras` for a run, a `.tflite` for a variant): a copied run whose manifest was edited to
+    name a `model.h5` must not lead edgekit into loading a legacy model, which can run code."""
+    name = manifest.model.file
+    expected = Path(manifest.MAIN_FILE).suffix
+    if Path(name).name != name or Path(name).suffix != expected:
+        raise EdgekitError(f"{Path(directory) / MANIFEST}: model.file {name!r} is not a {expected} file in this "
+                           f"folder, but a {manifest.KIND} writes {manifest.MAIN_FILE}; refusing to follow it "
+                           "(pass the model file itself to load it explicitly)")
+    return Path(directory) / name
+
+
 def resolve_model(path: Path) -> tuple[Path, manifests.RunManifest | manifests.VariantManifest | None]:
     """A model file and its manifest (checked against the file's sha256), from a file or directory."""
     path = Path(path)
@@ -175,7 +188,7 @@ def resolve_model(path: Path) -> tuple[Path, manifests.RunManifest | manifests.V
         manifest = manifests.read(path)
         if not isinstance(manifest, (manifests.RunManifest, manifests.VariantManifest)):
             raise EdgekitError(f"{path}: is a {manifest.KIND} artifact; pass a run or variant directory or a model")
-        model_file = path / manifest.model.file
+        model_file = manifest_model_file(path, manifest)
         manifests.verify_files(path, manifest, [model_file.name])
         return model_file, manifest
     if not path.exists():
@@ -227,7 +240,8 @@ def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = 
 
 
 def evaluate_model(path: Path, data: str | None = None, out_dir: Path | None = None,
-                   num_threads: int | None = None, strict: bool = False, write: bool = True) -> EvalResult:
+                   num_threads: int | None = None, strict: bool = False, write: bool = True,
+                   trust_model: bool = False) -> EvalResult:
     """`edgekit eval`: metrics of a .keras or .tflite model on its validation split or a folder."""
     from edgekit.artifacts import check_writable
 
@@ -235,7 +249,7 @@ def evaluate_model(path: Path, data: str | None = None, out_dir: Path | None = N
     if write:
         out_dir = Path(out_dir) if out_dir else model_file.parent / f"eval-{model_file.stem}"
         check_writable(out_dir)
-    predictor = open_predictor(model_file, num_threads=num_threads)
+    predictor = open_predictor(model_file, num_threads=num_threads, trust_model=trust_model)
     model_labels = getattr(predictor, "labels", None)  # a bare .tflite's own labels
     pixels, targets, labels, record = evaluation_data(manifest, data, predictor.input_size[0], strict, model_labels)
     metrics = evaluate_predictor(predictor, pixels, targets, labels)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import shutil
 import sqlite3
 import tempfile
@@ -17,9 +18,28 @@ from collections import Counter
 from pathlib import Path
 
 from edgekit import manifests
-from edgekit.artifacts import check_writable, edgekit_home, sha256_file, write_json_atomic, write_text_atomic
-from edgekit.errors import EdgekitError
+from edgekit.artifacts import (
+    check_writable,
+    edgekit_home,
+    sha256_file,
+    visible_glob,
+    write_json_atomic,
+    write_text_atomic,
+)
+from edgekit.errors import EdgekitError, TooLarge
 from edgekit.report import markdown_table
+from edgekit.untrusted import (
+    DEFAULT_PULL_LIMIT,
+    check_runner_schema,
+    extract_archive,
+    regular_file_inside,
+    relative_parts,
+    safe_id,
+    safe_name,
+    safe_suffix,
+)
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_DB = "device.db"
 
@@ -34,18 +54,28 @@ def _connect_readonly(db_path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
         conn.execute("SELECT count(*) FROM predictions").fetchone()
+        conn.execute("SELECT count(*) FROM feedback").fetchone()
         return conn
     except sqlite3.DatabaseError as exc:
         raise EdgekitError(f"{db_path}: not a runner database ({exc}); pass the edgekit_runner.db from a device") \
             from None
 
 
-def import_db(db_path: Path, name: str | None = None, samples_dir: Path | None = None) -> Path:
-    """Snapshot a runner database and its samples under $EDGEKIT_HOME/feedback/<name>/."""
+def import_db(db_path: Path, name: str | None = None, samples_dir: Path | None = None,
+              source: str | None = None) -> Path:
+    """Snapshot a runner database and the samples its rows name under $EDGEKIT_HOME/feedback/<name>/.
+
+    `source` is what the manifest records as where the log came from (a pull names the device's path,
+    not the temporary folder it passed through). Only samples that resolve to regular files inside the
+    samples folder are copied; the others are counted as refused.
+    """
     db_path = Path(db_path)
-    source = _connect_readonly(db_path)
+    source_conn = _connect_readonly(db_path)
+    check_runner_schema(source_conn, db_path)
     check_writable(feedback_home())
     name = name or f"{db_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not safe_name(name):
+        raise EdgekitError(f"--name {name!r}: not a usable folder name; use letters, digits, - and _")
     target = feedback_home() / name
     if target.exists():
         raise EdgekitError(f"{target}: an import with this name exists; pass another --name")
@@ -53,15 +83,19 @@ def import_db(db_path: Path, name: str | None = None, samples_dir: Path | None =
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        with sqlite3.connect(scratch / SNAPSHOT_DB) as copy:
-            source.backup(copy)
-        source.close()
+        copy = sqlite3.connect(scratch / SNAPSHOT_DB)
+        source_conn.backup(copy)
+        copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file: no -wal/-shm beside it
+        copy.close()
+        source_conn.close()
         samples_dir = Path(samples_dir) if samples_dir else db_path.parent / "samples"
-        if samples_dir.is_dir():
-            shutil.copytree(samples_dir, scratch / "samples")
-        counts = summarize(scratch / SNAPSHOT_DB)
-        manifests.write(scratch, manifests.FeedbackImportManifest(source=str(db_path.resolve()), counts=counts),
-                        [SNAPSHOT_DB])
+        copied, refused = _copy_samples(scratch / SNAPSHOT_DB, samples_dir, scratch)
+        if refused:
+            log.warning("%s: %d sample path(s) refused (outside %s, links to elsewhere, or not regular files)",
+                        db_path, refused, samples_dir)
+        counts = {**summarize(scratch / SNAPSHOT_DB), "samples": copied, "samples_refused": refused}
+        manifests.write(scratch, manifests.FeedbackImportManifest(source=source or str(db_path.resolve()),
+                                                                  counts=counts), [SNAPSHOT_DB])
         scratch.rename(target)
     except (sqlite3.OperationalError, OSError) as exc:
         raise _import_error(db_path, scratch.parent, exc) from None
@@ -82,6 +116,33 @@ def _import_error(db_path: Path, folder: Path, exc: Exception) -> EdgekitError:
     full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in reason.lower() or "space" in reason.lower()
     fix = "free some space there" if full else "make it writable or set EDGEKIT_HOME to a writable folder"
     return EdgekitError(f"{folder}: cannot import the device log into it ({reason}); {fix}; nothing was kept")
+
+
+def _copy_samples(db_path: Path, samples_dir: Path, dest: Path) -> tuple[int, int]:
+    """Copy each sample the log names (`samples/...`, relative to the database) that is a regular file
+    inside `samples_dir`; returns (copied, refused). Another database's samples in a shared folder stay."""
+    conn = _connect_readonly(db_path)
+    paths = [row[0] for row in conn.execute("SELECT DISTINCT image_path FROM predictions "
+                                            "WHERE image_path IS NOT NULL")]
+    conn.close()
+    copied = refused = 0
+    linked = samples_dir.is_symlink()  # a samples "folder" that is a link to elsewhere: nothing inside counts
+    for image_path in paths:
+        parts = relative_parts(image_path)
+        if linked or parts is None or len(parts) < 2 or parts[0] != "samples":
+            refused += 1
+            continue
+        if not _present(samples_dir, parts[1:]):
+            continue  # evicted on the device: export counts it as a correction without image
+        found = regular_file_inside(samples_dir, parts[1:])
+        if found is None:
+            refused += 1
+            continue
+        target = dest.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found, target)
+        copied += 1
+    return copied, refused
 
 
 def summarize(db_path: Path) -> dict:
@@ -105,52 +166,109 @@ def corrections(db_path: Path) -> list[dict]:
            ORDER BY f.id"""
     ).fetchall()
     conn.close()
-    out = []
-    for row in rows:
-        top_k = json.loads(row["top_k"]) if row["top_k"] else []
-        out.append({"id": row["id"], "model_sha256": row["model_sha256"], "label": row["label"],
-                    "predicted": top_k[0]["label"] if top_k else None, "image_path": row["image_path"]})
-    return out
+    return [{"id": row["id"], "model_sha256": row["model_sha256"], "label": row["label"],
+             "predicted": _top_label(row["top_k"]), "image_path": row["image_path"]} for row in rows]
+
+
+def _top_label(top_k: object) -> str | None:
+    """What the model said, from a row's top_k JSON; None when the device wrote something else."""
+    try:
+        first = json.loads(top_k)[0] if isinstance(top_k, str) and top_k else None
+        return str(first["label"]) if isinstance(first, dict) and "label" in first else None
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
 
 
 def sample_file(import_dir: Path, image_path: str | None) -> Path | None:
-    """Find a logged sample inside the import (device paths are relative to the database's folder)."""
-    if not image_path:
+    """A logged sample inside the import (device paths are relative to the database's folder), or None:
+    a path that is absolute, climbs out with `..` or resolves (through links) outside is never followed."""
+    parts = relative_parts(image_path)
+    if parts is None:
         return None
-    candidates = [import_dir / image_path, import_dir / "samples" / Path(image_path).name]
-    return next((c for c in candidates if c.is_file()), None)
+    return regular_file_inside(import_dir, parts) or regular_file_inside(import_dir, ("samples", parts[-1]))
+
+
+def _refusal(row: dict, import_dir: Path, model_labels: dict) -> str | None:
+    """Why a correction cannot go into the dataset as it is, or None."""
+    if not safe_id(row["id"]):
+        return "unsafe_id"
+    if not safe_name(row["label"]):
+        return "unsafe_label"
+    labels = model_labels.get(row["model_sha256"])
+    if labels is not None and row["label"] not in labels:
+        return "unknown_label"
+    if row["image_path"]:
+        parts = relative_parts(row["image_path"])
+        if parts is None or (_present(import_dir, parts) and regular_file_inside(import_dir, parts) is None):
+            return "unsafe_image_path"
+    return None
+
+
+def _present(root: Path, parts: tuple[str, ...]) -> bool:
+    candidate = Path(root).joinpath(*parts)
+    return candidate.exists() or candidate.is_symlink()
+
+
+def model_labels(db_path: Path) -> dict:
+    """Each logged model's labels (the runner registers them), for checking a correction's label."""
+    conn = _connect_readonly(db_path)
+    try:
+        rows = conn.execute("SELECT sha256, labels FROM models").fetchall()
+    except sqlite3.DatabaseError:
+        rows = []
+    conn.close()
+    known = {}
+    for sha, labels in rows:
+        try:
+            parsed = json.loads(labels) if labels else None
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list):
+            known[sha] = set(map(str, parsed))
+    return known
 
 
 def export(out_dir: Path, imports: list[Path] | None = None) -> dict:
     """Write corrected samples as <out_dir>/<label>/<prediction id>.<ext> plus a report and manifest."""
-    imports = [Path(p) for p in imports] if imports else sorted(
-        p for p in feedback_home().glob("*") if (p / SNAPSHOT_DB).is_file())
+    imports = [Path(p) for p in imports] if imports else [
+        p.parent for p in visible_glob(feedback_home(), f"*/{SNAPSHOT_DB}")]
     if not imports:
         raise EdgekitError(f"no imported device logs under {feedback_home()}; run `edgekit feedback import DB` "
                            "or `edgekit feedback pull --device NAME` first")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise EdgekitError(f"{out_dir}: exists and is not empty; pass a new --out folder")
-    written, missing, confusions, per_class = 0, 0, Counter(), Counter()
+    written, missing, confusions, per_class, refused = 0, 0, Counter(), Counter(), Counter()
     for import_dir in imports:
+        known = model_labels(import_dir / SNAPSHOT_DB)
         for row in corrections(import_dir / SNAPSHOT_DB):
+            reason = _refusal(row, import_dir, known)
+            if reason:
+                refused[reason] += 1
+                continue
             if row["predicted"] is not None and row["predicted"] != row["label"]:
                 confusions[(row["predicted"], row["label"])] += 1
             image = sample_file(import_dir, row["image_path"])
             if image is None:
                 missing += 1
                 continue
-            target = out_dir / row["label"] / f"{row['id']}{image.suffix or '.img'}"
+            target = out_dir / row["label"] / f"{row['id']}{safe_suffix(image.suffix)}"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(image, target)
             per_class[row["label"]] += 1
             written += 1
+    if refused:
+        log.warning("refused %d correction(s) from the device logs (%s): labels and ids must be plain names "
+                    "(and one of the model's labels), sample paths must stay inside the import",
+                    sum(refused.values()), ", ".join(f"{k} {v}" for k, v in sorted(refused.items())))
     if not written:
-        raise EdgekitError(f"no correction has a saved image ({missing} without); run the device runner with "
-                           "--save-all or a higher --save-below so corrected inputs are kept")
+        raise EdgekitError(f"no correction has a saved image ({missing} without, {sum(refused.values())} refused); "
+                           "run the device runner with --save-all or a higher --save-below so corrected inputs "
+                           "are kept")
     report = {
         "written": written,
         "corrections_without_image": missing,
+        "refused": dict(sorted(refused.items())),
         "per_class": dict(sorted(per_class.items())),
         "confusions": [{"predicted": p, "correct": c, "count": n} for (p, c), n in confusions.most_common()],
         "sources": [str(p.resolve()) for p in imports],
@@ -168,8 +286,11 @@ def report_markdown(report: dict) -> str:
     per_class = markdown_table(["class", "corrected samples"], [[k, v] for k, v in report["per_class"].items()])
     confusions = markdown_table(["model said", "person said", "count"],
                                 [[c["predicted"], c["correct"], c["count"]] for c in report["confusions"]])
+    refused = report.get("refused") or {}
+    refused_line = (f"{sum(refused.values())} corrections were refused: "
+                    f"{', '.join(f'{k} {v}' for k, v in refused.items())}.\n\n") if refused else ""
     return (f"# Feedback dataset\n\n{report['written']} corrected samples "
-            f"({report['corrections_without_image']} corrections had no saved image).\n\n"
+            f"({report['corrections_without_image']} corrections had no saved image).\n\n{refused_line}"
             f"## Corrections per class\n\n{per_class}\n\n## What the model confuses on the device\n\n{confusions}\n")
 
 
@@ -194,10 +315,14 @@ print(json.dumps(found))
 """
 
 
-def pull(profile, name: str | None = None, accept_new_host_key: bool = False) -> list[Path]:
-    """Fetch every runner log (one per deployed model) from a device and import each; returns the imports."""
+def pull(profile, name: str | None = None, accept_new_host_key: bool = False,
+         max_bytes: int = DEFAULT_PULL_LIMIT) -> list[Path]:
+    """Fetch every runner log (one per deployed model) from a device and import each; returns the imports.
+
+    The archive is the device's word: it is refused whole (nothing imported) when it holds anything but
+    plain files and folders, or exceeds `max_bytes`.
+    """
     import json as _json
-    import tarfile
 
     from edgekit.transport.targets import make_target
 
@@ -207,21 +332,26 @@ def pull(profile, name: str | None = None, accept_new_host_key: bool = False) ->
     if code != 0:
         reason = (err.strip().splitlines() or ["no output"])[-1]
         raise EdgekitError(f"{profile.name}: could not read the runner logs ({reason})")
-    tags = _json.loads(out.decode().strip().splitlines()[-1])
+    try:
+        tags = _json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError, UnicodeDecodeError):
+        tags = None
+    if not isinstance(tags, list) or not all(safe_name(tag) for tag in tags):
+        raise EdgekitError(f"{profile.name}: the device did not name its runner logs as plain folder names; "
+                           "update edgekit on this machine and redeploy")
     if not tags:
         raise EdgekitError(f"{profile.name}: no runner logs under {target.workdir}/models/*/; deploy a model with "
                            "`edgekit deploy` and run the runner there first")
     base = name or f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="edgekit-pull-") as scratch_name:
         scratch = Path(scratch_name)
-        archive = target.fetch("feedback-pull.tar", scratch / "pull.tar")
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                if member.name.startswith(("/", "..")) or ".." in Path(member.name).parts or member.issym() \
-                        or member.islnk():
-                    raise EdgekitError(f"{profile.name}: refusing unsafe path {member.name!r} in the pulled logs")
-            tar.extractall(scratch / "logs")
+        try:
+            archive = target.fetch("feedback-pull.tar", scratch / "pull.tar", max_bytes=max_bytes)
+        except TooLarge as exc:
+            raise EdgekitError(f"{exc}; pass a larger --max-size-mb or trim the device's samples") from None
+        extract_archive(archive, scratch / "logs", profile.name, max_bytes)
         imported = [import_db(scratch / "logs" / tag / "edgekit_runner.db", name=f"{base}-{tag}",
-                              samples_dir=scratch / "logs" / tag / "samples") for tag in tags]
+                              samples_dir=scratch / "logs" / tag / "samples",
+                              source=f"{profile.name}:{target.workdir}/models/{tag}/edgekit_runner.db")
+                    for tag in tags]
     return imported
-

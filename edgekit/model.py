@@ -141,11 +141,30 @@ def set_body_trainable(model: keras.Model, trainable_from: int | None) -> None:
         layer.trainable = unfrozen and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def load_keras_model(path: Path) -> keras.Model:
+TRUST_HINT = "Keras models run code on load (Lambda layers)"
+
+
+def load_keras_model(path: Path, trust: bool = False) -> keras.Model:
+    """Load a Keras model without running code from it unless the user said they trust it.
+
+    A Keras model is a program: a `Lambda` layer's Python runs when the model is rebuilt. `.keras` files
+    load with Keras' safe mode (it refuses to deserialize Lambda code); legacy `.h5` files and
+    SavedModel folders have no safe mode, so they load only with `trust=True` (`--trust-model`), which
+    also turns safe mode off for a `.keras` file the user vouches for.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise EdgekitError(f"{path}: no such Keras model file")
+    legacy = path.is_dir() or path.suffix.lower() in (".h5", ".hdf5")
+    if legacy and not trust:
+        kind = "a SavedModel folder" if path.is_dir() else "a legacy .h5 model"
+        raise EdgekitError(f"{path}: refusing {kind}: {TRUST_HINT}; pass --trust-model if you trust its source, "
+                           "or re-save it as .keras")
     try:
-        return keras.models.load_model(path, compile=False)
-    except (OSError, ValueError) as exc:
-        raise EdgekitError(f"{path}: not a loadable Keras model ({str(exc).splitlines()[0][:160]})") from None
+        return keras.models.load_model(path, compile=False, safe_mode=not trust)
+    except (OSError, ValueError, TypeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise EdgekitError(f"{path}: refusing to run code from the model ({TRUST_HINT}); pass --trust-model "
+                               "if you trust its source") from None
+        raise EdgekitError(f"{path}: not a loadable Keras model ({first[:160]})") from None

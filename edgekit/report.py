@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit import manifests
+from edgekit.artifacts import recover_swaps, visible_glob
 from edgekit.errors import EdgekitError
 
 
@@ -168,7 +169,8 @@ def describe_tflite(path: Path, model) -> str:
 def variant_rows(run_dir: Path) -> list[dict]:
     """One row per compressed variant of a run, float32 first, from their manifests."""
     rows = []
-    for manifest_path in sorted(Path(run_dir).glob("compressed/*/manifest.json")):
+    recover_swaps(Path(run_dir) / "compressed")
+    for manifest_path in visible_glob(Path(run_dir), "compressed/*/manifest.json"):
         manifest = manifests.read(manifest_path.parent, manifests.VariantManifest)
         validation = manifest.metrics.validation
         rows.append({

@@ -358,7 +358,7 @@ def test_classify_json_shape_and_log(models, images, tmp_path):
     assert json.loads(rows[0][3]) == results[0]["top_k"]
     for item in results:  # top scores are about 0.98, under --save-below 0.99: both inputs are kept
         [(image_path,)] = db_rows(db, "SELECT image_path FROM predictions WHERE id = ?", item["id"])
-        assert image_path == f"samples/{item['id']}.png"
+        assert image_path == f"samples/{db.stem}/{item['id']}.png"  # each database owns its samples folder
         assert (tmp_path / image_path).read_bytes() == Path(item["path"]).read_bytes()
     assert db_rows(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(1,)]
     assert db_rows(db, "PRAGMA journal_mode") == [("wal",)]
@@ -428,14 +428,14 @@ def test_sample_budget_drops_oldest_first_and_counts_drops(runner, tmp_path):
     ids = [log.log_prediction("sha", f"img{i}", result, bytes([i]) * 400, "png") for i in range(3)]
     kept = dict(db_rows(tmp_path / "log.db", "SELECT id, image_path FROM predictions"))
     assert kept[ids[0]] is None and kept[ids[1]] and kept[ids[2]]  # the third evicted the first
-    assert not (tmp_path / "samples" / f"{ids[0]}.png").exists()
+    assert not (tmp_path / "samples" / "log" / f"{ids[0]}.png").exists()
     assert (tmp_path / kept[ids[2]]).read_bytes() == bytes([2]) * 400
     assert log.dropped_samples() == 1
     too_big = log.log_prediction("sha", "big", result, b"x" * 1001, "png")  # larger than the whole budget
     assert log.dropped_samples() == 2
     kept = dict(db_rows(tmp_path / "log.db", "SELECT id, image_path FROM predictions"))
     assert kept[too_big] is None and kept[ids[1]] and kept[ids[2]]
-    on_disk = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    on_disk = sorted(p.name for p in (tmp_path / "samples" / "log").iterdir())
     assert on_disk == sorted([f"{ids[1]}.png", f"{ids[2]}.png"])
     log.close()
 

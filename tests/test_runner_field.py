@@ -296,7 +296,7 @@ def test_retention_trims_oldest_rows_keeps_feedback_and_counts(runner, tmp_path)
     left = [row[0] for row in db_rows(db, "SELECT id FROM predictions ORDER BY rowid")]
     assert left == [ids[0]] + ids[-4:]  # the oldest go, except the one with feedback
     assert log.counters() == {"dropped_samples": 0, "trimmed_rows": 7}
-    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == sorted(f"{i}.png" for i in left)
+    assert sorted(p.name for p in (tmp_path / "samples" / "log").iterdir()) == sorted(f"{i}.png" for i in left)
     old = runner.PredictionLog(str(db), keep_days=1)
     with old.transaction() as connection:
         connection.execute("UPDATE predictions SET time = '2020-01-01T00:00:00.000+00:00' WHERE id = ?", (ids[-1],))
@@ -311,7 +311,7 @@ def test_start_removes_orphan_samples_and_forgets_missing_ones(runner, tmp_path)
     kept = log.log_prediction("sha", "a", RESULT, b"a" * 10, "jpg")
     lost = log.log_prediction("sha", "b", RESULT, b"b" * 10, "jpg")
     log.close()
-    samples = tmp_path / "samples"
+    samples = tmp_path / "samples" / "log"
     (samples / f"{lost}.jpg").unlink()  # as if a power cut lost the file but not the row
     (samples / "dead.jpg.tmp").write_bytes(b"half")  # a kill between write and rename
     (samples / "unreferenced.jpg").write_bytes(b"no row")  # a kill between rename and commit
@@ -338,12 +338,12 @@ def test_grouped_sync_fsyncs_wal_samples_and_folder_and_per_row_mode_fsyncs_the_
     synced.clear()
     sample_id = grouped.log_prediction("sha", "a", RESULT, b"a" * 10, "jpg")
     assert not any(sample_id in path for path in synced)  # not fsynced before the answer...
-    wait_for(lambda: str(tmp_path / "g" / "samples") in synced, timeout=10)  # ...but within the interval
+    wait_for(lambda: str(tmp_path / "g" / "samples" / "log") in synced, timeout=10)  # ...but within the interval
     assert str(tmp_path / "g" / "log.db-wal") in synced
     assert any(path.endswith(f"{sample_id}.jpg") for path in synced)
     grouped.close()
     synced.clear()
     per_row = runner.PredictionLog(str(tmp_path / "p" / "log.db"), sync_interval=0)
     per_row.log_prediction("sha", "b", RESULT, b"b" * 10, "jpg")
-    assert synced[-1] == str(tmp_path / "p" / "samples")  # the rename is made durable too
+    assert synced[-1] == str(tmp_path / "p" / "samples" / "log")  # the rename is made durable too
     per_row.close()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import manifests
-from edgekit.artifacts import sha256_file
+from edgekit.artifacts import recover_swaps, sha256_file, visible_glob
 from edgekit.bench import accuracy, inputs
 from edgekit.bench.paired import ratio_interval
 from edgekit.devices import DeviceProfile, runner_path
@@ -90,7 +90,8 @@ def collect_variants(paths: list[Path]) -> list[BenchModel]:
     variants: list[BenchModel] = []
     for path in map(Path, paths):
         if path.is_dir() and isinstance(manifests.read_optional(path), manifests.RunManifest):
-            found = sorted(path.glob("compressed/*/model.tflite"))
+            recover_swaps(path / "compressed")
+            found = visible_glob(path, "compressed/*/model.tflite")
             if not found:
                 raise EdgekitError(f"{path}: no compressed variants; run `edgekit compress {path} --int8` first")
             variants += [_variant(p) for p in found]

@@ -128,6 +128,9 @@ def emit(payload: dict, as_json: bool, human: str) -> None:
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 WideOption = Annotated[bool, typer.Option("--wide", help="Print every table column (the default fits 100 "
                                                         "columns; files always have them all).")]
+TrustModelOption = Annotated[bool, typer.Option(
+    "--trust-model", help="Load a legacy .h5 / SavedModel (or a .keras without safe mode): Keras models run code "
+    "on load, so only for files you trust.")]
 
 
 def _run_dir(run_dir: Path | None) -> Path:

@@ -10,6 +10,7 @@ import typer
 
 from edgekit.cli import (
     JsonOption,
+    TrustModelOption,
     _run_dir,
     app,
     emit,
@@ -43,6 +44,7 @@ def compress(
     threads: Annotated[int | None, typer.Option(help="Interpreter threads for the accuracy pass.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a variant of the same name made by a different "
                                                         "recipe (an identical recipe is never redone).")] = False,
+    trust_model: TrustModelOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Turn a trained run into .tflite variants, each measured on the validation split.
@@ -71,7 +73,7 @@ def compress(
     from edgekit.report import write_variant_report
 
     run = _run_dir(run_dir)
-    variants = compress_all(run, recipes, threads=threads, force=force)
+    variants = compress_all(run, recipes, threads=threads, force=force, trust_model=trust_model)
     results = [{"variant": v.manifest.name, "dir": str(v.directory), "status": v.status,
                 "recipe_hash": v.manifest.recipe_hash, "accuracy": v.manifest.metrics.validation.accuracy,
                 "size": v.manifest.tflite["size"]} for v in variants]

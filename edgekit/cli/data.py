@@ -9,6 +9,7 @@ import typer
 
 from edgekit.cli import (
     JsonOption,
+    TrustModelOption,
     app,
     emit,
     user_errors,
@@ -39,6 +40,7 @@ def data_check(
     near_distance: Annotated[int, typer.Option(help="Perceptual-hash bits (of 64) within which images are "
                                                      "near duplicates; 0 = exact copies only.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the k-fold split for label errors.")] = 42,
+    trust_model: TrustModelOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Report duplicates, leaks between splits, class balance, odd images and likely label errors.
@@ -54,7 +56,8 @@ def data_check(
 
     if not 0 <= near_distance <= 32:
         raise EdgekitError(f"--near-distance {near_distance}: choose 0..32 bits (4 finds re-saved and resized copies)")
-    report = check_folder(folder, run=run, options=CheckOptions(near_distance=near_distance, seed=seed))
+    report = check_folder(folder, run=run, options=CheckOptions(near_distance=near_distance, seed=seed),
+                          trust_model=trust_model)
     out_dir = out or default_out_dir(folder)
     write_check(report, out_dir)
     lines = summary_lines(report) + [f"report: {out_dir / 'report.md'}"]

@@ -50,6 +50,8 @@ def feedback_pull(
     device: DeviceOption,
     name: Annotated[str | None, typer.Option(help="Name of the import.")] = None,
     accept_new_host_key: AcceptKeyOption = False,
+    max_size_mb: Annotated[int, typer.Option(min=1, help="Refuse a pull larger than this (the archive and what "
+                                                         "it unpacks to).")] = 2048,
     as_json: JsonOption = False,
 ) -> None:
     """Fetch the runner database and samples from a device over SSH, then import them.
@@ -59,8 +61,8 @@ def feedback_pull(
     from edgekit.devices import load_profile
     from edgekit.feedback import pull
 
-    _report_imports(pull(load_profile(device), name=name, accept_new_host_key=accept_new_host_key), "pulled",
-                    as_json)
+    _report_imports(pull(load_profile(device), name=name, accept_new_host_key=accept_new_host_key,
+                         max_bytes=max_size_mb * 2**20), "pulled", as_json)
 
 
 def _report_imports(imports: list[Path], verb: str, as_json: bool) -> None:

@@ -10,6 +10,7 @@ import typer
 
 from edgekit.cli import (
     JsonOption,
+    TrustModelOption,
     app,
     emit,
     user_errors,
@@ -104,6 +105,7 @@ def eval_command(
     out: Annotated[Path | None, typer.Option(help="Where metrics.json and confusion.png go.")] = None,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads for .tflite models.")] = None,
     strict: Annotated[bool, typer.Option(help="Stop at the first unreadable image.")] = False,
+    trust_model: TrustModelOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Accuracy, macro precision / recall / F1, per-class figures and a confusion matrix.
@@ -113,7 +115,8 @@ def eval_command(
     """
     from edgekit.evaluate import evaluate_model, summary_line
 
-    result = evaluate_model(model, data=data, out_dir=out, num_threads=threads, strict=strict)
+    result = evaluate_model(model, data=data, out_dir=out, num_threads=threads, strict=strict,
+                            trust_model=trust_model)
     payload = {"model": str(model), "runtime": result.runtime, "out_dir": str(result.out_dir),
                "metrics": {k: v for k, v in result.metrics.items() if k != "predictions"}}
     emit(payload, as_json, f"{model}: {summary_line(result.metrics)}\nwritten to {result.out_dir}")

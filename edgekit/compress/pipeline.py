@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import manifests
-from edgekit.artifacts import check_writable, process_alive, write_bytes_atomic, write_text_atomic
+from edgekit.artifacts import (
+    check_writable,
+    process_alive,
+    recover_swaps,
+    replace_dir,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from edgekit.data import (
     calibration_images,
     iter_pixel_batches,
@@ -65,12 +72,13 @@ class CompressContext:
         return self.run.model.image_size
 
 
-def load_context(run_dir: Path) -> CompressContext:
-    """Verify the run, then load its model, dataset, validation pixels and the float model's outputs."""
+def load_context(run_dir: Path, trust_model: bool = False) -> CompressContext:
+    """Verify the run, then load its model (in Keras' safe mode unless `trust_model`), dataset, validation
+    pixels and the float model's outputs."""
     run_dir = Path(run_dir)
     run = manifests.read(run_dir, manifests.RunManifest)
     manifests.verify_files(run_dir, run, names=[run.MAIN_FILE])
-    model = load_keras_model(run_dir / run.MAIN_FILE)
+    model = load_keras_model(run_dir / run.MAIN_FILE, trust=trust_model)
     splits = load_dataset(spec_from_description(run.dataset, run.model.image_size))
     # Accuracy streams over the whole split; only the drift reference is held in memory (256 images).
     first = splits.validation.subset(np.arange(min(DRIFT_IMAGES, len(splits.validation))))
@@ -95,6 +103,7 @@ def existing_variant(run_dir: Path, recipe: Recipe, force: bool) -> Variant | No
     different recipe under an existing name needs `--force`.
     """
     directory = variant_dir(run_dir, recipe)
+    recover_swaps(directory.parent)  # a swap killed half-way: the old variant is back before we look
     found = manifests.read_optional(directory, manifests.VariantManifest)
     if found is None:
         return None
@@ -156,18 +165,19 @@ def compress(run_dir: Path, recipe: Recipe, *, threads: int | None = None, force
     final_dir = variant_dir(context.run_dir, recipe)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_scratch(final_dir.parent)
+    recover_swaps(final_dir.parent)
     scratch = Path(tempfile.mkdtemp(prefix=f".{recipe.name}.tmp-{os.getpid()}-", dir=final_dir.parent))
     try:
         manifest = _write_variant(scratch, context, recipe, content, threads, sparsity, timings, lineage or {},
                                   started)
-        _replace_dir(scratch, final_dir)
+        replace_dir(scratch, final_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return Variant(final_dir, manifest, status="replaced" if replacing else "written")
 
 
 def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = None,
-                 force: bool = False) -> list[Variant]:
+                 force: bool = False, trust_model: bool = False) -> list[Variant]:
     """Apply several recipes to one run, loading the run, its data and the float reference only once.
 
     Recipes whose identical variant already exists are reported unchanged without loading anything.
@@ -189,7 +199,7 @@ def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = 
                      done[recipe.name].manifest.recipe_hash)
             variants.append(done[recipe.name])
             continue
-        context = context or load_context(run_dir)
+        context = context or load_context(run_dir, trust_model=trust_model)
         log.info("compressing %s with recipe %s", run_dir.name, recipe.name)
         variants.append(compress(run_dir, recipe, threads=threads, force=force, context=context))
     return variants
@@ -281,14 +291,3 @@ def _edgetpu(recipe: Recipe, directory: Path) -> dict:
 
     params = next(s.params for s in recipe.stages if s.type == "edgetpu")
     return check_edgetpu(directory / TFLITE_FILE, directory, run_compiler=params.run_compiler)
-
-
-def _replace_dir(scratch: Path, final_dir: Path) -> None:
-    """Swap the finished scratch directory into place; the old variant is removed only after."""
-    old = None
-    if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old-{int(time.time() * 1000)}")
-        final_dir.rename(old)
-    scratch.rename(final_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

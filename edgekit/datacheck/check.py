@@ -124,7 +124,8 @@ def _flags(images: Images, facts: list, options: CheckOptions) -> list[dict]:
     return flagged
 
 
-def _label_errors(images: Images, facts: list, run: Path | None, options: CheckOptions) -> dict:
+def _label_errors(images: Images, facts: list, run: Path | None, options: CheckOptions,
+                  trust_model: bool = False) -> dict:
     from edgekit.datacheck import labels as lab
 
     section: dict = {}
@@ -136,7 +137,7 @@ def _label_errors(images: Images, facts: list, run: Path | None, options: CheckO
     if run is None:
         return section
     started = time.time()
-    features, record = lab.run_features(run, images.image_set())
+    features, record = lab.run_features(run, images.image_set(), trust_model=trust_model)
     probs = lab.out_of_sample_probs(features, images.targets, options.seed)
     issues = lab.label_issues(probs, images.targets)
     section["method"] = {**record, "probabilities": f"{lab.FOLDS}-fold cross-validated logistic regression on "
@@ -148,7 +149,8 @@ def _label_errors(images: Images, facts: list, run: Path | None, options: CheckO
     return section
 
 
-def check_folder(root: Path, run: Path | None = None, options: CheckOptions | None = None) -> dict:
+def check_folder(root: Path, run: Path | None = None, options: CheckOptions | None = None,
+                 trust_model: bool = False) -> dict:
     """The full report as a dict (see `report.py` for how it is rendered and written)."""
     options = options or CheckOptions()
     started = time.time()
@@ -178,7 +180,7 @@ def check_folder(root: Path, run: Path | None = None, options: CheckOptions | No
                        "label_conflicts": sum(g["label_conflict"] for g in groups)},
         "leakage": {"groups": sum(g["leak"] for g in groups), "held_out_images_with_a_train_copy": dict(leaked)},
         "flagged": _flags(images, facts, options),
-        "label_errors": _label_errors(images, facts, run, options),
+        "label_errors": _label_errors(images, facts, run, options, trust_model),
     }
     report["wall_time_s"] = round(time.time() - started, 2)
     return report

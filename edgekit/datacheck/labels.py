@@ -24,15 +24,18 @@ FOLDS = 5
 PCA_COMPONENTS = 64
 
 
-def run_features(run_dir: Path, images) -> tuple[np.ndarray, dict]:
+def run_features(run_dir: Path, images, trust_model: bool = False) -> tuple[np.ndarray, dict]:
     """Pooled features of every image in `images` (an ImageSet) from the run's model, and a record."""
     from edgekit.compat import keras
     from edgekit.data import make_pipeline
+    from edgekit.evaluate import manifest_model_file
     from edgekit.model import load_keras_model
 
     run_dir = Path(run_dir)
     manifest = manifests.read(run_dir, manifests.RunManifest)
-    model = load_keras_model(run_dir / manifest.model.file)
+    model_file = manifest_model_file(run_dir, manifest)
+    manifests.verify_files(run_dir, manifest, [model_file.name])
+    model = load_keras_model(model_file, trust=trust_model)
     try:
         layer = model.get_layer(FEATURE_LAYER)
     except ValueError:
@@ -88,12 +91,13 @@ def device_corrections(sha256s: list[str], phashes: np.ndarray, near_distance: i
     Returns one row per match (dataset index, corrected label, import, prediction id, match kind) and
     counts. Which of them contradict the folder is for the caller, who knows the folder labels.
     """
+    from edgekit.artifacts import visible_glob
     from edgekit.datacheck.hashing import image_facts
     from edgekit.feedback import SNAPSHOT_DB, corrections, feedback_home, sample_file
 
     by_sha = {sha: i for i, sha in reversed(list(enumerate(sha256s)))}
     phashes = np.asarray(phashes, dtype=np.uint64)
-    imports = sorted(p for p in feedback_home().glob("*") if (p / SNAPSHOT_DB).is_file())
+    imports = [p.parent for p in visible_glob(feedback_home(), f"*/{SNAPSHOT_DB}")]
     matches, counts = [], {"imports": len(imports), "corrections": 0, "without_image": 0, "matched": 0}
     for import_dir in imports:
         for row in corrections(import_dir / SNAPSHOT_DB):

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, TooLarge
 
 SSH_EXIT_ERROR = 255  # OpenSSH's own failures (or a remote command that exited 255 itself)
 REMOTE_TIMEOUT_EXIT = 124  # coreutils `timeout` when the device-side deadline fired
@@ -182,15 +182,21 @@ class SshClient:
             raise EdgekitError(f"{self.address}: could not read the sha256 of {remote_path} on the device")
         return digest.group(1)
 
-    def get(self, remote_path: str, local_path: Path, *, timeout: float = 300) -> Path:
-        """Copy a file from the device; `local_path` only appears once the copy is complete."""
+    def get(self, remote_path: str, local_path: Path, *, timeout: float = 300, max_bytes: int | None = None) -> Path:
+        """Copy a file from the device; `local_path` only appears once the copy is complete. With
+        `max_bytes` the device sends at most one byte more (`head -c`), so a huge or endless file (a
+        device node) cannot fill this disk: it is refused instead."""
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
         part = local_path.with_name(local_path.name + ".part")
+        reader = "cat" if max_bytes is None else f"head -c {int(max_bytes) + 1}"
         try:
             with open(part, "wb") as sink:
-                self.run(f"cat -- {remote_quote(remote_path)}", timeout=timeout,
+                self.run(f"{reader} -- {remote_quote(remote_path)}", timeout=timeout,
                          what=f"copy {remote_path} from the device", stdout=sink)
+            if max_bytes is not None and part.stat().st_size > max_bytes:
+                raise TooLarge(f"{self.host}: {remote_path} is over the {max_bytes / 2**20:.0f} MB limit; "
+                               "nothing fetched")
             os.replace(part, local_path)
         finally:
             part.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgekit.artifacts import sha256_file
 from edgekit.devices import RUNNER_NAME, DeviceProfile
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, TooLarge
 from edgekit.transport.ssh import SshClient, describe_exit, last_line, remote_quote, run_process
 
 # What `pip install` calls the modules the runner may fail to import.
@@ -52,8 +52,9 @@ class Target(ABC):
         """Copy a file into the work directory, check its sha256 on the device, return the sha256."""
 
     @abstractmethod
-    def fetch(self, remote_name: str, local_path: Path) -> Path:
-        """Copy a file from the work directory back to this machine."""
+    def fetch(self, remote_name: str, local_path: Path, max_bytes: int | None = None) -> Path:
+        """Copy a file from the work directory back to this machine; with `max_bytes`, a larger file (or
+        an endless one, such as a device node) is refused after at most that many bytes."""
 
     @abstractmethod
     def run(self, argv: list[str], *, timeout: float, what: str) -> tuple[int, bytes, str]:
@@ -171,10 +172,12 @@ class LocalTarget(Target):
         _check_digest(self.name, remote_name, expected, sha256_file(destination))
         return expected
 
-    def fetch(self, remote_name: str, local_path: Path) -> Path:
+    def fetch(self, remote_name: str, local_path: Path, max_bytes: int | None = None) -> Path:
         source = Path(self.path(remote_name)).expanduser()
         if not source.is_file():
             raise EdgekitError(f"{self.name}: {source} does not exist; nothing to fetch")
+        if max_bytes is not None and source.stat().st_size > max_bytes:
+            raise TooLarge(f"{self.name}: {source} is over the {max_bytes / 2**20:.0f} MB limit; nothing fetched")
         local_path = Path(local_path)
         if not local_path.exists() or not os.path.samefile(source, local_path):
             self._copy(source, local_path, workdir=False)
@@ -220,8 +223,8 @@ class SshTarget(Target):
         _check_digest(self.name, remote_name, expected, actual)
         return expected
 
-    def fetch(self, remote_name: str, local_path: Path) -> Path:
-        return self.client.get(self.path(remote_name), Path(local_path))
+    def fetch(self, remote_name: str, local_path: Path, max_bytes: int | None = None) -> Path:
+        return self.client.get(self.path(remote_name), Path(local_path), max_bytes=max_bytes)
 
     def run(self, argv: list[str], *, timeout: float, what: str) -> tuple[int, bytes, str]:
         # Only the interpreter (e.g. ~/venv/bin/python) is tilde-expanded; arguments arrive verbatim,

@@ -35,9 +35,11 @@ once the next grouped fsync has run, at most --sync-interval seconds later (1 s;
 WAL, the samples and their folder, and again on a clean stop). --sync-interval 0 fsyncs every row before
 it answers (synchronous=FULL), at about one SD-card flush per image. Retention: at most --keep-rows rows
 (100000) and, with --keep-days, none older; rows with feedback are kept; trimmed rows are counted in
-meta 'trimmed_rows'. At start, `*.tmp` and unreferenced files under samples/ are deleted and rows whose
-sample is gone forget it.
-Low-confidence inputs are kept under `samples/` beside the database, within a disk budget, so
+meta 'trimmed_rows'. At start, `*.tmp` and unreferenced files under the log's samples folder are deleted
+and rows whose sample is gone forget it.
+Low-confidence inputs are kept under `samples/<database name>/` beside the database (each database owns
+its folder, so two logs in one folder never delete each other's samples; rows of older runners name
+`samples/<file>`, which is still read, never cleaned), within a disk budget, so
 `edgekit feedback` can turn corrections into training data. Schema (schema_version 1):
 
   meta(key TEXT PRIMARY KEY, value)          -- 'schema_version', 'dropped_samples' (evicted or unsaved),
@@ -948,6 +950,8 @@ class PredictionLog:
         self.path, self.busy_timeout, self.sample_budget = path, busy_timeout, sample_budget
         self.sync_interval, self.keep_rows, self.keep_days = sync_interval, keep_rows, keep_days
         self.directory = os.path.dirname(os.path.abspath(path))
+        # This log's own samples folder, relative to its directory (see the module docstring).
+        self.samples = "samples/" + (os.path.splitext(os.path.basename(path))[0] or "log")
         self.lock = threading.Lock()
         self.unsynced: list[str] = []  # sample files written since the last grouped sync
         self.inserted = 0
@@ -1063,9 +1067,12 @@ class PredictionLog:
                 evicted.append(os.path.join(self.directory, old_path))
                 used -= old_bytes or 0
                 dropped += 1
-        relative = f"samples/{prediction_id}.{ext}"
+        relative = f"{self.samples}/{prediction_id}.{ext}"
         try:
             path = os.path.join(self.directory, relative)
+            if not os.path.isdir(os.path.dirname(path)):  # a new folder: its entry must survive a power cut too
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fsync_path(os.path.dirname(os.path.dirname(path)))
             write_file_durably(path, data, sync=self.sync_interval <= 0)
             if self.sync_interval > 0:
                 self.unsynced.append(path)
@@ -1129,20 +1136,21 @@ class PredictionLog:
         return len(rowids)
 
     def clean_samples(self) -> dict:
-        """Delete `*.tmp` and unreferenced files under samples/ and forget samples that are gone: what a
-        kill or a power cut between a sample's write and its row's commit leaves behind.
+        """Delete `*.tmp` and unreferenced files in this log's samples folder and forget samples that are
+        gone: what a kill or a power cut between a sample's write and its row's commit leaves behind. The
+        shared `samples/` of older runners is not cleaned: another database there may own its files.
 
         Runs under the write lock: every other writer writes its sample inside its own transaction, so
         nothing it holds can look orphaned here.
         """
-        samples = os.path.join(self.directory, "samples")
+        samples = os.path.join(self.directory, self.samples)
         removed = forgotten = 0
         with self.transaction() as db:
             referenced = {row[0] for row in db.execute("SELECT image_path FROM predictions "
                                                        "WHERE image_path IS NOT NULL")}
             with contextlib.suppress(FileNotFoundError):
                 for name in os.listdir(samples):
-                    if f"samples/{name}" not in referenced:
+                    if f"{self.samples}/{name}" not in referenced:
                         with contextlib.suppress(OSError):
                             os.remove(os.path.join(samples, name))
                             removed += 1
@@ -1405,6 +1413,27 @@ class Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.app.read_timeout  # a client that stops sending must not hold a thread
         super().setup()
 
+    def log_request(self, code="-", size="-"):
+        """The access log names method, path and status only: a query string may carry a token, and the
+        Authorization header is never logged."""
+        path = (getattr(self, "path", None) or "-").split("?", 1)[0].split("#", 1)[0]
+        self.log_message('"%s %s" %s %s', self.command or "-", clip(path), code, size)
+
+    def log_error(self, format, *args):  # noqa: A002 - http.server's signature
+        """http.server reports malformed request lines through here, quoting them: keep them out."""
+        if format.startswith("code ") and args:
+            self.log_message("bad request (status %s)", args[0])
+        else:
+            self.log_message(format, *args)
+
+    def _public(self, text: str) -> str:
+        """An error message for a client: host paths (the log, the model) reduced to their file names."""
+        log = self.app.logger.log
+        for path in sorted({os.path.abspath(p) for p in (log and log.path, self.app.model.path) if p},
+                           key=len, reverse=True):
+            text = text.replace(path, os.path.basename(path)).replace(os.path.dirname(path) + os.sep, "")
+        return text
+
     def do_GET(self):  # noqa: N802 - http.server's naming
         self._dispatch({"/health": self._health, "/stats": self._stats, "/latest": self._latest})
 
@@ -1422,10 +1451,10 @@ class Handler(BaseHTTPRequestHandler):
                 raise HttpError(401, "send 'Authorization: Bearer <token>' with the server's token")
             self._send(200, routes[path](started))
         except HttpError as exc:
-            self._send(exc.status, {"error": str(exc)}, exc.headers)
+            self._send(exc.status, {"error": self._public(str(exc))}, exc.headers)
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the server
             self.log_error("internal error: %s", one_line(exc))
-            self._send(500, {"error": f"internal error ({one_line(exc)})"})
+            self._send(500, {"error": self._public(f"internal error ({one_line(exc)})")})
 
     def _authorized(self) -> bool:
         if self.app.token is None:
@@ -1505,7 +1534,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             response["id"] = app.logger("http", result, data, image_format)
         except RunnerError as exc:  # the prediction is still good; say why it is not on record
-            response["log_error"] = str(exc)
+            response["log_error"] = self._public(str(exc))
             self.log_error("%s", exc)
         request_ms = (time.perf_counter() - started) * 1e3
         response["latency_ms"] = {**result["latency_ms"], "request": request_ms}
@@ -1525,8 +1554,9 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(409, "this server runs with --no-log; feedback cannot be recorded")
         try:
             feedback_id = log.add_feedback(payload["id"], payload["label"], "http")
-        except UnknownPrediction as exc:
-            raise HttpError(404, str(exc)) from None
+        except UnknownPrediction:
+            raise HttpError(404, f"prediction {clip(payload['id'])!r} is not in this server's log; pass an id "
+                            "returned by /predict") from None
         except RunnerError as exc:
             raise HttpError(503 if "locked" in str(exc) else 400, str(exc)) from None
         self.app.stats.add("feedback")
