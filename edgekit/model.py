@@ -8,14 +8,17 @@ pixels in [0, 255] go in), so a device never has to know how the model was train
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.compat import keras
 from edgekit.errors import EdgekitError
+
+log = logging.getLogger(__name__)
 
 MIN_IMAGE_SIZE = 32
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
@@ -66,8 +69,11 @@ def resolve_imagenet_weights(alpha: float, image_size: int, timeout_s: float = 1
         return str(cached)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout_s)
+    log.info("fetching imagenet weights %s (timeout %g s)", name, timeout_s)
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # Keras announces downloads on stdout
+        # Keras prints "Downloading data from <url>" and a progress bar on stdout; offline that line is
+        # followed only by our error, so it is noise: said once above, in our own words
+        with contextlib.redirect_stdout(io.StringIO()):
             return keras.utils.get_file(name, WEIGHTS_BASE_URL + name, cache_subdir="models")
     except Exception as exc:  # noqa: BLE001 - any download failure means the same thing to the user
         reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(" on http")[0][:120]
