@@ -178,3 +178,17 @@ def test_a_signal_to_bench_stops_its_runner_and_writes_nothing(signum, model, tm
             process.kill()
         if runner is not None and _alive(runner):
             os.killpg(os.getpgid(runner), signal.SIGKILL)
+
+
+def test_data_check_on_a_read_only_home_fails_before_scanning(bad_home, tmp_path, monkeypatch):
+    kind, home = bad_home
+    if kind != "read-only":
+        pytest.skip("a full home is found when the report is written; the scan itself writes nothing there")
+    import edgekit.datacheck.check as check
+
+    def scanned(*args, **kwargs):
+        raise AssertionError("the folder was scanned before the output folder was checked")
+
+    monkeypatch.setattr(check, "check_folder", scanned)
+    lines = _failure(["data", "check", str(tmp_path)]).strip().splitlines()
+    assert len(lines) == 1 and str(home) in lines[0] and "Read-only file system" in lines[0], lines
