@@ -395,3 +395,22 @@ def test_two_workers_share_one_postgresql_study_and_each_trial_appears_once(tmp_
     assert pids and pids <= {str(w.pid) for w in workers}
     for i in range(2):  # both workers wrote the report from the shared study
         assert len(_trials(tmp_path / f"worker{i}")) >= 3
+
+
+def test_tune_pareto_plot_places_labels_like_bench_so_they_never_overlap(tmp_path, monkeypatch):
+    import edgekit.tune.report as report
+    from edgekit.bench.report import place_labels
+
+    boxes = []
+
+    def placed(ax, points, labels):
+        notes = place_labels(ax, points, labels)
+        boxes.extend(note.get_window_extent(ax.figure.canvas.get_renderer()) for note in notes)
+        return notes
+
+    monkeypatch.setattr(report, "place_labels", placed)
+    rows = [{"trial": i, "state": "complete", "p90_ms": 5.0 + 0.01 * i, "accuracy": 0.9 + 0.0005 * (i % 3),
+             "feasible": i % 2 == 0, "recipe": "int8-ptq"} for i in range(12)]
+    config = type("Config", (), {"max_latency_ms": 6.0})()
+    assert report.pareto_plot(rows, config, "tiny", tmp_path / "pareto.png")
+    assert len(boxes) == 12 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, atomic_path, write_json_atomic, write_text_atomic
+from edgekit.bench.report import place_labels
 from edgekit.report import markdown_table
 
 COLUMNS = ("trial", "state", "width", "image_size", "recipe", "epochs", "learning_rate", "accuracy", "p90_ms",
@@ -123,9 +124,6 @@ def pareto_plot(rows: list[dict], config, title: str, target: Path) -> bool:
         points = [r for r in done if bool(r["feasible"]) == feasible]
         ax.scatter([r["p90_ms"] for r in points], [r["accuracy"] for r in points], color=colour, label=label,
                    alpha=0.7)
-    for r in done:
-        ax.annotate(f"t{r['trial']} {r['recipe']}", (r["p90_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
     front, best = [], -1.0
     for r in sorted((r for r in done if r["feasible"]), key=lambda r: r["p90_ms"]):
         if r["accuracy"] > best:
@@ -134,6 +132,8 @@ def pareto_plot(rows: list[dict], config, title: str, target: Path) -> bool:
     if front:
         ax.step(*zip(*front), where="post", color="tab:blue", linestyle="--", linewidth=1, label="Pareto front")
     ax.axvline(config.max_latency_ms, color="tab:red", linewidth=1, label=f"budget p90 {config.max_latency_ms} ms")
+    # placed last, once the budget line has fixed the axis limits: labels never overlap (as in bench's plot)
+    place_labels(ax, [(r["p90_ms"], r["accuracy"]) for r in done], [f"t{r['trial']} {r['recipe']}" for r in done])
     ax.set_xlabel("p90 latency on the device (ms)")
     ax.set_ylabel("accuracy (validation, measured on the .tflite)")
     ax.set_title(title)
