@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit import datacache
-from edgekit.data import DataSpec, iter_pixel_batches, load_dataset, load_pixels, make_pipeline
+from edgekit.data import DataSpec, filecache, iter_pixel_batches, load_dataset, load_pixels, make_pipeline, pixelcache
 from edgekit.errors import EdgekitError
 
 SIZE = 24
@@ -47,14 +46,14 @@ def test_cached_pixels_equal_the_uncached_pipeline_and_are_decoded_once(images, 
     [entry] = _entries(edgekit_home)
     np.testing.assert_array_equal(first, load_pixels(images, SIZE))  # load_pixels never caches
     np.testing.assert_array_equal(targets, images.targets)
-    monkeypatch.setattr(datacache, "_build", lambda *a: pytest.fail("decoded a second time"))
+    monkeypatch.setattr(pixelcache, "_build", lambda *a: pytest.fail("decoded a second time"))
     again, _ = _cached(images)
     np.testing.assert_array_equal(again, first)
     assert _entries(edgekit_home) == [entry]
 
 
 def test_training_reads_every_cached_image_once_per_epoch(images, monkeypatch):
-    monkeypatch.setattr(datacache, "SHARD_BYTES", SIZE * SIZE * 3 * 4 * 2)  # three shards of two
+    monkeypatch.setattr(pixelcache, "SHARD_BYTES", SIZE * SIZE * 3 * 4 * 2)  # three shards of two
     expected = {load_pixels(images.subset([i]), SIZE)[0].tobytes(): int(images.targets[i])
                 for i in range(len(images))}
     ds = make_pipeline(images, SIZE, 4, training=True, seed=1)
@@ -97,7 +96,7 @@ def test_damaged_or_foreign_entry_is_rebuilt_with_a_notice(images, edgekit_home,
         again, _ = _cached(images)
     np.testing.assert_array_equal(again, good)
     assert notice in caplog.text and "rebuilding it" in caplog.text
-    assert datacache._problem(entry, len(images), SIZE, datacache.decoder_fingerprint()) is None
+    assert pixelcache._problem(entry, len(images), SIZE, pixelcache.decoder_fingerprint()) is None
 
 
 def test_full_disk_while_writing_continues_without_the_cache(images, edgekit_home, caplog, monkeypatch):
@@ -111,7 +110,7 @@ def test_full_disk_while_writing_continues_without_the_cache(images, edgekit_hom
         def close(self):
             pass
 
-    monkeypatch.setattr(datacache, "open", FullDisk, raising=False)
+    monkeypatch.setattr(pixelcache, "open", FullDisk, raising=False)
     with caplog.at_level(logging.WARNING):
         pixels, _ = _cached(images)
     np.testing.assert_array_equal(pixels, load_pixels(images, SIZE))
@@ -121,7 +120,7 @@ def test_full_disk_while_writing_continues_without_the_cache(images, edgekit_hom
 
 
 def test_too_little_free_space_skips_the_cache(images, edgekit_home, caplog, monkeypatch):
-    monkeypatch.setattr(datacache.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    monkeypatch.setattr(pixelcache.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
     with caplog.at_level(logging.WARNING):
         pixels, _ = _cached(images)
     assert len(pixels) == len(images) and _entries(edgekit_home) == [] and "without the cache" in caplog.text
@@ -152,7 +151,7 @@ def test_bad_cache_limit_is_one_clear_error(images, monkeypatch):
     monkeypatch.setenv("EDGEKIT_CACHE_LIMIT", "lots")
     with pytest.raises(EdgekitError, match=r"EDGEKIT_CACHE_LIMIT='lots': not a size"):
         _cached(images)
-    assert datacache.parse_size("1.5G", "x") == int(1.5 * (1 << 30)) and datacache.parse_size("20GiB", "x") == 20 << 30
+    assert filecache.parse_size("1.5G", "x") == int(1.5 * (1 << 30)) and filecache.parse_size("20GiB", "x") == 20 << 30
 
 
 def test_streamed_evaluation_equals_the_array_version(images):
@@ -180,4 +179,4 @@ def test_cli_no_cache_and_cache_limit(monkeypatch, tmp_path):
     assert result.exit_code == 1 and result.output.strip().splitlines() == [
         "error: --cache-limit='huge': not a size; use bytes or a number with K, M, G or T (e.g. 20G)"]
     CliRunner().invoke(app, ["--no-cache", "--cache-limit", "5G", "info", str(tmp_path)])
-    assert datacache.cache_settings() == datacache.CacheSettings(False, 5 << 30)
+    assert filecache.cache_settings() == filecache.CacheSettings(False, 5 << 30)

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.data import DataSpec, load_dataset, spec_from_description, stratified_split
+from edgekit.data.hashing import duplicate_groups, hash_files
+from edgekit.data.split import group_stratified_split
 from edgekit.datacheck.check import check_folder
-from edgekit.datacheck.hashing import duplicate_groups, hash_files
-from edgekit.datacheck.split import group_stratified_split
 from edgekit.devices import runner_path
 from edgekit.errors import EdgekitError
 
@@ -70,7 +70,7 @@ def test_exact_and_near_copies_form_groups(digits_folder, tmp_path):
 
 
 def test_hashes_are_computed_once_per_unchanged_file(digits_folder, tmp_path, monkeypatch, edgekit_home):
-    from edgekit.datacheck import hashing
+    from edgekit.data import hashing
 
     paths = [str(p) for p in sorted((digits_folder / "3").glob("*.png"))[:4]]
     moved = tmp_path / "moving.png"

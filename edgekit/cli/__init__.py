@@ -58,7 +58,7 @@ def main(
     if no_cache:  # the environment carries it to the library, subprocesses and tests alike
         os.environ["EDGEKIT_CACHE"] = "off"
     if cache_limit is not None:
-        from edgekit.datacache import parse_size
+        from edgekit.data.filecache import parse_size
 
         try:
             parse_size(cache_limit, "--cache-limit")

@@ -17,8 +17,7 @@ import numpy as np
 
 from edgekit import manifests
 from edgekit.artifacts import edgekit_home, write_json_atomic, write_text_atomic
-from edgekit.data import IMAGE_EXTENSIONS, SPLIT_NAMES, DataSpec, ImageSet, scan_class_folders
-from edgekit.datacheck import hashing
+from edgekit.data import IMAGE_EXTENSIONS, SPLIT_NAMES, DataSpec, ImageSet, hashing, scan_class_folders
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)

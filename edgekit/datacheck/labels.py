@@ -88,7 +88,7 @@ def device_corrections(sha256s: list[str], phashes: np.ndarray, near_distance: i
     Returns one row per match (dataset index, corrected label, import, prediction id, match kind) and
     counts. Which of them contradict the folder is for the caller, who knows the folder labels.
     """
-    from edgekit.datacheck.hashing import image_facts
+    from edgekit.data.hashing import image_facts
     from edgekit.feedback import SNAPSHOT_DB, corrections, feedback_home, sample_file
 
     by_sha = {sha: i for i, sha in reversed(list(enumerate(sha256s)))}
