@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
+import inspect
 import json
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit.data import DataSpec, filecache, iter_pixel_batches, load_dataset, load_pixels, make_pipeline, pixelcache
+from edgekit.data import (
+    DataSpec,
+    decode,
+    filecache,
+    iter_pixel_batches,
+    load_dataset,
+    load_pixels,
+    make_pipeline,
+    pixelcache,
+)
+from edgekit.devices import runner_path
 from edgekit.errors import EdgekitError
 
 SIZE = 24
@@ -97,6 +110,60 @@ def test_damaged_or_foreign_entry_is_rebuilt_with_a_notice(images, edgekit_home,
     np.testing.assert_array_equal(again, good)
     assert notice in caplog.text and "rebuilding it" in caplog.text
     assert pixelcache._problem(entry, len(images), SIZE, pixelcache.decoder_fingerprint()) is None
+
+
+def _edited_copy(source: Path, folder: Path, old: str, new: str) -> Path:
+    text = source.read_text()
+    assert text.count(old) == 1, f"{source} no longer holds {old!r}; pick another line to edit"
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / source.name
+    copy.write_text(text.replace(old, new))
+    return copy
+
+
+def test_an_edited_device_decode_rebuilds_the_cache_with_its_pixels(images, edgekit_home, caplog, monkeypatch,
+                                                                     tmp_path):
+    """The runner's decode (training's Pillow path, here the .webp files) is part of the key: after an edit
+    that inverts its pixels, the cached pixels are rebuilt, not served from the old decoder."""
+    before, _ = _cached(images)
+    edited = _edited_copy(runner_path(), tmp_path / "edited", "            return pixels, image.format",
+                          "            return 255 - pixels, image.format")
+    spec = importlib.util.spec_from_file_location("edited_runner", edited)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(decode, "device_runner", lambda: module)
+    with caplog.at_level(logging.WARNING):
+        after, _ = _cached(images)
+    assert "another edgekit version or decoder" in caplog.text and "rebuilding it" in caplog.text
+    pillow = np.array([not ok for ok in images.tf_decodable])
+    assert pillow.any() and not pillow.all()
+    np.testing.assert_allclose(after[pillow], 255 - before[pillow], atol=1e-3)
+    np.testing.assert_array_equal(after[~pillow], before[~pillow])
+
+
+@pytest.mark.parametrize("edit", [
+    ('dct_method="INTEGER_ACCURATE"', 'dct_method="INTEGER_FAST"'),  # the JPEG DCT path most photos take
+    ('method="bilinear"', 'method="area"'),  # the resize
+])
+def test_an_edited_host_decode_rebuilds_the_cache(images, edgekit_home, caplog, monkeypatch, tmp_path, edit):
+    """Every line of edgekit.data.decode is in the key, not only the functions that happened to be listed."""
+    _cached(images)
+    host = Path(decode.__file__)
+    edited = _edited_copy(host, tmp_path / "edited", *edit)
+    sources = decode.pixel_sources()
+    assert host in sources and Path(runner_path()) in sources
+    monkeypatch.setattr(pixelcache, "pixel_sources", lambda: [edited if p == host else p for p in sources])
+    with caplog.at_level(logging.WARNING):
+        _cached(images)
+    assert "another edgekit version or decoder" in caplog.text and len(_entries(edgekit_home)) == 1
+
+
+def test_every_step_from_file_to_pixels_lives_in_a_hashed_source():
+    """A decode step defined outside the hashed files would escape the cache key."""
+    sources = {p.resolve() for p in decode.pixel_sources()}
+    steps = [decode.decode_fn, decode._jpeg_ratio, decode._decode_jpeg, decode.pil_decode,
+             decode.device_runner().decode_image, decode.device_runner().jpeg_draft_scale]
+    assert {Path(inspect.getsourcefile(step)).resolve() for step in steps} <= sources
 
 
 def test_full_disk_while_writing_continues_without_the_cache(images, edgekit_home, caplog, monkeypatch):

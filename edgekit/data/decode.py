@@ -16,16 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.devices import runner_module, runner_path
+from edgekit.devices import runner_module
 
 # what tf.io.decode_image reads natively; anything else is decoded by Pillow inside the pipeline
 TF_FORMATS = ("JPEG", "PNG", "BMP", "GIF")
 TF_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 
 
+def device_runner():
+    """The device runner as a module: training's Pillow path runs the very decode the device runs."""
+    return runner_module()
+
+
 def pixel_sources() -> list[Path]:
-    """The source files whose code turns an image file into pixels: this module and the device runner."""
-    return [Path(__file__), runner_path()]
+    """The source files whose code turns an image file into pixels: this module and the device runner
+    (the file the decode is actually loaded from, so the bytes hashed are the bytes that run)."""
+    return [Path(__file__), Path(device_runner().__file__)]
 
 
 class BadImage(Exception):
@@ -60,16 +66,11 @@ def inspect_image(path: Path, max_pixels: int) -> bool:
             from None
 
 
-def _device_decode():
-    """The device runner's own decode_image: training's Pillow path runs the very code the device runs."""
-    return runner_module().decode_image
-
-
 def pil_decode(path: bytes, image_size) -> np.ndarray:
     """EXIF-rotated, 16-bit, webp... images: decoded (and JPEG-draft-scaled) as the device runner does."""
     size = int(image_size)
     with open(path.decode(), "rb") as handle:
-        pixels, _ = _device_decode()(handle.read(), 2**62, (size, size))
+        pixels, _ = device_runner().decode_image(handle.read(), 2**62, (size, size))
     return np.ascontiguousarray(pixels, dtype=np.uint8)
 
 
