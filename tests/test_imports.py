@@ -109,3 +109,101 @@ def test_cycle_finder_sees_function_local_and_relative_imports(tmp_path, monkeyp
     (package / "sub" / "a.py").write_text("def f():\n    from .. import sub\n")
     cycle = find_cycle(import_graph())
     assert cycle is not None and set(cycle) == {"edgekit.sub", "edgekit.sub.a", "edgekit.sub.b"}
+
+
+# Third-party packages that take seconds to import or are optional extras: the only good reason for an
+# edgekit module to import another edgekit module inside a function is that the other one loads these.
+HEAVY = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "cv2", "optuna", "sklearn", "matplotlib",
+         "cleanlab", "scipy", "pandas")
+
+
+def _run_at_import(nodes) -> list:
+    """The import statements that run when the module is imported (function bodies run later)."""
+    out = []
+    for node in nodes:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            out.append(node)
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            out += _run_at_import(ast.iter_child_nodes(node))
+    return out
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> tuple[set[str], set[str], set]:
+    """(edgekit modules imported at import time, third-party roots imported at import time,
+    function-local edgekit imports as (line, target))."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+    at_import = _run_at_import(tree.body)
+    deferred = {node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)} - set(at_import)
+    top_edgekit, top_other = set(), set()
+    for node in at_import:
+        top_edgekit |= set(_targets(node, name, is_package, modules)) - {name}
+        if isinstance(node, ast.Import):
+            top_other |= {alias.name.split(".")[0] for alias in node.names}
+        elif not node.level and node.module:
+            top_other.add(node.module.split(".")[0])
+    local = {(node.lineno, target) for node in deferred for target in _targets(node, name, is_package, modules)
+             if target != name}
+    return top_edgekit, top_other, local
+
+
+def heavy_modules(modules: dict[str, Path], found: dict) -> set[str]:
+    """edgekit modules whose import loads a HEAVY package, directly or through other edgekit modules."""
+    heavy = {name for name, (_, other, _) in found.items() if other & set(HEAVY)}
+    changed = True
+    while changed:
+        grown = {name for name, (top, _, _) in found.items() if top & heavy}
+        changed = not grown <= heavy
+        heavy |= grown
+    return heavy
+
+
+def needless_local_imports() -> list[tuple[str, int, str]]:
+    """(module, line, target) for each function-local import of an edgekit module, outside the CLI, that
+    defers nothing heavy: the target loads no HEAVY package, or the module imports it at load time anyway."""
+    modules = module_names()
+    found = {name: _imports(path, name, modules) for name, path in modules.items()}
+    heavy = heavy_modules(modules, found)
+    out = []
+    for name, (top, _, local) in sorted(found.items()):
+        if name.startswith("edgekit.cli"):
+            continue  # the CLI defers every command's imports so that `edgekit --help` starts fast
+        out += [(name, line, target) for line, target in sorted(local) if target not in heavy or target in top]
+    return out
+
+
+# Function-local imports in modules that other work on issue 21 rewrites at the same time (the runner
+# becoming the host's one model-I/O module; the fleet transport): to be hoisted once that work has merged.
+PENDING = {
+    ("edgekit.bench.accuracy", "edgekit.data"), ("edgekit.bench.accuracy", "edgekit.evaluate"),
+    ("edgekit.bench.accuracy", "edgekit.tflite"), ("edgekit.bench.inputs", "edgekit.evaluate"),
+    ("edgekit.bench.inputs", "edgekit.tflite"), ("edgekit.bench.inputs", "edgekit.interpreters"),
+    ("edgekit.compress.convert", "edgekit.tflite"), ("edgekit.compress.pipeline", "edgekit.tflite"),
+    ("edgekit.compress.pipeline", "edgekit.tflite_metadata"), ("edgekit.evaluate", "edgekit.interpreters"),
+    ("edgekit.evaluate", "edgekit.data"), ("edgekit.evaluate", "edgekit.artifacts"),
+    ("edgekit.info", "edgekit.tflite"), ("edgekit.info", "edgekit.tflite_metadata"),
+    ("edgekit.tflite_metadata", "edgekit._metadata_schema_generated"), ("edgekit.tflite_metadata", "edgekit.tflite"),
+    ("edgekit.feedback", "edgekit.transport.targets"), ("edgekit.service", "edgekit.transport.targets"),
+}
+
+
+def test_function_local_imports_defer_something_heavy():
+    """A function-local import is for a heavy optional dependency (TensorFlow, OpenCV, Optuna...), not a
+    way to hide a cycle or an ordering problem: anything else belongs at the top of the module."""
+    needless = [f"{module}:{line} imports {target}" for module, line, target in needless_local_imports()
+                if (module, target) not in PENDING]
+    assert not needless, "move these imports to the top of their module:\n" + "\n".join(needless)
+
+
+def test_local_import_rule_tells_heavy_from_light(tmp_path, monkeypatch):
+    """The checker itself: deferring a module that loads TensorFlow is fine, deferring a light one is not."""
+    package = tmp_path / "edgekit"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "light.py").write_text("import json\n")
+    (package / "heavy.py").write_text("from edgekit.light import json\n"
+                                      "try:\n    import tensorflow\nexcept ImportError:\n    pass\n")
+    (package / "user.py").write_text("def f():\n    from edgekit import heavy\n\n\ndef g():\n"
+                                     "    from . import light\n")
+    monkeypatch.setitem(globals(), "PACKAGE_ROOT", package)
+    assert [(m, t) for m, _, t in needless_local_imports()] == [("edgekit.user", "edgekit.light")]

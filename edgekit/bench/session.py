@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.artifacts import check_writable
+from edgekit.bench.advice import advise
+from edgekit.bench.report import write_results
 from edgekit.bench.run import BenchResult, BenchSettings, collect_variants, run_bench
 from edgekit.devices import load_profile
 from edgekit.manifests import ParentRef
@@ -28,8 +30,6 @@ class BenchSession:
 def bench_session(targets: list[Path], device: str, settings: BenchSettings, *, out: Path | None = None,
                   max_latency_ms: float | None = None, min_accuracy: float | None = None) -> BenchSession:
     """Benchmark `targets` (runs, variants or .tflite files) on `device` and write results beside them."""
-    from edgekit.bench.advice import advise
-    from edgekit.bench.report import write_results
 
     profile = load_profile(device)
     if settings.threads == (None,):

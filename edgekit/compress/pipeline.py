@@ -21,6 +21,7 @@ import numpy as np
 
 from edgekit import manifests
 from edgekit.artifacts import check_writable, process_alive, write_bytes_atomic, write_text_atomic
+from edgekit.compress.edgetpu import check_edgetpu
 from edgekit.data import (
     calibration_images,
     iter_pixel_batches,
@@ -32,7 +33,7 @@ from edgekit.data import (
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
 from edgekit.model import load_keras_model
-from edgekit.recipes import TRAINING_STAGES, Recipe
+from edgekit.recipes import TRAINING_STAGES, Recipe, check_unique_names
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,6 @@ def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = 
 
     Recipes whose identical variant already exists are reported unchanged without loading anything.
     """
-    from edgekit.recipes import check_unique_names
 
     check_unique_names(recipes)
     if threads is not None and threads < 1:
@@ -277,8 +277,6 @@ def remove_stale_scratch(compressed: Path) -> list[Path]:
 
 
 def _edgetpu(recipe: Recipe, directory: Path) -> dict:
-    from edgekit.compress.edgetpu import check_edgetpu
-
     params = next(s.params for s in recipe.stages if s.type == "edgetpu")
     return check_edgetpu(directory / TFLITE_FILE, directory, run_compiler=params.run_compiler)
 
