@@ -96,6 +96,22 @@ def test_edgekit_import_graph_has_no_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# edgekit.data bottom to top; each module may import only those before it (the façade sits above all)
+DATA_LAYERS = ("types", "decode", "filecache", "scan", "pixelcache", "exclude", "hashing", "split", "pipeline",
+               "datasets")
+
+
+def test_data_package_imports_run_bottom_to_top():
+    graph = import_graph()
+    package = {name for name in graph if name.startswith("edgekit.data.")}
+    assert package == {f"edgekit.data.{layer}" for layer in DATA_LAYERS}, "a new data module needs its place here"
+    for index, layer in enumerate(DATA_LAYERS):
+        name = f"edgekit.data.{layer}"
+        allowed = {f"edgekit.data.{below}" for below in DATA_LAYERS[:index]}
+        upward = {t for t in graph[name] if t.startswith(("edgekit.data", "edgekit.datacheck"))} - allowed
+        assert not upward, f"{name} imports {sorted(upward)}: a data module imports only the layers below it"
+
+
 def test_cycle_finder_sees_function_local_and_relative_imports(tmp_path, monkeypatch):
     """The checker itself: a cycle closed only by a function-local relative import is found."""
     package = tmp_path / "edgekit"
