@@ -98,7 +98,7 @@ def emit(payload: dict, as_json: bool, human: str) -> None:
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
-def _run_dir(run_dir: Path | None) -> Path:
+def resolve_run_dir(run_dir: Path | None) -> Path:
     from edgekit.artifacts import latest_run
 
     return run_dir if run_dir is not None else latest_run()
@@ -112,7 +112,7 @@ AcceptKeyOption = Annotated[bool, typer.Option("--accept-new-host-key",
                                                help="Trust an SSH host key seen for the first time.")]
 
 
-def _threads(value: str | None) -> tuple[int | None, ...]:
+def parse_threads(value: str | None) -> tuple[int | None, ...]:
     if not value:
         return (None,)
     try:
@@ -124,7 +124,7 @@ def _threads(value: str | None) -> tuple[int | None, ...]:
     return threads
 
 
-def _check_runtime(runtime: str | None) -> None:
+def check_runtime(runtime: str | None) -> None:
     from edgekit.devices import RUNTIMES
 
     if runtime is not None and runtime not in RUNTIMES:
