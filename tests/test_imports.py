@@ -163,28 +163,29 @@ def _imports(path: Path, name: str, modules: dict[str, Path]) -> tuple[set[str],
     return top_edgekit, top_other, local
 
 
-def heavy_modules(modules: dict[str, Path], found: dict) -> set[str]:
-    """edgekit modules whose import loads a HEAVY package, directly or through other edgekit modules."""
-    heavy = {name for name, (_, other, _) in found.items() if other & set(HEAVY)}
+def heavy_packages(found: dict) -> dict[str, set[str]]:
+    """The HEAVY packages importing each edgekit module loads, directly or through other edgekit modules."""
+    loads = {name: other & set(HEAVY) for name, (_, other, _) in found.items()}
     changed = True
     while changed:
-        grown = {name for name, (top, _, _) in found.items() if top & heavy}
-        changed = not grown <= heavy
-        heavy |= grown
-    return heavy
+        changed = False
+        for name, (top, _, _) in found.items():
+            grown = loads[name].union(*(loads[t] for t in top))
+            changed, loads[name] = changed or grown != loads[name], grown
+    return loads
 
 
 def needless_local_imports() -> list[tuple[str, int, str]]:
     """(module, line, target) for each function-local import of an edgekit module, outside the CLI, that
-    defers nothing heavy: the target loads no HEAVY package, or the module imports it at load time anyway."""
+    defers nothing heavy: the target loads no HEAVY package the module does not load already anyway."""
     modules = module_names()
     found = {name: _imports(path, name, modules) for name, path in modules.items()}
-    heavy = heavy_modules(modules, found)
+    loads = heavy_packages(found)
     out = []
-    for name, (top, _, local) in sorted(found.items()):
+    for name, (_, _, local) in sorted(found.items()):
         if name.startswith("edgekit.cli"):
             continue  # the CLI defers every command's imports so that `edgekit --help` starts fast
-        out += [(name, line, target) for line, target in sorted(local) if target not in heavy or target in top]
+        out += [(name, line, target) for line, target in sorted(local) if loads[target] <= loads[name]]
     return out
 
 

@@ -21,7 +21,9 @@ import numpy as np
 
 from edgekit import manifests
 from edgekit.artifacts import check_writable, process_alive, write_bytes_atomic, write_text_atomic
+from edgekit.compress.convert import convert
 from edgekit.compress.edgetpu import check_edgetpu
+from edgekit.compress.finetune import EpochProgress, fine_tune
 from edgekit.data import (
     calibration_images,
     iter_pixel_batches,
@@ -112,8 +114,7 @@ def existing_variant(run_dir: Path, recipe: Recipe, force: bool) -> Variant | No
 
 def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, dict, list[dict]]:
     """Run prune / cluster / qat in order; returns the model to convert, sparsity, and stage timings."""
-    from edgekit.compress import cluster, prune, qat
-    from edgekit.compress.finetune import EpochProgress, fine_tune
+    from edgekit.compress import cluster, prune, qat  # tensorflow-model-optimization: only for these stages
 
     modules = {"prune": prune, "cluster": cluster, "qat": qat}
     timings, sparsity, previous = [], {}, []
@@ -197,8 +198,6 @@ def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = 
 
 def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict, list[dict]]:
     """Training stages (if any), then conversion: the bytes that will ship."""
-    from edgekit.compress.convert import convert
-
     config, size = context.run.config, context.image_size
     batch, seed = int(config.get("batch_size", 64)), int(config.get("seed", 42))
     train_ds = val_ds = None

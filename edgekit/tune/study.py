@@ -31,6 +31,7 @@ from edgekit.errors import EdgekitError
 from edgekit.recipes import load_recipe
 from edgekit.tune.candidate import Budget, CandidateFailed, describe, precheck, run_candidate
 from edgekit.tune.latency import DeviceUnreachable, probe_latency
+from edgekit.tune.report import unsatisfied, write_report
 from edgekit.tune.space import SearchSpace, load_space, space_from_mapping
 
 log = logging.getLogger(__name__)
@@ -322,8 +323,6 @@ def _objective(ctx: Context):
 
 def run_tune(study, tune_dir: Path, trials: int | None, timeout: float | None) -> TuneResult:
     """Run this worker's share of the study, then write the report (also when the device goes away)."""
-    from edgekit.tune.report import unsatisfied, write_report
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     ctx = Context(study, study_config(study), tune_dir)
     limit = TrialLimit(trials)
