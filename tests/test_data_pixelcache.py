@@ -22,6 +22,7 @@ from edgekit.data import (
     load_dataset,
     load_pixels,
     make_pipeline,
+    pipeline,
     pixelcache,
 )
 from edgekit.devices import runner_path
@@ -109,7 +110,8 @@ def test_damaged_or_foreign_entry_is_rebuilt_with_a_notice(images, edgekit_home,
         again, _ = _cached(images)
     np.testing.assert_array_equal(again, good)
     assert notice in caplog.text and "rebuilding it" in caplog.text
-    assert pixelcache._problem(entry, len(images), SIZE, pixelcache.decoder_fingerprint()) is None
+    fingerprint = pixelcache.decoder_fingerprint(pipeline.pixel_sources())
+    assert pixelcache._problem(entry, len(images), SIZE, fingerprint) is None
 
 
 def _edited_copy(source: Path, folder: Path, old: str, new: str) -> Path:
@@ -141,18 +143,20 @@ def test_an_edited_device_decode_rebuilds_the_cache_with_its_pixels(images, edge
     np.testing.assert_array_equal(after[~pillow], before[~pillow])
 
 
-@pytest.mark.parametrize("edit", [
-    ('dct_method="INTEGER_ACCURATE"', 'dct_method="INTEGER_FAST"'),  # the JPEG DCT path most photos take
-    ('method="bilinear"', 'method="area"'),  # the resize
+@pytest.mark.parametrize("module, old, new", [
+    ("decode", 'dct_method="INTEGER_ACCURATE"', 'dct_method="INTEGER_FAST"'),  # the JPEG DCT path most photos take
+    ("decode", 'method="bilinear"', 'method="area"'),  # the resize
+    ("pipeline", "decode(p, ok), y)", "decode(p, ok) / 2, y)"),  # the uncached pipeline the cache is filled from
 ])
-def test_an_edited_host_decode_rebuilds_the_cache(images, edgekit_home, caplog, monkeypatch, tmp_path, edit):
-    """Every line of edgekit.data.decode is in the key, not only the functions that happened to be listed."""
+def test_an_edited_host_decode_rebuilds_the_cache(images, edgekit_home, caplog, monkeypatch, tmp_path, module, old,
+                                                   new):
+    """Every line of the host modules that make the pixels is in the key, not only a few listed functions."""
     _cached(images)
-    host = Path(decode.__file__)
-    edited = _edited_copy(host, tmp_path / "edited", *edit)
-    sources = decode.pixel_sources()
+    host = Path({"decode": decode, "pipeline": pipeline}[module].__file__)
+    edited = _edited_copy(host, tmp_path / "edited", old, new)
+    sources = pipeline.pixel_sources()
     assert host in sources and Path(runner_path()) in sources
-    monkeypatch.setattr(pixelcache, "pixel_sources", lambda: [edited if p == host else p for p in sources])
+    monkeypatch.setattr(pipeline, "pixel_sources", lambda: [edited if p == host else p for p in sources])
     with caplog.at_level(logging.WARNING):
         _cached(images)
     assert "another edgekit version or decoder" in caplog.text and len(_entries(edgekit_home)) == 1
@@ -160,9 +164,10 @@ def test_an_edited_host_decode_rebuilds_the_cache(images, edgekit_home, caplog, 
 
 def test_every_step_from_file_to_pixels_lives_in_a_hashed_source():
     """A decode step defined outside the hashed files would escape the cache key."""
-    sources = {p.resolve() for p in decode.pixel_sources()}
-    steps = [decode.decode_fn, decode._jpeg_ratio, decode._decode_jpeg, decode.pil_decode,
-             decode.device_runner().decode_image, decode.device_runner().jpeg_draft_scale]
+    sources = {p.resolve() for p in pipeline.pixel_sources()}
+    runner = decode.device_runner()
+    steps = [pipeline.make_pipeline, pipeline._disk_cache, decode.decode_fn, decode._jpeg_ratio,
+             decode._decode_jpeg, decode.pil_decode, runner.decode_image, runner.jpeg_draft_scale]
     assert {Path(inspect.getsourcefile(step)).resolve() for step in steps} <= sources
 
 

@@ -2,8 +2,8 @@
 
 Everything between a file's bytes and the float32 pixels the pipeline (and so the pixel cache) holds
 lives here or in the device runner, whose Pillow decode this module calls for what tf.io cannot read.
-The pixel cache's key hashes exactly these files (`pixel_sources`), so a change to either of them
-invalidates cached pixels: keep any new decoding or resizing step in this module.
+The pixel cache's key hashes these files (`pixel_sources`, with the pipeline's own), so a change to any
+of them invalidates cached pixels: keep any new decoding or resizing step in this module.
 """
 
 from __future__ import annotations

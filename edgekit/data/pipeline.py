@@ -6,16 +6,24 @@ pixel cache (decoded once); without it, each pass decodes with `decode.decode_fn
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgekit.augment import augment_batch
-from edgekit.data import pixelcache
+from edgekit.data import decode, pixelcache
 from edgekit.data.decode import decode_fn
 from edgekit.data.types import ImageSet
 
 # without the disk cache, a split this small is kept decoded in memory (was 2 GiB: the 4.9 GB peak)
 MEMORY_CACHE_BYTES = 512 << 20
 SHUFFLE_BYTES = 512 << 20  # the training shuffle buffer's cap, so memory does not grow with the dataset
+
+
+def pixel_sources() -> list[Path]:
+    """The source files whose code produces the cached pixels: this module (the cache is filled from the
+    uncached pipeline below), the decoder and the device runner whose decode the Pillow path runs."""
+    return [Path(__file__), *decode.pixel_sources()]
 
 
 def make_pipeline(images: ImageSet, image_size: int, batch_size: int, *, training: bool = False,
@@ -63,7 +71,8 @@ def _disk_cache(images: ImageSet, image_size: int):
         for x, _ in make_pipeline(images, image_size, 64, cache=False):
             yield x.numpy()
 
-    return pixelcache.open_or_build(list(images.paths), list(images.tf_decodable), image_size, decoded_batches)
+    return pixelcache.open_or_build(list(images.paths), list(images.tf_decodable), image_size, decoded_batches,
+                                    pixel_sources())
 
 
 def iter_pixel_batches(images: ImageSet, image_size: int, batch_size: int = 128):

@@ -10,11 +10,11 @@ uncached pipeline and from the device by up to half a grey level.
 
 The key covers each file's path, size and mtime and the image size, so a changed file makes a new
 entry. The index records the format and a fingerprint of every source file that turns a file into
-pixels (edgekit.data.decode and the device runner) and of the TensorFlow, Pillow and numpy versions:
-an entry from another edgekit, decoder or library, or a shard whose size or checksum is off, is rebuilt with a
-notice. A full disk while writing leaves the run working without the cache. `EDGEKIT_CACHE=off`
-(`edgekit --no-cache`) turns it off; `EDGEKIT_CACHE_LIMIT` (`--cache-limit`) bounds it, evicting
-the least recently used entries.
+pixels (edgekit.data.pipeline, edgekit.data.decode and the device runner) and of the TensorFlow,
+Pillow and numpy versions: an entry from another edgekit, decoder or library, or a shard whose size
+or checksum is off, is rebuilt with a notice. A full disk while writing leaves the run working without
+the cache. `EDGEKIT_CACHE=off` (`edgekit --no-cache`) turns it off; `EDGEKIT_CACHE_LIMIT`
+(`--cache-limit`) bounds it, evicting the least recently used entries.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import xxhash
 
 from edgekit import __version__
 from edgekit.artifacts import edgekit_home, write_json_atomic
-from edgekit.data.decode import pixel_sources
 from edgekit.data.filecache import cache_settings, progress
 from edgekit.errors import EdgekitError
 
@@ -50,16 +49,16 @@ def pixels_root() -> Path:
     return edgekit_home() / "cache" / "pixels"
 
 
-def decoder_fingerprint() -> str:
+def decoder_fingerprint(sources: list[Path]) -> str:
     """Changes whenever what the decode step produces could change: the bytes of every source file that
-    turns a file into pixels (`decode.pixel_sources`: edgekit.data.decode and the device runner, the JPEG
-    DCT scaling and the Pillow path included) and the versions of the libraries under them."""
+    turns a file into pixels (`sources`: for the pipeline, `pipeline.pixel_sources()`) and the versions of
+    the libraries under them."""
     import PIL
 
     from edgekit.compat import tf
 
     digest = hashlib.sha256("\n".join([__version__, tf.__version__, PIL.__version__, np.__version__]).encode())
-    for path in pixel_sources():
+    for path in sources:
         digest.update(f"\n{path.name}\n".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -110,8 +109,10 @@ class CachedPixels:
 
 
 def open_or_build(paths: list[str], tf_decodable: list[bool], image_size: int,
-                  decoded_batches: Callable[[], Iterable[np.ndarray]]) -> CachedPixels | None:
+                  decoded_batches: Callable[[], Iterable[np.ndarray]], sources: list[Path]) -> CachedPixels | None:
     """The verified cache entry for these files, built from `decoded_batches` when missing or damaged.
+
+    `sources` are the files whose code produces `decoded_batches`: their bytes are part of the entry's check.
 
     None when the cache is off, over its limit, or cannot be written: the caller then decodes as before.
     """
@@ -120,7 +121,7 @@ def open_or_build(paths: list[str], tf_decodable: list[bool], image_size: int,
         return None
     root = pixels_root()
     directory = root / entry_key(paths, tf_decodable, image_size)
-    fingerprint = decoder_fingerprint()
+    fingerprint = decoder_fingerprint(sources)
     if directory.exists():
         problem = _problem(directory, len(paths), image_size, fingerprint)
         if problem is None:
