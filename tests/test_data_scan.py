@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,25 @@ def test_unchanged_folder_is_not_decoded_again(tmp_path, monkeypatch):
     os.utime(changed, ns=(1, 1))
     third = scan_class_folders(root, spec)
     assert [str(p) for p in calls] == [str(changed)] and third.paths == first.paths
+
+
+def test_an_edited_decoder_checks_every_file_again(tmp_path, monkeypatch):
+    """A verdict says whether the training decoder reads a file, so the decoder's code is in the scan cache's
+    key: after an edit to it, nothing is taken from the old verdicts."""
+    root = _folder(tmp_path / "data")
+    spec = DataSpec(data=str(root))
+    first = scan_class_folders(root, spec)
+    host = Path(decode.__file__)
+    edited = tmp_path / "edited" / host.name
+    edited.parent.mkdir()
+    edited.write_text(host.read_text() + "\n# an edit\n")
+    sources = decode.pixel_sources()
+    monkeypatch.setattr(decode, "pixel_sources", lambda: [edited if p == host else p for p in sources])
+    calls = []
+    real = decode.inspect_image
+    monkeypatch.setattr(decode, "inspect_image", lambda path, limit: calls.append(path) or real(path, limit))
+    again = scan_class_folders(root, spec)
+    assert sorted(map(str, calls)) == sorted(first.paths) and again.paths == first.paths
 
 
 def test_cached_verdict_of_a_bad_file_still_obeys_strict(tmp_path):

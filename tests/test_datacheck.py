@@ -97,6 +97,21 @@ def test_hashes_are_computed_once_per_unchanged_file(digits_folder, tmp_path, mo
     assert hash_files(paths) == again and calls == []  # and the repaired entry is stored
 
 
+def test_edited_hashing_code_hashes_every_file_again(digits_folder, tmp_path, monkeypatch):
+    """The facts cache is keyed on edgekit/data/hashing.py's bytes: a changed hash is never mixed with old ones."""
+    from edgekit.data import hashing
+
+    paths = [str(p) for p in sorted((digits_folder / "4").glob("*.png"))[:3]]
+    first = hash_files(paths)
+    edited = tmp_path / "hashing.py"
+    edited.write_text(Path(hashing.__file__).read_text() + "\n# an edit\n")
+    monkeypatch.setattr(hashing, "__file__", str(edited))
+    calls = []
+    real = hashing.image_facts
+    monkeypatch.setattr(hashing, "image_facts", lambda path, *a: calls.append(path) or real(path, *a))
+    assert hash_files(paths) == first and calls == paths
+
+
 def test_group_split_never_separates_a_group_and_stays_stratified():
     rng = np.random.default_rng(0)
     targets = np.repeat(np.arange(4), 60)

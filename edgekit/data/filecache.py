@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +72,25 @@ def progress(total: int, description: str):
                 leave=False)
 
 
+def source_digest(sources: Iterable[Path]) -> str:
+    """A hash of source files' bytes: part of a cache key, so that editing the code that computed a cached
+    value retires it (a version number someone must remember to bump does not)."""
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(f"{Path(path).name}\n".encode())
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 class FileResults:
     """Results of an earlier pass over files (a scan's verdicts, image hashes), one JSON file per
-    (kind, identity) under `$EDGEKIT_HOME/cache/<kind>/`, reused while a file's size and mtime hold."""
+    (kind, identity, code) under `$EDGEKIT_HOME/cache/<kind>/`, reused while a file's size and mtime hold.
+
+    `sources` are the files whose code computes the results: editing them starts a new cache file."""
 
     def __init__(self, kind: str, identity: str, version: int, enabled: bool = True,
-                 valid: Callable[[list], bool] | None = None):
-        key = f"{version}\t{identity}\t{__version__}"
+                 valid: Callable[[list], bool] | None = None, sources: Iterable[Path] = ()):
+        key = f"{version}\t{identity}\t{__version__}\t{source_digest(sources)}"
         self.path = cache_dir() / kind / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
         self.kind, self.version, self.enabled, self.valid = kind, version, enabled, valid
         self.entries: dict[str, list] = {}

@@ -70,7 +70,7 @@ def hash_files(paths: list[str], max_pixels: int = 40_000_000, workers: int = 4,
         return []
     folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     cache = FileResults("facts", f"{folder}\t{max_pixels}", FACTS_FORMAT, enabled=cache_enabled(use_cache),
-                        valid=_is_facts)
+                        valid=_is_facts, sources=[Path(__file__)])
     found = per_file(list(paths), lambda p: astuple(image_facts(p, max_pixels)), cache, "hashing images", workers)
     # None only for a file that vanished since the scan: image_facts then raises the OSError that says so
     return [ImageFacts(*values) if values is not None else image_facts(path, max_pixels)

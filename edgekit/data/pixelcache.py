@@ -35,7 +35,7 @@ import xxhash
 
 from edgekit import __version__
 from edgekit.artifacts import edgekit_home, write_json_atomic
-from edgekit.data.filecache import cache_settings, progress
+from edgekit.data.filecache import cache_settings, progress, source_digest
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,8 @@ def decoder_fingerprint(sources: list[Path]) -> str:
 
     from edgekit.compat import tf
 
-    digest = hashlib.sha256("\n".join([__version__, tf.__version__, PIL.__version__, np.__version__]).encode())
-    for path in sources:
-        digest.update(f"\n{path.name}\n".encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    versions = "\n".join([__version__, tf.__version__, PIL.__version__, np.__version__])
+    return hashlib.sha256(f"{versions}\n{source_digest(sources)}".encode()).hexdigest()
 
 
 def entry_key(paths: Iterable[str], tf_decodable: Iterable[bool], image_size: int) -> str:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgekit.artifacts import edgekit_home, write_text_atomic
+from edgekit.data import decode
 from edgekit.data.decode import check_decodes
 from edgekit.data.filecache import FileResults, cache_enabled, per_file
-from edgekit.data.types import IMAGE_EXTENSIONS, ScannedFolder
+from edgekit.data.types import IMAGE_EXTENSIONS, DataSpec, ScannedFolder
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,12 @@ def stray_entries(root: Path, folders: list[Path]) -> list[tuple[str, str]]:
 
 
 def scan_cache(root: Path, max_pixels: int, enabled: bool = True) -> FileResults:
-    """The scan's verdicts for one folder: (tf decodable, reason it is not usable or None) per file."""
+    """The scan's verdicts for one folder: (tf decodable, reason it is not usable or None) per file.
+
+    Keyed on the decoder's code too: the verdict is whether the training decoder reads the file."""
     return FileResults("scan", f"{Path(root).resolve()}\t{max_pixels}", SCAN_FORMAT, enabled,
-                       valid=lambda v: len(v) == 2 and isinstance(v[0], bool) and isinstance(v[1], (str, type(None))))
+                       valid=lambda v: len(v) == 2 and isinstance(v[0], bool) and isinstance(v[1], (str, type(None))),
+                       sources=decode.pixel_sources())
 
 
 def check_files(paths: list[str], check: Check, cache: FileResults, label: str) -> list[tuple[bool, str | None]]:
@@ -147,7 +151,7 @@ def report_skipped(skipped: list[tuple[str, str]], root: Path) -> Path | None:
     return listing
 
 
-def scan_class_folders(root: Path, spec, labels: tuple[str, ...] | None = None,
+def scan_class_folders(root: Path, spec: DataSpec, labels: tuple[str, ...] | None = None,
                        use_cache: bool | None = None) -> ScannedFolder:
     """Find and check every image under `root/<class>/`; `labels` fixes the class list and order.
 
