@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from edgekit import runner
 from edgekit.artifacts import edgekit_home
 from edgekit.config import from_mapping, wants
 from edgekit.errors import EdgekitError
@@ -279,6 +280,5 @@ def runner_path() -> Path:
 def runner_module():
     """The runner file imported as a module (`edgekit.runner` loads it once), for code that must behave
     exactly as the device does (its decode, its option parser)."""
-    from edgekit import runner
 
     return runner.module

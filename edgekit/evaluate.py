@@ -14,6 +14,7 @@ import numpy as np
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, atomic_path, sha256_file, write_json_atomic
 from edgekit.errors import EdgekitError
+from edgekit.runner import load_model
 
 
 class KerasPredictor:
@@ -42,7 +43,6 @@ class TFLitePredictor:
     """
 
     def __init__(self, path: Path, num_threads: int | None = None, runtime: str | None = None):
-        from edgekit.runner import load_model
 
         self.path = Path(path)
         self.model = load_model(self.path, threads=num_threads, runtime=runtime)

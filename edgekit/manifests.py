@@ -128,7 +128,7 @@ class RunManifest(Manifest):
     MAIN_FILE: ClassVar[str] = "model.keras"
     name: str = ""
     model: ModelContract | None = None
-    dataset: dict = field(default_factory=dict)  # data.py's description; read back by spec_from_description
+    dataset: dict = field(default_factory=dict)  # edgekit.data's description; read back by spec_from_description
     config: dict = field(default_factory=dict)  # the resolved TrainConfig, as saved in train_config.json
     seed: int = 0
     hardware: dict = field(default_factory=dict)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from edgekit.artifacts import edgekit_home
 from edgekit.config import from_mapping
 from edgekit.errors import EdgekitError
 from edgekit.yamlio import load_yaml_file
@@ -148,8 +149,6 @@ def check_unique_names(recipes: list[Recipe]) -> None:
 
 
 def user_recipes_dir() -> Path:
-    from edgekit.artifacts import edgekit_home
-
     return edgekit_home() / "recipes"
 
 

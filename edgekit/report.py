@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit import manifests
-from edgekit.artifacts import recover_swaps, visible_glob
+from edgekit.artifacts import recover_swaps, visible_glob, write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
 
 
@@ -214,7 +214,6 @@ def variants_markdown(rows: list[dict]) -> str:
 
 def write_variant_report(run_dir: Path) -> tuple[list[dict], str]:
     """Write compressed/report.md and report.json for a run; returns the rows and the Markdown."""
-    from edgekit.artifacts import write_json_atomic, write_text_atomic
 
     manifests.read(run_dir, manifests.RunManifest)  # a finished run, or one line saying what it is not
     rows = variant_rows(run_dir)

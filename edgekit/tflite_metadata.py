@@ -28,6 +28,7 @@ import numpy as np
 
 from edgekit import __version__
 from edgekit.errors import EdgekitError
+from edgekit.runner import read_metadata as runner_read_metadata
 from edgekit.tflite import METADATA_NAME, TFLITE_IDENTIFIER, has_identifier, parse
 
 METADATA_IDENTIFIER = b"M001"
@@ -212,7 +213,6 @@ def packed_files(content: bytes) -> dict[str, bytes]:
 def read_metadata(content: bytes, label: str = "<tflite bytes>") -> ClassifierMetadata | None:
     """The standard metadata of any .tflite (None when it has none), read by the on-device runner's reader
     so host and device agree on it; metadata that is present but unreadable is one EdgekitError line."""
-    from edgekit.runner import read_metadata as runner_read_metadata
 
     if not has_identifier(content):
         raise EdgekitError(f"{label}: not a TFLite model (no 'TFL3' flatbuffer identifier); pass a .tflite file")

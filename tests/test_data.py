@@ -150,6 +150,32 @@ def test_images_too_large_to_decode_safely_are_skipped(tmp_path):
     assert skipped["path"].endswith("huge.png") and "pixel limit" in skipped["reason"]
 
 
+def test_spec_round_trips_through_a_run_manifest(tmp_path):
+    """eval, compress and bench reload a run's data from its manifest: every field that picks the files or
+    the split comes back. A non-default pixel limit used to be dropped, so the reload saw other files."""
+    from edgekit import manifests
+    from edgekit.data import spec_from_description
+
+    root = _two_class_folder(tmp_path / "data", per_class=5)
+    _image(root / "dog" / "huge.png", size=(1200, 1000))  # over the run's limit, under the default one
+    extra = _two_class_folder(tmp_path / "extra", per_class=2)
+    exclusions = tmp_path / "exclude.txt"
+    exclusions.write_text("cat/0.png\n")
+    spec = DataSpec(data=str(root.resolve()), extra_data=(str(extra.resolve()),), image_size=24, seed=7,
+                    validation_fraction=0.3, max_image_pixels=1_000_000, exclude=str(exclusions.resolve()))
+    splits = load_dataset(spec)
+    run = tmp_path / "run"
+    run.mkdir()
+    manifests.write(run, manifests.RunManifest(name="r", dataset=splits.description), [])
+    again = spec_from_description(manifests.read(run, manifests.RunManifest).dataset, spec.image_size)
+    assert again == spec
+    reloaded = load_dataset(again)
+    assert (reloaded.train.paths, reloaded.validation.paths) == (splits.train.paths, splits.validation.paths)
+    assert not any(p.endswith("huge.png") for p in reloaded.train.paths + reloaded.validation.paths)
+    older = {k: v for k, v in splits.description.items() if k != "max_image_pixels"}  # runs made before it
+    assert spec_from_description(older, 24).max_image_pixels == DataSpec().max_image_pixels
+
+
 def test_every_supported_format_decodes(tmp_path):
     root = tmp_path / "data"
     color = (10, 120, 240)

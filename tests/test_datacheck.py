@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.data import DataSpec, load_dataset, spec_from_description, stratified_split
+from edgekit.data.hashing import duplicate_groups, hash_files
+from edgekit.data.split import group_stratified_split
 from edgekit.datacheck.check import check_folder
-from edgekit.datacheck.hashing import duplicate_groups, hash_files
-from edgekit.datacheck.split import group_stratified_split
 from edgekit.devices import runner_path
 from edgekit.errors import EdgekitError
 
@@ -70,7 +70,7 @@ def test_exact_and_near_copies_form_groups(digits_folder, tmp_path):
 
 
 def test_hashes_are_computed_once_per_unchanged_file(digits_folder, tmp_path, monkeypatch, edgekit_home):
-    from edgekit.datacheck import hashing
+    from edgekit.data import hashing
 
     paths = [str(p) for p in sorted((digits_folder / "3").glob("*.png"))[:4]]
     moved = tmp_path / "moving.png"
@@ -95,6 +95,21 @@ def test_hashes_are_computed_once_per_unchanged_file(digits_folder, tmp_path, mo
     assert hash_files(paths) == again and calls == [paths[0]]
     calls.clear()
     assert hash_files(paths) == again and calls == []  # and the repaired entry is stored
+
+
+def test_edited_hashing_code_hashes_every_file_again(digits_folder, tmp_path, monkeypatch):
+    """The facts cache is keyed on edgekit/data/hashing.py's bytes: a changed hash is never mixed with old ones."""
+    from edgekit.data import hashing
+
+    paths = [str(p) for p in sorted((digits_folder / "4").glob("*.png"))[:3]]
+    first = hash_files(paths)
+    edited = tmp_path / "hashing.py"
+    edited.write_text(Path(hashing.__file__).read_text() + "\n# an edit\n")
+    monkeypatch.setattr(hashing, "__file__", str(edited))
+    calls = []
+    real = hashing.image_facts
+    monkeypatch.setattr(hashing, "image_facts", lambda path, *a: calls.append(path) or real(path, *a))
+    assert hash_files(paths) == first and calls == paths
 
 
 def test_group_split_never_separates_a_group_and_stays_stratified():

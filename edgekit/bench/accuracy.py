@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.runner import dequantizer
 
 TOLERANCE_STEPS = 1.0  # one step: rounding may differ between kernels, more is a different computation
 FLOAT_TOLERANCE = 1e-4  # float outputs from another build of the same runtime may differ in the last bits
@@ -102,7 +103,6 @@ def device_accuracy(target, variant, remote_model: str, model_args: list, scratc
     """
     from edgekit.data import iter_pixel_batches
     from edgekit.evaluate import TFLitePredictor
-    from edgekit.runner import dequantizer
 
     if variant.manifest is None or not variant.manifest.dataset:
         raise EdgekitError(f"{variant.path}: no manifest naming its dataset, so no labelled inputs for an "

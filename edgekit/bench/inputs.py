@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import runner
 from edgekit.errors import EdgekitError
+from edgekit.runner import dequantize, load_model
 from edgekit.tflite import TFLiteModel
 
 SEED = 0
@@ -64,7 +66,6 @@ def generated(model: TFLiteModel, out: Path, count: int) -> Feed:
 def folder_images(model: TFLiteModel, directory: Path, out: Path, count: int) -> Feed:
     """Up to `count` images from `directory`, decoded and resized to the model's input as the runner's
     `classify` does (its own code), float RGB 0..255."""
-    from edgekit import runner
 
     if len(model.inputs) != 1 or not model.is_image_classifier or model.inputs[0].shape[-1] != 3:
         raise EdgekitError(f"{model.label}: --images feeds single-input RGB image classifiers; "
@@ -106,7 +107,6 @@ def _not_a_classifier(model: TFLiteModel) -> str:
 def reference_outputs(path: Path, feed: Feed, k: int) -> np.ndarray:
     """What LiteRT on this host answers for the first k samples: the first output, dequantized."""
     from edgekit.evaluate import TFLitePredictor
-    from edgekit.runner import dequantize, load_model
 
     if feed.pixels is not None:
         return TFLitePredictor(path).predict(feed.pixels[:k]).reshape(min(k, len(feed.pixels)), -1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgekit import manifests
 from edgekit.artifacts import atomic_path, library_versions, write_json_atomic, write_text_atomic
+from edgekit.bench.advice import advice_markdown, row_accuracy
 from edgekit.errors import EdgekitError
 from edgekit.report import human_size, markdown_table
 
@@ -104,8 +105,6 @@ def results_csv(rows: list[dict]) -> str:
 
 
 def _plot_points(rows: list[dict]) -> list[tuple]:
-    from edgekit.bench.advice import row_accuracy
-
     return [(r["latency_ms"]["p90"], row_accuracy(r), r["size"], f"{r['variant']} t{r['threads'] or '-'}")
             for r in rows if r["status"] != "error" and r.get("latency_ms") and row_accuracy(r) is not None]
 
@@ -191,7 +190,6 @@ def cpu_model() -> str:
 def write_results(out_dir: Path, device_name: str, result, settings: dict,
                   parents: list[manifests.ParentRef], advice: dict | None = None) -> Path:
     """Write results.json/.csv/.md and pareto.png into `out_dir`, described by a manifest."""
-    from edgekit.bench.advice import advice_markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"device": device_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "partial": result.partial,

@@ -21,6 +21,7 @@ from edgekit import manifests
 from edgekit.artifacts import recover_swaps, sha256_file, visible_glob
 from edgekit.bench import accuracy, inputs
 from edgekit.bench.paired import ratio_interval
+from edgekit.data import load_dataset, load_pixels, spec_from_description
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
 from edgekit.runner import dequantizer
@@ -121,7 +122,6 @@ def _variant(path: Path) -> BenchModel:
 
 def bench_inputs(variant: BenchModel, out: Path, count: int) -> np.ndarray | None:
     """Validation images at the model's size, saved as .npz for the runner; None without a dataset."""
-    from edgekit.data import load_dataset, load_pixels, spec_from_description
 
     if variant.manifest is None or not variant.manifest.dataset:
         return None

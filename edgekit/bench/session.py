@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.artifacts import check_writable, edgekit_home
+from edgekit.bench.advice import advise
+from edgekit.bench.report import write_results
 from edgekit.bench.run import BenchModel, BenchResult, BenchSettings, collect_variants, run_bench
 from edgekit.devices import load_profile
 from edgekit.manifests import MANIFEST, ParentRef
@@ -38,8 +40,6 @@ def results_home(first: Path, variant: BenchModel) -> Path:
 def bench_session(targets: list[Path], device: str, settings: BenchSettings, *, out: Path | None = None,
                   max_latency_ms: float | None = None, min_accuracy: float | None = None) -> BenchSession:
     """Benchmark `targets` (runs, variants or .tflite files) on `device` and write results beside them."""
-    from edgekit.bench.advice import advise
-    from edgekit.bench.report import write_results
 
     profile = load_profile(device)
     if settings.threads == (None,):

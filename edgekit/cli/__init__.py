@@ -86,7 +86,7 @@ def main(
     if no_cache:  # the environment carries it to the library, subprocesses and tests alike
         os.environ["EDGEKIT_CACHE"] = "off"
     if cache_limit is not None:
-        from edgekit.datacache import parse_size
+        from edgekit.data.filecache import parse_size
 
         try:
             parse_size(cache_limit, "--cache-limit")
@@ -133,7 +133,7 @@ TrustModelOption = Annotated[bool, typer.Option(
     "on load, so only for files you trust.")]
 
 
-def _run_dir(run_dir: Path | None) -> Path:
+def resolve_run_dir(run_dir: Path | None) -> Path:
     from edgekit.artifacts import latest_run
 
     return run_dir if run_dir is not None else latest_run()
@@ -147,7 +147,7 @@ AcceptKeyOption = Annotated[bool, typer.Option("--accept-new-host-key",
                                                help="Trust an SSH host key seen for the first time.")]
 
 
-def _threads(value: str | None) -> tuple[int | None, ...]:
+def parse_threads(value: str | None) -> tuple[int | None, ...]:
     if not value:
         return (None,)
     try:
@@ -159,7 +159,7 @@ def _threads(value: str | None) -> tuple[int | None, ...]:
     return threads
 
 
-def _check_runtime(runtime: str | None) -> None:
+def check_runtime(runtime: str | None) -> None:
     from edgekit.devices import RUNTIMES
 
     if runtime is not None and runtime not in RUNTIMES:

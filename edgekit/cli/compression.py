@@ -11,9 +11,9 @@ import typer
 from edgekit.cli import (
     JsonOption,
     TrustModelOption,
-    _run_dir,
     app,
     emit,
+    resolve_run_dir,
     user_errors,
 )
 from edgekit.errors import EdgekitError
@@ -72,7 +72,7 @@ def compress(
     from edgekit.compress.pipeline import compress_all
     from edgekit.report import write_variant_report
 
-    run = _run_dir(run_dir)
+    run = resolve_run_dir(run_dir)
     variants = compress_all(run, recipes, threads=threads, force=force, trust_model=trust_model)
     results = [{"variant": v.manifest.name, "dir": str(v.directory), "status": v.status,
                 "recipe_hash": v.manifest.recipe_hash, "accuracy": v.manifest.metrics.validation.accuracy,
@@ -101,6 +101,6 @@ def report(
     """
     from edgekit.report import write_variant_report
 
-    run = _run_dir(run_dir)
+    run = resolve_run_dir(run_dir)
     rows, markdown = write_variant_report(run)
     emit({"run": str(run), "variants": rows}, as_json, markdown)

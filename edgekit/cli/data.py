@@ -51,8 +51,8 @@ def data_check(
     $ edgekit data check photos/ --run runs/photos-20260101-120000 --write-exclusions exclude.txt
     """
     from edgekit.artifacts import check_writable
+    from edgekit.data.exclude import write_exclusions as write_list
     from edgekit.datacheck.check import CheckOptions, check_folder, default_out_dir, exclusion_entries, write_check
-    from edgekit.datacheck.exclude import write_exclusions as write_list
     from edgekit.datacheck.report import summary_lines
 
     if not 0 <= near_distance <= 32:

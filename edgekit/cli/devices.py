@@ -13,11 +13,11 @@ from edgekit.cli import (
     JsonOption,
     RuntimeOption,
     WideOption,
-    _check_runtime,
-    _run_dir,
-    _threads,
     app,
+    check_runtime,
     emit,
+    parse_threads,
+    resolve_run_dir,
     user_errors,
 )
 from edgekit.errors import EdgekitError
@@ -80,12 +80,12 @@ def bench(
         rows, table = compare_results(compare[0], compare[1])
         emit({"rows": rows}, as_json, table)
         return
-    _check_runtime(runtime)
-    settings = BenchSettings(threads=_threads(threads) if threads else (None,), runs=runs, warmup=warmup,
+    check_runtime(runtime)
+    settings = BenchSettings(threads=parse_threads(threads) if threads else (None,), runs=runs, warmup=warmup,
                              min_seconds=min_seconds, delegate=delegate, accept_new_host_key=accept_new_host_key,
                              runtime=runtime, images=images, accuracy_samples=accuracy_samples,
                              paired_rounds=paired_rounds)
-    session = bench_session(list(models) if models else [_run_dir(None)], device, settings, out=out,
+    session = bench_session(list(models) if models else [resolve_run_dir(None)], device, settings, out=out,
                             max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
     result = session.result
     for row in result.rows:
@@ -133,7 +133,7 @@ def deploy(
     from edgekit.devices import load_profile
     from edgekit.service import ServiceSpec, remove_from_device
 
-    _check_runtime(runtime)
+    check_runtime(runtime)
     if remove_service:
         result = remove_from_device(load_profile(device), remove_service, accept_new_host_key=accept_new_host_key)
         emit(result, as_json, f"removed {result['unit']} from {result['device']}")

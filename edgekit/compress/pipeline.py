@@ -28,6 +28,9 @@ from edgekit.artifacts import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from edgekit.compress.convert import convert
+from edgekit.compress.edgetpu import check_edgetpu
+from edgekit.compress.finetune import EpochProgress, fine_tune
 from edgekit.data import (
     calibration_images,
     iter_pixel_batches,
@@ -39,7 +42,7 @@ from edgekit.data import (
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
 from edgekit.model import load_keras_model
-from edgekit.recipes import TRAINING_STAGES, Recipe
+from edgekit.recipes import TRAINING_STAGES, Recipe, check_unique_names
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +123,7 @@ def existing_variant(run_dir: Path, recipe: Recipe, force: bool) -> Variant | No
 
 def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, dict, list[dict]]:
     """Run prune / cluster / qat in order; returns the model to convert, sparsity, and stage timings."""
-    from edgekit.compress import cluster, prune, qat
-    from edgekit.compress.finetune import EpochProgress, fine_tune
+    from edgekit.compress import cluster, prune, qat  # tensorflow-model-optimization: only for these stages
 
     modules = {"prune": prune, "cluster": cluster, "qat": qat}
     timings, sparsity, previous = [], {}, []
@@ -182,7 +184,6 @@ def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = 
 
     Recipes whose identical variant already exists are reported unchanged without loading anything.
     """
-    from edgekit.recipes import check_unique_names
 
     check_unique_names(recipes)
     if threads is not None and threads < 1:
@@ -207,8 +208,6 @@ def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = 
 
 def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict, list[dict]]:
     """Training stages (if any), then conversion: the bytes that will ship."""
-    from edgekit.compress.convert import convert
-
     config, size = context.run.config, context.image_size
     batch, seed = int(config.get("batch_size", 64)), int(config.get("seed", 42))
     train_ds = val_ds = None
@@ -287,7 +286,5 @@ def remove_stale_scratch(compressed: Path) -> list[Path]:
 
 
 def _edgetpu(recipe: Recipe, directory: Path) -> dict:
-    from edgekit.compress.edgetpu import check_edgetpu
-
     params = next(s.params for s in recipe.stages if s.type == "edgetpu")
     return check_edgetpu(directory / TFLITE_FILE, directory, run_compiler=params.run_compiler)

@@ -1,2 +1,2 @@
-"""Data checks that make a validation figure honest: duplicates, leakage between splits, balance,
-odd images and likely label errors (`edgekit data check`), and the group-aware split `train` uses."""
+"""`edgekit data check`: the applications over the data layer that make a validation figure honest:
+duplicates, leakage between splits, balance, odd images and likely label errors, in one report."""

@@ -17,8 +17,9 @@ import numpy as np
 
 from edgekit import manifests
 from edgekit.artifacts import edgekit_home, write_json_atomic, write_text_atomic
-from edgekit.data import IMAGE_EXTENSIONS, SPLIT_NAMES, DataSpec, ImageSet, scan_class_folders
-from edgekit.datacheck import hashing
+from edgekit.data import IMAGE_EXTENSIONS, SPLIT_NAMES, DataSpec, ImageSet, hashing, scan_class_folders
+from edgekit.datacheck import labels as lab
+from edgekit.datacheck.report import contact_sheets, markdown, summary_lines
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,6 @@ def _flags(images: Images, facts: list, options: CheckOptions) -> list[dict]:
 
 def _label_errors(images: Images, facts: list, run: Path | None, options: CheckOptions,
                   trust_model: bool = False) -> dict:
-    from edgekit.datacheck import labels as lab
-
     section: dict = {}
     phashes = np.array([f.phash for f in facts], dtype=np.uint64)
     matches, counts = lab.device_corrections([f.sha256 for f in facts], phashes, options.near_distance)
@@ -211,7 +210,6 @@ def default_out_dir(root: Path) -> Path:
 
 def write_check(report: dict, out_dir: Path) -> list[str]:
     """report.json, report.md, the contact sheets and a manifest; returns the files written."""
-    from edgekit.datacheck.report import contact_sheets, markdown, summary_lines
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import manifests
+from edgekit.artifacts import visible_glob
+from edgekit.data import make_pipeline
+from edgekit.data.hashing import image_facts
 from edgekit.errors import EdgekitError
+from edgekit.evaluate import manifest_model_file
+from edgekit.feedback import SNAPSHOT_DB, corrections, feedback_home, sample_file
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +32,6 @@ PCA_COMPONENTS = 64
 def run_features(run_dir: Path, images, trust_model: bool = False) -> tuple[np.ndarray, dict]:
     """Pooled features of every image in `images` (an ImageSet) from the run's model, and a record."""
     from edgekit.compat import keras
-    from edgekit.data import make_pipeline
-    from edgekit.evaluate import manifest_model_file
     from edgekit.model import load_keras_model
 
     run_dir = Path(run_dir)
@@ -91,9 +94,6 @@ def device_corrections(sha256s: list[str], phashes: np.ndarray, near_distance: i
     Returns one row per match (dataset index, corrected label, import, prediction id, match kind) and
     counts. Which of them contradict the folder is for the caller, who knows the folder labels.
     """
-    from edgekit.artifacts import visible_glob
-    from edgekit.datacheck.hashing import image_facts
-    from edgekit.feedback import SNAPSHOT_DB, corrections, feedback_home, sample_file
 
     by_sha = {sha: i for i, sha in reversed(list(enumerate(sha256s)))}
     phashes = np.asarray(phashes, dtype=np.uint64)

@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from edgekit.bench.report import write_results
+from edgekit.bench.run import collect_variants, run_bench
+from edgekit.config import TrainConfig
 from edgekit.errors import EdgekitError
+from edgekit.manifests import ParentRef
+from edgekit.recipes import load_recipe
+from edgekit.tune.cost import candidate_seconds, human_seconds, recipe_epochs
 from edgekit.tune.latency import DeviceUnreachable, probe_latency, recipe_sparsity
 
 log = logging.getLogger(__name__)
@@ -67,7 +73,6 @@ def precheck(probe, recipe, budget: Budget) -> str | None:
 
 def _over_time(trial, ctx, params: dict, recipe, splits) -> str | None:
     """Record the candidate's estimated cost; why it cannot finish in the time left (--budget), or None."""
-    from edgekit.tune.cost import candidate_seconds, human_seconds, recipe_epochs
 
     if ctx.rate is None:
         return None
@@ -117,10 +122,6 @@ def epoch_rule(trial, study, rule):
 
 
 def _bench_variant(variant_dir: Path, ctx, trial) -> dict:
-    from edgekit.bench.report import write_results
-    from edgekit.bench.run import collect_variants, run_bench
-    from edgekit.manifests import ParentRef
-
     variants = collect_variants([variant_dir])
     result = run_bench(variants, ctx.profile, ctx.settings)
     if result.device.get("error"):
@@ -140,7 +141,6 @@ def _bench_variant(variant_dir: Path, ctx, trial) -> dict:
 def run_candidate(trial, ctx) -> tuple[float, ...]:
     """The objective: (accuracy, p90 ms[, size KB]) of one candidate, or TrialPruned before/during training."""
     from edgekit.compress.pipeline import compress
-    from edgekit.recipes import load_recipe
 
     params = {name: dim.suggest(trial) for name, dim in ctx.space.dimensions.items()}
     started = time.time()
@@ -184,7 +184,6 @@ def run_candidate(trial, ctx) -> tuple[float, ...]:
 
 def _trained_run(trial, ctx, params: dict) -> Path:
     """Train the candidate with `edgekit.train.train`, or reuse a run with the same training settings."""
-    from edgekit.config import TrainConfig
     from edgekit.train import train
 
     found = ctx.trained_run(trial)

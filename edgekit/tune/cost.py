@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
+
 log = logging.getLogger(__name__)
 
 # MobileNetV2 multiply-adds at 224 px by width multiplier (Sandler et al. 2018, the published table);
@@ -145,7 +147,6 @@ def cost_lines(cost: dict) -> list[str]:
 
 def parse_duration(text: str) -> float:
     """'90', '90s', '30m', '2h' → seconds; anything else is one line naming the option."""
-    from edgekit.errors import EdgekitError
 
     units = {"s": 1, "m": 60, "h": 3600}
     value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")

@@ -27,8 +27,11 @@ from pathlib import Path
 
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, write_bytes_atomic
+from edgekit.bench.run import collect_variants, run_bench
+from edgekit.data import calibration_images
 from edgekit.errors import EdgekitError
 from edgekit.recipes import Recipe
+from edgekit.tflite import parse
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +85,7 @@ def _build_probe(directory: Path, alpha: float, image_size: int, recipe: Recipe,
     """Convert a seeded random-weight model of this architecture with the recipe's convert stage."""
     from edgekit.compat import keras
     from edgekit.compress.convert import convert
-    from edgekit.data import calibration_images
     from edgekit.model import ModelSpec, build_classifier
-    from edgekit.tflite import parse
 
     keras.utils.set_random_seed(seed)
     model = build_classifier(ModelSpec(len(splits.labels), image_size, alpha))
@@ -108,7 +109,6 @@ def _build_probe(directory: Path, alpha: float, image_size: int, recipe: Recipe,
 
 def _time_on_device(model_path: Path, profile, settings) -> dict:
     """One bench row for the probe, through the same path as `edgekit bench`."""
-    from edgekit.bench.run import collect_variants, run_bench
 
     result = run_bench(collect_variants([model_path]), profile, settings)
     if result.device.get("error"):

@@ -18,6 +18,7 @@ import yaml
 from edgekit.config import TrainConfig, from_mapping
 from edgekit.errors import EdgekitError
 from edgekit.model import MIN_IMAGE_SIZE
+from edgekit.recipes import load_recipe
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "resources" / "tune" / "default.yaml"
 DIMENSIONS = ("width", "image_size", "recipe", "epochs", "learning_rate")
@@ -104,8 +105,6 @@ def _is_number(value) -> bool:
 def _check_value(name: str, value, where: str) -> None:
     """Limits each dimension's values must respect; recipes must load."""
     if name == "recipe":
-        from edgekit.recipes import load_recipe
-
         if not isinstance(value, str):
             raise EdgekitError(f"{where}: a recipe is a shipped name or a .yaml path, got {value!r}")
         try:

@@ -23,9 +23,17 @@ import optuna
 from optuna.trial import TrialState
 
 from edgekit.artifacts import edgekit_home, process_alive, write_json_atomic
+from edgekit.bench.run import BenchSettings
+from edgekit.compat import gpus
+from edgekit.config import TrainConfig, from_mapping
+from edgekit.data import DataSpec, load_dataset
+from edgekit.devices import load_profile
 from edgekit.errors import EdgekitError
-from edgekit.tune.candidate import Budget, CandidateFailed, run_candidate
-from edgekit.tune.latency import DeviceUnreachable
+from edgekit.recipes import load_recipe
+from edgekit.tune.candidate import Budget, CandidateFailed, describe, precheck, run_candidate
+from edgekit.tune.cost import TrainRate, cost_lines, measure_rate, study_cost
+from edgekit.tune.latency import DeviceUnreachable, probe_latency
+from edgekit.tune.report import unsatisfied, write_report
 from edgekit.tune.space import SearchSpace, load_space, space_from_mapping
 
 log = logging.getLogger(__name__)
@@ -195,7 +203,6 @@ def shipped_space(space_path: str | None) -> Path | str:
         return shipped / f"{space_path}.yaml"
     if space_path is not None:
         return space_path
-    from edgekit.compat import gpus
 
     if gpus():
         return shipped / "default.yaml"
@@ -206,7 +213,6 @@ def shipped_space(space_path: str | None) -> Path | str:
 
 def load_config(device: str, max_latency_ms: float, space_path: str | None, **options) -> TuneConfig:
     """Validate everything a study needs before any work: the space file and the device profile."""
-    from edgekit.devices import load_profile
 
     if max_latency_ms <= 0:
         raise EdgekitError(f"--max-latency-ms {max_latency_ms}: must be a positive number of milliseconds")
@@ -228,15 +234,11 @@ class Context:
     """What every trial of one worker shares: the study, device, settings and loaded datasets."""
 
     def __init__(self, study, config: TuneConfig, tune_dir: Path):
-        from edgekit.bench.run import BenchSettings
-        from edgekit.devices import load_profile
-
         self.study, self.config, self.tune_dir = study, config, Path(tune_dir)
         self.study_name = study.study_name
         self.space = space_from_mapping(config.space, config.space_source)
         self.budget = config.budget
         self.data = config.data
-        from edgekit.config import TrainConfig, from_mapping
 
         fixed = from_mapping(TrainConfig, self.space.train, self.space.source)  # nested mappings → dataclasses
         self.train_fields = {name: getattr(fixed, name) for name in self.space.train}
@@ -256,9 +258,6 @@ class Context:
         return {"tune": {"study": self.study_name, "trial": trial.number, "tune_dir": str(self.tune_dir.resolve())}}
 
     def splits(self, image_size: int):
-        from edgekit.config import TrainConfig
-        from edgekit.data import DataSpec, load_dataset
-
         if image_size not in self._splits:
             defaults = TrainConfig()
             self._splits[image_size] = load_dataset(DataSpec(
@@ -312,10 +311,6 @@ class TrialLimit:
 
 def check_satisfiable(ctx: Context) -> None:
     """Before any training: the smallest width and size with each recipe. If none fits, no candidate will."""
-    from edgekit.recipes import load_recipe
-    from edgekit.tune.candidate import describe, precheck
-    from edgekit.tune.latency import probe_latency
-
     dims = ctx.space.dimensions
     width = min(dims["width"].choices or (dims["width"].low,))
     size = min(dims["image_size"].choices or (int(dims["image_size"].low),))
@@ -341,9 +336,6 @@ def estimate_cost(ctx: Context, trials: int | None) -> dict:
 
     The fitted rate is kept in the study (per host and batch size), so a resumed study does not time again.
     """
-    from edgekit.config import TrainConfig
-    from edgekit.recipes import load_recipe
-    from edgekit.tune.cost import TrainRate, cost_lines, measure_rate, study_cost
 
     dims = ctx.space.dimensions
     widths, sizes = dims["width"].values(), dims["image_size"].values()
@@ -376,8 +368,6 @@ def _objective(ctx: Context):
 
 def run_tune(study, tune_dir: Path, trials: int | None, timeout: float | None) -> TuneResult:
     """Run this worker's share of the study, then write the report (also when the device goes away)."""
-    from edgekit.tune.report import unsatisfied, write_report
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     started = time.time()
     ctx = Context(study, study_config(study), tune_dir)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit import data
-from edgekit.data import DataSpec, load_dataset, make_pipeline, scan_class_folders
+from edgekit.data import DataSpec, decode, load_dataset, load_pixels, make_pipeline, scan_class_folders
 from edgekit.errors import EdgekitError
 
 
@@ -97,7 +97,7 @@ def test_tiff_pixels_reach_the_pipeline(tmp_path):
         Image.fromarray(array).save(root / cls / "x.tiff")
     splits = load_dataset(DataSpec(data=str(root), image_size=12))
     assert not splits.train.tf_decodable[0]
-    pixels = data.load_pixels(splits.train, 12)
+    pixels = load_pixels(splits.train, 12)
     np.testing.assert_array_equal(pixels[0], array.astype(np.float32))
 
 
@@ -106,8 +106,8 @@ def test_unchanged_folder_is_not_decoded_again(tmp_path, monkeypatch):
     spec = DataSpec(data=str(root))
     first = scan_class_folders(root, spec)
     calls = []
-    real = data.inspect_image
-    monkeypatch.setattr(data, "inspect_image", lambda path, limit: calls.append(path) or real(path, limit))
+    real = decode.inspect_image
+    monkeypatch.setattr(decode, "inspect_image", lambda path, limit: calls.append(path) or real(path, limit))
     again = scan_class_folders(root, spec)
     assert calls == [] and again.paths == first.paths and again.tf_decodable == first.tf_decodable
     changed = root / "dog" / "1.png"
@@ -115,6 +115,25 @@ def test_unchanged_folder_is_not_decoded_again(tmp_path, monkeypatch):
     os.utime(changed, ns=(1, 1))
     third = scan_class_folders(root, spec)
     assert [str(p) for p in calls] == [str(changed)] and third.paths == first.paths
+
+
+def test_an_edited_decoder_checks_every_file_again(tmp_path, monkeypatch):
+    """A verdict says whether the training decoder reads a file, so the decoder's code is in the scan cache's
+    key: after an edit to it, nothing is taken from the old verdicts."""
+    root = _folder(tmp_path / "data")
+    spec = DataSpec(data=str(root))
+    first = scan_class_folders(root, spec)
+    host = Path(decode.__file__)
+    edited = tmp_path / "edited" / host.name
+    edited.parent.mkdir()
+    edited.write_text(host.read_text() + "\n# an edit\n")
+    sources = decode.pixel_sources()
+    monkeypatch.setattr(decode, "pixel_sources", lambda: [edited if p == host else p for p in sources])
+    calls = []
+    real = decode.inspect_image
+    monkeypatch.setattr(decode, "inspect_image", lambda path, limit: calls.append(path) or real(path, limit))
+    again = scan_class_folders(root, spec)
+    assert sorted(map(str, calls)) == sorted(first.paths) and again.paths == first.paths
 
 
 def test_cached_verdict_of_a_bad_file_still_obeys_strict(tmp_path):
@@ -144,12 +163,12 @@ def test_no_cache_writes_no_scan_cache(tmp_path, edgekit_home, monkeypatch):
 
 
 def test_a_cache_that_cannot_be_saved_leaves_the_scan_working(tmp_path, edgekit_home, caplog, monkeypatch):
-    from edgekit import datascan
+    from edgekit.data import filecache
 
     def full_disk(path, text):
         raise EdgekitError(f"{path}: cannot write (No space left on device); free some space")
 
-    monkeypatch.setattr(datascan, "write_text_atomic", full_disk)
+    monkeypatch.setattr(filecache, "write_text_atomic", full_disk)
     root = _folder(tmp_path / "data")
     with caplog.at_level(logging.WARNING):
         scan = scan_class_folders(root, DataSpec(data=str(root)))

@@ -10,17 +10,16 @@ file the warning points to, so nothing vanishes silently.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import re
-import sys
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from edgekit.artifacts import edgekit_home, write_text_atomic
+from edgekit.data import decode
+from edgekit.data.decode import check_decodes
+from edgekit.data.filecache import FileResults, cache_enabled, per_file
+from edgekit.data.types import IMAGE_EXTENSIONS, DataSpec, ScannedFolder
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -32,16 +31,16 @@ LISTED_IN_WARNING = 5
 Check = Callable[[str], "tuple[bool, str | None]"]
 
 
-def cache_dir() -> Path:
-    return edgekit_home() / "cache"
+def class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def progress(total: int, description: str):
-    """A progress bar on stderr (only on a terminal: logs and CI get the start and end lines instead)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None, mininterval=1.0,
-                leave=False)
+def folder_fingerprint(root: Path, paths: list[str]) -> str:
+    """A hash of the file list (relative path and size): changes when files are added, removed or edited."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(f"{Path(path).relative_to(root)}\t{Path(path).stat().st_size}\n".encode())
+    return digest.hexdigest()
 
 
 def list_class_folder(folder: Path, extensions: tuple[str, ...]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -87,9 +86,9 @@ def _not_a_candidate(path: Path, name: str, extensions: tuple[str, ...]) -> str 
     return None
 
 
-def stray_entries(root: Path, class_folders: list[Path]) -> list[tuple[str, str]]:
+def stray_entries(root: Path, folders: list[Path]) -> list[tuple[str, str]]:
     """Entries beside the class folders: not in any class, so not used."""
-    keep = {p.name for p in class_folders}
+    keep = {p.name for p in folders}
     out = []
     for path in sorted(root.iterdir()):
         if path.name in keep:
@@ -103,78 +102,13 @@ def stray_entries(root: Path, class_folders: list[Path]) -> list[tuple[str, str]
     return out
 
 
-class FileResults:
-    """Results of an earlier pass over files (a scan's verdicts, image hashes), one JSON file per
-    (kind, identity) under `$EDGEKIT_HOME/cache/<kind>/`, reused while a file's size and mtime hold."""
-
-    def __init__(self, kind: str, identity: str, version: int, enabled: bool = True,
-                 valid: Callable[[list], bool] | None = None):
-        key = f"{version}\t{identity}\t{_edgekit_version()}"
-        self.path = cache_dir() / kind / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
-        self.kind, self.version, self.enabled, self.valid = kind, version, enabled, valid
-        self.entries: dict[str, list] = {}
-        if enabled and self.path.is_file():
-            try:
-                payload = json.loads(self.path.read_text())
-                if payload.get("format") != version or not isinstance(payload.get("files"), dict):
-                    raise ValueError("another format")
-                self.entries = payload["files"]
-            except (OSError, ValueError) as exc:
-                log.warning("%s cache %s is unreadable (%s); computing it again", kind, self.path, str(exc)[:80])
-
-    def lookup(self, path: str, stat: os.stat_result) -> list | None:
-        """The stored result for an unchanged file, else None (also for an entry that is not valid: a cache
-        file is never trusted further than its checks)."""
-        entry = self.entries.get(path)
-        if isinstance(entry, list) and len(entry) > 2 and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
-            return entry[2:] if self.valid is None or self.valid(entry[2:]) else None
-        return None
-
-    def save(self, results: dict[str, list]) -> None:
-        """Replace the stored results with `results` (path -> [size, mtime_ns, *result])."""
-        if not self.enabled:
-            return
-        try:
-            write_text_atomic(self.path, json.dumps({"format": self.version, "files": results}))
-        except (OSError, EdgekitError) as exc:  # a full disk or read-only home: go on without the cache
-            log.warning("could not save the %s cache (%s); the next run reads every file again", self.kind,
-                        getattr(exc, "strerror", None) or exc)
-
-
 def scan_cache(root: Path, max_pixels: int, enabled: bool = True) -> FileResults:
-    """The scan's verdicts for one folder: (tf decodable, reason it is not usable or None) per file."""
+    """The scan's verdicts for one folder: (tf decodable, reason it is not usable or None) per file.
+
+    Keyed on the decoder's code too: the verdict is whether the training decoder reads the file."""
     return FileResults("scan", f"{Path(root).resolve()}\t{max_pixels}", SCAN_FORMAT, enabled,
-                       valid=lambda v: len(v) == 2 and isinstance(v[0], bool) and isinstance(v[1], (str, type(None))))
-
-
-def per_file(paths: list[str], work: Callable[[str], list], cache: FileResults, what: str,
-             workers: int = 8) -> list[list | None]:
-    """`work(path)` for every file not already done unchanged, in threads; results in the order of
-    `paths`, None for a file that cannot be stat()ed. The cache is rewritten when anything changed."""
-    results: list[list | None] = []
-    stats: dict[str, os.stat_result] = {}
-    todo = []
-    for index, path in enumerate(paths):
-        try:
-            stats[path] = os.stat(path)
-        except OSError:
-            results.append(None)
-            continue
-        found = cache.lookup(path, stats[path])
-        results.append(found)
-        if found is None:
-            todo.append(index)
-    if todo:
-        log.info("%s: %d of %d file(s) (%d unchanged since the last time)", what, len(todo), len(paths),
-                 len(paths) - len(todo))
-        with progress(len(todo), what) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
-            for index, result in zip(todo, pool.map(lambda i: list(work(paths[i])), todo)):
-                results[index] = result
-                bar.update()
-    fresh = {p: [stats[p].st_size, stats[p].st_mtime_ns, *r] for p, r in zip(paths, results) if p in stats}
-    if todo or fresh.keys() != cache.entries.keys():
-        cache.save(fresh)
-    return results
+                       valid=lambda v: len(v) == 2 and isinstance(v[0], bool) and isinstance(v[1], (str, type(None))),
+                       sources=decode.pixel_sources())
 
 
 def check_files(paths: list[str], check: Check, cache: FileResults, label: str) -> list[tuple[bool, str | None]]:
@@ -217,17 +151,16 @@ def report_skipped(skipped: list[tuple[str, str]], root: Path) -> Path | None:
     return listing
 
 
-def scan_folder(root: Path, spec, labels: tuple[str, ...] | None = None, use_cache: bool | None = None):
-    """`data.scan_class_folders`: list, check (with the cache) and account for every file under root.
+def scan_class_folders(root: Path, spec: DataSpec, labels: tuple[str, ...] | None = None,
+                       use_cache: bool | None = None) -> ScannedFolder:
+    """Find and check every image under `root/<class>/`; `labels` fixes the class list and order.
 
     Verdicts are cached per file (path, size, mtime), so a rescan of an unchanged folder decodes nothing.
     """
-    from edgekit.data import IMAGE_EXTENSIONS, ScannedFolder, _class_folders, _fingerprint
-
     root = Path(root)
     if not root.is_dir():
         raise EdgekitError(f"{root}: no such data folder; pass a folder with one sub-folder per class")
-    folders = _class_folders(root)
+    folders = class_folders(root)
     if not folders:
         raise EdgekitError(f"{root}: no class folders; expected {root}/<class name>/<images>")
     skipped = stray_entries(root, folders)
@@ -251,10 +184,10 @@ def scan_folder(root: Path, spec, labels: tuple[str, ...] | None = None, use_cac
                 "add images or remove the folder"
             )
     candidates = [(str(path), labels.index(name)) for name, files in found.items() for path in files]
-    cache = scan_cache(root, spec.max_image_pixels, enabled=_cache_enabled(use_cache))
+    cache = scan_cache(root, spec.max_image_pixels, enabled=cache_enabled(use_cache))
     decoder = []  # built on first use: an unchanged folder never needs TensorFlow to be checked
-    results = check_files([c[0] for c in candidates], lambda p: _check(p, spec.max_image_pixels, decoder),
-                                   cache, str(root))
+    results = check_files([c[0] for c in candidates], lambda p: check_decodes(p, spec.max_image_pixels, decoder),
+                          cache, str(root))
     paths, targets, tf_ok = [], [], []
     for (path, target), (ok, reason) in zip(candidates, results):
         if reason is not None:
@@ -269,61 +202,4 @@ def scan_folder(root: Path, spec, labels: tuple[str, ...] | None = None, use_cac
         if labels.index(name) not in targets:
             raise EdgekitError(f"{root / name}: class folder has no readable image; fix or remove its files")
     report_skipped(skipped, root)
-    return ScannedFolder(labels, paths, targets, tf_ok, skipped, _fingerprint(root, paths))
-
-
-def _cache_enabled(use_cache: bool | None) -> bool:
-    from edgekit.datacache import cache_settings
-
-    return cache_settings().enabled if use_cache is None else use_cache
-
-
-_decoder_lock = threading.Lock()
-
-
-def _check(path: str, max_pixels: int, decoder: list) -> tuple[bool, str | None]:
-    """(tf decodable, None) for a usable image, else (False, reason); `decoder` holds the lazy decoder."""
-    from edgekit import data
-
-    try:
-        tf_ok = data.inspect_image(Path(path), max_pixels)
-    except data.BadImage as exc:
-        return False, str(exc)
-    with _decoder_lock:
-        if not decoder:
-            decoder.append(_training_decoder())
-    reason = decoder[0](path, tf_ok)
-    return (False, reason) if reason is not None else (tf_ok, None)
-
-
-def _training_decoder():
-    """The pipeline's own decode function, run on one file: the scan accepts exactly what it accepts."""
-    from edgekit.compat import tf
-    from edgekit.data import _decode_fn
-
-    # traced once as a graph, as tf.data runs it; a tiny output size: the decode is the check
-    decode = tf.function(_decode_fn(8), input_signature=[tf.TensorSpec([], tf.string),
-                                                         tf.TensorSpec([], tf.bool)]).get_concrete_function()
-
-    def check(path: str, tf_ok: bool) -> str | None:
-        try:
-            decode(tf.constant(path), tf.constant(tf_ok))
-        except (tf.errors.OpError, ValueError) as exc:
-            return f"cannot be decoded by the training decoder ({_op_error_line(exc)})"
-        return None
-
-    return check
-
-
-def _op_error_line(exc: Exception) -> str:
-    """The one informative line of a TensorFlow graph error (not its call stack or node names)."""
-    text = getattr(exc, "message", "") or str(exc)
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith((" ", "\t"))
-             and not line.startswith(("Graph execution error", "Detected at node"))]
-    return re.sub(r"\s*\[\[.*", "", lines[-1])[:120] if lines else "corrupt"
-
-
-def _edgekit_version() -> str:
-    from edgekit import __version__
-
-    return __version__
+    return ScannedFolder(labels, paths, targets, tf_ok, skipped, folder_fingerprint(root, paths))

@@ -9,11 +9,12 @@ unrounded, so rounding to uint8 would make cached training and evaluation pixels
 uncached pipeline and from the device by up to half a grey level.
 
 The key covers each file's path, size and mtime and the image size, so a changed file makes a new
-entry. The index records the format and a fingerprint of the decoder's source and library versions:
-an entry from another edgekit or decoder, or a shard whose size or checksum is off, is rebuilt with a
-notice. A full disk while writing leaves the run working without the cache. `EDGEKIT_CACHE=off`
-(`edgekit --no-cache`) turns it off; `EDGEKIT_CACHE_LIMIT` (`--cache-limit`) bounds it, evicting
-the least recently used entries.
+entry. The index records the format and a fingerprint of every source file that turns a file into
+pixels (edgekit.data.pipeline, edgekit.data.decode and the device runner) and of the TensorFlow,
+Pillow and numpy versions: an entry from another edgekit, decoder or library, or a shard whose size
+or checksum is off, is rebuilt with a notice. A full disk while writing leaves the run working without
+the cache. `EDGEKIT_CACHE=off` (`edgekit --no-cache`) turns it off; `EDGEKIT_CACHE_LIMIT`
+(`--cache-limit`) bounds it, evicting the least recently used entries.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from edgekit import __version__
 from edgekit.artifacts import edgekit_home, write_json_atomic
+from edgekit.data.filecache import cache_settings, progress, source_digest
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -40,57 +43,22 @@ log = logging.getLogger(__name__)
 FORMAT = 2  # 2: xxh3 checksums
 INDEX = "index.json"
 SHARD_BYTES = 32 << 20  # a shard is read whole; a few of them in flight bound the memory of a reader
-DEFAULT_LIMIT = 20 << 30
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    enabled: bool
-    limit_bytes: int
-
-
-def parse_size(text: str, where: str) -> int:
-    """'20G', '500M', '1.5G' or a plain byte count."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = value[-1:] if value[-1:] in UNITS and not value[-1:].isdigit() else ""
-    try:
-        number = float(value[: len(value) - len(unit)])
-    except ValueError:
-        raise EdgekitError(f"{where}={text!r}: not a size; use bytes or a number with K, M, G or T (e.g. 20G)") \
-            from None
-    if number < 0:
-        raise EdgekitError(f"{where}={text!r}: a size cannot be negative")
-    return int(number * UNITS[unit])
-
-
-def cache_settings() -> CacheSettings:
-    """Read from the environment, so every command and library call shares one switch."""
-    enabled = os.environ.get("EDGEKIT_CACHE", "on").strip().lower() not in ("off", "0", "no", "false")
-    limit = os.environ.get("EDGEKIT_CACHE_LIMIT")
-    return CacheSettings(enabled, parse_size(limit, "EDGEKIT_CACHE_LIMIT") if limit else DEFAULT_LIMIT)
 
 
 def pixels_root() -> Path:
     return edgekit_home() / "cache" / "pixels"
 
 
-def decoder_fingerprint() -> str:
-    """Changes whenever what the decode step produces could change: its code or the libraries under it."""
-    import inspect
-
+def decoder_fingerprint(sources: list[Path]) -> str:
+    """Changes whenever what the decode step produces could change: the bytes of every source file that
+    turns a file into pixels (`sources`: for the pipeline, `pipeline.pixel_sources()`) and the versions of
+    the libraries under them."""
     import PIL
 
-    from edgekit import __version__, data
     from edgekit.compat import tf
 
-    parts = [__version__, tf.__version__, PIL.__version__]
-    for function in (data._decode_fn, data._pil_decode):
-        try:
-            parts.append(inspect.getsource(function))
-        except (OSError, TypeError):
-            parts.append(function.__qualname__)
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    versions = "\n".join([__version__, tf.__version__, PIL.__version__, np.__version__])
+    return hashlib.sha256(f"{versions}\n{source_digest(sources)}".encode()).hexdigest()
 
 
 def entry_key(paths: Iterable[str], tf_decodable: Iterable[bool], image_size: int) -> str:
@@ -138,8 +106,10 @@ class CachedPixels:
 
 
 def open_or_build(paths: list[str], tf_decodable: list[bool], image_size: int,
-                  decoded_batches: Callable[[], Iterable[np.ndarray]]) -> CachedPixels | None:
+                  decoded_batches: Callable[[], Iterable[np.ndarray]], sources: list[Path]) -> CachedPixels | None:
     """The verified cache entry for these files, built from `decoded_batches` when missing or damaged.
+
+    `sources` are the files whose code produces `decoded_batches`: their bytes are part of the entry's check.
 
     None when the cache is off, over its limit, or cannot be written: the caller then decodes as before.
     """
@@ -148,7 +118,7 @@ def open_or_build(paths: list[str], tf_decodable: list[bool], image_size: int,
         return None
     root = pixels_root()
     directory = root / entry_key(paths, tf_decodable, image_size)
-    fingerprint = decoder_fingerprint()
+    fingerprint = decoder_fingerprint(sources)
     if directory.exists():
         problem = _problem(directory, len(paths), image_size, fingerprint)
         if problem is None:
@@ -178,8 +148,6 @@ def open_or_build(paths: list[str], tf_decodable: list[bool], image_size: int,
 def _build(directory: Path, count: int, image_size: int, fingerprint: str,
            decoded_batches: Callable[[], Iterable[np.ndarray]]) -> CachedPixels:
     """Stream decoded batches into shard files in a scratch folder, then rename it into place."""
-    from edgekit.datascan import progress
-
     per_image = image_size * image_size * 3 * 4
     per_shard = max(1, SHARD_BYTES // per_image)
     scratch = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.artifacts import sha256_file, utc_now, write_text_atomic
+from edgekit.data.types import ScannedFolder
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ class Exclusions:
         record = {"path": str(file.resolve()), "sha256": sha256_file(file), "listed": len(paths), "excluded": 0}
         return cls(file, paths, record)
 
-    def apply(self, scan):
-        """A copy of an `edgekit.data.ScannedFolder` without the listed files; a class left empty is an error."""
+    def apply(self, scan: ScannedFolder) -> ScannedFolder:
+        """A copy of `scan` without the listed files; a class left empty is an error."""
         keep = [i for i, p in enumerate(scan.paths) if str(Path(p).resolve()) not in self.paths]
         removed = len(scan.paths) - len(keep)
         self.record["excluded"] += removed

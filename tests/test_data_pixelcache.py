@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
+import inspect
 import json
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from edgekit import datacache
-from edgekit.data import DataSpec, iter_pixel_batches, load_dataset, load_pixels, make_pipeline
+from edgekit.data import (
+    DataSpec,
+    decode,
+    filecache,
+    iter_pixel_batches,
+    load_dataset,
+    load_pixels,
+    make_pipeline,
+    pipeline,
+    pixelcache,
+)
+from edgekit.devices import runner_path
 from edgekit.errors import EdgekitError
 
 SIZE = 24
@@ -47,14 +60,14 @@ def test_cached_pixels_equal_the_uncached_pipeline_and_are_decoded_once(images, 
     [entry] = _entries(edgekit_home)
     np.testing.assert_array_equal(first, load_pixels(images, SIZE))  # load_pixels never caches
     np.testing.assert_array_equal(targets, images.targets)
-    monkeypatch.setattr(datacache, "_build", lambda *a: pytest.fail("decoded a second time"))
+    monkeypatch.setattr(pixelcache, "_build", lambda *a: pytest.fail("decoded a second time"))
     again, _ = _cached(images)
     np.testing.assert_array_equal(again, first)
     assert _entries(edgekit_home) == [entry]
 
 
 def test_training_reads_every_cached_image_once_per_epoch(images, monkeypatch):
-    monkeypatch.setattr(datacache, "SHARD_BYTES", SIZE * SIZE * 3 * 4 * 2)  # three shards of two
+    monkeypatch.setattr(pixelcache, "SHARD_BYTES", SIZE * SIZE * 3 * 4 * 2)  # three shards of two
     expected = {load_pixels(images.subset([i]), SIZE)[0].tobytes(): int(images.targets[i])
                 for i in range(len(images))}
     ds = make_pipeline(images, SIZE, 4, training=True, seed=1)
@@ -97,7 +110,65 @@ def test_damaged_or_foreign_entry_is_rebuilt_with_a_notice(images, edgekit_home,
         again, _ = _cached(images)
     np.testing.assert_array_equal(again, good)
     assert notice in caplog.text and "rebuilding it" in caplog.text
-    assert datacache._problem(entry, len(images), SIZE, datacache.decoder_fingerprint()) is None
+    fingerprint = pixelcache.decoder_fingerprint(pipeline.pixel_sources())
+    assert pixelcache._problem(entry, len(images), SIZE, fingerprint) is None
+
+
+def _edited_copy(source: Path, folder: Path, old: str, new: str) -> Path:
+    text = source.read_text()
+    assert text.count(old) == 1, f"{source} no longer holds {old!r}; pick another line to edit"
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / source.name
+    copy.write_text(text.replace(old, new))
+    return copy
+
+
+def test_an_edited_device_decode_rebuilds_the_cache_with_its_pixels(images, edgekit_home, caplog, monkeypatch,
+                                                                     tmp_path):
+    """The runner's decode (training's Pillow path, here the .webp files) is part of the key: after an edit
+    that inverts its pixels, the cached pixels are rebuilt, not served from the old decoder."""
+    before, _ = _cached(images)
+    edited = _edited_copy(runner_path(), tmp_path / "edited", "            return pixels, image.format",
+                          "            return 255 - pixels, image.format")
+    spec = importlib.util.spec_from_file_location("edited_runner", edited)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(decode, "device_runner", lambda: module)
+    with caplog.at_level(logging.WARNING):
+        after, _ = _cached(images)
+    assert "another edgekit version or decoder" in caplog.text and "rebuilding it" in caplog.text
+    pillow = np.array([not ok for ok in images.tf_decodable])
+    assert pillow.any() and not pillow.all()
+    np.testing.assert_allclose(after[pillow], 255 - before[pillow], atol=1e-3)
+    np.testing.assert_array_equal(after[~pillow], before[~pillow])
+
+
+@pytest.mark.parametrize("module, old, new", [
+    ("decode", 'dct_method="INTEGER_ACCURATE"', 'dct_method="INTEGER_FAST"'),  # the JPEG DCT path most photos take
+    ("decode", 'method="bilinear"', 'method="area"'),  # the resize
+    ("pipeline", "decode(p, ok), y)", "decode(p, ok) / 2, y)"),  # the uncached pipeline the cache is filled from
+])
+def test_an_edited_host_decode_rebuilds_the_cache(images, edgekit_home, caplog, monkeypatch, tmp_path, module, old,
+                                                   new):
+    """Every line of the host modules that make the pixels is in the key, not only a few listed functions."""
+    _cached(images)
+    host = Path({"decode": decode, "pipeline": pipeline}[module].__file__)
+    edited = _edited_copy(host, tmp_path / "edited", old, new)
+    sources = pipeline.pixel_sources()
+    assert host in sources and Path(runner_path()) in sources
+    monkeypatch.setattr(pipeline, "pixel_sources", lambda: [edited if p == host else p for p in sources])
+    with caplog.at_level(logging.WARNING):
+        _cached(images)
+    assert "another edgekit version or decoder" in caplog.text and len(_entries(edgekit_home)) == 1
+
+
+def test_every_step_from_file_to_pixels_lives_in_a_hashed_source():
+    """A decode step defined outside the hashed files would escape the cache key."""
+    sources = {p.resolve() for p in pipeline.pixel_sources()}
+    runner = decode.device_runner()
+    steps = [pipeline.make_pipeline, pipeline._disk_cache, decode.decode_fn, decode._jpeg_ratio,
+             decode._decode_jpeg, decode.pil_decode, runner.decode_image, runner.jpeg_draft_scale]
+    assert {Path(inspect.getsourcefile(step)).resolve() for step in steps} <= sources
 
 
 def test_full_disk_while_writing_continues_without_the_cache(images, edgekit_home, caplog, monkeypatch):
@@ -111,7 +182,7 @@ def test_full_disk_while_writing_continues_without_the_cache(images, edgekit_hom
         def close(self):
             pass
 
-    monkeypatch.setattr(datacache, "open", FullDisk, raising=False)
+    monkeypatch.setattr(pixelcache, "open", FullDisk, raising=False)
     with caplog.at_level(logging.WARNING):
         pixels, _ = _cached(images)
     np.testing.assert_array_equal(pixels, load_pixels(images, SIZE))
@@ -121,7 +192,7 @@ def test_full_disk_while_writing_continues_without_the_cache(images, edgekit_hom
 
 
 def test_too_little_free_space_skips_the_cache(images, edgekit_home, caplog, monkeypatch):
-    monkeypatch.setattr(datacache.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    monkeypatch.setattr(pixelcache.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
     with caplog.at_level(logging.WARNING):
         pixels, _ = _cached(images)
     assert len(pixels) == len(images) and _entries(edgekit_home) == [] and "without the cache" in caplog.text
@@ -152,7 +223,7 @@ def test_bad_cache_limit_is_one_clear_error(images, monkeypatch):
     monkeypatch.setenv("EDGEKIT_CACHE_LIMIT", "lots")
     with pytest.raises(EdgekitError, match=r"EDGEKIT_CACHE_LIMIT='lots': not a size"):
         _cached(images)
-    assert datacache.parse_size("1.5G", "x") == int(1.5 * (1 << 30)) and datacache.parse_size("20GiB", "x") == 20 << 30
+    assert filecache.parse_size("1.5G", "x") == int(1.5 * (1 << 30)) and filecache.parse_size("20GiB", "x") == 20 << 30
 
 
 def test_streamed_evaluation_equals_the_array_version(images):
@@ -180,4 +251,4 @@ def test_cli_no_cache_and_cache_limit(monkeypatch, tmp_path):
     assert result.exit_code == 1 and result.output.strip().splitlines() == [
         "error: --cache-limit='huge': not a size; use bytes or a number with K, M, G or T (e.g. 20G)"]
     CliRunner().invoke(app, ["--no-cache", "--cache-limit", "5G", "info", str(tmp_path)])
-    assert datacache.cache_settings() == datacache.CacheSettings(False, 5 << 30)
+    assert filecache.cache_settings() == filecache.CacheSettings(False, 5 << 30)

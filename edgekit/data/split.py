@@ -1,4 +1,5 @@
-"""The group-aware split `train` uses: copies of one image never straddle train and validation.
+"""Splitting a dataset: the seeded stratified split, and the group-aware one `train` uses, where copies
+of one image never straddle train and validation.
 
 A random split of a folder where every photo exists three times puts a copy of nearly every
 validation image in training, and the validation accuracy then measures memory. Here the unit of the
@@ -13,7 +14,8 @@ import logging
 
 import numpy as np
 
-from edgekit.datacheck.hashing import NEAR_DISTANCE, duplicate_groups, group_ids, hash_files
+from edgekit.data.hashing import NEAR_DISTANCE, duplicate_groups, group_ids, hash_files
+from edgekit.data.types import DataSpec, ImageSet
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -67,15 +69,27 @@ def _leaks(paths: list[str], sides: list[str], groups: list[dict]) -> tuple[dict
     return counts, examples
 
 
-def split_without_leaks(pool, validation, test, spec):
+def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-class split; every class with two or more images gets at least one validation image."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for cls in np.unique(targets):
+        members = np.flatnonzero(targets == cls)
+        rng.shuffle(members)
+        n_val = 0 if len(members) < 2 else min(len(members) - 1, max(1, round(fraction * len(members))))
+        val_idx.extend(members[:n_val])
+        train_idx.extend(members[n_val:])
+    return np.sort(np.asarray(train_idx, dtype=np.int64)), np.sort(np.asarray(val_idx, dtype=np.int64))
+
+
+def split_without_leaks(pool: ImageSet, validation: ImageSet | None, test: ImageSet | None,
+                        spec: DataSpec) -> tuple[ImageSet, ImageSet, dict | None]:
     """(train, validation, record): split `pool` by duplicate group when `validation` is None.
 
-    `pool`, `validation`, `test` are `edgekit.data.ImageSet`s; `record` describes what was found and
-    how the split handled it, for the run's manifest. Runs made before this check existed (a spec
-    with `group_duplicates=False`) get the plain stratified split back, so their splits reload unchanged.
+    `record` describes what was found and how the split handled it, for the run's manifest. Runs made
+    before this check existed (a spec with `group_duplicates=False`) get the plain stratified split back,
+    so their splits reload unchanged.
     """
-    from edgekit.data import stratified_split
-
     if not spec.group_duplicates:
         if validation is None:
             train_idx, val_idx = stratified_split(pool.targets, spec.validation_fraction, spec.seed)

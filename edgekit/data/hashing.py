@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.data.filecache import FileResults, cache_enabled, per_file
+
 NEAR_DISTANCE = 4  # of 64 bits; re-encoded and resized copies land within 0-2 in practice
 THUMB_SIDE = 64  # the perceptual hash only looks at 32x32, so decode no larger than needed
 FACTS_FORMAT = 1  # bump when ImageFacts or how it is computed changes
@@ -64,13 +66,11 @@ def hash_files(paths: list[str], max_pixels: int = 40_000_000, workers: int = 4,
     `train`, `eval`, `compress` and `bench` all rebuild the group-aware split, and hashing 20,000 files
     again each time cost more than the rest of an `eval`.
     """
-    from edgekit.datascan import FileResults, _cache_enabled, per_file
-
     if not paths:
         return []
     folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    cache = FileResults("facts", f"{folder}\t{max_pixels}", FACTS_FORMAT, enabled=_cache_enabled(use_cache),
-                        valid=_is_facts)
+    cache = FileResults("facts", f"{folder}\t{max_pixels}", FACTS_FORMAT, enabled=cache_enabled(use_cache),
+                        valid=_is_facts, sources=[Path(__file__)])
     found = per_file(list(paths), lambda p: astuple(image_facts(p, max_pixels)), cache, "hashing images", workers)
     # None only for a file that vanished since the scan: image_facts then raises the OSError that says so
     return [ImageFacts(*values) if values is not None else image_facts(path, max_pixels)
