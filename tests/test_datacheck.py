@@ -302,3 +302,22 @@ def test_label_errors_are_found_with_a_run(digits_folder, tiny_run, tmp_path):
     assert sum(issues[p] == flipped[p] for p in found) >= 0.6 * len(found)
     assert "likely mislabeled" in listing.read_text()
     assert "sheets/label-errors.png" in report["sheets"]
+
+
+def test_flat_images_are_not_near_duplicates_of_each_other(tmp_path):
+    """A 1 px image, a flat GIF and a flat 16-bit PNG in different classes: valid, unrelated, and their
+    perceptual hashes are all alike, so only byte-identical copies may group them."""
+    for label in ("a", "b", "c"):
+        (tmp_path / label).mkdir()
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(tmp_path / "a" / "dot.png")
+    Image.new("P", (40, 40), 3).save(tmp_path / "b" / "flat.gif")
+    Image.fromarray(np.full((48, 48), 40000, np.uint16)).save(tmp_path / "c" / "flat16.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)).save(tmp_path / "c" / "n.png")
+    shutil.copy(tmp_path / "a" / "dot.png", tmp_path / "a" / "dot-copy.png")  # exact copies still group
+    paths = sorted(str(p) for p in tmp_path.rglob("*.*"))
+    facts = hash_files(paths, use_cache=False)
+    flat = {Path(p).name: f.flat for p, f in zip(paths, facts)}
+    assert flat == {"dot.png": True, "dot-copy.png": True, "flat.gif": True, "flat16.png": True, "n.png": False}
+    groups = duplicate_groups(facts)
+    assert [(g["kind"], sorted(Path(paths[i]).name for i in g["members"])) for g in groups] == \
+        [("exact", ["dot-copy.png", "dot.png"])]

@@ -19,7 +19,8 @@ from edgekit.data.filecache import FileResults, cache_enabled, per_file
 
 NEAR_DISTANCE = 4  # of 64 bits; re-encoded and resized copies land within 0-2 in practice
 THUMB_SIDE = 64  # the perceptual hash only looks at 32x32, so decode no larger than needed
-FACTS_FORMAT = 1  # bump when ImageFacts or how it is computed changes
+FACTS_FORMAT = 2  # bump when ImageFacts or how it is computed changes
+FLAT_STD = 1.0  # grey levels: a thumbnail this uniform has no structure for a perceptual hash to describe
 GRAY_TOLERANCE = 3  # max channel spread (grey levels) for an RGB image to count as greyscale
 
 
@@ -33,6 +34,7 @@ class ImageFacts:
     height: int
     grayscale: bool
     size_bytes: int
+    flat: bool = False  # one colour (a 1 px image, a blank frame): its perceptual hash says nothing
 
 
 def image_facts(path: str, max_pixels: int = 40_000_000) -> ImageFacts:
@@ -54,8 +56,9 @@ def image_facts(path: str, max_pixels: int = 40_000_000) -> ImageFacts:
         return ImageFacts(sha, 0, 0, 0, False, len(data))
     pixels = np.asarray(thumb, dtype=np.int16)
     gray = bool(np.ptp(pixels, axis=2).max() <= GRAY_TOLERANCE)
+    flat = bool(pixels.std(axis=(0, 1)).max() < FLAT_STD)
     bits = imagehash.phash(thumb).hash.flatten()
-    return ImageFacts(sha, int(np.packbits(bits).view(">u8")[0]), width, height, gray, len(data))
+    return ImageFacts(sha, int(np.packbits(bits).view(">u8")[0]), width, height, gray, len(data), flat)
 
 
 def hash_files(paths: list[str], max_pixels: int = 40_000_000, workers: int = 4,
@@ -78,8 +81,8 @@ def hash_files(paths: list[str], max_pixels: int = 40_000_000, workers: int = 4,
 
 
 def _is_facts(values: list) -> bool:
-    """Whether a cache entry is exactly what image_facts stores (sha256, phash, width, height, grey, bytes)."""
-    types = (str, int, int, int, bool, int)
+    """Whether a cache entry is exactly what image_facts stores (sha256, phash, width, height, grey, bytes, flat)."""
+    types = (str, int, int, int, bool, int, bool)
     return len(values) == len(types) and all(type(v) is t for v, t in zip(values, types))  # noqa: E721
 
 
@@ -131,8 +134,10 @@ def duplicate_groups(facts: list[ImageFacts], max_distance: int | None = NEAR_DI
     """Groups of two or more images that are copies of each other (exact) or look alike (near).
 
     Groups are connected components, so a chain of near copies is one group: that is what a split
-    must keep together. `kind` is "exact" when every member has the same bytes. Undecodable files
-    only join exact groups. `max_distance=None` looks for exact copies only.
+    must keep together. `kind` is "exact" when every member has the same bytes. Undecodable and flat
+    (one-colour) files only join exact groups: a perceptual hash of a uniform image is the same for every
+    colour, so two unrelated blank frames would look like copies. `max_distance=None` looks for exact copies
+    only.
     """
     n = len(facts)
     union = _UnionFind(n)
@@ -140,7 +145,7 @@ def duplicate_groups(facts: list[ImageFacts], max_distance: int | None = NEAR_DI
     for index, fact in enumerate(facts):
         union.union(first.setdefault(fact.sha256, index), index)
     if max_distance is not None:
-        decoded = np.flatnonzero([f.width > 0 for f in facts])
+        decoded = np.flatnonzero([f.width > 0 and not f.flat for f in facts])
         # hashing only one file per exact group keeps the pair count down on heavily copied folders
         unique = [i for i in decoded if first[facts[i].sha256] == i]
         for a, b in near_pairs(np.array([facts[i].phash for i in unique], dtype=np.uint64), max_distance):
