@@ -38,6 +38,7 @@ Low-confidence inputs are kept under `samples/` beside the database, within a di
 
   meta(key TEXT PRIMARY KEY, value)          -- 'schema_version', 'dropped_samples' (evicted or unsaved),
                                              -- 'trimmed_rows' (removed by the retention policy)
+                                             -- 'db_id' (random: a replaced log is a new one)
   models(sha256 TEXT PRIMARY KEY, path TEXT, labels TEXT /* JSON list */, first_seen TEXT)
   predictions(id TEXT PRIMARY KEY /* uuid4 hex */, time TEXT /* UTC ISO 8601 */, model_sha256 TEXT,
               source TEXT /* image path or 'http' */, top_k TEXT /* JSON [{label, index, score}] */,
@@ -143,6 +144,7 @@ SCHEMA = (
     f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION})",
     "INSERT OR IGNORE INTO meta VALUES ('dropped_samples', 0)",
     "INSERT OR IGNORE INTO meta VALUES ('trimmed_rows', 0)",
+    "INSERT OR IGNORE INTO meta VALUES ('db_id', lower(hex(randomblob(16))))",
 )
 TRIM_EVERY = 500  # rows between two retention passes
 
@@ -904,6 +906,7 @@ class PredictionLog:
         """For classify, serve and live: clean what kills left behind, trim, start the grouped syncer."""
         with self.transaction() as db:  # a log made by an older runner lacks the counter
             db.execute("INSERT OR IGNORE INTO meta VALUES ('trimmed_rows', 0)")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('db_id', lower(hex(randomblob(16))))")
         cleaned = self.clean_samples()
         trimmed = self.trim()
         if self.sync_interval > 0:
@@ -1244,6 +1247,125 @@ def cmd_feedback(args) -> int:
     finally:
         log.close()
     print(f"feedback {feedback_id}: prediction {args.id} is {args.label!r}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Subcommands: rows, samples (what `edgekit fleet pull` reads, a little at a time)
+
+ROW_TABLES = ("predictions", "feedback", "shadow")  # shadow: the candidate's answers (fleet rollouts), if any
+ROWS_LIMIT = 5000
+
+
+def log_databases(extra: list) -> list:
+    """Every model's log under models/*/ (as `edgekit deploy` lays them out) plus any --db given."""
+    import glob
+
+    found = sorted(glob.glob(os.path.join("models", "*", "edgekit_runner.db")))
+    return found + [path for path in extra or [] if path not in found]
+
+
+def log_identity(db, path: str) -> str:
+    """Which database this is, so a host's cursor restarts when the file is replaced: meta 'db_id' (set
+    when a runner starts writing), else the file's inode and creation time."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'db_id'").fetchone()
+    if row and row[0]:
+        return str(row[0])
+    stat = os.stat(path)
+    return f"inode-{stat.st_ino}-{int(stat.st_ctime)}"
+
+
+def sample_digest(directory: str, relative) -> str | None:
+    if not relative:
+        return None
+    try:
+        with open(os.path.join(directory, relative), "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:  # evicted since the row was read
+        return None
+
+
+def model_records(db, path: str, known: set) -> list:
+    """Models the host does not know yet, with the variant name and drift reference from their manifest."""
+    out = []
+    for sha, model_path, labels in db.execute("SELECT sha256, path, labels FROM models"):
+        if sha in known:
+            continue
+        manifest = {}
+        with contextlib.suppress(RunnerError, TypeError):
+            manifest = read_manifest(model_path, sha) if model_path else {}
+        out.append({"sha256": sha, "labels": json.loads(labels), "variant": manifest.get("name"),
+                    "drift_reference": manifest.get("drift_reference")})
+    return out
+
+
+def read_rows(path: str, cursor: dict, known_models: set, limit: int) -> dict:
+    """Rows after the cursor's ids, read-only: the host asks again while `more` is true."""
+    directory = os.path.dirname(os.path.abspath(path))
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        db.row_factory = sqlite3.Row
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        out = {"path": path, "db_id": log_identity(db, path), "schema_version": int(version[0]) if version else None}
+        if out["schema_version"] != SCHEMA_VERSION:  # the host reports it, naming this device
+            return out
+        restart = cursor.get("db_id") != out["db_id"]
+        out["more"] = False
+        for table in ROW_TABLES:
+            if table not in tables:
+                continue
+            key = "id" if table == "feedback" else "rowid"
+            newest = db.execute(f"SELECT COALESCE(MAX({key}), 0) FROM {table}").fetchone()[0]
+            since = 0 if restart else int(cursor.get(table, 0))
+            if newest < since:  # the table was emptied and refilled: its ids start again
+                since, restart = 0, True
+            rows = db.execute(f"SELECT rowid AS _rowid, * FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
+                              (since, limit)).fetchall()
+            out[table] = [dict(row) for row in rows]
+            out["more"] = out["more"] or len(rows) == limit
+        for row in out["predictions"]:
+            row["sample_sha256"] = sample_digest(directory, row["image_path"])
+        out["restarted"] = restart
+        out["models"] = model_records(db, path, known_models)
+        samples = db.execute("SELECT COALESCE(SUM(image_bytes), 0), COUNT(image_path) FROM predictions").fetchone()
+        out["disk"] = {"log_bytes": sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.isfile(p)),
+                       "sample_bytes": int(samples[0]), "samples": int(samples[1])}
+        return out
+    finally:
+        db.close()
+
+
+def cmd_rows(args) -> int:
+    try:
+        request = json.loads(args.cursors) if args.cursors else {}
+    except ValueError as exc:
+        raise RunnerError(f"--cursors: not JSON ({one_line(exc)})") from None
+    cursors, known = request.get("cursors", {}), set(request.get("known_models", []))
+    logs = []
+    for path in log_databases(args.db):
+        try:
+            logs.append(read_rows(path, cursors.get(path, {}), known, args.limit))
+        except sqlite3.Error as exc:
+            logs.append({"path": path, "error": one_line(exc)})
+    print(json.dumps({"runner_version": RUNNER_VERSION, "schema_version": SCHEMA_VERSION, "logs": logs},
+                     separators=(",", ":")))
+    return 0
+
+
+def cmd_samples(args) -> int:
+    """Write the named samples of one log as a tar on stdout; only files under its samples/ folder."""
+    import tarfile
+
+    directory = os.path.realpath(os.path.dirname(os.path.abspath(args.db)))
+    samples = os.path.join(directory, "samples")
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
+        for relative in args.paths:
+            path = os.path.realpath(os.path.join(directory, relative))
+            if os.path.dirname(path) != samples or not os.path.isfile(path):
+                continue  # evicted since, or not a sample: the host counts it as missing
+            tar.add(path, arcname=relative, recursive=False)
+    sys.stdout.buffer.flush()
     return 0
 
 
@@ -2407,6 +2529,22 @@ def build_parser() -> Parser:
     feedback.add_argument("--db", help="prediction log ($EDGEKIT_RUNNER_DB, else ./edgekit_runner.db)")
     feedback.add_argument("--busy-timeout", type=positive(float), default=5.0, help="seconds to wait (5)")
     feedback.set_defaults(func=cmd_feedback)
+
+    rows = commands.add_parser("rows", help="print log rows after the given ids as one JSON document",
+                               description="$ python3 edgekit_runner.py rows --cursors '{\"cursors\": {}}' --json")
+    rows.add_argument("--cursors", help='JSON {"cursors": {DB: {"db_id", "predictions", "feedback", "shadow"}}, '
+                      '"known_models": [SHA256...]}; ids already read per log (default: none)')
+    rows.add_argument("--db", action="append", help="a log besides models/*/edgekit_runner.db (repeatable)")
+    rows.add_argument("--limit", type=positive(int), default=ROWS_LIMIT, help=f"rows per table ({ROWS_LIMIT})")
+    rows.add_argument("--json", action="store_true", help="accepted for symmetry; the output is always JSON")
+    rows.set_defaults(func=cmd_rows)
+
+    samples = commands.add_parser("samples", help="write kept samples of one log as a tar on stdout",
+                                  description="$ python3 edgekit_runner.py samples models/x/edgekit_runner.db "
+                                  "samples/ab12.jpg > samples.tar")
+    samples.add_argument("db", help="the log whose samples/ folder holds them")
+    samples.add_argument("paths", nargs="*", help="sample paths as the log names them (samples/NAME)")
+    samples.set_defaults(func=cmd_samples)
 
     bench = commands.add_parser("bench", help="measure load, first and steady-state inference latency",
                                 description="$ python3 edgekit_runner.py bench model.tflite --images photos/")
