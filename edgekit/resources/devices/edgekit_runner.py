@@ -1310,16 +1310,13 @@ def read_rows(path: str, cursor: dict, known_models: set, limit: int) -> dict:
         out = {"path": path, "db_id": log_identity(db, path), "schema_version": int(version[0]) if version else None}
         if out["schema_version"] != SCHEMA_VERSION:  # the host reports it, naming this device
             return out
-        restart = cursor.get("db_id") != out["db_id"]
+        present = [(table, "id" if table == "feedback" else "rowid") for table in ROW_TABLES if table in tables]
+        restart = cursor.get("db_id") != out["db_id"] or any(  # emptied and refilled: its ids start again
+            db.execute(f"SELECT COALESCE(MAX({key}), 0) FROM {table}").fetchone()[0] < int(cursor.get(table, 0))
+            for table, key in present)
         out["more"] = False
-        for table in ROW_TABLES:
-            if table not in tables:
-                continue
-            key = "id" if table == "feedback" else "rowid"
-            newest = db.execute(f"SELECT COALESCE(MAX({key}), 0) FROM {table}").fetchone()[0]
+        for table, key in present:
             since = 0 if restart else int(cursor.get(table, 0))
-            if newest < since:  # the table was emptied and refilled: its ids start again
-                since, restart = 0, True
             rows = db.execute(f"SELECT rowid AS _rowid, * FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
                               (since, limit)).fetchall()
             out[table] = [dict(row) for row in rows]
