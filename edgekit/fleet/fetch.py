@@ -141,7 +141,7 @@ def _run(target, argv: list[str], what: str, read: DeviceRead) -> bytes:
     if any("invalid choice" in line for line in lines):
         own = (f"the {RUNNER_NAME} on the device predates `{argv[0]}`; update it with `edgekit fleet deploy` "
                "or `edgekit deploy`")
-    elif code == 127 or any(f"can't open file" in line for line in lines):
+    elif code == 127 or any("can't open file" in line for line in lines):
         own = f"no {RUNNER_NAME} in {target.workdir}; deploy a model there first"
     raise EdgekitError(f"{target.name}: `{RUNNER_NAME} {argv[0]}` failed ({own or (lines or ['no output'])[-1]})")
 
@@ -181,12 +181,11 @@ def _take_log(device: str, entry: dict, cursors: dict, logs: dict, read: DeviceR
         read.notes.append(f"{path}: {str(entry['error'])[:200]}")
         return False
     version = entry.get("schema_version")
-    if not isinstance(version, int) or version > schema:
+    if not isinstance(version, int) or isinstance(version, bool) or version > schema:
         raise EdgekitError(f"{device}: {path} has schema_version {version}, newer than this edgekit reads "
                            f"({schema}); upgrade edgekit on this machine")
-    if version < schema:
-        raise EdgekitError(f"{device}: {path} has schema_version {version}, older than this edgekit reads "
-                           f"({schema}); redeploy the runner with `edgekit fleet deploy`")
+    if version < 1:
+        raise EdgekitError(f"{device}: {path} has schema_version {version}, not a runner log")
     db_id = str(entry.get("db_id", ""))[:100]
     cursor = cursors.get(path, {})
     if path not in logs or entry.get("restarted") or cursor.get("db_id") != db_id:

@@ -64,7 +64,8 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def device_status(store: Store, device: str, *, window_hours: float = 24.0, now: datetime | None = None) -> DeviceStatus:
+def device_status(store: Store, device: str, *, window_hours: float = 24.0,
+                  now: datetime | None = None) -> DeviceStatus:
     """Every figure of one device, from the store."""
     status = DeviceStatus(device)
     now = now or datetime.now(timezone.utc)
