@@ -4,7 +4,7 @@ Status first pulls (incrementally) into the store, then computes every figure fr
 that does not answer still shows what was last known about it, marked. Figures are over a recent window
 (`window_hours`, 24 h by default) of the rows of the model the device ran last:
 
-- predictions per hour: rows in the window over the hours they span (at least one);
+- predictions per hour: rows in the window over the hours from the oldest of them to now;
 - median top score, and the share below `LOW_CONFIDENCE` (0.6, the runner's default --save-below);
 - correction rate: predictions in the window whose latest correction names another label;
 - p90 latency: of the logged end-to-end milliseconds (preprocess + invoke + postprocess);
@@ -87,8 +87,8 @@ def device_status(store: Store, device: str, *, window_hours: float = 24.0,
                        (device, status.model_sha256, since, WINDOW_ROWS))
     status.rows = len(rows)
     if rows:
-        span = (_parse(rows[0][1]) - _parse(rows[-1][1])).total_seconds() / 3600
-        status.predictions_per_hour = round(len(rows) / max(span, 1.0), 1)
+        span = (now - _parse(rows[-1][1])).total_seconds() / 3600  # from the oldest row to now: idle counts
+        status.predictions_per_hour = round(len(rows) / max(span, 1 / 60), 1)
         scores = [r[3] for r in rows]
         status.median_score = round(statistics.median(scores), 4)
         status.low_confidence_share = round(sum(s < LOW_CONFIDENCE for s in scores) / len(scores), 4)
