@@ -8,12 +8,16 @@ edgekit's own (`devices:` at the top)::
     devices:
       cam-1: {profile: rpi4, host: 10.0.0.11}         # a profile by name or path (relative to this file)
       cam-2: {host: 10.0.0.12, user: pi, arch: aarch64}  # inline fields (connection: ssh when host is set)
-      bench: {connection: local, workdir: ./bench}    # local; a relative workdir resolves against this file
+      bench: {connection: local, workdir: ./bench, service: "live incoming --existing"}
     groups:
       canary: [cam-1]
       line-2: {devices: [cam-2, bench], vars: {threads: 2}}
     vars:                          # per-group variables, also accepted here
       canary: {venv: ~/edgekit/venv}
+
+A relative `workdir` of a local device resolves against the fleet file's folder. `service:` (runner
+arguments after the model: `serve --port 8080` or `live SOURCE ...`) is how `fleet rollout` restarts a
+device that has no systemd unit from `deploy --service` (see edgekit.fleet.services).
 
 An Ansible YAML inventory (`all:` at the top: `hosts:`, `children:`, `vars:` at any level), so a team
 keeps one list of its machines. `ansible_host/user/port/ssh_private_key_file/python_interpreter/connection`
@@ -47,7 +51,8 @@ _ANSIBLE_FIELDS = {
     "ansible_ssh_private_key_file": "identity_file", "ansible_python_interpreter": "python",
     "ansible_connection": "connection", "edgekit_profile": "profile",
 }
-_DEVICE_KEYS = PROFILE_FIELDS | {"profile"}
+FLEET_FIELDS = frozenset({"service"})  # fleet-only device settings, kept in FleetDevice.vars
+_DEVICE_KEYS = PROFILE_FIELDS | FLEET_FIELDS | {"profile"}
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def _read_native(path: Path, data: dict):
             raise EdgekitError(f"{path}: group {group!r} has vars both under groups: and vars:; keep one")
         group_vars[group] = _mapping(path, values, f"vars of group {group!r}")
     for group, values in group_vars.items():
-        bad = set(values) - PROFILE_FIELDS
+        bad = set(values) - PROFILE_FIELDS - FLEET_FIELDS
         if bad:
             raise EdgekitError(f"{path}: vars of group {group!r}: unknown field {sorted(bad)[0]!r}; group vars are "
                                "device profile fields")
