@@ -155,3 +155,20 @@ def test_pull_and_status_over_ssh_beside_a_local_device(sshd, tmp_path):
     assert result.exit_code == 0, result.output
     devices = by_device(payload)
     assert devices["pi-2"]["rows"] == 123 and devices["pi-1"]["rows"] == 120 and devices["pi-1"]["reachable"]
+
+
+def test_status_shows_the_rollout_wave_and_a_process_service(tmp_path, edgekit_home):
+    import yaml
+
+    fleet = make_fleet(tmp_path, rows=10)
+    data = yaml.safe_load(fleet.read_text())
+    data["devices"]["a"]["service"] = "live incoming --existing"  # a process service that is not running
+    fleet.write_text(yaml.safe_dump(data))
+    manifest = edgekit_home / "fleet" / "test-fleet" / "rollouts" / "r1" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"kind": "fleet-rollout",
+                                    "devices": {"a": {"wave": "canary", "state": "promoted"}}}))
+    _, payload = invoke("fleet", "status", fleet, "--json")
+    devices = by_device(payload)
+    assert devices["a"]["wave"] == "canary ok" and devices["b"]["wave"] is None
+    assert devices["a"]["service"] == "stopped" and devices["b"]["service"] == "none"

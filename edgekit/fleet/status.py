@@ -15,12 +15,12 @@ that does not answer still shows what was last known about it, marked. Figures a
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from edgekit import manifests
 from edgekit.artifacts import edgekit_home
 from edgekit.fleet import drift as driftlib
 from edgekit.fleet.store import Store
@@ -64,9 +64,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def device_status(store: Store, device: str, *, window_hours: float = 24.0,
-                  now: datetime | None = None) -> DeviceStatus:
-    """Every figure of one device, from the store."""
+def device_status(store: Store, device: str, *, window_hours: float = 24.0, now: datetime | None = None,
+                  model_sha256: str | None = None) -> DeviceStatus:
+    """Every figure of one device, from the store, for `model_sha256` (default: the model of its newest row)."""
     status = DeviceStatus(device)
     now = now or datetime.now(timezone.utc)
     latest = store.query("SELECT model_sha256, time FROM predictions WHERE device = ? ORDER BY time DESC LIMIT 1",
@@ -76,9 +76,10 @@ def device_status(store: Store, device: str, *, window_hours: float = 24.0,
         disk = json.loads(facts[0][0])
         status.disk_bytes = sum(int(v.get("log_bytes", 0)) + int(v.get("sample_bytes", 0)) for v in disk.values())
     if not latest:
-        status.drift_label = "n/a (0 rows)"
+        status.model_sha256, status.drift_label = model_sha256, "n/a (0 rows)"
         return status
-    status.model_sha256, status.last_seen = latest[0]
+    status.last_seen = latest[0][1]
+    status.model_sha256 = model_sha256 or latest[0][0]
     model = store.query("SELECT variant, drift_reference FROM models WHERE sha256 = ?", (status.model_sha256,))
     status.variant = model[0][0] if model else None
     since = (now - timedelta(hours=window_hours)).isoformat(timespec="milliseconds")
@@ -103,7 +104,7 @@ def device_status(store: Store, device: str, *, window_hours: float = 24.0,
     else:
         status.drift_detail = driftlib.drift(reference, [r[3] for r in rows], [r[2] for r in rows])
         status.drift = status.drift_detail["drift"]
-        status.drift_label = f"{status.drift:.3f} {status.drift_detail['verdict']}"
+        status.drift_label = f"{status.drift:.2f} {status.drift_detail['verdict']}"
     status.history = _history(store, device, status.model_sha256, reference)
     return status
 
@@ -134,39 +135,49 @@ def _history(store: Store, device: str, model_sha: str, reference) -> list:
     return points
 
 
+_WAVE_STATES = {"pending": "pend", "shadow": "shadow", "promoted": "ok", "rolled-back": "back", "failed": "fail"}
+
+
 def rollout_waves(fleet_name: str) -> dict[str, str]:
-    """Device -> wave of the newest rollout manifest under $EDGEKIT_HOME/fleet/<fleet>/rollouts/*/ (fleet rollout
-    writes them); empty when no rollout ran. Read leniently: a rollout in progress may be mid-write."""
+    """Device -> "wave state" from the newest rollout manifest naming it, under
+    $EDGEKIT_HOME/fleet/<fleet>/rollouts/*/manifest.json (format: edgekit.fleet.rollout); empty when no rollout
+    ran. Read leniently: a manifest that does not parse only hides the column."""
     folder = edgekit_home() / "fleet" / fleet_name / "rollouts"
     found = sorted(folder.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     waves: dict[str, str] = {}
-    for path in found:
+    for path in found:  # oldest first: a newer rollout overwrites
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            for name, entry in (raw.get("devices") or {}).items():
+                state = _WAVE_STATES.get(str(entry.get("state")), str(entry.get("state"))[:6])
+                waves[str(name)] = f"{str(entry.get('wave', '?'))[:7]} {state}"
+        except (OSError, ValueError, AttributeError):
             continue
-        for wave in raw.get("waves") or []:
-            if isinstance(wave, dict):
-                for name in wave.get("devices") or []:
-                    waves[str(name)] = f"{wave.get('name', '?')}:{wave.get('state', '?')}"[:24]
     return waves
 
 
-def service_state(target, device: str) -> str:
-    """systemd's `is-active` for the unit a deployment installed on this device, else "none"."""
-    units = set()
-    for path in (edgekit_home() / "deployments" / device).glob("*/manifest.json"):
-        try:
-            record = manifests.read_file(path, manifests.DeploymentManifest)
-        except Exception:  # noqa: BLE001 - a damaged record only hides the service state
-            continue
-        if record.service and record.service.get("unit"):
-            units.add(str(record.service["unit"]))
-    if not units:
-        return "none"
-    code, out, _ = target.run(["systemctl", "is-active", *sorted(units)], timeout=30, what="systemctl is-active")
-    states = out.decode("utf-8", "replace").split()
-    return ",".join(states) if states else f"exit {code}"
+def serving(target, device) -> tuple[str, object]:
+    """(service state, current.json or None): systemd's `is-active` for a unit deploy installed, whether the
+    pid of a process service (the fleet file's `service:`) is alive, else "none" (see fleet.services)."""
+    from edgekit.device_state import read_current
+    from edgekit.errors import EdgekitError
+    from edgekit.fleet import services
+
+    try:
+        current = read_current(target)
+    except EdgekitError:
+        current = None
+    try:
+        kind = services.service_of(device, current)
+    except EdgekitError:
+        return "none", current
+    if kind.kind == "systemd":
+        script = f"systemctl is-active {shlex.quote(kind.unit)}"
+    else:
+        script = f"[ -f {services.PID_FILE} ] && kill -0 $(cat {services.PID_FILE}) 2>/dev/null && echo running " \
+                 "|| echo stopped"
+    _, out, _ = target.run(["sh", "-c", script], timeout=30, what="check the service")
+    return (out.decode("utf-8", "replace").split() or ["unknown"])[-1][:12], current
 
 
 def as_json(status: DeviceStatus) -> dict:
@@ -227,8 +238,8 @@ def _size(value: int | None) -> str:
     return "-"
 
 
-COLUMNS = (("device", 10), ("model", 16), ("service", 7), ("seen", 5), ("pred/h", 6), ("med", 4), ("low", 4),
-           ("corr", 4), ("p90ms", 6), ("disk", 6), ("wave", 7), ("drift", 14))
+COLUMNS = (("device", 10), ("model", 13), ("service", 7), ("seen", 5), ("pred/h", 5), ("med", 4), ("low", 4),
+           ("corr", 4), ("p90ms", 6), ("disk", 6), ("wave", 12), ("drift", 13))
 
 
 def table(statuses: list[DeviceStatus], now: datetime | None = None) -> str:
@@ -273,15 +284,18 @@ def fleet_status(fleet, devices: list, store: Store, *, parallel: int = 8, windo
     def one(device):
         target = device_target(device)
         result = pull_device(device, store, target=target)
-        return result, service_state(target, device.name)
+        return (result, *serving(target, device))
 
     outcomes = for_each_device(devices, one, parallel=parallel, label="status", progress=progress)
     waves = rollout_waves(fleet.name)
     statuses = []
     for device, outcome in zip(devices, outcomes):
-        status = device_status(store, device.name, window_hours=window_hours)
+        current = outcome.value[2] if outcome.ok else None
+        status = device_status(store, device.name, window_hours=window_hours,
+                               model_sha256=current.model_sha256 if current else None)
         if outcome.ok:
             status.service = outcome.value[1]
+            status.variant = status.variant or (current.variant if current else None)
         else:
             status.reachable, status.error = False, outcome.error
         status.wave = waves.get(device.name)
