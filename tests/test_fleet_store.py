@@ -24,7 +24,15 @@ def _batch(device: str, ids: range, sample: bytes | None = b"same bytes") -> Bat
     log = {"path": "models/x/edgekit_runner.db", "db_id": "db1", "predictions": predictions, "feedback": [],
            "shadow": [], "cursor": {"predictions": ids.stop - 1, "feedback": 0, "shadow": 0}}
     return Batch(device, [log], [{"sha256": SHA, "labels": ["cat", "dog"], "variant": "v"}],
-                 {digest: ("jpg", sample)} if sample else {}, {}, "1", "2026-01-01T00:00:00+00:00")
+                 {digest: "jpg"} if sample else {}, 0, {}, "1", "2026-01-01T00:00:00+00:00")
+
+
+def _pull(store, device: str, ids: range, sample: bytes | None = b"same bytes") -> dict:
+    """What `pull_device` does with a device's reply: samples as they arrive, then the rows in one go."""
+    batch = _batch(device, ids, sample)
+    for digest in batch.samples:
+        batch.new_samples += store.put_sample(digest, "jpg", sample)
+    return store.ingest(batch)
 
 
 def _stores(tmp_path):
@@ -41,8 +49,8 @@ def _stores(tmp_path):
 def test_duplicate_sample_bytes_are_stored_once_and_rows_keep_device_model_and_time(tmp_path):
     for store in _stores(tmp_path):
         with store:
-            assert store.ingest(_batch("a", range(1, 4)))["samples"] == 1
-            counts = store.ingest(_batch("b", range(1, 3)))
+            assert _pull(store, "a", range(1, 4))["samples"] == 1
+            counts = _pull(store, "b", range(1, 3))
             assert counts == {"predictions": 2, "feedback": 0, "shadow": 0, "samples": 0}
             assert store.query("SELECT count(*) FROM samples")[0][0] == 1
             assert store.query("SELECT count(*) FROM predictions")[0][0] == 5
@@ -55,7 +63,7 @@ def test_duplicate_sample_bytes_are_stored_once_and_rows_keep_device_model_and_t
 
 def test_sqlite_samples_are_files_named_by_content(tmp_path):
     with open_store(str(tmp_path / "store.db")) as store:
-        store.ingest(_batch("a", range(1, 2), sample=b"\xff\xd8 jpeg"))
+        _pull(store, "a", range(1, 2), sample=b"\xff\xd8 jpeg")
     files = list((tmp_path / "samples").rglob("*.jpg"))
     assert len(files) == 1 and files[0].read_bytes() == b"\xff\xd8 jpeg"
 
@@ -63,7 +71,7 @@ def test_sqlite_samples_are_files_named_by_content(tmp_path):
 def test_a_failing_pull_writes_nothing_and_keeps_the_cursor(tmp_path):
     for store in _stores(tmp_path):
         with store:
-            store.ingest(_batch("a", range(1, 3)))
+            _pull(store, "a", range(1, 3))
             bad = _batch("a", range(3, 6))
             bad.logs[0]["predictions"][1]["time"] = None  # NOT NULL: fails half-way through the inserts
             with pytest.raises(EdgekitError):
@@ -99,7 +107,7 @@ def test_postgresql_store_keeps_samples_as_bytea(tmp_path):
         pytest.skip("EDGEKIT_TEST_POSTGRES_URL is unset: start a server with `eval \"$(.ci/start-postgres)\"`")
     store = list(_stores(tmp_path))[-1]
     with store:
-        store.ingest(_batch("a", range(1, 2), sample=b"pg bytes"))
+        _pull(store, "a", range(1, 2), sample=b"pg bytes")
         digest = store.query("SELECT sample_sha256 FROM predictions")[0][0]
         assert store.sample_bytes(digest) == ("jpg", b"pg bytes")
     assert not (tmp_path / "samples").exists()

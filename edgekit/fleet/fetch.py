@@ -217,8 +217,9 @@ def _take_log(device: str, entry: dict, cursors: dict, logs: dict, read: DeviceR
     return bool(entry.get("more"))
 
 
-def fetch_samples(target, read: DeviceRead, wanted: set[str]) -> None:
-    """Fetch the samples whose sha256 is in `wanted` (one copy each), checking every byte against its sha256."""
+def fetch_samples(target, read: DeviceRead, wanted: set[str], put) -> None:
+    """Fetch the samples whose sha256 is in `wanted` (one copy each), check every byte against its sha256,
+    and hand each to `put(sha256, ext, bytes) -> new?` (the store) as it arrives."""
     for log in read.batch.logs:
         paths, expected = [], {}
         for row in log["predictions"]:
@@ -229,7 +230,7 @@ def fetch_samples(target, read: DeviceRead, wanted: set[str]) -> None:
         for start in range(0, len(paths), SAMPLES_PER_CALL):
             chunk = paths[start:start + SAMPLES_PER_CALL]
             out = _run(target, ["samples", log["path"], *chunk], "samples", read)
-            _take_samples(target.name, out, expected, read)
+            _take_samples(target.name, out, expected, read, put)
     got = set(read.batch.samples)
     for log in read.batch.logs:  # a row never points at a sample the store will not hold
         for row in log["predictions"]:
@@ -238,7 +239,7 @@ def fetch_samples(target, read: DeviceRead, wanted: set[str]) -> None:
                 read.samples_missing += 1
 
 
-def _take_samples(device: str, out: bytes, expected: dict, read: DeviceRead) -> None:
+def _take_samples(device: str, out: bytes, expected: dict, read: DeviceRead, put) -> None:
     try:
         with tarfile.open(fileobj=io.BytesIO(out), mode="r:") as tar:
             for member in tar:
@@ -247,6 +248,7 @@ def _take_samples(device: str, out: bytes, expected: dict, read: DeviceRead) -> 
                 data = tar.extractfile(member).read()
                 digest, ext = expected[member.name]
                 if hashlib.sha256(data).hexdigest() == digest:  # else it changed since `rows`: missing
-                    read.batch.samples[digest] = (ext, data)
+                    read.batch.new_samples += bool(put(digest, ext, data))
+                    read.batch.samples[digest] = ext
     except tarfile.TarError as exc:
         raise EdgekitError(f"{device}: `{RUNNER_NAME} samples` sent a damaged archive ({exc})") from None

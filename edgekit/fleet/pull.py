@@ -40,7 +40,7 @@ def pull_device(device, store: Store, *, limit: int = ROWS_LIMIT, target=None) -
     target = target or device_target(device)
     read = read_new_rows(target, store.cursors(device.name), store.known_models(), limit)
     digests = {row["sample_sha256"] for log in read.batch.logs for row in log["predictions"] if row["sample_sha256"]}
-    fetch_samples(target, read, store.missing_samples(digests))
+    fetch_samples(target, read, store.missing_samples(digests), store.put_sample)
     read.batch.pulled_at = utc_now()
     new = store.ingest(read.batch)
     rows = sum(len(log[t]) for log in read.batch.logs for t in ("predictions", "feedback", "shadow"))

@@ -11,8 +11,10 @@ beside store.db (the database stays small and a sample opens in any viewer), in 
 rows, because a shared server is the only place every team member's machine can read them from.
 
 Every device pull is one transaction (rows, cursor, device facts): a failure leaves the store as it was,
-and the cursor moves only with the rows it covers. A sample file is written before its row commits; being
-named by its content, a leftover one is harmless and is reused by the next pull.
+and the cursor moves only with the rows it covers. Samples are stored as they arrive, each on its own
+(`put_sample`), before the rows that name them commit: so a pull holds one chunk of samples in memory,
+not a device's whole sample budget, and being named by its content, a sample a failed pull left behind
+is harmless and is reused by the next pull.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class Batch:
     device: str
     logs: list[dict] = field(default_factory=list)  # {path, db_id, predictions, feedback, shadow, cursor}
     models: list[dict] = field(default_factory=list)
-    samples: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # sha256 -> (ext, bytes)
+    samples: dict[str, str] = field(default_factory=dict)  # sha256 -> ext of the samples stored by this pull
+    new_samples: int = 0
     disk: dict = field(default_factory=dict)
     runner_version: str = ""
     pulled_at: str = ""
@@ -195,22 +198,12 @@ class Store:
     # -- writing one pull ---------------------------------------------------------------------------
     def ingest(self, batch: Batch) -> dict:
         """Insert one device's pull in one transaction; returns how many rows and samples were new."""
-        counts = {"predictions": 0, "feedback": 0, "shadow": 0, "samples": 0}
-        if self.kind == "sqlite":  # files first: content-addressed, so a rolled-back pull leaves nothing wrong
-            for sha, (ext, data) in batch.samples.items():
-                path = self.sample_path(sha, ext)
-                if not path.is_file():
-                    write_bytes_atomic(path, data)
+        counts = {"predictions": 0, "feedback": 0, "shadow": 0, "samples": batch.new_samples}
         with self.transaction() as run:
             for model in batch.models:
                 run("INSERT INTO models VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
                     (model["sha256"], model.get("variant"), json.dumps(model["labels"]),
                      json.dumps(model["drift_reference"]) if model.get("drift_reference") else None))
-            for sha, (ext, data) in batch.samples.items():
-                values = (sha, ext, len(data)) + ((data,) if self.kind == "postgresql" else ())
-                marks = ",".join("?" * len(values))
-                if run(f"INSERT INTO samples VALUES ({marks}) ON CONFLICT DO NOTHING RETURNING sha256", values):
-                    counts["samples"] += 1
             for log in batch.logs:
                 counts_log = self._ingest_log(run, batch.device, log)
                 for key, value in counts_log.items():
@@ -245,6 +238,16 @@ class Store:
         return counts
 
     # -- samples ------------------------------------------------------------------------------------
+    def put_sample(self, sha: str, ext: str, data: bytes) -> bool:
+        """Store one sample by content (its own transaction); returns whether it was new."""
+        if self.kind == "sqlite":
+            path = self.sample_path(sha, ext)
+            if not path.is_file():
+                write_bytes_atomic(path, data)
+        values = (sha, ext, len(data)) + ((data,) if self.kind == "postgresql" else ())
+        marks = ",".join("?" * len(values))
+        return bool(self.query(f"INSERT INTO samples VALUES ({marks}) ON CONFLICT DO NOTHING RETURNING sha256", values))
+
     def sample_path(self, sha: str, ext: str) -> Path:
         """Where a SQLite store keeps a sample's bytes; both parts were validated, so it stays inside."""
         if not _SHA256.match(sha) or ext not in SAMPLE_EXTENSIONS:
