@@ -200,3 +200,56 @@ def test_resume_abort_rolls_the_wave_in_flight_back(fleet_models, fleet_images, 
     manifest = rollout_manifest(edgekit_home)
     assert manifest["state"] == "aborted" and manifest["devices"]["cam-1"]["state"] == "rolled-back"
     assert "--shadow" not in serving_args(tmp_path, "cam-1")
+
+
+@pytest.mark.slow
+def test_crash_after_promotion_rolls_the_wave_back(fleet_models, fleet_images, tmp_path, edgekit_home,
+                                                   stop_runners):
+    fleet = deployed_fleet(tmp_path, fleet_models, fleet_images, local=2)
+    before = current(tmp_path, "cam-1")
+    # The candidate passes its shadow check but its service dies right after the promotion restart.
+    from edgekit.fleet import services
+
+    real_start = services.start
+
+    def start(target, device, service, model, sha, **kwargs):
+        done = real_start(target, device, service, model, sha, **kwargs)
+        if sha != before["model_sha256"] and not kwargs.get("shadow"):
+            os.kill(done["pid"], signal.SIGKILL)
+        return done
+
+    services.start, original = start, services.start
+    try:
+        code, out = cli("fleet", "rollout", fleet_models["same"], fleet, "--waves", "all", *FAST)
+    finally:
+        services.start = original
+    assert code == 1
+    manifest = rollout_manifest(edgekit_home)
+    assert manifest["state"] == "rolled-back" and "the runner exited after the restart" in manifest["reason"]
+    for name in ("cam-1", "cam-2"):
+        assert manifest["devices"][name]["state"] == "rolled-back"
+        assert current(tmp_path, name)["model_sha256"] == before["model_sha256"]
+        args = serving_args(tmp_path, name)
+        assert args and before["model"] in args
+
+
+class FakeSystemd:
+    """A target whose `systemctl` answers are canned: NRestarts and is-active."""
+
+    def __init__(self, restarts: int, active: str = "active"):
+        self.restarts, self.active = restarts, active
+
+    def run(self, argv, *, timeout, what):
+        script = argv[-1]
+        if "NRestarts" in script:
+            return 0, f"{self.restarts}\n".encode(), ""
+        return 0, f"{self.active}\n".encode(), ""
+
+
+def test_systemd_restart_count_growing_is_a_crash_loop():
+    from edgekit.fleet.services import ServiceKind, healthy
+
+    unit = ServiceKind("systemd", "serve", (), "edgekit-serve.service")
+    assert healthy(FakeSystemd(3), unit, baseline=3, settle_s=0) is None
+    assert "restarted 2 times" in healthy(FakeSystemd(5), unit, baseline=3, settle_s=0)
+    assert "is failed" in healthy(FakeSystemd(3, "failed"), unit, baseline=3, settle_s=0)
