@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -125,3 +126,43 @@ def test_for_each_device_isolates_failures_and_limits_concurrency(tmp_path):
     assert not outcomes[1].ok and outcomes[1].error == "cam-2: cannot connect"
     assert outcomes[2].error == "KeyError: 'boom'"
     assert peak[0] <= 2 and len(stream.getvalue().splitlines()) == 3
+
+
+@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("90s", 90), ("1h", 3600), ("2.5", 2.5)])
+def test_durations(text, seconds):
+    from edgekit.fleet.rollout import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+def test_rollout_plan_and_bad_settings_are_one_line(tmp_path):
+    from edgekit.fleet.rollout import RolloutSettings, parse_duration, plan_waves
+
+    fleet = load_fleet(write(tmp_path, NATIVE))
+    plan = plan_waves(fleet, ("canary", "line-2", "all"))
+    assert [(w["name"], w["devices"]) for w in plan] == [("canary", ["cam-1"]), ("line-2", ["cam-2", "pi-1"]),
+                                                         ("all", [])]
+    assert plan[2]["state"] == "promoted"  # nothing left for the last wave: nothing to do
+    assert [w["devices"] for w in plan_waves(fleet, ("all",), group="line-2")] == [["cam-2", "pi-1"]]
+    with pytest.raises(EdgekitError, match="unknown group 'line-3'"):
+        plan_waves(fleet, ("canary", "line-3"))
+    with pytest.raises(EdgekitError, match="--shadow '30 minutes'"):
+        parse_duration("30 minutes")
+    with pytest.raises(EdgekitError, match="--min-agreement 1.5"):
+        RolloutSettings(waves=("all",), shadow_s=1, min_agreement=1.5).check()
+
+
+def test_rollout_of_a_device_without_a_deployed_model_names_it(tmp_path, edgekit_home):
+    from edgekit.fleet import rollout as rollouts
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"not really a model")
+    fleet = load_fleet(write(tmp_path, NATIVE.replace("  pi-1: {profile: rpi4, host: 10.0.0.9}\n", "")
+                             .replace("[cam-2, pi-1]", "[cam-2]")))
+    settings = rollouts.RolloutSettings(waves=("canary", "line-2"), shadow_s=0, min_agreement=0.9)
+    rollout = rollouts.start(fleet, model, settings, progress=io.StringIO())
+    manifest = rollout.run()
+    assert manifest["state"] == "rolled-back"
+    assert manifest["reason"].startswith("wave canary: cam-1: no current model")
+    saved = json.loads((edgekit_home / "fleet" / "plant" / "rollouts" / manifest["id"] / "manifest.json").read_text())
+    assert saved["devices"]["cam-1"]["state"] == "failed" and saved["devices"]["cam-2"]["state"] == "pending"

@@ -390,7 +390,11 @@ def resume(fleet: Fleet, model: Path, rollout_id: str | None = None, **options) 
             if manifest["state"] != "running":
                 raise EdgekitError(f"{path}: rollout {manifest['id']} already ended ({manifest['state']}); start a "
                                    "new one")
-            return Rollout(fleet, path.parent, manifest, model, **options)
+            try:
+                return Rollout(fleet, path.parent, manifest, model, **options)
+            except (KeyError, TypeError) as exc:
+                raise EdgekitError(f"{path}: damaged rollout manifest ({exc}); roll back by hand with "
+                                   "`edgekit fleet deploy` of the previous model") from None
     which = f"rollout {rollout_id}" if rollout_id else f"unfinished rollout of {model.name} ({sha[:12]})"
     raise EdgekitError(f"no {which} under {rollouts_dir(fleet)}; start one without --resume")
 

@@ -56,9 +56,14 @@ def _sh(target, script: str, what: str, timeout: float = 60) -> tuple[int, str, 
     return code, out.decode("utf-8", "replace"), err
 
 
+# A dead process whose parent has gone stays a zombie until init reaps it, and `kill -0` still finds it;
+# some container inits reap late, so a zombie counts as dead.
+_ALIVE = "alive() { kill -0 \"$1\" 2>/dev/null && ! grep -qs '^State:[[:space:]]*Z' /proc/\"$1\"/status; }; "
+
+
 def _stop_script() -> str:
-    return (f"if [ -f {PID_FILE} ]; then pid=$(cat {PID_FILE}); kill \"$pid\" 2>/dev/null; i=0; "
-            f"while kill -0 \"$pid\" 2>/dev/null && [ $i -lt {STOP_WAIT_S * 10} ]; do sleep 0.1; i=$((i+1)); done; "
+    return (f"{_ALIVE}if [ -f {PID_FILE} ]; then pid=$(cat {PID_FILE}); kill \"$pid\" 2>/dev/null; i=0; "
+            f"while alive \"$pid\" && [ $i -lt {STOP_WAIT_S * 10} ]; do sleep 0.1; i=$((i+1)); done; "
             f"kill -9 \"$pid\" 2>/dev/null; rm -f {PID_FILE}; fi")
 
 
@@ -108,7 +113,7 @@ def healthy(target, service: ServiceKind, baseline: int, settle_s: float) -> str
         if out.strip() != "active":
             return f"{service.unit} is {out.strip() or 'not active'}"
         return None
-    code, out, _ = _sh(target, f"[ -f {PID_FILE} ] && kill -0 $(cat {PID_FILE}) 2>/dev/null && echo alive",
+    code, out, _ = _sh(target, f"{_ALIVE}[ -f {PID_FILE} ] && alive $(cat {PID_FILE}) && echo alive",
                        "check the runner")
     if out.strip() == "alive":
         return None
