@@ -39,6 +39,8 @@ Shadow mode (--shadow CANDIDATE for classify, serve and live): the candidate mod
 preprocessed input as the serving model, on a second thread, and only its agreement, scores and latency
 are logged (table `shadow`); what is answered, logged as a prediction and kept as a sample is the serving
 model's alone. `shadow-report` summarises the table for `edgekit fleet rollout`'s gates.
+`rows` (log rows after the ids the host already has, as JSON) and `samples` (named kept samples, as a tar
+on stdout) are what `edgekit fleet pull` reads, a little at a time; both only read the logs.
 Low-confidence inputs are kept under `samples/` beside the database, within a disk budget, so
 `edgekit feedback` can turn corrections into training data. Schema (schema_version 2; a version 1 log gains the shadow
 table when it is opened):
