@@ -162,10 +162,11 @@ def read_new_rows(target, cursors: dict[str, dict], known_models: set[str], limi
             read.batch.runner_version = str(reply.get("runner_version", ""))[:20]
         except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
             raise EdgekitError(f"{target.name}: `{RUNNER_NAME} rows` printed no JSON report") from None
-        more = False
+        more, before = False, {path: dict(log["cursor"]) for path, log in logs.items()}
         for entry in replies:
             more |= _take_log(target.name, entry, current, logs, read, schema, known_models)
-        if not more:
+        moved = any(log["cursor"] != before.get(path) for path, log in logs.items())
+        if not more or not moved:  # a device that says "more" without moving a cursor cannot loop us forever
             break
     read.batch.logs = list(logs.values())
     return read
