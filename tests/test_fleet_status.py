@@ -194,3 +194,17 @@ def test_pull_into_a_shared_postgresql_store_is_incremental(tmp_path):
     with open_store(url) as store:
         assert store.query("SELECT count(*) FROM predictions")[0][0] == 82
         assert store.query("SELECT count(*) FROM samples")[0][0] == 40  # 20 kept per device, in bytea
+
+
+def test_a_device_whose_runner_predates_rows_or_is_missing_is_one_line(tmp_path):
+    fleet = make_fleet(tmp_path, rows=3)
+    (tmp_path / "devices" / "a" / "edgekit_runner.py").write_text(
+        "import argparse\nparser = argparse.ArgumentParser()\nparser.add_subparsers().add_parser('classify')\n"
+        "parser.parse_args()\n")
+    (tmp_path / "devices" / "b" / "edgekit_runner.py").unlink()
+    result, payload = invoke("fleet", "pull", fleet, "--json")
+    devices = by_device(payload)
+    assert result.exit_code == 1
+    assert devices["a"]["error"] == ("a: `edgekit_runner.py rows` failed (the edgekit_runner.py on the device predates "
+                                     "`rows`; update it with `edgekit fleet deploy` or `edgekit deploy`)")
+    assert devices["b"]["error"].startswith("b: `edgekit_runner.py rows` failed (no edgekit_runner.py in ")
