@@ -208,3 +208,15 @@ def test_a_device_whose_runner_predates_rows_or_is_missing_is_one_line(tmp_path)
     assert devices["a"]["error"] == ("a: `edgekit_runner.py rows` failed (the edgekit_runner.py on the device predates "
                                      "`rows`; update it with `edgekit fleet deploy` or `edgekit deploy`)")
     assert devices["b"]["error"].startswith("b: `edgekit_runner.py rows` failed (no edgekit_runner.py in ")
+
+
+def test_status_keeps_the_last_figures_of_a_device_that_stopped_answering(tmp_path):
+    fleet = make_fleet(tmp_path, rows=120)
+    invoke("fleet", "pull", fleet)
+    (tmp_path / "devices" / "b" / "edgekit_runner.py").unlink()
+    result, payload = invoke("fleet", "status", fleet, "--json")
+    assert result.exit_code == 0
+    gone = by_device(payload)["b"]
+    assert not gone["reachable"] and gone["rows"] == 120 and "no edgekit_runner.py" in gone["error"]
+    text, _ = invoke("fleet", "status", fleet)
+    assert "b: pull failed (" in text.stdout and "(stale)" in text.stdout

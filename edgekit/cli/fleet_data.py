@@ -74,6 +74,7 @@ def fleet_status(
 ) -> None:
     """Pull new rows, then show per device: model, service, last seen, rate, confidence, corrections,
     p90 latency, disk, rollout wave and drift from the variant's validation reference; writes status.png.
+    A device that cannot be pulled keeps its last figures, marked; status still exits 0 (it reports).
 
     $ edgekit fleet status fleet.yaml --group canary
     """

@@ -228,6 +228,10 @@ def _age(last_seen: str | None, now: datetime) -> str:
     return f"{max(0, int(seconds))}s"
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
 def _size(value: int | None) -> str:
     if value is None:
         return "-"
@@ -254,17 +258,17 @@ def table(statuses: list[DeviceStatus], now: datetime | None = None) -> str:
 
     lines = [" ".join(f"{name:<{width}}" for name, width in COLUMNS).rstrip()]
     for s in statuses:
-        model = f"{s.variant or '?'}@{s.model_sha256[:6]}" if s.model_sha256 else "-"
+        model = f"{s.model_sha256[:6]} {s.variant or '?'}" if s.model_sha256 else "-"  # sha first: never cut
         drift = s.drift_label if s.reachable else f"{s.drift_label} (stale)"
         cells = [s.device, model, s.service if s.reachable else "unreach", _age(s.last_seen, now),
-                 "-" if s.predictions_per_hour is None else f"{s.predictions_per_hour:g}",
+                 _rate(s.predictions_per_hour),
                  "-" if s.median_score is None else f"{s.median_score:.2f}", pct(s.low_confidence_share),
                  pct(s.correction_rate), "-" if s.p90_latency_ms is None else f"{s.p90_latency_ms:.1f}",
                  _size(s.disk_bytes), s.wave or "—", drift]
         lines.append(" ".join(f"{cut(str(c), w):<{w}}" for c, (_, w) in zip(cells, COLUMNS)).rstrip())
     for s in statuses:
         if not s.reachable:
-            lines.append(f"{s.device}: not reached ({s.error}); figures are from the last pull")
+            lines.append(f"{s.device}: pull failed ({s.error}); figures are from the last pull")
     return "\n".join(lines)
 
 
