@@ -219,4 +219,4 @@ def test_status_keeps_the_last_figures_of_a_device_that_stopped_answering(tmp_pa
     gone = by_device(payload)["b"]
     assert not gone["reachable"] and gone["rows"] == 120 and "no edgekit_runner.py" in gone["error"]
     text, _ = invoke("fleet", "status", fleet)
-    assert "b: pull failed (" in text.stdout and "(stale)" in text.stdout
+    assert "b: pull failed (" in text.stdout and " unreach " in text.stdout

@@ -259,12 +259,11 @@ def table(statuses: list[DeviceStatus], now: datetime | None = None) -> str:
     lines = [" ".join(f"{name:<{width}}" for name, width in COLUMNS).rstrip()]
     for s in statuses:
         model = f"{s.model_sha256[:6]} {s.variant or '?'}" if s.model_sha256 else "-"  # sha first: never cut
-        drift = s.drift_label if s.reachable else f"{s.drift_label} (stale)"
         cells = [s.device, model, s.service if s.reachable else "unreach", _age(s.last_seen, now),
                  _rate(s.predictions_per_hour),
                  "-" if s.median_score is None else f"{s.median_score:.2f}", pct(s.low_confidence_share),
                  pct(s.correction_rate), "-" if s.p90_latency_ms is None else f"{s.p90_latency_ms:.1f}",
-                 _size(s.disk_bytes), s.wave or "—", drift]
+                 _size(s.disk_bytes), s.wave or "—", s.drift_label]
         lines.append(" ".join(f"{cut(str(c), w):<{w}}" for c, (_, w) in zip(cells, COLUMNS)).rstrip())
     for s in statuses:
         if not s.reachable:
