@@ -80,3 +80,17 @@ def test_an_empty_selection_and_a_used_out_folder_are_one_line(tmp_path):
     assert result.exit_code == 1 and "no sample in the store" in result.output
     result = cli.invoke(app, ["feedback", "export", "--select", "sideways", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "choose one of low-confidence, disagreement, corrected" in result.output
+
+
+def test_the_same_bytes_seen_twice_are_exported_once(tmp_path):
+    from edgekit.fleet.store import open_store
+
+    pulled_fleet(tmp_path)  # the simulated camera keeps identical bytes for rows 2k and 2k+1
+    with open_store(None) as store:
+        qualifying = store.query("SELECT count(*), count(DISTINCT sample_sha256) FROM predictions "
+                                 "WHERE sample_sha256 IS NOT NULL AND top_score < 0.95")[0]
+    assert qualifying[0] > qualifying[1]
+    report = export("--select", "low-confidence", "--threshold", "0.95", "--out", tmp_path / "once")
+    listed = rows(tmp_path / "once")
+    assert len({(r["sha256"], r["label"]) for r in listed}) == len(listed) == report["written"]
+    assert report["written"] <= qualifying[1] + 8  # a corrected copy may stand beside its unlabelled twin

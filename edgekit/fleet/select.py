@@ -62,8 +62,14 @@ def candidates(store: Store, select: str, *, threshold: float = 0.6, limit: int 
             rows = [r for r in rows if (r[0], r[1]) in corrections]
         else:
             rows = [r for r in rows if corrections.get((r[0], r[1]), r[3]) != r[3] or (r[0], r[1]) in disagreed]
-    out = [{"device": r[0], "id": r[1], "model_sha256": r[2], "predicted": r[3], "score": r[4], "sample": r[5],
-            "time": r[6], "label": corrections.get((r[0], r[1]))} for r in rows]
+    out, seen = [], set()
+    for r in rows:  # the same bytes seen twice (a still camera) are labelled once: the hardest row speaks
+        label = corrections.get((r[0], r[1]))
+        if (r[5], label) in seen:
+            continue
+        seen.add((r[5], label))
+        out.append({"device": r[0], "id": r[1], "model_sha256": r[2], "predicted": r[3], "score": r[4],
+                    "sample": r[5], "time": r[6], "label": label})
     return out[:limit] if limit else out
 
 

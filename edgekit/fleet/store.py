@@ -50,6 +50,7 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS feedback (device TEXT NOT NULL, db_id TEXT NOT NULL, id BIGINT NOT NULL, "
     "prediction_id TEXT NOT NULL, label TEXT NOT NULL, time TEXT NOT NULL, source TEXT, "
     "PRIMARY KEY (device, db_id, id))",
+    "CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback (device, prediction_id)",
     "CREATE TABLE IF NOT EXISTS shadow (device TEXT NOT NULL, db_id TEXT NOT NULL, id BIGINT NOT NULL, "
     "prediction_id TEXT, row TEXT NOT NULL, PRIMARY KEY (device, db_id, id))",
 )
