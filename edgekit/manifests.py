@@ -6,6 +6,7 @@ naming the file — not in whichever reader meets it first. Readers ask the data
 
 Schema history: version 1 (edgekit 0.1) had `schema: 1` and no `schema_version`; variants had no
 `recipe_hash`. Both are read and upgraded in memory; what is written is always the current version.
+Variants gained an optional `drift_reference` in version 2 (absent: made before it, "no reference").
 """
 
 from __future__ import annotations
