@@ -220,3 +220,30 @@ def test_status_keeps_the_last_figures_of_a_device_that_stopped_answering(tmp_pa
     assert not gone["reachable"] and gone["rows"] == 120 and "no edgekit_runner.py" in gone["error"]
     text, _ = invoke("fleet", "status", fleet)
     assert "b: pull failed (" in text.stdout and " unreach " in text.stdout
+
+
+def test_a_version_1_log_without_the_shadow_table_is_read(tmp_path):
+    fleet = make_fleet(tmp_path, local=("old",), rows=12)
+    with sqlite3.connect(log_path(tmp_path, "old")) as db:
+        db.execute("DROP TABLE shadow")
+        db.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+        db.execute("DELETE FROM meta WHERE key = 'db_id'")  # an old log: identified by its file instead
+    result, payload = invoke("fleet", "pull", fleet, "--json")
+    assert result.exit_code == 0 and by_device(payload)["old"]["new"]["predictions"] == 12
+    _, payload = invoke("fleet", "pull", fleet, "--json")
+    assert by_device(payload)["old"]["rows_read"] == 0
+
+
+def test_two_pulls_of_one_device_at_once_store_each_row_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgekit.fleet.inventory import load_fleet
+    from edgekit.fleet.pull import pull_device
+    from edgekit.fleet.store import open_store
+
+    device = load_fleet(make_fleet(tmp_path, local=("a",), rows=80, sample_every=2)).select()[0]
+    with open_store(None) as store, ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: pull_device(device, store), range(2)))
+        assert sum(r.new["predictions"] for r in results) == 80
+        assert store.query("SELECT count(*) FROM predictions")[0][0] == 80
+        assert store.query("SELECT count(*) FROM samples")[0][0] == 40  # one row each, though both fetched
