@@ -253,3 +253,17 @@ def test_systemd_restart_count_growing_is_a_crash_loop():
     assert healthy(FakeSystemd(3), unit, baseline=3, settle_s=0) is None
     assert "restarted 2 times" in healthy(FakeSystemd(5), unit, baseline=3, settle_s=0)
     assert "is failed" in healthy(FakeSystemd(3, "failed"), unit, baseline=3, settle_s=0)
+
+
+@pytest.mark.slow
+def test_runner_dying_with_the_shadow_is_the_reason_given(fleet_models, fleet_images, tmp_path, edgekit_home,
+                                                          stop_runners):
+    fleet = deployed_fleet(tmp_path, fleet_models, fleet_images, local=1)
+    code, _ = cli("fleet", "rollout", fleet_models["bigger"], fleet, "--waves", "all", *FAST)
+    assert code == 1
+    manifest = rollout_manifest(edgekit_home)
+    assert "the runner exited" in manifest["reason"] and "differs from the serving model" in manifest["reason"]
+    entry = manifest["devices"]["cam-1"]
+    assert entry["state"] == "rolled-back" and "differs" in entry["error"]  # put back on its old model
+    args = serving_args(tmp_path, "cam-1")
+    assert args and "--shadow" not in args
