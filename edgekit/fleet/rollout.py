@@ -291,7 +291,7 @@ class Rollout:
             return reasons[0]
         self._wait_shadow(wave)
         ungated = [n for n in wave["devices"] if devices[n]["state"] == "shadow" and not devices[n].get("gate")]
-        reasons = self._fail_devices(self._each(ungated, self._gate, "gate"))
+        reasons = self._fail_devices(self._each(ungated, self._gate, "shadow-report"))
         failed_gate = [f"{n}: {devices[n]['gate']['reason']}" for n in wave["devices"]
                        if devices[n].get("gate") and not devices[n]["gate"]["passed"]]
         if reasons or failed_gate:
