@@ -283,6 +283,8 @@ class Rollout:
     def run_wave(self, wave: dict) -> str | None:
         """Move one wave to promoted; returns why it could not (the wave is rolled back then)."""
         devices = self.m["devices"]
+        if any(devices[n]["state"] in ("rolled-back", "failed") for n in wave["devices"]):
+            return "its rollback was interrupted; finishing it"  # a host killed while rolling back
         pending = [n for n in wave["devices"] if devices[n]["state"] == "pending"]
         wave["state"] = "shadow"
         self.save()
