@@ -166,3 +166,18 @@ def test_rollout_of_a_device_without_a_deployed_model_names_it(tmp_path, edgekit
     assert manifest["reason"].startswith("wave canary: cam-1: no current model")
     saved = json.loads((edgekit_home / "fleet" / "plant" / "rollouts" / manifest["id"] / "manifest.json").read_text())
     assert saved["devices"]["cam-1"]["state"] == "failed" and saved["devices"]["cam-2"]["state"] == "pending"
+
+
+def test_resume_of_an_interrupted_rollback_finishes_it(tmp_path, edgekit_home):
+    from edgekit.fleet import rollout as rollouts
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"candidate")
+    fleet = load_fleet(write(tmp_path, NATIVE))
+    settings = rollouts.RolloutSettings(waves=("line-2",), shadow_s=0, min_agreement=0.9)
+    rollout = rollouts.start(fleet, model, settings, progress=io.StringIO())
+    rollout.set_device("cam-2", state="rolled-back")  # the host died after rolling back one of two devices
+    resumed = rollouts.resume(fleet, model, progress=io.StringIO())
+    manifest = resumed.run()
+    assert manifest["state"] == "rolled-back" and "rollback was interrupted" in manifest["reason"]
+    assert {manifest["devices"][n]["state"] for n in ("cam-2", "pi-1")} == {"rolled-back"}

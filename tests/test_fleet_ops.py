@@ -131,3 +131,31 @@ def test_repeated_ssh_steps_share_one_connection(tmp_path, sshd):
     unshared.run("true", timeout=30)
     unshared.run("true", timeout=30)
     assert log.read_text().count("Accepted publickey") - before == 2  # a profile can turn sharing off
+
+
+def test_ansible_inventory_through_fleet_ls(tmp_path):
+    path = tmp_path / "hosts.yml"
+    path.write_text("all:\n  children:\n    canary:\n      hosts:\n"
+                    "        pi-a: {ansible_host: 10.0.0.5, ansible_user: pi}\n")
+    result = runner.invoke(app, ["fleet", "ls", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    [device] = json.loads(result.stdout)["devices"]
+    assert (device["device"], device["address"], device["user"], device["groups"]) == ("pi-a", "10.0.0.5:22", "pi",
+                                                                                     ["canary"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resume", "--abort", "--waves", "all"], None),
+    (["--abort"], "--abort rolls back an interrupted rollout; use it with --resume"),
+    (["--waves", "canary,line-9"], "unknown group 'line-9'"),
+    (["--shadow", "soon"], "--shadow 'soon'"),
+])
+def test_rollout_option_mistakes_are_one_line(tmp_path, args, message):
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"x")
+    path = tmp_path / "fleet.yaml"
+    path.write_text("devices:\n  cam-1: {connection: local}\ngroups:\n  canary: [cam-1]\n")
+    result = runner.invoke(app, ["fleet", "rollout", str(model), str(path), *args])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and (message or "no unfinished rollout") in last

@@ -253,3 +253,35 @@ def test_systemd_restart_count_growing_is_a_crash_loop():
     assert healthy(FakeSystemd(3), unit, baseline=3, settle_s=0) is None
     assert "restarted 2 times" in healthy(FakeSystemd(5), unit, baseline=3, settle_s=0)
     assert "is failed" in healthy(FakeSystemd(3, "failed"), unit, baseline=3, settle_s=0)
+
+
+@pytest.mark.slow
+def test_runner_dying_with_the_shadow_is_the_reason_given(fleet_models, fleet_images, tmp_path, edgekit_home,
+                                                          stop_runners):
+    fleet = deployed_fleet(tmp_path, fleet_models, fleet_images, local=1)
+    code, _ = cli("fleet", "rollout", fleet_models["bigger"], fleet, "--waves", "all", *FAST)
+    assert code == 1
+    manifest = rollout_manifest(edgekit_home)
+    assert "the runner exited" in manifest["reason"] and "differs from the serving model" in manifest["reason"]
+    entry = manifest["devices"]["cam-1"]
+    assert entry["state"] == "rolled-back" and "differs" in entry["error"]  # put back on its old model
+    args = serving_args(tmp_path, "cam-1")
+    assert args and "--shadow" not in args
+
+
+@pytest.mark.slow
+def test_unreachable_device_stops_its_wave_and_names_it(sshd, fleet_models, fleet_images, tmp_path, edgekit_home,
+                                                        stop_runners):
+    fleet = deployed_fleet(tmp_path, fleet_models, fleet_images, local=1)
+    data = yaml.safe_load(fleet.read_text())
+    down = {**sshd.profile(tmp_path / "pi-down", python=sys.executable), "port": sshd_fixture.free_port()}
+    del down["description"]
+    data["devices"]["pi-down"] = down  # its ssh port is closed: the device is off the network
+    fleet.write_text(yaml.safe_dump(data))
+    code, _ = cli("fleet", "rollout", fleet_models["same"], fleet, "--waves", "all", *FAST)
+    assert code == 1
+    manifest = rollout_manifest(edgekit_home)
+    assert manifest["reason"].startswith("wave all: pi-down: ") and "cannot connect" in manifest["reason"]
+    assert manifest["devices"]["pi-down"]["state"] == "failed"
+    assert manifest["devices"]["cam-1"]["state"] == "rolled-back"
+    assert "--shadow" not in serving_args(tmp_path, "cam-1")

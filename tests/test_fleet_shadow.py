@@ -67,3 +67,34 @@ def test_version_1_log_gains_the_shadow_table(tmp_path):
 def test_shadow_with_other_input_size_or_no_log_is_one_line(fleet_models, fleet_images, tmp_path):
     result = run("classify", fleet_models["base"], fleet_images, "--no-log", "--shadow", fleet_models["other"])
     assert result.returncode == 1 and "drop --no-log" in result.stderr.strip().splitlines()[-1]
+
+
+def test_serve_answers_with_the_serving_model_and_shadows_the_candidate(fleet_models, fleet_images, tmp_path):
+    import http.client
+    import re
+    import signal
+    import time
+
+    db, log_path = tmp_path / "serve.db", tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, str(RUNNER), "serve", str(fleet_models["base"]), "--port", "0",
+                                    "--db", str(db), "--shadow", str(fleet_models["other"]), "--shadow-tag", "s1"],
+                                   stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.time() + 60
+        while not (match := re.search(r"http://\S+:(\d+)", log_path.read_text())):
+            assert process.poll() is None and time.time() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        image = sorted(fleet_images.glob("red_*.png"))[0]
+        connection = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=20)
+        connection.request("POST", "/predict", body=image.read_bytes())
+        answer = json.loads(connection.getresponse().read())
+        connection.close()
+        assert answer["top_k"][0]["label"] == "red"  # the candidate (which says green) is never served
+        process.send_signal(signal.SIGTERM)  # a clean stop compares what is still queued
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    summary = report(db, "--tag", "s1")
+    assert summary["rows"] == 1 and summary["agreement"] == 0.0

@@ -156,15 +156,24 @@ class Rollout:
         service = services.service_of(device, current)
         deploy(device.profile, self.model, accept_new_host_key=self.accept_new_host_key, make_current=False)
         candidate = f"models/{sha[:12]}/{self.model.name}"
-        services.start(target, device, service, current.model, current.model_sha256, shadow=candidate, tag=self.id)
-        self.set_device(device.name, state="shadow", candidate=candidate, shadow_started=utc_now())
+        started = services.start(target, device, service, current.model, current.model_sha256, shadow=candidate,
+                                 tag=self.id)
+        self.set_device(device.name, state="shadow", candidate=candidate, shadow_started=utc_now(),
+                        restarts_baseline=started.get("restarts", 0))
         self.event(device.name, "shadow", f"candidate {sha[:12]} beside {current.model_sha256[:12]}")
 
     def _gate(self, device: FleetDevice) -> dict:
         entry = self.m["devices"][device.name]
         before = entry["before"]
         target = self._target(device)
-        db = posixpath.join(posixpath.dirname(before["model"]), "edgekit_runner.db")
+        # A runner that died with the shadow (a candidate it cannot load beside the model) logged nothing:
+        # say why, rather than "no comparisons".
+        died = services.healthy(target, services.service_of(device, parse_current(
+            json.dumps({"schema": 1, **before}), "before")), entry.get("restarts_baseline", 0), 0)
+        if died:
+            raise EdgekitError(f"{device.name}: with the shadow, {died}")
+        db = _db_option(self.fleet.devices[device.name], before) or posixpath.join(
+            posixpath.dirname(before["model"]), "edgekit_runner.db")
         report = target.run_runner(["shadow-report", "--db", db, "--tag", self.id], timeout=120)
         s = self.settings
         gate = {"rows": report.get("rows"), "agreement": report.get("agreement"), "errors": report.get("errors"),
@@ -189,13 +198,14 @@ class Rollout:
         before = parse_current(json.dumps({"schema": 1, **entry["before"]}), f"{self.path}: {device.name}.before")
         target = self._target(device)
         service = services.service_of(device, before)
-        baseline = services.restarts(target, service)
         sha = self.m["variant"]["sha256"]
         write_current(target, CurrentModel(model=entry["candidate"], model_sha256=sha,
                                            variant=self.m["variant"]["name"], previous=before.ref,
                                            service=before.service, by=f"rollout {self.id}"))
-        services.start(target, device, service, entry["candidate"], sha)
-        self.set_device(device.name, state="promoted", restarts_baseline=baseline)
+        # The count right after the restart is the baseline: whether a manual restart resets it varies
+        # between systemd versions, automatic restarts after it always add to it.
+        started = services.start(target, device, service, entry["candidate"], sha)
+        self.set_device(device.name, state="promoted", restarts_baseline=started.get("restarts", 0))
         self.event(device.name, "promoted", f"serving {sha[:12]}, {before.model_sha256[:12]} kept for rollback")
 
     def _check_health(self, device: FleetDevice) -> None:
@@ -214,6 +224,8 @@ class Rollout:
         if entry["state"] in ("pending", "rolled-back") or entry.get("before") is None:
             self.set_device(device.name, state="rolled-back" if entry["state"] != "failed" else "failed")
             return
+        if entry["state"] == "failed" and entry.get("candidate") is None:
+            return  # failed before its runner was touched: nothing to undo
         before = parse_current(json.dumps({"schema": 1, **entry["before"]}), f"{self.path}: {device.name}.before")
         target = self._target(device)
         current = read_current(target)
@@ -235,14 +247,17 @@ class Rollout:
         reasons = []
         for outcome in outcomes:
             if not outcome.ok:
-                self.set_device(outcome.device, state="failed", error=outcome.error)
-                reasons.append(outcome.error)
+                error = outcome.error if outcome.error.startswith(outcome.device) else f"{outcome.device}: " \
+                    f"{outcome.error}"
+                self.set_device(outcome.device, state="failed", error=error)
+                reasons.append(error)
         return reasons
 
     def _stop(self, wave: dict, reason: str, state: str = "rolled-back") -> dict:
-        """Roll the wave back (devices that cannot be reached stay `failed`) and end the rollout."""
-        names = [n for n in wave["devices"] if self.m["devices"][n]["state"] != "failed"]
-        outcomes = self._each(names, self._roll_back, "rollback")
+        """Roll the wave back (devices that cannot be reached stay `failed`) and end the rollout.
+
+        A failed device is tried too: it may have failed after its runner was restarted with the shadow."""
+        outcomes = self._each(wave["devices"], self._roll_back, "rollback")
         for outcome in outcomes:
             if not outcome.ok:
                 self.set_device(outcome.device, state="failed", error=f"rollback failed: {outcome.error}")
@@ -268,6 +283,8 @@ class Rollout:
     def run_wave(self, wave: dict) -> str | None:
         """Move one wave to promoted; returns why it could not (the wave is rolled back then)."""
         devices = self.m["devices"]
+        if any(devices[n]["state"] in ("rolled-back", "failed") for n in wave["devices"]):
+            return "its rollback was interrupted; finishing it"  # a host killed while rolling back
         pending = [n for n in wave["devices"] if devices[n]["state"] == "pending"]
         wave["state"] = "shadow"
         self.save()
@@ -276,7 +293,7 @@ class Rollout:
             return reasons[0]
         self._wait_shadow(wave)
         ungated = [n for n in wave["devices"] if devices[n]["state"] == "shadow" and not devices[n].get("gate")]
-        reasons = self._fail_devices(self._each(ungated, self._gate, "gate"))
+        reasons = self._fail_devices(self._each(ungated, self._gate, "shadow-report"))
         failed_gate = [f"{n}: {devices[n]['gate']['reason']}" for n in wave["devices"]
                        if devices[n].get("gate") and not devices[n]["gate"]["passed"]]
         if reasons or failed_gate:
@@ -337,6 +354,20 @@ class Rollout:
                 lock.unlink(missing_ok=True)
 
         return held()
+
+
+def _db_option(device: FleetDevice, before: dict) -> str | None:
+    """The prediction log the service was told to use (`--db PATH` in its arguments), if any."""
+    try:
+        args = list(services.service_of(device, parse_current(json.dumps({"schema": 1, **before}), "before")).args)
+    except EdgekitError:
+        return None
+    for i, arg in enumerate(args):
+        if arg == "--db" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--db="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def rollouts_dir(fleet: Fleet) -> Path:

@@ -114,7 +114,8 @@ def run_process(argv: list[str], *, timeout: float, stdin=None, stdout=None,
 
 def control_dir() -> Path | None:
     """The private folder for control sockets, or None (no sharing) when it is not safely ours."""
-    directory = Path(os.environ.get("EDGEKIT_SSH_CONTROL_DIR") or f"/tmp/edgekit-ssh-{os.getuid()}")  # noqa: S108
+    # Not under EDGEKIT_HOME: a socket path is limited to ~104 bytes and homes can be deep.
+    directory = Path(f"/tmp/edgekit-ssh-{os.getuid()}")  # noqa: S108
     try:
         directory.mkdir(mode=0o700, exist_ok=True)
         info = directory.lstat()
