@@ -94,3 +94,9 @@ def test_the_same_bytes_seen_twice_are_exported_once(tmp_path):
     listed = rows(tmp_path / "once")
     assert len({(r["sha256"], r["label"]) for r in listed}) == len(listed) == report["written"]
     assert report["written"] <= qualifying[1] + 8  # a corrected copy may stand beside its unlabelled twin
+
+
+def test_select_and_imports_together_are_one_line(tmp_path):
+    result = cli.invoke(app, ["feedback", "export", str(tmp_path / "imp"), "--select", "corrected", "--out",
+                              str(tmp_path / "o")])
+    assert result.exit_code == 1 and "pass them or imports, not both" in result.output

@@ -93,7 +93,11 @@ def feedback_export(
     $ edgekit feedback export --select low-confidence --limit 200 --out to-label
     """
     if select is not None or store is not None:
+        from edgekit.errors import EdgekitError
         from edgekit.fleet.select import export_selected
+
+        if imports:
+            raise EdgekitError("--select/--store export from the fleet store; pass them or imports, not both")
         from edgekit.fleet.store import open_store
 
         with open_store(store) as opened:
