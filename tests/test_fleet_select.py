@@ -100,3 +100,22 @@ def test_select_and_imports_together_are_one_line(tmp_path):
     result = cli.invoke(app, ["feedback", "export", str(tmp_path / "imp"), "--select", "corrected", "--out",
                               str(tmp_path / "o")])
     assert result.exit_code == 1 and "pass them or imports, not both" in result.output
+
+
+def test_disagreement_includes_predictions_a_shadow_candidate_disagreed_with(tmp_path):
+    from fleet_data import LABELS, MODEL_SHA
+
+    fleet = make_fleet(tmp_path, local=("a",), rows=30, sample_every=1)
+    with sqlite3.connect(log_path(tmp_path, "a")) as db:
+        picked = db.execute("SELECT id, time, top_k FROM predictions ORDER BY rowid LIMIT 3").fetchall()
+        for (_, when, top_k), agree, shift in zip(picked, (0, 1, 0), (0.0, 0.0, 0.01)):
+            top = json.loads(top_k)[0]
+            db.execute("INSERT INTO shadow (time, tag, model_sha256, candidate_sha256, model_top, candidate_top, "
+                       "agree, model_score, candidate_score, model_ms, candidate_ms, error) VALUES "
+                       "(?, 'r1', ?, ?, ?, ?, ?, ?, 0.5, 1.0, 1.0, NULL)",
+                       (when, MODEL_SHA, "cd" * 32, LABELS.index(top["label"]), 0, agree, top["score"] + shift))
+    assert cli.invoke(app, ["fleet", "pull", str(fleet)]).exit_code == 0
+    out = tmp_path / "shadowed"
+    report = export("--select", "disagreement", "--out", out)
+    # only the first: the second agreed, the third's score matches no logged prediction
+    assert report["written"] == 1 and [r["prediction_id"] for r in rows(out)] == [picked[0][0]]

@@ -3,8 +3,8 @@
 Active learning in its plainest form: of everything the devices kept, the cases the model finds hard.
 
 - `corrected`: samples a person labelled on the device (newest first); the label is the correction.
-- `disagreement`: a correction that names another label than the model's answer, and (when the shadow row
-  names its prediction) a shadow candidate that disagreed with the serving model.
+- `disagreement`: a correction that names another label than the model's answer, or a shadow candidate
+  (`fleet rollout`) that disagreed with the serving model (see `shadow_disagreements`).
 - `low-confidence`: top score below the threshold, lowest first.
 
 Labelled samples go to `<out>/<label>/`, where `edgekit train --extra-data` picks them up. Samples nobody
@@ -26,6 +26,7 @@ import re
 import shutil
 import tempfile
 from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from edgekit import manifests
@@ -35,6 +36,7 @@ from edgekit.fleet.fetch import safe_label
 from edgekit.fleet.store import Store, redact
 
 SELECTIONS = ("low-confidence", "disagreement", "corrected")
+SHADOW_MATCH_S = 10.0
 TO_LABEL = ".to-label"
 _DEVICE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -53,9 +55,7 @@ def candidates(store: Store, select: str, *, threshold: float = 0.6, limit: int 
         rows = store.query(f"SELECT {_COLUMNS} FROM predictions p WHERE p.sample_sha256 IS NOT NULL AND "
                            "p.top_score < ? ORDER BY p.top_score, p.time DESC", (threshold,))
     else:
-        disagreed = {(d, p) for d, p, row in store.query(
-            "SELECT device, prediction_id, row FROM shadow WHERE prediction_id IS NOT NULL")
-            if json.loads(row).get("agree") == 0}
+        disagreed = shadow_disagreements(store)
         rows = store.query(f"SELECT {_COLUMNS} FROM predictions p WHERE p.sample_sha256 IS NOT NULL "
                            "ORDER BY p.time DESC")
         if select == "corrected":
@@ -71,6 +71,43 @@ def candidates(store: Store, select: str, *, threshold: float = 0.6, limit: int 
         out.append({"device": r[0], "id": r[1], "model_sha256": r[2], "predicted": r[3], "score": r[4],
                     "sample": r[5], "time": r[6], "label": label})
     return out[:limit] if limit else out
+
+
+def shadow_disagreements(store: Store, within_s: float = SHADOW_MATCH_S) -> set[tuple[str, str]]:
+    """(device, prediction id) of the predictions a shadow candidate disagreed with.
+
+    The runner's shadow rows do not name their prediction (the comparison runs beside serving, after it),
+    so each is matched to the prediction of the same device and model with the same top-1 label and the
+    very same top score (both come from one output vector) logged nearest in time, within `within_s`.
+    """
+    labels = {sha: json.loads(text) for sha, text in store.query("SELECT sha256, labels FROM models")}
+    found = set()
+    for device, text in store.query("SELECT device, row FROM shadow"):
+        row = json.loads(text)
+        if row.get("agree") != 0 or row.get("error"):
+            continue
+        if isinstance(row.get("prediction_id"), str):  # a runner that links them says so itself
+            found.add((device, row["prediction_id"]))
+            continue
+        names, top = labels.get(row.get("model_sha256"), []), row.get("model_top")
+        if not isinstance(top, int) or not 0 <= top < len(names) or not isinstance(row.get("time"), str):
+            continue
+        try:
+            when = datetime.fromisoformat(row["time"])
+        except ValueError:
+            continue
+        matches = store.query("SELECT id, time FROM predictions WHERE device = ? AND model_sha256 = ? AND "
+                              "top_label = ? AND top_score = ? AND time >= ? AND time <= ?",
+                              (device, row["model_sha256"], names[top], row.get("model_score"),
+                               _iso(when - timedelta(seconds=within_s)), _iso(when + timedelta(seconds=within_s))))
+        if matches:
+            nearest = min(matches, key=lambda m: abs((datetime.fromisoformat(m[1]) - when).total_seconds()))
+            found.add((device, nearest[0]))
+    return found
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="milliseconds")
 
 
 def export_selected(store: Store, out_dir: Path, select: str, *, threshold: float = 0.6,
