@@ -13,6 +13,7 @@ from edgekit import manifests
 from edgekit.artifacts import MANIFEST, check_writable, edgekit_home, sha256_file
 from edgekit.certificate import ensure_certificate
 from edgekit.device_python import ensure_venv
+from edgekit.device_state import CurrentModel, read_current, write_current
 from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
 from edgekit.service import install_service
@@ -34,12 +35,15 @@ def _verified_manifest(model_path: Path, manifest_path: Path | None) -> Path | N
 
 def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | None = None,
            labels_path: Path | None = None, runner: Path | None = None, accept_new_host_key: bool = False,
-           known_hosts_file: str | None = None, runtime: str | None = None, service=None) -> dict:
+           known_hosts_file: str | None = None, runtime: str | None = None, service=None,
+           make_current: bool = True) -> dict:
     """Copy the runner, a model and its manifest and labels (default: beside the model) to a device;
     every file's sha256 is checked there.
 
     Models go to `models/<first 12 hex of sha256>/` so deploying a new variant never overwrites the
     one a running service may still be using, and the runner's logs can name the exact model.
+    With `make_current` the model becomes the device's current one (`current.json`, see
+    edgekit.device_state), the one it replaces kept as `previous`; a rollout copies without it.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -74,13 +78,33 @@ def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | No
     tls = None
     if service is not None:  # edgekit.service.ServiceSpec: keep it running under systemd
         tls = ensure_certificate(target) if service.tls else None
-        result["service"] = install_service(target, profile, service, runner=target.path(RUNNER_NAME),
-                                            model=target.path(model_rel), model_sha256=model_sha, tls=tls)
+        result["service"] = {**install_service(target, profile, service, runner=target.path(RUNNER_NAME),
+                                               model=target.path(model_rel), model_sha256=model_sha, tls=tls),
+                             "mode": service.mode, "args": list(service.args)}  # for fleet rollout's restarts
     if tls is not None:
         result["tls"] = {"sha256": tls.sha256, "cert": tls.cert, "key": tls.key}
     record = _record_deployment(profile, target.workdir, target.path(model_rel), model_path, model_sha, files,
                                 result.get("service"), tls)
+    if make_current:
+        result["current"] = _make_current(target, model_rel, model_sha, _variant_name(manifest_path),
+                                          result.get("service"))
     return {"record": str(record), **result}
+
+
+def _variant_name(manifest_path: Path | None) -> str | None:
+    return getattr(manifests.read_file(manifest_path), "name", None) if manifest_path else None
+
+
+def _make_current(target, model_rel: str, model_sha: str, variant: str | None, service: dict | None) -> str:
+    """Point current.json at the new model; the one it replaces becomes `previous` (rollback target)."""
+    try:
+        old = read_current(target)
+    except EdgekitError:  # damaged: this deploy is what repairs it
+        old = None
+    previous = old.previous if old and old.model_sha256 == model_sha else (old.ref if old else None)
+    write_current(target, CurrentModel(model=model_rel, model_sha256=model_sha, variant=variant, previous=previous,
+                                       service=service or (old.service if old else None), by="deploy"))
+    return target.path("current.json")
 
 
 def _check_loads(target, model_rel: str, runtime: str) -> dict:

@@ -133,15 +133,19 @@ def find_manifest_for(model_path: Path) -> tuple[Path, manifests.Manifest] | Non
     return None
 
 
-def evaluate_predictor(predictor, images, targets: np.ndarray | None, labels: tuple[str, ...]) -> dict:
+def evaluate_predictor(predictor, images, targets: np.ndarray | None, labels: tuple[str, ...],
+                       observe=None) -> dict:
     """Metrics over an array of images, or over an iterable of (images, targets) batches (then
-    `targets` is None): only predicted class ids are kept, so memory does not grow with the dataset."""
+    `targets` is None): only predicted class ids are kept, so memory does not grow with the dataset.
+    `observe(probs)` sees every batch's outputs (compress builds the drift reference in the same pass)."""
     batches = [(images, targets)] if isinstance(images, np.ndarray) else images
     predicted, truth = [], []
     for x, y in batches:
         probs = predictor.predict(x)
         if probs.shape[1] != len(labels):
             raise EdgekitError(f"model has {probs.shape[1]} outputs but the dataset has {len(labels)} classes")
+        if observe is not None:
+            observe(probs)
         predicted.append(probs.argmax(axis=1))
         truth.append(np.asarray(y))
     y_pred = np.concatenate(predicted) if predicted else np.zeros(0, np.int64)

@@ -6,6 +6,7 @@ naming the file — not in whichever reader meets it first. Readers ask the data
 
 Schema history: version 1 (edgekit 0.1) had `schema: 1` and no `schema_version`; variants had no
 `recipe_hash`. Both are read and upgraded in memory; what is written is always the current version.
+Variants gained an optional `drift_reference` in version 2 (absent: made before it, "no reference").
 """
 
 from __future__ import annotations
@@ -102,6 +103,18 @@ class VariantMetrics:
 
 
 @dataclass(frozen=True)
+class DriftReference:
+    """What the variant's top-1 answers look like on the validation split, measured with the shipped .tflite:
+    the field's answers are compared with it (`edgekit fleet status`, see `edgekit.fleet.drift`)."""
+
+    n: int
+    score_histogram: tuple[int, ...]  # counts of the top-1 score in equal bins over [0, 1]
+    class_counts: dict[str, int]  # how often each label was the top-1 answer
+    median_score: float = 0.0
+    split: str = "validation"
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Fields every artifact has; `kind` says which subclass describes the rest."""
 
@@ -158,6 +171,7 @@ class VariantManifest(Manifest):
     wall_time_s: float = 0.0
     edgetpu: dict | None = None
     lineage: dict = field(default_factory=dict)
+    drift_reference: DriftReference | None = None  # absent from variants made before edgekit tracked drift
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,16 @@ def test_variant_manifest_describes_the_exact_file(variants, tiny_run):
     assert 0 <= manifest.metrics.output_abs_diff_vs_float.mean <= 1
 
 
+def test_variant_manifest_holds_the_drift_reference_of_its_accuracy_pass(variants):
+    manifest = verify_files(variants["int8-ptq"])
+    reference, validation = manifest.drift_reference, manifest.metrics.validation
+    assert reference.n == validation.n and sum(reference.score_histogram) == validation.n
+    assert len(reference.score_histogram) == 20 and 0 < reference.median_score <= 1
+    predicted = [sum(column) for column in zip(*validation.confusion_matrix)]  # the same pass's answers
+    assert list(reference.class_counts.values()) == predicted
+    assert list(reference.class_counts) == list(manifest.model.labels)
+
+
 def test_int8_is_a_fraction_of_float32(variants):
     """About 0.39x at alpha 0.35: per-channel scales and int64 zero points are a fixed cost per channel,
     large next to so few weights (alpha 1.0 gets closer to the ideal 0.25x)."""

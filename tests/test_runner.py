@@ -360,7 +360,7 @@ def test_classify_json_shape_and_log(models, images, tmp_path):
         [(image_path,)] = db_rows(db, "SELECT image_path FROM predictions WHERE id = ?", item["id"])
         assert image_path == f"samples/{db.stem}/{item['id']}.png"  # each database owns its samples folder
         assert (tmp_path / image_path).read_bytes() == Path(item["path"]).read_bytes()
-    assert db_rows(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(1,)]
+    assert db_rows(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(2,)]
     assert db_rows(db, "PRAGMA journal_mode") == [("wal",)]
 
 

@@ -167,5 +167,5 @@ def check_runtime(runtime: str | None) -> None:
 
 
 # Importing the command modules registers their commands on `app`, in the order `--help` lists them.
-for _module in ("training", "compression", "devices", "feedback", "data", "tune", "info"):
+for _module in ("training", "compression", "devices", "feedback", "fleet", "fleet_data", "data", "tune", "info"):
     importlib.import_module(f"edgekit.cli.{_module}")

@@ -79,12 +79,34 @@ def _report_imports(imports: list[Path], verb: str, as_json: bool) -> None:
 def feedback_export(
     out: Annotated[Path, typer.Option(help="New folder for the class-folder dataset.")],
     imports: Annotated[list[Path] | None, typer.Argument(help="Imports to export; default: all.")] = None,
+    select: Annotated[str | None, typer.Option(help="From the fleet store (`edgekit fleet pull`): low-confidence, "
+                                                    "disagreement or corrected samples, hardest first.")] = None,
+    store: Annotated[str | None, typer.Option(help="Fleet store to select from (default: "
+                                                   "$EDGEKIT_HOME/fleet/store.db); implies --select corrected.")]
+    = None,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="--select low-confidence: top score below "
+                                                                    "this (0.6).")] = 0.6,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many samples.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write corrected samples as a class-folder dataset for `edgekit train --extra-data`.
 
     $ edgekit feedback export --out feedback-data && edgekit train --data photos --extra-data feedback-data
+    $ edgekit feedback export --select low-confidence --limit 200 --out to-label
     """
+    if select is not None or store is not None:
+        from edgekit.errors import EdgekitError
+        from edgekit.fleet.select import export_selected
+
+        if imports:
+            raise EdgekitError("--select/--store export from the fleet store; pass them or imports, not both")
+        from edgekit.fleet.store import open_store
+
+        with open_store(store) as opened:
+            report = export_selected(opened, out, select or "corrected", threshold=threshold, limit=limit)
+        emit(report, as_json, f"{report['written']} samples ({report['labelled']} labelled, {report['to_label']} to "
+             f"label under {out}/.to-label) written to {out}; list: {out}/selection.csv")
+        return
     from edgekit.feedback import export, report_markdown
 
     report = export(out, imports)

@@ -41,6 +41,7 @@ from edgekit.data import (
 )
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
+from edgekit.fleet.drift import ReferenceBuilder
 from edgekit.model import load_keras_model
 from edgekit.recipes import TRAINING_STAGES, Recipe, check_unique_names
 
@@ -226,14 +227,19 @@ def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict
     return content, sparsity, timings
 
 
-def _measure(path: Path, context: CompressContext, threads: int | None) -> tuple[dict, dict, dict]:
-    """(metrics, output difference against the float Keras model, runtime) of the exact file on disk."""
+def _measure(path: Path, context: CompressContext, threads: int | None) \
+        -> tuple[dict, dict, dict, manifests.DriftReference]:
+    """(metrics, output difference against the float Keras model, runtime, drift reference) of the exact
+    file on disk; the drift reference (top-1 scores and classes) comes from the same accuracy pass."""
+
     predictor = TFLitePredictor(path, num_threads=threads)
+    reference = ReferenceBuilder(context.splits.labels)
     metrics = evaluate_predictor(predictor, iter_pixel_batches(context.splits.validation, context.image_size), None,
-                                 context.splits.labels)
+                                 context.splits.labels, observe=reference.add)
     metrics.pop("predictions")
     diff = np.abs(predictor.predict(context.drift_pixels) - context.float_probs)
-    return metrics, {"max": float(diff.max()), "mean": float(diff.mean()), "n": int(len(diff))}, predictor.runtime
+    return (metrics, {"max": float(diff.max()), "mean": float(diff.mean()), "n": int(len(diff))}, predictor.runtime,
+            reference.result())
 
 
 def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, content: bytes, threads: int | None,
@@ -251,7 +257,7 @@ def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, cont
     write_text_atomic(scratch / "labels.txt", "\n".join(run.model.labels) + "\n")
     log.info("%s: measuring accuracy of the .tflite on %d validation images", recipe.name,
              len(context.splits.validation))
-    metrics, diff, runtime = _measure(scratch / TFLITE_FILE, context, threads)
+    metrics, diff, runtime, drift_reference = _measure(scratch / TFLITE_FILE, context, threads)
     files = [TFLITE_FILE, RECIPE_FILE, "labels.txt"]
     edgetpu = None
     if any(stage.type == "edgetpu" for stage in recipe.stages):
@@ -267,7 +273,8 @@ def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, cont
             validation=manifests.to_metrics(metrics), float_keras_accuracy=float_accuracy,
             accuracy_delta_vs_float=metrics["accuracy"] - float_accuracy,
             output_abs_diff_vs_float=manifests.OutputDiff(**diff)),
-        timings=tuple(timings), wall_time_s=round(time.time() - started, 2), edgetpu=edgetpu, lineage=lineage)
+        timings=tuple(timings), wall_time_s=round(time.time() - started, 2), edgetpu=edgetpu, lineage=lineage,
+        drift_reference=drift_reference)
     return manifests.write(scratch, manifest, files)
 
 

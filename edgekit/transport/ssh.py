@@ -4,10 +4,20 @@ Driving `ssh` itself (not a Python SSH library) means the user's ~/.ssh/config, 
 apply exactly as they do in a terminal. Host keys are always checked: an unknown key is refused unless the
 caller explicitly accepts new keys, and a changed key always aborts before anything runs or is copied.
 Every OpenSSH failure is turned into one line that names host:port and what to do about it.
+
+Connections are shared (OpenSSH ControlMaster): the first command to a device starts a master connection
+that later commands and copies reuse for CONTROL_PERSIST seconds, so a deploy's ten steps or a fleet
+operation over a hundred devices pays for one handshake per device, not one per step. The control sockets
+live in a private 0700 folder (`/tmp/edgekit-ssh-<uid>`, short because a socket path is limited to ~104
+bytes). A socket's name covers everything that decides whom the master talks to and trusts (host, port,
+user, key, options, and the known_hosts file's *content*), so a command with a changed known_hosts entry
+never rides on a master that was verified under the old one. A profile may turn sharing off with
+`ssh_options: {ControlMaster: "no"}` (profile options come first, and the first value wins in OpenSSH).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import posixpath
@@ -32,6 +42,7 @@ _UNREACHABLE = (
     "timed out during banner exchange",
 )
 _SHA256 = re.compile(r"^([0-9a-f]{64})\b", re.MULTILINE)
+CONTROL_PERSIST = 60  # seconds an idle master connection stays up
 _HASH_PY = "import hashlib,sys;print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())"
 
 
@@ -101,6 +112,28 @@ def run_process(argv: list[str], *, timeout: float, stdin=None, stdout=None,
     return proc.returncode, out or b"", err.decode("utf-8", "replace")
 
 
+def control_dir() -> Path | None:
+    """The private folder for control sockets, or None (no sharing) when it is not safely ours."""
+    # Not under EDGEKIT_HOME: a socket path is limited to ~104 bytes and homes can be deep.
+    directory = Path(f"/tmp/edgekit-ssh-{os.getuid()}")  # noqa: S108
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+    except OSError:
+        return None
+    # Someone else's folder (or a symlink planted in /tmp) could hand us their master connection.
+    if not directory.is_dir() or directory.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    return directory
+
+
+def _file_digest(path: str | None) -> str:
+    try:
+        return hashlib.sha256(Path(os.path.expanduser(path or "~/.ssh/known_hosts")).read_bytes()).hexdigest()
+    except OSError:
+        return "-"
+
+
 @dataclass(frozen=True)
 class SshClient:
     """One device reached through `ssh`; every call is a fresh connection with the same options."""
@@ -133,11 +166,22 @@ class SshClient:
             argv += ["-i", self.identity_file, "-o", "IdentitiesOnly=yes"]
         for key, value in self.options:
             argv += ["-o", f"{key}={value}"]  # verbatim: ProxyCommand and friends take the whole line
+        argv += self._sharing_options()
         if self.port:
             argv += ["-p", str(self.port)]
         if self.user:
             argv += ["-l", self.user]
         return argv + ["--", self.host]
+
+    def _sharing_options(self) -> list[str]:
+        directory = control_dir()
+        if directory is None:
+            return []
+        identity = repr((self.ssh_binary, self.host, self.port, self.user, self.identity_file, self.known_hosts_file,
+                         self.accept_new_host_key, self.options, _file_digest(self.known_hosts_file)))
+        name = hashlib.sha256(identity.encode()).hexdigest()[:24]
+        return ["-o", "ControlMaster=auto", "-o", f"ControlPath={directory / name}",
+                "-o", f"ControlPersist={CONTROL_PERSIST}"]
 
     def run(self, command: str, *, timeout: float, what: str | None = None, check: bool = True,
             stdin=None, stdout=None) -> SshResult:

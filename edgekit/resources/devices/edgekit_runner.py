@@ -1,4 +1,4 @@
-"""usage: python3 edgekit_runner.py [-h] {classify,serve,live,feedback,bench,predict,doctor} ...
+"""usage: python3 edgekit_runner.py [-h] {classify,serve,live,feedback,shadow-report,bench,predict,doctor} ...
 
 The on-device half of edgekit: classify images with a .tflite model, serve it over HTTP, classify a
 camera, video, stream or watched folder, record corrections, benchmark it and report what the device
@@ -12,6 +12,8 @@ tensorflow, tried in that order).
   python3 edgekit_runner.py serve model.tflite --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
   python3 edgekit_runner.py live model.tflite /dev/video0 --fps 5 --log-policy change
   python3 edgekit_runner.py feedback 3f2a0c9e5b7d4e1f8a6b2c4d9e0f1a2b cat --db edgekit_runner.db
+  python3 edgekit_runner.py serve model.tflite --shadow candidate.tflite --shadow-tag rollout-1
+  python3 edgekit_runner.py shadow-report --db edgekit_runner.db --tag rollout-1 --json
   python3 edgekit_runner.py bench model.tflite --images photos/ --json
   python3 edgekit_runner.py predict model.tflite --images inputs.npz --json
   python3 edgekit_runner.py doctor
@@ -37,13 +39,21 @@ it answers (synchronous=FULL), at about one SD-card flush per image. Retention: 
 (100000) and, with --keep-days, none older; rows with feedback are kept; trimmed rows are counted in
 meta 'trimmed_rows'. At start, `*.tmp` and unreferenced files under the log's samples folder are deleted
 and rows whose sample is gone forget it.
+Shadow mode (--shadow CANDIDATE for classify, serve and live): the candidate model runs on the same
+preprocessed input as the serving model, on a second thread, and only its agreement, scores and latency
+are logged (table `shadow`); what is answered, logged as a prediction and kept as a sample is the serving
+model's alone. `shadow-report` summarises the table for `edgekit fleet rollout`'s gates.
+`rows` (log rows after the ids the host already has, as JSON) and `samples` (named kept samples, as a tar
+on stdout) are what `edgekit fleet pull` reads, a little at a time; both only read the logs.
 Low-confidence inputs are kept under `samples/<database name>/` beside the database (each database owns
 its folder, so two logs in one folder never delete each other's samples; rows of older runners name
 `samples/<file>`, which is still read, never cleaned), within a disk budget, so
-`edgekit feedback` can turn corrections into training data. Schema (schema_version 1):
+`edgekit feedback` can turn corrections into training data. Schema (schema_version 2; a version 1 log gains
+the shadow table when it is opened):
 
   meta(key TEXT PRIMARY KEY, value)          -- 'schema_version', 'dropped_samples' (evicted or unsaved),
                                              -- 'trimmed_rows' (removed by the retention policy)
+                                             -- 'db_id' (random: a replaced log is a new one)
   models(sha256 TEXT PRIMARY KEY, path TEXT, labels TEXT /* JSON list */, first_seen TEXT)
   predictions(id TEXT PRIMARY KEY /* uuid4 hex */, time TEXT /* UTC ISO 8601 */, model_sha256 TEXT,
               source TEXT /* image path or 'http' */, top_k TEXT /* JSON [{label, index, score}] */,
@@ -52,6 +62,11 @@ its folder, so two logs in one folder never delete each other's samples; rows of
               image_bytes INTEGER)
   feedback(id INTEGER PRIMARY KEY AUTOINCREMENT, prediction_id TEXT REFERENCES predictions(id),
            label TEXT, time TEXT, source TEXT /* 'cli' or 'http' */)
+  shadow(id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT /* UTC ISO 8601 */, tag TEXT /* --shadow-tag,
+         e.g. a rollout id, '' if none */, model_sha256 TEXT /* serving */, candidate_sha256 TEXT,
+         model_top INTEGER, candidate_top INTEGER /* top-1 output index */, agree INTEGER /* 0/1, NULL on
+         error */, model_score REAL, candidate_score REAL, model_ms REAL, candidate_ms REAL /* invoke */,
+         error TEXT /* the candidate's failure, NULL if it answered */)
 """
 
 from __future__ import annotations
@@ -86,7 +101,7 @@ try:
 except ImportError:  # `doctor` must still run on a device where nothing is installed yet
     np = None
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the shadow table
 RUNNER_VERSION = "1"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # edgekit trains on these too
 SAMPLE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp",
@@ -136,6 +151,15 @@ PROBE_REFUSED = 3  # _probe exit code: a Python error, which the parent may repo
 SAMPLE_OUTPUTS = 8
 OUTPUT_SAMPLE_VALUES = 4096  # raw output values kept per sample in a bench report
 
+SHADOW_SCHEMA = (  # added in schema_version 2
+    "CREATE TABLE IF NOT EXISTS shadow (id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, "
+    "tag TEXT NOT NULL, model_sha256 TEXT NOT NULL, candidate_sha256 TEXT NOT NULL, model_top INTEGER, "
+    "candidate_top INTEGER, agree INTEGER, model_score REAL, candidate_score REAL, model_ms REAL, "
+    "candidate_ms REAL, error TEXT)",
+    "CREATE INDEX IF NOT EXISTS shadow_time ON shadow (time)",
+)
+SHADOW_QUEUE = 64  # inputs waiting for the candidate; a slower candidate then slows serving, never drops
+
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
     "CREATE TABLE IF NOT EXISTS models (sha256 TEXT PRIMARY KEY, path TEXT, labels TEXT NOT NULL, "
@@ -148,9 +172,11 @@ SCHEMA = (
     "prediction_id TEXT NOT NULL REFERENCES predictions (id), label TEXT NOT NULL, time TEXT NOT NULL, "
     "source TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS feedback_prediction ON feedback (prediction_id)",
+    *SHADOW_SCHEMA,
     f"INSERT OR IGNORE INTO meta VALUES ('schema_version', {SCHEMA_VERSION})",
     "INSERT OR IGNORE INTO meta VALUES ('dropped_samples', 0)",
     "INSERT OR IGNORE INTO meta VALUES ('trimmed_rows', 0)",
+    "INSERT OR IGNORE INTO meta VALUES ('db_id', lower(hex(randomblob(16))))",
 )
 TRIM_EVERY = 500  # rows between two retention passes
 
@@ -560,6 +586,8 @@ def check_classifier(model) -> None:
 class Model:
     """A loaded interpreter and how to feed it; run() is safe to call from many threads."""
 
+    shadow = None  # a Shadow running a candidate model beside this one (--shadow)
+
     def __init__(self, path: str, threads: int | None = None, delegate: str | None = None,
                  runtime: str | None = None, require_delegate: bool = True):
         content = self._read(path, threads, delegate)
@@ -866,8 +894,11 @@ def classify_bytes(model: Model, labels: list[str], data: bytes, k: int, max_pix
 def classify_tensor(model: Model, labels: list[str], tensor, k: int, preprocess_ms: float) -> dict:
     raw, invoke_ms = model.run(tensor)
     start = time.perf_counter()
-    ranked = top_k(model.scores(raw), labels, k)
+    scores = model.scores(raw)
+    ranked = top_k(scores, labels, k)
     postprocess_ms = (time.perf_counter() - start) * 1e3
+    if model.shadow is not None:
+        model.shadow.submit(tensor, scores, invoke_ms)
     return {"top_k": ranked, "latency_ms": {"preprocess": preprocess_ms, "invoke": invoke_ms,
                                             "postprocess": postprocess_ms}}
 
@@ -976,6 +1007,7 @@ class PredictionLog:
         """For classify, serve and live: clean what kills left behind, trim, start the grouped syncer."""
         with self.transaction() as db:  # a log made by an older runner lacks the counter
             db.execute("INSERT OR IGNORE INTO meta VALUES ('trimmed_rows', 0)")
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('db_id', lower(hex(randomblob(16))))")
         cleaned = self.clean_samples()
         trimmed = self.trim()
         if self.sync_interval > 0:
@@ -994,6 +1026,11 @@ class PredictionLog:
             with self.transaction() as db:
                 for statement in SCHEMA:
                     db.execute(statement)
+        elif version == 1:  # version 2 only adds the shadow table
+            with self.transaction() as db:
+                for statement in SHADOW_SCHEMA:
+                    db.execute(statement)
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
         elif version != SCHEMA_VERSION:
             raise RunnerError(f"{self.path}: schema_version {version}, this runner writes {SCHEMA_VERSION}; "
                               "use the edgekit_runner.py that created it, or pass --db elsewhere")
@@ -1278,6 +1315,8 @@ def load_for_classify(args):
     check_classifier(model)
     labels = resolve_labels(model, args.labels)
     logger = Logger(open_log(args, model, labels), model, args.save_below, args.save_all)
+    if args.shadow:
+        model.shadow = Shadow(args, model, logger.log)
     return model, labels, logger
 
 
@@ -1295,6 +1334,7 @@ def cmd_classify(args) -> int:
         results.append(result)
         if not args.json:
             print_result(result)
+    close_shadow(model)
     if logger.log:
         logger.log.close()
     if args.json:
@@ -1320,6 +1360,253 @@ def cmd_feedback(args) -> int:
     finally:
         log.close()
     print(f"feedback {feedback_id}: prediction {args.id} is {args.label!r}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shadow mode: a candidate model beside the serving one, measured but never answered
+
+
+def input_pixels(model: Model, tensor):
+    """Model.to_input undone: the float RGB 0..255 pixels a tensor was made from (to within one
+    quantization step), so a candidate with another input type sees the same image."""
+    pixels = tensor.astype(np.float32)
+    if np.dtype(model.input["dtype"]) != np.float32:
+        scale, zero_point = model.input["quantization"]
+        pixels = (pixels - np.float32(zero_point)) * np.float32(scale)
+    if model.normalization is not None:
+        pixels = pixels * model.normalization[1] + model.normalization[0]
+    low, high = model.pixel_range
+    if (low, high) != (0.0, 255.0):
+        pixels = (pixels - np.float32(low)) * np.float32(255.0 / (high - low))
+    return pixels
+
+
+class Shadow:
+    """Runs --shadow CANDIDATE on every input the serving model classifies, in one background thread,
+    and logs the comparison in the `shadow` table. The candidate's answer never reaches a client."""
+
+    def __init__(self, args, serving: Model, log: PredictionLog | None):
+        import queue
+
+        if log is None:
+            raise RunnerError("--shadow logs its comparisons in the prediction log; drop --no-log")
+        candidate = Model(args.shadow, args.threads, args.delegate, args.runtime)
+        check_classifier(candidate)
+        if (candidate.height, candidate.width) != (serving.height, serving.width):
+            raise RunnerError(f"--shadow {args.shadow}: input {candidate.height}x{candidate.width} differs from the "
+                              f"serving model's {serving.height}x{serving.width}; a shadow must see the same input")
+        if candidate.num_outputs != serving.num_outputs:
+            raise RunnerError(f"--shadow {args.shadow}: {candidate.num_outputs} outputs, the serving model has "
+                              f"{serving.num_outputs}; a shadow must classify into the same labels")
+        same = (candidate.input["dtype"] == serving.input["dtype"]
+                and tuple(candidate.input["quantization"]) == tuple(serving.input["quantization"])
+                and candidate.pixel_range == serving.pixel_range
+                and candidate.normalization is None and serving.normalization is None)
+        self.convert = None if same else (lambda tensor: candidate.to_input(input_pixels(serving, tensor)))
+        self.candidate, self.serving, self.log, self.tag = candidate, serving, log, args.shadow_tag or ""
+        self.queue = queue.Queue(maxsize=SHADOW_QUEUE)
+        self.thread = threading.Thread(target=self._work, name="shadow", daemon=True)
+        self.thread.start()
+
+    def submit(self, tensor, scores, invoke_ms: float) -> None:
+        self.queue.put((tensor, int(np.argmax(scores)), float(np.max(scores)), invoke_ms))
+
+    def _work(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            try:
+                self._compare(*item)
+            except RunnerError as exc:  # the log is locked or full: serving goes on
+                warn(f"--shadow: {exc}")
+
+    def _compare(self, tensor, model_top: int, model_score: float, model_ms: float) -> None:
+        row = {"candidate_top": None, "agree": None, "candidate_score": None, "candidate_ms": None, "error": None}
+        try:
+            raw, candidate_ms = self.candidate.run(tensor if self.convert is None else self.convert(tensor))
+            scores = self.candidate.scores(raw)
+            top = int(np.argmax(scores))
+            row.update(candidate_top=top, agree=int(top == model_top), candidate_score=float(scores[top]),
+                       candidate_ms=candidate_ms)
+        except Exception as exc:  # noqa: BLE001 - a failing candidate is what shadow mode is there to catch
+            row["error"] = one_line(exc)
+        with self.log.transaction() as db:
+            db.execute("INSERT INTO shadow (time, tag, model_sha256, candidate_sha256, model_top, candidate_top, "
+                       "agree, model_score, candidate_score, model_ms, candidate_ms, error) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (utc_now(), self.tag, self.serving.sha256, self.candidate.sha256, model_top,
+                        row["candidate_top"], row["agree"], model_score, row["candidate_score"], model_ms,
+                        row["candidate_ms"], row["error"]))
+
+    def close(self) -> None:
+        """Compare what is still queued, then stop: a clean stop loses no comparison."""
+        self.queue.put(None)
+        self.thread.join()
+
+
+def close_shadow(model: Model) -> None:
+    if model.shadow is not None:
+        model.shadow.close()
+        model.shadow = None
+
+
+def shadow_report(log: PredictionLog, since: str | None = None, tag: str | None = None) -> dict:
+    """Agreement, errors, score shift and latency of the shadow rows since a time and/or with a tag."""
+    where, params = ["1 = 1"], []
+    if since:
+        where.append("time >= ?")
+        params.append(since)
+    if tag is not None:
+        where.append("tag = ?")
+        params.append(tag)
+    with log.lock:
+        rows = log.db.execute("SELECT agree, model_score, candidate_score, model_ms, candidate_ms, error, "
+                              "candidate_sha256, model_sha256, time FROM shadow WHERE " + " AND ".join(where)
+                              + " ORDER BY id", params).fetchall()
+    answered = [r for r in rows if r[5] is None]
+    shifts = [r[2] - r[1] for r in answered]
+    return {
+        "db": log.path, "since": since, "tag": tag, "rows": len(rows), "errors": len(rows) - len(answered),
+        "agreement": (sum(r[0] for r in answered) / len(answered)) if answered else None,
+        "score_shift": (sum(shifts) / len(shifts)) if shifts else None,
+        "model_ms": percentiles([r[3] for r in rows if r[3] is not None]),
+        "candidate_ms": percentiles([r[4] for r in answered]),
+        "candidates": sorted({r[6] for r in rows}), "models": sorted({r[7] for r in rows}),
+        "first": rows[0][8] if rows else None, "last": rows[-1][8] if rows else None,
+    }
+
+
+def cmd_shadow_report(args) -> int:
+    require_numpy()
+    log = PredictionLog(db_path(args, None), args.busy_timeout, create=False)
+    try:
+        report = shadow_report(log, args.since, args.tag)
+    finally:
+        log.close()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        agreement = "-" if report["agreement"] is None else f"{report['agreement']:.4f}"
+        print(f"{report['rows']} shadow comparisons, {report['errors']} errors, agreement {agreement}, "
+              f"candidate p90 {report['candidate_ms']['p90']} ms")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Subcommands: rows, samples (what `edgekit fleet pull` reads, a little at a time)
+
+ROW_TABLES = ("predictions", "feedback", "shadow")  # shadow: the candidate's answers (fleet rollouts), if any
+ROWS_LIMIT = 5000
+
+
+def log_databases(extra: list) -> list:
+    """Every model's log under models/*/ (as `edgekit deploy` lays them out) plus any --db given."""
+    import glob
+
+    found = sorted(glob.glob(os.path.join("models", "*", "edgekit_runner.db")))
+    return found + [path for path in extra or [] if path not in found]
+
+
+def log_identity(db, path: str) -> str:
+    """Which database this is, so a host's cursor restarts when the file is replaced: meta 'db_id' (set
+    when a runner starts writing), else the file's inode and creation time."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'db_id'").fetchone()
+    if row and row[0]:
+        return str(row[0])
+    stat = os.stat(path)
+    return f"inode-{stat.st_ino}-{int(stat.st_ctime)}"
+
+
+def sample_digest(directory: str, relative) -> str | None:
+    if not relative:
+        return None
+    try:
+        with open(os.path.join(directory, relative), "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:  # evicted since the row was read
+        return None
+
+
+def model_records(db, path: str, known: set) -> list:
+    """Models the host does not know yet, with the variant name and drift reference from their manifest."""
+    out = []
+    for sha, model_path, labels in db.execute("SELECT sha256, path, labels FROM models"):
+        if sha in known:
+            continue
+        manifest = {}
+        with contextlib.suppress(RunnerError, TypeError):
+            manifest = read_manifest(model_path, sha) if model_path else {}
+        out.append({"sha256": sha, "labels": json.loads(labels), "variant": manifest.get("name"),
+                    "drift_reference": manifest.get("drift_reference")})
+    return out
+
+
+def read_rows(path: str, cursor: dict, known_models: set, limit: int) -> dict:
+    """Rows after the cursor's ids, read-only: the host asks again while `more` is true."""
+    directory = os.path.dirname(os.path.abspath(path))
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        db.row_factory = sqlite3.Row
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        out = {"path": path, "db_id": log_identity(db, path), "schema_version": int(version[0]) if version else None}
+        if not out["schema_version"] or out["schema_version"] > SCHEMA_VERSION:  # the host reports it
+            return out
+        present = [(table, "id" if table == "feedback" else "rowid") for table in ROW_TABLES if table in tables]
+        restart = cursor.get("db_id") != out["db_id"] or any(  # emptied and refilled: its ids start again
+            db.execute(f"SELECT COALESCE(MAX({key}), 0) FROM {table}").fetchone()[0] < int(cursor.get(table, 0))
+            for table, key in present)
+        out["more"] = False
+        for table, key in present:
+            since = 0 if restart else int(cursor.get(table, 0))
+            rows = db.execute(f"SELECT rowid AS _rowid, * FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
+                              (since, limit)).fetchall()
+            out[table] = [dict(row) for row in rows]
+            out["more"] = out["more"] or len(rows) == limit
+        for row in out["predictions"]:
+            row["sample_sha256"] = sample_digest(directory, row["image_path"])
+        out["restarted"] = restart
+        out["models"] = model_records(db, path, known_models)
+        samples = db.execute("SELECT COALESCE(SUM(image_bytes), 0), COUNT(image_path) FROM predictions").fetchone()
+        out["disk"] = {"log_bytes": sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.isfile(p)),
+                       "sample_bytes": int(samples[0]), "samples": int(samples[1])}
+        return out
+    finally:
+        db.close()
+
+
+def cmd_rows(args) -> int:
+    try:
+        request = json.loads(args.cursors) if args.cursors else {}
+    except ValueError as exc:
+        raise RunnerError(f"--cursors: not JSON ({one_line(exc)})") from None
+    cursors, known = request.get("cursors", {}), set(request.get("known_models", []))
+    logs = []
+    for path in log_databases(args.db):
+        try:
+            logs.append(read_rows(path, cursors.get(path, {}), known, args.limit))
+        except sqlite3.Error as exc:
+            logs.append({"path": path, "error": one_line(exc)})
+    print(json.dumps({"runner_version": RUNNER_VERSION, "schema_version": SCHEMA_VERSION, "logs": logs},
+                     separators=(",", ":")))
+    return 0
+
+
+def cmd_samples(args) -> int:
+    """Write the named samples of one log as a tar on stdout; only files under its samples/ folder."""
+    import tarfile
+
+    directory = os.path.realpath(os.path.dirname(os.path.abspath(args.db)))
+    samples = os.path.join(directory, "samples")
+    with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
+        for relative in args.paths:
+            path = os.path.realpath(os.path.join(directory, relative))
+            if os.path.dirname(path) != samples or not os.path.isfile(path):
+                continue  # evicted since, or not a sample: the host counts it as missing
+            tar.add(path, arcname=relative, recursive=False)
+    sys.stdout.buffer.flush()
     return 0
 
 
@@ -1663,6 +1950,7 @@ def cmd_serve(args) -> int:
         if live:
             live.set()
         server.server_close()
+        close_shadow(model)
         if logger.log:
             logger.log.close()
     return 0
@@ -1996,6 +2284,7 @@ def cmd_live(args) -> int:
     try:
         summary = run_live(args, model, labels, logger, stop, print_live(args.json))
     finally:
+        close_shadow(model)
         if logger.log:
             logger.log.close()
     print(f"edgekit_runner: live: {summary['frames']} frames from {summary['source']} in {summary['seconds']} s "
@@ -2517,6 +2806,9 @@ def add_classify_options(parser) -> None:
                         "(100000)")
     parser.add_argument("--keep-days", type=non_negative(float), default=0,
                         help="trim predictions older than this many days, feedback kept; 0: never (0)")
+    parser.add_argument("--shadow", metavar="CANDIDATE", help="also run this .tflite on every input and log "
+                        "how it compares (table shadow); its answers are never served")
+    parser.add_argument("--shadow-tag", help="label the shadow rows, e.g. with a rollout id")
 
 
 def add_live_options(parser) -> None:
@@ -2543,8 +2835,8 @@ def add_input_options(parser) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="python3 edgekit_runner.py", description=__doc__.split("\n", 2)[2],
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{classify,serve,live,feedback,bench,predict,doctor}",
-                                     required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar="{classify,serve,live,feedback,shadow-report,bench,predict,doctor}", required=True)
 
     classify = commands.add_parser("classify", help="classify images or directories of images",
                                    description="$ python3 edgekit_runner.py classify model.tflite photos/")
@@ -2591,6 +2883,32 @@ def build_parser() -> Parser:
     feedback.add_argument("--db", help="prediction log ($EDGEKIT_RUNNER_DB, else ./edgekit_runner.db)")
     feedback.add_argument("--busy-timeout", type=positive(float), default=5.0, help="seconds to wait (5)")
     feedback.set_defaults(func=cmd_feedback)
+
+    report = commands.add_parser("shadow-report", help="summarise --shadow comparisons (JSON with --json)",
+                                 description="$ python3 edgekit_runner.py shadow-report --db edgekit_runner.db "
+                                 "--tag rollout-1 --json")
+    report.add_argument("--db", help="prediction log ($EDGEKIT_RUNNER_DB, else ./edgekit_runner.db)")
+    report.add_argument("--since", help="only comparisons at or after this UTC ISO 8601 time")
+    report.add_argument("--tag", help="only comparisons with this --shadow-tag")
+    report.add_argument("--busy-timeout", type=positive(float), default=5.0, help="seconds to wait (5)")
+    report.add_argument("--json", action="store_true", help="print one JSON document")
+    report.set_defaults(func=cmd_shadow_report)
+
+    rows = commands.add_parser("rows", help="print log rows after the given ids as one JSON document",
+                               description="$ python3 edgekit_runner.py rows --cursors '{\"cursors\": {}}' --json")
+    rows.add_argument("--cursors", help='JSON {"cursors": {DB: {"db_id", "predictions", "feedback", "shadow"}}, '
+                      '"known_models": [SHA256...]}; ids already read per log (default: none)')
+    rows.add_argument("--db", action="append", help="a log besides models/*/edgekit_runner.db (repeatable)")
+    rows.add_argument("--limit", type=positive(int), default=ROWS_LIMIT, help=f"rows per table ({ROWS_LIMIT})")
+    rows.add_argument("--json", action="store_true", help="accepted for symmetry; the output is always JSON")
+    rows.set_defaults(func=cmd_rows)
+
+    samples = commands.add_parser("samples", help="write kept samples of one log as a tar on stdout",
+                                  description="$ python3 edgekit_runner.py samples models/x/edgekit_runner.db "
+                                  "samples/ab12.jpg > samples.tar")
+    samples.add_argument("db", help="the log whose samples/ folder holds them")
+    samples.add_argument("paths", nargs="*", help="sample paths as the log names them (samples/NAME)")
+    samples.set_defaults(func=cmd_samples)
 
     bench = commands.add_parser("bench", help="measure load, first and steady-state inference latency",
                                 description="$ python3 edgekit_runner.py bench model.tflite --images photos/")
