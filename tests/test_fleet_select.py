@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fleet_data import log_path, make_fleet  # noqa: E402
 
 from edgekit.cli import app  # noqa: E402
-from edgekit.data import _class_folders  # noqa: E402
+from edgekit.data.scan import class_folders  # noqa: E402
 
 cli = CliRunner()
 
@@ -48,8 +48,8 @@ def test_corrected_writes_a_class_folder_dataset_with_checked_labels(tmp_path):
     out = tmp_path / "corrected"
     report = export("--select", "corrected", "--out", out)
     assert report["written"] == report["labelled"] == 7 and report["rejected_labels"] == 1
-    assert {p.name for p in _class_folders(out)} <= {"cat", "dog", "bird"}
-    assert sum(len(list(p.iterdir())) for p in _class_folders(out)) == 7
+    assert {p.name for p in class_folders(out)} <= {"cat", "dog", "bird"}
+    assert sum(len(list(p.iterdir())) for p in class_folders(out)) == 7
     assert json.loads((out / "manifest.json").read_text())["kind"] == "feedback-dataset"
 
 
