@@ -157,6 +157,7 @@ def fleet_rollout(
     from edgekit.fleet import rollout as rollouts
     from edgekit.fleet.inventory import load_fleet
     from edgekit.fleet.ops import _model_path
+    from edgekit.fleet.rollout_manifest import summary_text
 
     if abort and not resume:
         raise EdgekitError("--abort rolls back an interrupted rollout; use it with --resume")
@@ -173,6 +174,6 @@ def fleet_rollout(
         rollout = rollouts.start(fleet, model, settings, group=group, **options)
     manifest = rollout.run(abort=abort)
     emit({**manifest, "manifest": str(rollout.path)}, as_json,
-         rollouts.summary_text(manifest) + f"\nmanifest: {rollout.path}")
+         summary_text(manifest) + f"\nmanifest: {rollout.path}")
     if manifest["state"] != "done":
         raise typer.Exit(1)
