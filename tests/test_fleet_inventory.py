@@ -166,6 +166,11 @@ def test_rollout_of_a_device_without_a_deployed_model_names_it(tmp_path, edgekit
     assert manifest["reason"].startswith("wave canary: cam-1: no current model")
     saved = json.loads((edgekit_home / "fleet" / "plant" / "rollouts" / manifest["id"] / "manifest.json").read_text())
     assert saved["devices"]["cam-1"]["state"] == "failed" and saved["devices"]["cam-2"]["state"] == "pending"
+    from edgekit.fleet.rollout_manifest import device_waves
+
+    waves = device_waves(fleet)
+    assert waves["cam-1"]["wave"] == "canary" and waves["cam-1"]["device_state"] == "failed"
+    assert waves["cam-2"]["device_state"] == "pending" and waves["cam-2"]["rollout"] == manifest["id"]
 
 
 def test_resume_of_an_interrupted_rollback_finishes_it(tmp_path, edgekit_home):

@@ -159,3 +159,15 @@ def test_rollout_option_mistakes_are_one_line(tmp_path, args, message):
     assert result.exit_code == 1 and "Traceback" not in result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: ") and (message or "no unfinished rollout") in last
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="this machine runs systemd")
+def test_fleet_deploy_service_on_devices_without_systemd_fails_each_in_one_line(tmp_path, sshd, fleet_models):
+    path = fleet_file(tmp_path, sshd)
+    bad = runner.invoke(app, ["fleet", "deploy", str(fleet_models["base"]), str(path), "--service-args", "x"])
+    assert bad.exit_code == 1 and "--service-args needs --service" in bad.output
+    result = runner.invoke(app, ["fleet", "deploy", str(fleet_models["base"]), str(path), "--group", "canary",
+                                 "--service", "serve", "--json"])
+    assert result.exit_code == 1
+    [device] = json.loads(result.stdout)["devices"]
+    assert not device["ok"] and "does not run systemd" in device["error"] and "\n" not in device["error"]

@@ -219,7 +219,10 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):  # it exited between the two looks
+        return False
 
 
 def test_hanging_command_times_out_and_is_stopped_on_the_device(sshd, tmp_path):

@@ -63,18 +63,30 @@ def fleet_ls(fleet_file: FleetArg, group: GroupOption = None, as_json: JsonOptio
 
 @fleet_app.command("deploy")
 @user_errors
-def fleet_deploy(variant: VariantArg, fleet_file: FleetArg, group: GroupOption = None, parallel: ParallelOption = 8,
-                 accept_new_host_key: AcceptKeyOption = False, as_json: JsonOption = False) -> None:
+def fleet_deploy(
+    variant: VariantArg, fleet_file: FleetArg, group: GroupOption = None, parallel: ParallelOption = 8,
+    service: Annotated[str | None, typer.Option(help="Also install and start the runner's `serve` or `live` "
+                                                     "as a systemd service on every device.")] = None,
+    service_args: Annotated[str | None, typer.Option(help="Runner arguments for the service, e.g. '--host "
+                                                          "0.0.0.0 --port 8080'.")] = None,
+    accept_new_host_key: AcceptKeyOption = False, as_json: JsonOption = False,
+) -> None:
     """Deploy a model to every device of a group in parallel; it becomes each device's current model.
 
     $ edgekit fleet deploy runs/<run>/compressed/int8-ptq fleet.yaml --group line-2 --parallel 16
+    $ edgekit fleet deploy runs/<run>/compressed/int8-ptq fleet.yaml --service live --service-args '/dev/video0'
     """
+    from edgekit.errors import EdgekitError
     from edgekit.fleet.inventory import load_fleet
     from edgekit.fleet.ops import deploy_fleet
+    from edgekit.service import ServiceSpec
 
+    if service_args and not service:
+        raise EdgekitError("--service-args needs --service serve or --service live")
+    spec = ServiceSpec.parse(service, service_args) if service else None
     fleet = load_fleet(fleet_file)
     outcomes, directory = deploy_fleet(fleet, fleet.select(group), variant, parallel=parallel,
-                                       accept_new_host_key=accept_new_host_key)
+                                       accept_new_host_key=accept_new_host_key, service=spec)
     _finish(outcomes, directory, as_json, [
         ("sha256", 12, lambda v: v["model_sha256"][:12]),
         ("runtime", 16, lambda v: f"{v['runtime']['name']} {v['runtime']['version']}")])
@@ -157,6 +169,7 @@ def fleet_rollout(
     from edgekit.fleet import rollout as rollouts
     from edgekit.fleet.inventory import load_fleet
     from edgekit.fleet.ops import _model_path
+    from edgekit.fleet.rollout_manifest import summary_text
 
     if abort and not resume:
         raise EdgekitError("--abort rolls back an interrupted rollout; use it with --resume")
@@ -173,6 +186,6 @@ def fleet_rollout(
         rollout = rollouts.start(fleet, model, settings, group=group, **options)
     manifest = rollout.run(abort=abort)
     emit({**manifest, "manifest": str(rollout.path)}, as_json,
-         rollouts.summary_text(manifest) + f"\nmanifest: {rollout.path}")
+         summary_text(manifest) + f"\nmanifest: {rollout.path}")
     if manifest["state"] != "done":
         raise typer.Exit(1)

@@ -59,16 +59,18 @@ def _model_path(variant: Path) -> Path:
 
 
 def deploy_fleet(fleet: Fleet, devices: list[FleetDevice], variant: Path, *, parallel: int,
-                 accept_new_host_key: bool = False) -> tuple[list[DeviceOutcome], Path]:
+                 accept_new_host_key: bool = False, service=None) -> tuple[list[DeviceOutcome], Path]:
+    """`edgekit deploy` on every device; with `service` (edgekit.service.ServiceSpec) each gets the
+    systemd unit too, which `fleet rollout` then restarts with the shadow."""
     from edgekit.deploy import deploy
 
     model = _model_path(variant)
     started = utc_now()
 
     def one(device: FleetDevice) -> dict:
-        result = deploy(device.profile, model, accept_new_host_key=accept_new_host_key)
+        result = deploy(device.profile, model, accept_new_host_key=accept_new_host_key, service=service)
         return {"model_sha256": result["model_sha256"], "model": result["model"], "runtime": result["runtime"],
-                "current": result.get("current"), "record": result["record"]}
+                "current": result.get("current"), "record": result["record"], "service": result.get("service")}
 
     outcomes = for_each_device(devices, one, parallel=parallel, label="deploy")
     return outcomes, record(fleet, "deploy", outcomes, started, {"variant": str(model)})

@@ -8,27 +8,9 @@ candidate, the old model stays as `previous`, the runner restarts on the candida
 `settle_s` that the service has not crashed or restarted (systemd NRestarts). Anything else rolls the
 whole wave back to the model it served before and stops the rollout with a one-line reason.
 
-Manifest: `$EDGEKIT_HOME/fleet/<fleet>/rollouts/<id>/manifest.json`, rewritten atomically after every
-step so a killed host can `--resume` (continue the wave in flight) or `--resume --abort` (roll it back)::
-
-    {"kind": "fleet-rollout", "schema": 1, "id": "20261203-064000-3f2a0c9e",
-     "fleet": "plant-a", "fleet_file": "/abs/fleet.yaml", "who": "ana@laptop",
-     "created": "...", "updated": "...",
-     "variant": {"path": "/abs/model.tflite", "name": "mnv2-int8", "sha256": "3f2a..."},
-     "settings": {"waves": ["canary", "all"], "shadow_s": 1800, "min_agreement": 0.97, "max_errors": 0,
-                  "max_p90_ms": null, "min_samples": 1, "settle_s": 10},
-     "state": "running" | "done" | "rolled-back" | "aborted",
-     "reason": null | "one line: why the rollout stopped",
-     "waves": [{"name": "canary", "devices": ["cam-1"], "state": "pending|shadow|promoted|rolled-back|failed"}],
-     "devices": {"cam-1": {"wave": "canary", "state": "pending|shadow|promoted|rolled-back|failed",
-                           "before": {current.json as it was} | null, "candidate": "models/<sha12>/model.tflite",
-                           "gate": {"rows", "agreement", "errors", "p90_ms", "score_shift", "passed", "reason"},
-                           "shadow_started": "...", "error": null | "one line", "updated": "..."}},
-     "events": [{"time", "device", "step", "detail"}]}
-
-A device's state is what it serves: `pending` (untouched), `shadow` (old model serving, candidate in
-shadow), `promoted` (candidate serving), `rolled-back` (old model serving again), `failed` (unreachable or
-broken; what it serves is unknown). `fleet status` reads this to show each device's wave.
+Every step is recorded in the rollout manifest (format: edgekit.fleet.rollout_manifest), saved
+atomically after each, so a killed host can `--resume` (continue the wave in flight) or
+`--resume --abort` (roll it back).
 """
 
 from __future__ import annotations
@@ -49,12 +31,11 @@ from edgekit.device_state import CurrentModel, parse_current, read_current, writ
 from edgekit.errors import EdgekitError
 from edgekit.fleet import services
 from edgekit.fleet.inventory import Fleet, FleetDevice
-from edgekit.fleet.ops import fleet_dir, stamp, who
+from edgekit.fleet.ops import stamp, who
 from edgekit.fleet.parallel import for_each_device
+from edgekit.fleet.rollout_manifest import KIND, SCHEMA, read_manifest, rollouts_dir
 from edgekit.transport.targets import make_target
 
-KIND = "fleet-rollout"
-SCHEMA = 1
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|)\s*$")
 
 
@@ -370,10 +351,6 @@ def _db_option(device: FleetDevice, before: dict) -> str | None:
     return None
 
 
-def rollouts_dir(fleet: Fleet) -> Path:
-    return fleet_dir(fleet) / "rollouts"
-
-
 def start(fleet: Fleet, model: Path, settings: RolloutSettings, *, group: str | None = None, **options) -> Rollout:
     """A new rollout's manifest, saved before anything touches a device."""
     from edgekit import manifests
@@ -406,12 +383,7 @@ def resume(fleet: Fleet, model: Path, rollout_id: str | None = None, **options) 
     sha = sha256_file(model)
     candidates = sorted(rollouts_dir(fleet).glob("*/manifest.json"), reverse=True)
     for path in candidates:
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise EdgekitError(f"{path}: cannot read the rollout manifest ({exc})") from None
-        if manifest.get("kind") != KIND or manifest.get("schema") != SCHEMA:
-            raise EdgekitError(f"{path}: not a schema {SCHEMA} rollout manifest")
+        manifest = read_manifest(path)
         if rollout_id and manifest["id"] != rollout_id:
             continue
         if rollout_id or (manifest["state"] == "running" and manifest["variant"]["sha256"] == sha):
@@ -428,30 +400,3 @@ def resume(fleet: Fleet, model: Path, rollout_id: str | None = None, **options) 
                                    "`edgekit fleet deploy` of the previous model") from None
     which = f"rollout {rollout_id}" if rollout_id else f"unfinished rollout of {model.name} ({sha[:12]})"
     raise EdgekitError(f"no {which} under {rollouts_dir(fleet)}; start one without --resume")
-
-
-def summary_rows(manifest: dict) -> list[dict]:
-    rows = []
-    for name, entry in manifest["devices"].items():
-        gate = entry.get("gate") or {}
-        rows.append({"device": name, "wave": entry["wave"], "state": entry["state"],
-                     "agreement": gate.get("agreement"), "rows": gate.get("rows"), "errors": gate.get("errors"),
-                     "p90_ms": gate.get("p90_ms"), "detail": entry.get("error") or gate.get("reason") or ""})
-    return rows
-
-
-def summary_text(manifest: dict) -> str:
-    def num(value, fmt):
-        return "-" if value is None else format(value, fmt)
-
-    lines = [f"{'device':<16}  {'wave':<10}  {'state':<11}  {'agree':>6}  {'rows':>5}  {'errs':>4}  {'p90 ms':>7}"
-             "  detail"]
-    for row in summary_rows(manifest):
-        line = (f"{row['device'][:16]:<16}  {row['wave'][:10]:<10}  {row['state']:<11}  "
-                f"{num(row['agreement'], '.3f'):>6}  {num(row['rows'], 'd'):>5}  {num(row['errors'], 'd'):>4}  "
-                f"{num(row['p90_ms'], '.2f'):>7}  ")
-        lines.append((line + row["detail"][:max(0, 100 - len(line))]).rstrip())
-    lines.append(f"rollout {manifest['id']}: {manifest['state']}" + (f": {manifest['reason']}" if manifest["reason"]
-                                                                      else ""))
-    return "\n".join(lines)
-
