@@ -168,13 +168,13 @@ def fleet_rollout(
     from edgekit.errors import EdgekitError
     from edgekit.fleet import rollout as rollouts
     from edgekit.fleet.inventory import load_fleet
-    from edgekit.fleet.ops import _model_path
+    from edgekit.fleet.ops import model_path
     from edgekit.fleet.rollout_manifest import summary_text
 
     if abort and not resume:
         raise EdgekitError("--abort rolls back an interrupted rollout; use it with --resume")
     fleet = load_fleet(fleet_file)
-    model = _model_path(variant)
+    model = model_path(variant)
     options = {"accept_new_host_key": accept_new_host_key, "parallel": parallel}
     if resume:
         rollout = rollouts.resume(fleet, model, rollout_id, **options)

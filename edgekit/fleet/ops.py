@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgekit.artifacts import edgekit_home, utc_now, write_json_atomic
+from edgekit.bench.run import collect_variants, run_bench
+from edgekit.deploy import deploy, doctor
 from edgekit.errors import EdgekitError
 from edgekit.fleet.inventory import Fleet, FleetDevice
 from edgekit.fleet.parallel import DeviceOutcome, for_each_device
@@ -50,7 +52,7 @@ def record(fleet: Fleet, operation: str, outcomes: list[DeviceOutcome], started:
     return directory
 
 
-def _model_path(variant: Path) -> Path:
+def model_path(variant: Path) -> Path:
     variant = Path(variant)
     path = variant / "model.tflite" if variant.is_dir() else variant
     if not path.is_file():
@@ -62,9 +64,8 @@ def deploy_fleet(fleet: Fleet, devices: list[FleetDevice], variant: Path, *, par
                  accept_new_host_key: bool = False, service=None) -> tuple[list[DeviceOutcome], Path]:
     """`edgekit deploy` on every device; with `service` (edgekit.service.ServiceSpec) each gets the
     systemd unit too, which `fleet rollout` then restarts with the shadow."""
-    from edgekit.deploy import deploy
 
-    model = _model_path(variant)
+    model = model_path(variant)
     started = utc_now()
 
     def one(device: FleetDevice) -> dict:
@@ -78,7 +79,6 @@ def deploy_fleet(fleet: Fleet, devices: list[FleetDevice], variant: Path, *, par
 
 def doctor_fleet(fleet: Fleet, devices: list[FleetDevice], *, parallel: int,
                  accept_new_host_key: bool = False) -> tuple[list[DeviceOutcome], Path]:
-    from edgekit.deploy import doctor
 
     started = utc_now()
 
@@ -95,9 +95,8 @@ def doctor_fleet(fleet: Fleet, devices: list[FleetDevice], *, parallel: int,
 
 def bench_fleet(fleet: Fleet, devices: list[FleetDevice], variant: Path, settings, *, parallel: int
                 ) -> tuple[list[DeviceOutcome], Path]:
-    from edgekit.bench.run import collect_variants, run_bench
 
-    variants = collect_variants([_model_path(variant)])
+    variants = collect_variants([model_path(variant)])
     settings.check()
     started = utc_now()
 

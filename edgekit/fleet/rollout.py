@@ -26,7 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit import manifests
 from edgekit.artifacts import process_alive, sha256_file, utc_now, write_json_atomic
+from edgekit.deploy import deploy
 from edgekit.device_state import CurrentModel, parse_current, read_current, write_current
 from edgekit.errors import EdgekitError
 from edgekit.fleet import services
@@ -121,7 +123,6 @@ class Rollout:
     # --- the steps on one device
 
     def _stage(self, device: FleetDevice) -> None:
-        from edgekit.deploy import deploy
 
         target = self._target(device)
         target.prepare()
@@ -353,7 +354,6 @@ def _db_option(device: FleetDevice, before: dict) -> str | None:
 
 def start(fleet: Fleet, model: Path, settings: RolloutSettings, *, group: str | None = None, **options) -> Rollout:
     """A new rollout's manifest, saved before anything touches a device."""
-    from edgekit import manifests
 
     settings.check()
     model = Path(model).resolve()
