@@ -20,6 +20,7 @@ import numpy as np
 from edgekit import manifests
 from edgekit.artifacts import sha256_file
 from edgekit.bench import accuracy, inputs
+from edgekit.config import THREADS, Range
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
 from edgekit.tflite import dequantizer, parse_file
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 BENCH_IMAGES = "bench_inputs.npz"
 HOST_RUNTIME = "litert"  # what the accuracy pass in `edgekit compress` ran on
+# What a user could mean (the runner has its own, looser caps): beyond these a bench would run for days.
+RUNS = Range(1, 100_000, "timed runs")
+WARMUP = Range(0, 10_000, "runs")
+MIN_SECONDS = Range(0, 3600, "seconds", integer=False)
+ACCURACY_SAMPLES = Range(1, 10_000_000, "images")
 
 
 @dataclass
@@ -61,14 +67,12 @@ class BenchSettings:
 
     def check(self) -> None:
         """Impossible settings are one line before anything is copied to a device."""
-        if self.runs < 1:
-            raise EdgekitError(f"--runs {self.runs}: must be at least 1")
-        if self.warmup < 0:
-            raise EdgekitError(f"--warmup {self.warmup}: must be 0 or more")
-        if self.min_seconds < 0:
-            raise EdgekitError(f"--min-seconds {self.min_seconds:g}: must be 0 or more")
-        if any(t is not None and t < 1 for t in self.threads):
-            raise EdgekitError("--threads: thread counts must be at least 1")
+        RUNS.check(self.runs, "--runs")
+        WARMUP.check(self.warmup, "--warmup")
+        MIN_SECONDS.check(self.min_seconds, "--min-seconds")
+        ACCURACY_SAMPLES.check(self.accuracy_samples, "--accuracy-samples")
+        for threads in self.threads:
+            THREADS.check(threads, "--threads")
         if self.images is not None and not Path(self.images).is_dir():
             raise EdgekitError(f"{self.images}: no such image folder (--images)")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgekit.artifacts import check_writable
 from edgekit.bench.run import BenchResult, BenchSettings, collect_variants, run_bench
+from edgekit.config import ACCURACY, LATENCY_MS
 from edgekit.devices import load_profile
 from edgekit.manifests import ParentRef
 
@@ -31,6 +32,8 @@ def bench_session(targets: list[Path], device: str, settings: BenchSettings, *, 
     from edgekit.bench.advice import advise
     from edgekit.bench.report import write_results
 
+    LATENCY_MS.check(max_latency_ms, "--max-latency-ms")
+    ACCURACY.check(min_accuracy, "--min-accuracy")
     profile = load_profile(device)
     if settings.threads == (None,):
         settings = dataclasses.replace(settings, threads=(profile.threads,))

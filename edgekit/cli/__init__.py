@@ -119,8 +119,10 @@ def _threads(value: str | None) -> tuple[int | None, ...]:
         threads = tuple(int(part) for part in value.split(","))
     except ValueError:
         raise EdgekitError(f"--threads {value!r}: expected numbers separated by commas, e.g. 1,2,4") from None
-    if any(t < 1 for t in threads):
-        raise EdgekitError(f"--threads {value!r}: thread counts must be at least 1")
+    from edgekit.config import THREADS
+
+    if any(t not in THREADS for t in threads) or len(threads) > 16:
+        raise EdgekitError(f"--threads {value!r}: thread counts must be {THREADS.text}, at most 16 of them")
     return threads
 
 

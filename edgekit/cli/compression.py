@@ -51,10 +51,10 @@ def compress(
     $ edgekit compress runs/digits-20260101-120000 --prune 0.5 --qat --int8
     $ edgekit compress --recipe prune50-int8 --recipe cluster16-int8 --compare
     """
+    from edgekit.config import THREADS
     from edgekit.recipes import check_unique_names, load_recipe, recipe_from_flags, shipped_recipes
 
-    if threads is not None and threads < 1:
-        raise EdgekitError(f"--threads {threads}: must be at least 1")
+    THREADS.check(threads, "--threads")
     recipes = [load_recipe(name) for name in list(recipe or []) + (shipped_recipes() if all_recipes else [])]
     shorthand = any((int8, float16, dynamic, prune is not None, cluster is not None, qat))
     if shorthand:

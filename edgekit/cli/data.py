@@ -54,6 +54,9 @@ def data_check(
 
     if not 0 <= near_distance <= 32:
         raise EdgekitError(f"--near-distance {near_distance}: choose 0..32 bits (4 finds re-saved and resized copies)")
+    from edgekit.config import SEED
+
+    SEED.check(seed, "--seed")
     report = check_folder(folder, run=run, options=CheckOptions(near_distance=near_distance, seed=seed))
     out_dir = out or default_out_dir(folder)
     write_check(report, out_dir)

@@ -42,7 +42,7 @@ def bench(
                                                      "no edgekit manifest; without it such models get generated "
                                                      "inputs.")] = None,
     accuracy_samples: Annotated[int | None, typer.Option(
-        min=1, help="Measure accuracy on the device over this many validation images (default: the whole split,"
+        help="Measure accuracy on the device over this many validation images (default: the whole split,"
                     " only when the device's runtime or delegate differs from the host's LiteRT).")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help="Recommend the most accurate variant with p50 "
                                                               "at or under this.")] = None,

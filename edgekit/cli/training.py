@@ -61,7 +61,6 @@ def train(
     $ edgekit train --data photos/ --exclude photos-exclusions.txt
     """
     from edgekit.config import AugmentConfig, TrainConfig
-    from edgekit.train import train as run_training
 
     if mixed_precision not in ("auto", "on", "off"):
         raise EdgekitError(f"--mixed-precision {mixed_precision!r}: choose auto, on or off")
@@ -75,6 +74,9 @@ def train(
         strategy=strategy, mixed_precision=mixed_precision, strict=strict, steps_per_epoch=steps_per_epoch,
         name=name, runs_dir=str(runs_dir) if runs_dir else None,
     )
+    config.validate()  # every number in its range before TensorFlow loads and before a run folder exists
+    from edgekit.train import train as run_training
+
     result = run_training(config, resume=resume)
     if result.manifest is None:
         typer.echo("worker finished (the chief writes the run)", err=True)
@@ -107,8 +109,10 @@ def eval_command(
     $ edgekit eval runs/digits-20260101-120000
     $ edgekit eval runs/digits-20260101-120000/compressed/int8-ptq/model.tflite --data photos/test
     """
+    from edgekit.config import THREADS
     from edgekit.evaluate import evaluate_model, summary_line
 
+    THREADS.check(threads, "--threads")
     result = evaluate_model(model, data=data, out_dir=out, num_threads=threads, strict=strict)
     payload = {"model": str(model), "runtime": result.runtime, "out_dir": str(result.out_dir),
                "metrics": {k: v for k, v in result.metrics.items() if k != "predictions"}}

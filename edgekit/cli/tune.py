@@ -52,6 +52,13 @@ def tune(
     $ edgekit tune --resume tunes/tune-20260101-120000
     $ edgekit tune --join shared --storage postgresql://edgekit@db.lan/edgekit
     """
+    from edgekit.tune.options import check_options
+    from edgekit.tune.space import load_space
+
+    check_options(trials=trials, timeout=timeout, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
+                  min_accuracy=min_accuracy, runs=runs, warmup=warmup, min_seconds=min_seconds, threads=threads)
+    if resume is None and join is None:
+        load_space(space)  # the file checked before TensorFlow and Optuna load
     from edgekit.tune.study import tune as run_study
 
     result = run_study(resume_dir=resume, join_study=join, storage=storage, study_name=study, out=out,

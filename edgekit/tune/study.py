@@ -26,6 +26,7 @@ from edgekit.artifacts import edgekit_home, process_alive, write_json_atomic
 from edgekit.errors import EdgekitError
 from edgekit.tune.candidate import Budget, CandidateFailed, run_candidate
 from edgekit.tune.latency import DeviceUnreachable
+from edgekit.tune.options import check_options
 from edgekit.tune.space import SearchSpace, load_space, space_from_mapping
 
 log = logging.getLogger(__name__)
@@ -359,8 +360,7 @@ def tune(*, resume_dir: Path | None = None, join_study: str | None = None, stora
     """What `edgekit tune` does: start, resume or join a study, run this worker, write the report."""
     if resume_dir and join_study:
         raise EdgekitError("pass either --resume DIR or --join STUDY, not both")
-    if trials is not None and trials < 1:
-        raise EdgekitError(f"--trials {trials}: must be at least 1")
+    check_options(trials=trials, timeout=timeout, **options)
     if resume_dir:
         study, _, url = resume(resume_dir, storage)
         tune_dir = Path(resume_dir)
