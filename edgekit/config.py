@@ -69,8 +69,8 @@ class Range:
     def check(self, value: Any, name: str) -> None:
         """None passes (an unset option); anything else outside the range is one line naming `name`."""
         if value is not None and value not in self:
-            raise EdgekitError(f"{name} {_num(value) if isinstance(value, (int, float)) else _short(value)}: "
-                               f"must be {self.text}")
+            shown = f"{value:g}" if isinstance(value, float) else _short(value)  # as typed: no thousands commas
+            raise EdgekitError(f"{name} {shown}: must be {self.text}")
 
     def field(self, default: Any) -> Any:
         """A dataclass field whose YAML value `from_mapping` checks against this range."""
@@ -149,6 +149,11 @@ class TrainConfig:
             updates["augment"] = dataclasses.replace(self.augment, flip=False)
         return dataclasses.replace(self, **updates)
 
+    @property
+    def from_scratch(self) -> bool:
+        """No pretrained body: `--weights none`, which is the default for the digits."""
+        return self.weights == "none" or (self.weights is None and self.data is None)
+
     def validate(self) -> None:
         """Every field in its range (named as the `edgekit train` option), then what needs two fields."""
         for owner in (self, self.augment):
@@ -158,6 +163,9 @@ class TrainConfig:
                     raise EdgekitError(f"--{f.name.replace('_', '-')} {_short(value)}: must be {f.metadata['wants']}")
         checks = [
             (0.0 < self.validation_fraction < 1.0, "--validation-fraction must be between 0 and 1"),
+            (not (self.fine_tune_epochs and self.from_scratch),
+             "--fine-tune-epochs: training from scratch (--weights none, the default for the digits) has no "
+             "pretrained body to fine-tune; use --epochs, or pass --weights"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
             (self.exclude is None or self.data is not None,

@@ -98,6 +98,28 @@ def emit(payload: dict, as_json: bool, human: str) -> None:
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
+def given(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among `names` (parameter names) that the user typed, as they typed them (`--uint8-io`).
+
+    A default and an explicit value can be equal; only the source tells whether a user asked for an
+    option that another one makes meaningless, which is then refused rather than silently ignored.
+    """
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    typed = []
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            typed.append(flags.get(name, name).upper() if not flags.get(name, "").startswith("-") else flags[name])
+    return typed
+
+
+def refuse(ctx: typer.Context, names: tuple[str, ...], why: str) -> None:
+    """One line naming the typed options among `names`, when the rest of the command makes them meaningless."""
+    clash = given(ctx, *names)
+    if clash:
+        raise EdgekitError(f"{', '.join(clash)}: {why}")
+
+
 def _run_dir(run_dir: Path | None) -> Path:
     from edgekit.artifacts import latest_run
 

@@ -17,6 +17,7 @@ from edgekit.cli import (
     _threads,
     app,
     emit,
+    refuse,
     user_errors,
 )
 from edgekit.errors import EdgekitError
@@ -25,6 +26,7 @@ from edgekit.errors import EdgekitError
 @app.command()
 @user_errors
 def bench(
+    ctx: typer.Context,
     models: Annotated[list[Path] | None, typer.Argument(help="Run directories, variant directories or .tflite "
                                                              "files; default: the latest run.")] = None,
     device: DeviceOption = "desktop",
@@ -65,6 +67,9 @@ def bench(
     from edgekit.bench.session import bench_session
 
     if compare:
+        refuse(ctx, ("models", "device", "threads", "runs", "warmup", "min_seconds", "delegate", "out", "runtime",
+                     "images", "accuracy_samples", "max_latency_ms", "min_accuracy", "accept_new_host_key"),
+               "--compare reads two results.json files and measures nothing; drop one or the other")
         if len(compare) != 2:
             raise EdgekitError("--compare takes exactly two results.json files (pass it twice)")
         rows, table = compare_results(compare[0], compare[1])

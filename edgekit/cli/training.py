@@ -12,6 +12,7 @@ from edgekit.cli import (
     JsonOption,
     app,
     emit,
+    refuse,
     user_errors,
 )
 from edgekit.errors import EdgekitError
@@ -20,6 +21,7 @@ from edgekit.errors import EdgekitError
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: Annotated[str | None, typer.Option(help="Image folder (one sub-folder per class, or train/ "
                                                      "validation/ [test/]); default: the embedded digits.")] = None,
     extra_data: Annotated[list[str] | None, typer.Option(
@@ -62,6 +64,13 @@ def train(
     """
     from edgekit.config import AugmentConfig, TrainConfig
 
+    if resume is not None:
+        refuse(ctx, tuple(p.name for p in ctx.command.params if p.name not in ("resume", "as_json")),
+               "--resume continues with the run's own settings (its train_config.json); drop them")
+    if not augment:
+        refuse(ctx, ("flip", "rotation", "zoom", "translation", "contrast"), "--no-augment turns augmentation off")
+    if not fine_tune_epochs:
+        refuse(ctx, ("fine_tune_at", "fine_tune_learning_rate"), "only used with --fine-tune-epochs N (N > 0)")
     if mixed_precision not in ("auto", "on", "off"):
         raise EdgekitError(f"--mixed-precision {mixed_precision!r}: choose auto, on or off")
     config = TrainConfig(

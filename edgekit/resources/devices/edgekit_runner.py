@@ -2416,7 +2416,8 @@ def build_parser() -> Parser:
     add_input_options(bench)
     bench.add_argument("--runs", type=positive(int, 1_000_000), default=50, help="at least this many timed runs (50)")
     bench.add_argument("--warmup", type=non_negative(int, 100_000), default=5, help="untimed runs first (5)")
-    bench.add_argument("--min-seconds", type=non_negative(float, 86_400), default=2.0, help="and at least this long (2)")
+    bench.add_argument("--min-seconds", type=non_negative(float, 86_400), default=2.0,
+                       help="and at least this long (2)")
     bench.add_argument("--max-images", type=positive(int, 100_000), default=64, help="inputs to cycle through (64)")
     bench.add_argument("--require-delegate", action="store_true", help="fail if --delegate cannot load")
     bench.add_argument("--json", action="store_true", help="print one JSON document")
