@@ -35,6 +35,11 @@ def _num(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
 
+def _shown(value: Any) -> str:
+    """A value as a user would have typed it (5, not 5.0; no thousands commas)."""
+    return f"{value:g}" if isinstance(value, float) else _short(value)
+
+
 @dataclass(frozen=True)
 class Range:
     """The values of a number that a user could mean; outside it is a typo (or a hostile file), and is
@@ -69,8 +74,7 @@ class Range:
     def check(self, value: Any, name: str) -> None:
         """None passes (an unset option); anything else outside the range is one line naming `name`."""
         if value is not None and value not in self:
-            shown = f"{value:g}" if isinstance(value, float) else _short(value)  # as typed: no thousands commas
-            raise EdgekitError(f"{name} {shown}: must be {self.text}")
+            raise EdgekitError(f"{name} {_shown(value)}: must be {self.text}")
 
     def field(self, default: Any) -> Any:
         """A dataclass field whose YAML value `from_mapping` checks against this range."""
@@ -160,7 +164,7 @@ class TrainConfig:
             for f in dataclasses.fields(owner):
                 value, check = getattr(owner, f.name), f.metadata.get("check")
                 if check is not None and value is not None and not check(value):
-                    raise EdgekitError(f"--{f.name.replace('_', '-')} {_short(value)}: must be {f.metadata['wants']}")
+                    raise EdgekitError(f"--{f.name.replace('_', '-')} {_shown(value)}: must be {f.metadata['wants']}")
         checks = [
             (0.0 < self.validation_fraction < 1.0, "--validation-fraction must be between 0 and 1"),
             (not (self.fine_tune_epochs and self.from_scratch),

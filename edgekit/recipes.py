@@ -184,6 +184,8 @@ def recipe_from_flags(*, int8: bool = False, float16: bool = False, dynamic: boo
                            "input and output")
     if qat and mode != "int8":
         raise EdgekitError(f"--qat trains for int8 quantization; it cannot end in --{mode}")
+    if prune is not None and not 0 <= prune < 1:  # before it names the variant (prune50)
+        raise EdgekitError(f"--prune {prune:g}: a sparsity must be in [0, 1), e.g. 0.5")
     stages: list[dict] = []
     parts = []
     if prune is not None:
