@@ -307,3 +307,13 @@ def test_runner_options_are_bounded(runner, argv, expected, capsys):
         runner.build_parser().parse_args(argv)
     err = capsys.readouterr().err.strip()
     assert info.value.code == 1 and expected in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_a_variant_records_how_many_calibration_images_it_used(variants):
+    from edgekit import manifests
+
+    manifest = manifests.read(variants["int8-ptq"], manifests.VariantManifest)
+    asked = next(s for s in manifest.recipe["stages"] if s["type"] == "convert")["calibration_samples"]
+    used = next(t for t in manifest.timings if t["stage"] == "convert")["calibration_images"]
+    assert 0 < used <= asked
