@@ -2263,16 +2263,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def positive(kind, most=None):
-    def parse(text):
-        value = non_negative(kind, most)(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
-        return value
-
-    return parse
+    return non_negative(kind, most, above_zero=True)
 
 
-def non_negative(kind, most=None):
+def non_negative(kind, most=None, above_zero=False):
     """A number from 0 (or above it: `positive`) to `most`; nan and inf are never one a user means."""
     def parse(text):
         try:
@@ -2281,8 +2275,8 @@ def non_negative(kind, most=None):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+        if value < 0 or (above_zero and value == 0):
+            raise argparse.ArgumentTypeError(f"{text!r} must be " + ("above zero" if above_zero else "0 or more"))
         if most is not None and value > most:
             raise argparse.ArgumentTypeError(f"{text!r} must be at most {most:,}")
         return value
