@@ -143,6 +143,8 @@ CONTRADICTIONS = [
     (["bench", "--compare", "{tmp}/a.json", "--compare", "{tmp}/b.json", "--runs", "3"],
      "--runs: --compare reads two results.json files"),
     (["bench", "{tmp}/m.tflite", "--compare", "{tmp}/a.json", "--compare", "{tmp}/b.json"], "MODELS: --compare"),
+    (["tune", "--resume", "{tmp}/t", "--max-latency-ms", "5"], "--max-latency-ms: --resume and --join use the"),
+    (["tune", "--join", "shared", "--storage", "sqlite:///x.db", "--space", "{tmp}/s.yaml"], "--space: --resume"),
     (["train", "--resume", "{tmp}/run", "--epochs", "3"], "--epochs: --resume continues with the run's own"),
     (["train", "--no-augment", "--rotation", "0.2"], "--rotation: --no-augment turns augmentation off"),
     (["train", "--fine-tune-at", "50"], "--fine-tune-at: only used with --fine-tune-epochs"),
