@@ -104,6 +104,8 @@ NUMBERS = [
     ([*TUNE, "--threads", "1000"], "--threads 1000: must be"),
     (["data", "check", "{tmp}/none", "--near-distance", "99"], "--near-distance 99"),
     (["data", "check", "{tmp}/none", "--seed", "-1"], "--seed -1: must be"),
+    (["--cache-limit", "nan", "info", "{tmp}/m.tflite"], "--cache-limit='nan': a size must be a finite number"),
+    (["--cache-limit", "infG", "info", "{tmp}/m.tflite"], "--cache-limit='infG': a size must be a finite"),
 ]
 
 FILES = [
