@@ -167,9 +167,6 @@ class TrainConfig:
                     raise EdgekitError(f"--{f.name.replace('_', '-')} {_shown(value)}: must be {f.metadata['wants']}")
         checks = [
             (0.0 < self.validation_fraction < 1.0, "--validation-fraction must be between 0 and 1"),
-            (not (self.fine_tune_epochs and self.from_scratch),
-             "--fine-tune-epochs: training from scratch (--weights none, the default for the digits) has no "
-             "pretrained body to fine-tune; use --epochs, or pass --weights"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
             (self.exclude is None or self.data is not None,

@@ -71,6 +71,9 @@ def train(
         refuse(ctx, ("flip", "rotation", "zoom", "translation", "contrast"), "--no-augment turns augmentation off")
     if not fine_tune_epochs:
         refuse(ctx, ("fine_tune_at", "fine_tune_learning_rate"), "only used with --fine-tune-epochs N (N > 0)")
+    if fine_tune_epochs > 0 and TrainConfig(data=data, weights=weights).from_scratch:
+        raise EdgekitError("--fine-tune-epochs: training from scratch (--weights none, the default for the digits) "
+                           "has no pretrained body to fine-tune; use --epochs, or pass --weights")
     if mixed_precision not in ("auto", "on", "off"):
         raise EdgekitError(f"--mixed-precision {mixed_precision!r}: choose auto, on or off")
     config = TrainConfig(
