@@ -109,7 +109,8 @@ def given(ctx: typer.Context, *names: str) -> list[str]:
     for name in names:
         source = ctx.get_parameter_source(name)
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            typed.append(flags.get(name, name).upper() if not flags.get(name, "").startswith("-") else flags[name])
+            flag = flags.get(name, name)
+            typed.append(flag if flag.startswith("-") else flag.upper())  # an argument reads as MODELS
     return typed
 
 
