@@ -257,9 +257,11 @@ def test_compress_dry_run_json_is_json():
 # --- the YAML loader itself ---------------------------------------------------------------------------
 
 
-def test_a_few_anchors_and_aliases_still_load():
+def test_a_few_anchors_aliases_and_merge_keys_still_load():
     text = "base: &base [1, 2]\nfirst: *base\nsecond: *base\nnested: {a: {b: {c: [*base]}}}\n"
     assert load_yaml_text(text, "f.yaml")["nested"]["a"]["b"]["c"] == [[1, 2]]
+    merged = load_yaml_text("defaults: &d {threads: 2, arch: any}\npi: {<<: *d, threads: 4}\n", "f.yaml")
+    assert merged["pi"] == {"threads": 4, "arch": "any"}
 
 
 @pytest.mark.parametrize("text, expected", [
