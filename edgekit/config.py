@@ -7,6 +7,7 @@ unknown keys and wrong types are errors that name the file and the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,79 @@ from typing import Any, Literal
 from edgekit.errors import EdgekitError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
+MIN_IMAGE_SIZE = 32  # MobileNetV2's smallest input
+
+
+def wants(description: str, check=None) -> dict:
+    """Field metadata for `from_mapping`: what a valid value is, in words, and an optional value check.
+
+    `field(default=..., metadata=wants("an integer port between 1 and 65535", lambda v: 0 < v < 65536))`
+    makes both a wrong type and a failed check read "field 'port' must be an integer port ..., got 70000".
+    """
+    return {"wants": description, "check": check}
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _shown(value: Any) -> str:
+    """A value as a user would have typed it (5, not 5.0; no thousands commas)."""
+    return f"{value:g}" if isinstance(value, float) else _short(value)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values of a number that a user could mean; outside it is a typo (or a hostile file), and is
+    refused in one line before any work: 10^12 epochs, 10^20 benchmark runs or a 100,000-pixel input
+    would otherwise hang, or die in a traceback after a run folder was made.
+
+    One declaration serves a command-line option (`check(value, "--epochs")`) and a YAML field
+    (`field(default)` for `from_mapping`). Not-a-number and infinity are never in a range.
+    """
+
+    low: float
+    high: float
+    unit: str = ""  # "epochs": "a whole number of epochs from 1 to 1,000"
+    integer: bool = True
+    above: bool = False  # low itself is excluded: (low, high]
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return (value > self.low if self.above else value >= self.low) and value <= self.high
+
+    @property
+    def text(self) -> str:
+        kind = ("a whole number" if self.integer else "a number") + (f" of {self.unit}" if self.unit else "")
+        low = f"above {_num(self.low)} and up to" if self.above else f"from {_num(self.low)} to"
+        return f"{kind} {low} {_num(self.high)}"
+
+    def check(self, value: Any, name: str) -> None:
+        """None passes (an unset option); anything else outside the range is one line naming `name`."""
+        if value is not None and value not in self:
+            raise EdgekitError(f"{name} {_shown(value)}: must be {self.text}")
+
+    def field(self, default: Any) -> Any:
+        """A dataclass field whose YAML value `from_mapping` checks against this range."""
+        return field(default=default, metadata=wants(self.text, self.__contains__))
+
+
+# Ranges more than one command shares.
+THREADS = Range(1, 256, "threads")
+SEED = Range(0, 2**32 - 1)  # numpy's seeds are 32-bit
+EPOCHS = Range(1, 1000, "epochs")
+IMAGE_SIZE = Range(MIN_IMAGE_SIZE, 1024, "pixels")  # square input; MobileNetV2's own sizes end at 224
+LEARNING_RATE = Range(0, 1, integer=False, above=True)
+LATENCY_MS = Range(0, 3_600_000, "milliseconds", integer=False, above=True)
+ACCURACY = Range(0, 1, integer=False)
+FRACTION = Range(0, 1, integer=False)
 
 
 @dataclass(frozen=True)
@@ -24,10 +98,10 @@ class AugmentConfig:
 
     enabled: bool = True
     flip: bool = True
-    rotation: float = 0.05
-    zoom: float = 0.1
-    translation: float = 0.1
-    contrast: float = 0.1
+    rotation: float = FRACTION.field(0.05)
+    zoom: float = FRACTION.field(0.1)
+    translation: float = FRACTION.field(0.1)
+    contrast: float = FRACTION.field(0.1)
 
 
 @dataclass(frozen=True)
@@ -37,27 +111,27 @@ class TrainConfig:
     data: str | None = None  # None: the embedded digits dataset
     extra_data: tuple[str, ...] = ()
     exclude: str | None = None  # exclusion list from `edgekit data check --write-exclusions`
-    image_size: int | None = None  # None: 32 for digits, 96 for folders
-    alpha: float = 0.35
+    image_size: int | None = IMAGE_SIZE.field(None)  # None: 32 for digits, 96 for folders
+    alpha: float = Range(0, 2, integer=False, above=True).field(0.35)
     weights: str | None = None  # None: none for digits, imagenet for folders
-    epochs: int = 30
-    fine_tune_epochs: int = 0
-    fine_tune_at: int = 100  # body layer index from which fine-tuning unfreezes
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    fine_tune_learning_rate: float = 1e-4
+    epochs: int = EPOCHS.field(30)
+    fine_tune_epochs: int = Range(0, 1000, "epochs").field(0)
+    fine_tune_at: int = Range(0, 1000, "layers").field(100)  # body layer index from which fine-tuning unfreezes
+    batch_size: int = Range(1, 4096, "images").field(64)
+    learning_rate: float = LEARNING_RATE.field(2e-3)
+    fine_tune_learning_rate: float = LEARNING_RATE.field(1e-4)
     validation_fraction: float = 0.2
-    seed: int = 42
+    seed: int = SEED.field(42)
     dropout: float = 0.2
-    bn_momentum: float = 0.9
-    patience: int = 8
+    bn_momentum: float = FRACTION.field(0.9)
+    patience: int = Range(0, 1000, "epochs").field(8)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     strategy: str = "auto"
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     strict: bool = False
     cache: bool = True
-    max_image_pixels: int = 40_000_000
-    steps_per_epoch: int | None = None  # cap, for smoke tests and multi-worker checks
+    max_image_pixels: int = Range(1, 1_000_000_000, "pixels").field(40_000_000)
+    steps_per_epoch: int | None = Range(1, 10_000_000, "steps").field(None)  # cap, for smoke tests
     deterministic: bool = False  # TensorFlow op determinism: the same seed gives the same weights, slower
     name: str | None = None
     runs_dir: str | None = None
@@ -80,14 +154,20 @@ class TrainConfig:
             updates["augment"] = dataclasses.replace(self.augment, flip=False)
         return dataclasses.replace(self, **updates)
 
+    @property
+    def from_scratch(self) -> bool:
+        """No pretrained body: `--weights none`, which is the default for the digits."""
+        return self.weights == "none" or (self.weights is None and self.data is None)
+
     def validate(self) -> None:
+        """Every field in its range (named as the `edgekit train` option), then what needs two fields."""
+        for owner in (self, self.augment):
+            for f in dataclasses.fields(owner):
+                value, check = getattr(owner, f.name), f.metadata.get("check")
+                if check is not None and value is not None and not check(value):
+                    raise EdgekitError(f"--{f.name.replace('_', '-')} {_shown(value)}: must be {f.metadata['wants']}")
         checks = [
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.fine_tune_epochs >= 0, "--fine-tune-epochs must be 0 or more"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
             (0.0 < self.validation_fraction < 1.0, "--validation-fraction must be between 0 and 1"),
-            (self.alpha > 0, "--alpha must be positive"),
-            (self.learning_rate > 0, "--learning-rate must be positive"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
             (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
             (self.exclude is None or self.data is not None,
@@ -158,15 +238,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if isinstance(tp, type) and not isinstance(value, tp):
         raise EdgekitError(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
     return value
-
-
-def wants(description: str, check=None) -> dict:
-    """Field metadata for `from_mapping`: what a valid value is, in words, and an optional value check.
-
-    `field(default=..., metadata=wants("an integer port between 1 and 65535", lambda v: 0 < v < 65536))`
-    makes both a wrong type and a failed check read "field 'port' must be an integer port ..., got 70000".
-    """
-    return {"wants": description, "check": check}
 
 
 def _field_value(f: dataclasses.Field, value: Any, hint: Any, where: str) -> Any:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from edgekit import runner
 from edgekit.artifacts import edgekit_home
-from edgekit.config import from_mapping, wants
+from edgekit.config import LATENCY_MS, THREADS, from_mapping, wants
 from edgekit.errors import EdgekitError
 from edgekit.yamlio import load_yaml_file
 
@@ -123,12 +123,12 @@ class ProfileFile:
     venv: str | None = _text("a virtual environment folder on the device, e.g. ~/edgekit/venv")
     runtime: Runtime = field(default="auto", metadata=wants("one of " + ", ".join(RUNTIMES)))
     delegate: Delegate = field(default="none", metadata=wants("one of " + ", ".join(DELEGATES)))
-    threads: int = field(default=4, metadata=wants("an integer ≥ 1", lambda v: v >= 1))
+    threads: int = THREADS.field(4)
     workdir: str | None = _text("a directory on the device, e.g. ~/edgekit")
     aliases: tuple[str, ...] | None = field(default=None, metadata=wants(
         "a list of names, e.g. [pi]", lambda v: all(isinstance(a, str) and _nonempty(a) for a in v)))
     reference_latency_ms: dict[str, float] | None = field(default=None, metadata=wants(
-        "a mapping of variant name to milliseconds", lambda v: all(ms > 0 for ms in v.values())))
+        "a mapping of variant name to milliseconds", lambda v: all(ms in LATENCY_MS for ms in v.values())))
 
 
 _SSH_ONLY = ("host", "user", "port", "identity_file", "known_hosts_file", "ssh_options")

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.compat import keras
+from edgekit.config import MIN_IMAGE_SIZE
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
 
-MIN_IMAGE_SIZE = 32
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
 HEAD_LAYER_NAMES = ("pool", "dropout", "logits", "probs")

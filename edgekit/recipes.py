@@ -178,6 +178,13 @@ def recipe_from_flags(*, int8: bool = False, float16: bool = False, dynamic: boo
     if len(modes) > 1:
         raise EdgekitError(f"choose one of --int8, --float16, --dynamic (got {', '.join('--' + m for m in modes)})")
     mode = modes[0] if modes else ("int8" if qat else "float32")
+    if uint8_io and mode != "int8":  # a float model's input and output stay float: uint8 I/O needs int8
+        raise EdgekitError(f"--uint8-io needs full-integer quantization (--int8 or --qat); {mode} keeps float "
+                           "input and output")
+    if qat and mode != "int8":
+        raise EdgekitError(f"--qat trains for int8 quantization; it cannot end in --{mode}")
+    if prune is not None and not 0 <= prune < 1:  # before it names the variant (prune50)
+        raise EdgekitError(f"--prune {prune:g}: a sparsity must be in [0, 1), e.g. 0.5")
     stages: list[dict] = []
     parts = []
     if prune is not None:

@@ -21,6 +21,7 @@ from edgekit import manifests
 from edgekit.artifacts import recover_swaps, sha256_file, visible_glob
 from edgekit.bench import accuracy, inputs
 from edgekit.bench.paired import ratio_interval
+from edgekit.config import THREADS, Range
 from edgekit.data import load_dataset, load_pixels, spec_from_description
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 BENCH_IMAGES = "bench_inputs.npz"
 HOST_RUNTIME = "litert"  # what the accuracy pass in `edgekit compress` ran on
+# What a user could mean (the runner has its own, looser caps): beyond these a bench would run for days.
+RUNS = Range(1, 100_000, "timed runs")
+WARMUP = Range(0, 10_000, "runs")
+MIN_SECONDS = Range(0, 3600, "seconds", integer=False)
+ACCURACY_SAMPLES = Range(1, 10_000_000, "images")
 
 
 @dataclass
@@ -65,16 +71,14 @@ class BenchSettings:
 
     def check(self) -> None:
         """Impossible settings are one line before anything is copied to a device."""
-        if self.runs < 1:
-            raise EdgekitError(f"--runs {self.runs}: must be at least 1")
-        if self.warmup < 0:
-            raise EdgekitError(f"--warmup {self.warmup}: must be 0 or more")
+        RUNS.check(self.runs, "--runs")
+        WARMUP.check(self.warmup, "--warmup")
+        MIN_SECONDS.check(self.min_seconds, "--min-seconds")
+        ACCURACY_SAMPLES.check(self.accuracy_samples, "--accuracy-samples")
+        for threads in self.threads:
+            THREADS.check(threads, "--threads")
         if self.paired_rounds < 0 or self.paired_rounds == 1 or self.paired_rounds > 1000:
             raise EdgekitError(f"--paired-rounds {self.paired_rounds}: must be 0 (off) or 2..1000")
-        if self.min_seconds < 0:
-            raise EdgekitError(f"--min-seconds {self.min_seconds:g}: must be 0 or more")
-        if any(t is not None and t < 1 for t in self.threads):
-            raise EdgekitError("--threads: thread counts must be at least 1")
         if self.images is not None and not Path(self.images).is_dir():
             raise EdgekitError(f"{self.images}: no such image folder (--images)")
 

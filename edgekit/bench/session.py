@@ -15,6 +15,7 @@ from edgekit.artifacts import check_writable, edgekit_home
 from edgekit.bench.advice import advise
 from edgekit.bench.report import write_results
 from edgekit.bench.run import BenchModel, BenchResult, BenchSettings, collect_variants, run_bench
+from edgekit.config import ACCURACY, LATENCY_MS
 from edgekit.devices import load_profile
 from edgekit.manifests import MANIFEST, ParentRef
 
@@ -41,6 +42,8 @@ def bench_session(targets: list[Path], device: str, settings: BenchSettings, *, 
                   max_latency_ms: float | None = None, min_accuracy: float | None = None) -> BenchSession:
     """Benchmark `targets` (runs, variants or .tflite files) on `device` and write results beside them."""
 
+    LATENCY_MS.check(max_latency_ms, "--max-latency-ms")
+    ACCURACY.check(min_accuracy, "--min-accuracy")
     profile = load_profile(device)
     if settings.threads == (None,):
         settings = dataclasses.replace(settings, threads=(profile.threads,))

@@ -133,6 +133,29 @@ TrustModelOption = Annotated[bool, typer.Option(
     "on load, so only for files you trust.")]
 
 
+def given(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among `names` (parameter names) that the user typed, as they typed them (`--uint8-io`).
+
+    A default and an explicit value can be equal; only the source tells whether a user asked for an
+    option that another one makes meaningless, which is then refused rather than silently ignored.
+    """
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    typed = []
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            flag = flags.get(name, name)
+            typed.append(flag if flag.startswith("-") else flag.upper())  # an argument reads as MODELS
+    return typed
+
+
+def refuse(ctx: typer.Context, names: tuple[str, ...], why: str) -> None:
+    """One line naming the typed options among `names`, when the rest of the command makes them meaningless."""
+    clash = given(ctx, *names)
+    if clash:
+        raise EdgekitError(f"{', '.join(clash)}: {why}")
+
+
 def resolve_run_dir(run_dir: Path | None) -> Path:
     from edgekit.artifacts import latest_run
 
@@ -154,8 +177,10 @@ def parse_threads(value: str | None) -> tuple[int | None, ...]:
         threads = tuple(int(part) for part in value.split(","))
     except ValueError:
         raise EdgekitError(f"--threads {value!r}: expected numbers separated by commas, e.g. 1,2,4") from None
-    if any(t < 1 for t in threads):
-        raise EdgekitError(f"--threads {value!r}: thread counts must be at least 1")
+    from edgekit.config import THREADS
+
+    if any(t not in THREADS for t in threads) or len(threads) > 16:
+        raise EdgekitError(f"--threads {value!r}: thread counts must be {THREADS.text}, at most 16 of them")
     return threads
 
 

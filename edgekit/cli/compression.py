@@ -13,6 +13,8 @@ from edgekit.cli import (
     TrustModelOption,
     app,
     emit,
+    given,
+    refuse,
     resolve_run_dir,
     user_errors,
 )
@@ -22,6 +24,7 @@ from edgekit.errors import EdgekitError
 @app.command()
 @user_errors
 def compress(
+    ctx: typer.Context,
     run_dir: Annotated[Path | None, typer.Argument(help="A training run directory; default: the latest run.")]
     = None,
     recipe: Annotated[list[str] | None, typer.Option(
@@ -36,9 +39,11 @@ def compress(
     qat: Annotated[bool, typer.Option("--qat", help="Quantization-aware fine-tuning before int8.")] = False,
     uint8_io: Annotated[bool, typer.Option("--uint8-io", help="uint8 model input/output (integer-only targets).")]
     = False,
-    calibration_samples: Annotated[int, typer.Option(help="Training images used to calibrate int8.")] = 100,
+    calibration_samples: Annotated[int, typer.Option(help="Training images used to calibrate int8 (at most).")]
+    = 100,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per shorthand stage.")] = 2,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe(s) as YAML and stop.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe(s) (YAML, or JSON with --json) and "
+                                                            "stop.")] = False,
     compare: Annotated[bool, typer.Option("--compare", help="Then print the table of every variant of the run.")]
     = False,
     threads: Annotated[int | None, typer.Option(help="Interpreter threads for the accuracy pass.")] = None,
@@ -53,10 +58,11 @@ def compress(
     $ edgekit compress runs/digits-20260101-120000 --prune 0.5 --qat --int8
     $ edgekit compress --recipe prune50-int8 --recipe cluster16-int8 --compare
     """
+    from edgekit.config import THREADS
     from edgekit.recipes import check_unique_names, load_recipe, recipe_from_flags, shipped_recipes
 
-    if threads is not None and threads < 1:
-        raise EdgekitError(f"--threads {threads}: must be at least 1")
+    THREADS.check(threads, "--threads")
+    _refuse_contradictions(ctx, all_recipes, int8, qat, prune is not None or cluster is not None or qat)
     recipes = [load_recipe(name) for name in list(recipe or []) + (shipped_recipes() if all_recipes else [])]
     shorthand = any((int8, float16, dynamic, prune is not None, cluster is not None, qat))
     if shorthand:
@@ -67,7 +73,10 @@ def compress(
         raise EdgekitError("nothing to do: pass --recipe NAME, --all, or a shorthand such as --int8")
     check_unique_names(recipes)
     if dry_run:
-        typer.echo("---\n".join(r.to_yaml() for r in recipes))
+        if as_json:
+            typer.echo(json.dumps({"recipes": [r.as_dict() for r in recipes]}, indent=2))
+        else:
+            typer.echo("---\n".join(r.to_yaml() for r in recipes))
         return
     from edgekit.compress.pipeline import compress_all
     from edgekit.report import write_variant_report
@@ -86,6 +95,22 @@ def compress(
         emit({"variants": results, "report": rows}, as_json, markdown)
     elif as_json:
         typer.echo(json.dumps({"variants": results}, indent=2))
+
+
+def _refuse_contradictions(ctx: typer.Context, all_recipes: bool, int8: bool, qat: bool, fine_tunes: bool) -> None:
+    """Options another option makes meaningless are refused, never silently dropped."""
+    if all_recipes:
+        refuse(ctx, ("recipe",), "--all already applies every known recipe; pass --all or --recipe, not both")
+    if not given(ctx, "int8", "float16", "dynamic", "prune", "cluster", "qat"):
+        refuse(ctx, ("uint8_io", "calibration_samples", "epochs"),
+               "shapes the recipe that --int8/--prune/--cluster/--qat describe, and none is given (a recipe file "
+               "sets these in its own stages)")
+    if not (int8 or qat):
+        refuse(ctx, ("calibration_samples",), "only a full-integer conversion calibrates; add --int8 or drop it")
+    if not fine_tunes:
+        refuse(ctx, ("epochs",), "the fine-tuning epochs of --prune, --cluster or --qat, and none is given")
+    if given(ctx, "dry_run"):
+        refuse(ctx, ("compare",), "--dry-run makes no variant to compare; drop one of them")
 
 
 @app.command()

@@ -57,6 +57,9 @@ def data_check(
 
     if not 0 <= near_distance <= 32:
         raise EdgekitError(f"--near-distance {near_distance}: choose 0..32 bits (4 finds re-saved and resized copies)")
+    from edgekit.config import SEED
+
+    SEED.check(seed, "--seed")
     out_dir = out or default_out_dir(folder)
     check_writable(out_dir)  # a read-only home fails now, not after minutes of scanning
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -17,6 +17,7 @@ from edgekit.cli import (
     check_runtime,
     emit,
     parse_threads,
+    refuse,
     resolve_run_dir,
     user_errors,
 )
@@ -26,6 +27,7 @@ from edgekit.errors import EdgekitError
 @app.command()
 @user_errors
 def bench(
+    ctx: typer.Context,
     models: Annotated[list[Path] | None, typer.Argument(help="Run directories, variant directories or .tflite "
                                                              "files; default: the latest run.")] = None,
     device: DeviceOption = "desktop",
@@ -43,7 +45,7 @@ def bench(
                                                      "no edgekit manifest; without it such models get generated "
                                                      "inputs.")] = None,
     accuracy_samples: Annotated[int | None, typer.Option(
-        min=1, help="Measure accuracy on the device over this many validation images (default: the whole split,"
+        help="Measure accuracy on the device over this many validation images (default: the whole split,"
                     " only when the device's runtime or delegate differs from the host's LiteRT).")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help="Recommend the most accurate variant with p50 "
                                                               "at or under this.")] = None,
@@ -75,6 +77,10 @@ def bench(
     if compare:
         if models:
             raise EdgekitError("--compare compares two results.json files; it takes no models to benchmark")
+        refuse(ctx, ("device", "threads", "runs", "warmup", "min_seconds", "delegate", "out", "runtime",
+                     "images", "accuracy_samples", "max_latency_ms", "min_accuracy", "accept_new_host_key",
+                     "paired_rounds"),
+               "--compare reads two results.json files and measures nothing; drop one or the other")
         if len(compare) != 2:
             raise EdgekitError("--compare takes exactly two results.json files (pass it twice)")
         rows, table = compare_results(compare[0], compare[1])

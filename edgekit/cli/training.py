@@ -13,6 +13,7 @@ from edgekit.cli import (
     TrustModelOption,
     app,
     emit,
+    refuse,
     user_errors,
 )
 from edgekit.errors import EdgekitError
@@ -21,6 +22,7 @@ from edgekit.errors import EdgekitError
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     data: Annotated[str | None, typer.Option(help="Image folder (one sub-folder per class, or train/ "
                                                      "validation/ [test/]); default: the embedded digits.")] = None,
     extra_data: Annotated[list[str] | None, typer.Option(
@@ -65,8 +67,17 @@ def train(
     $ edgekit train --data photos/ --exclude photos-exclusions.txt
     """
     from edgekit.config import AugmentConfig, TrainConfig
-    from edgekit.train import train as run_training
 
+    if resume is not None:
+        refuse(ctx, tuple(p.name for p in ctx.command.params if p.name not in ("resume", "as_json")),
+               "--resume continues with the run's own settings (its train_config.json); drop them")
+    if not augment:
+        refuse(ctx, ("flip", "rotation", "zoom", "translation", "contrast"), "--no-augment turns augmentation off")
+    if not fine_tune_epochs:
+        refuse(ctx, ("fine_tune_at", "fine_tune_learning_rate"), "only used with --fine-tune-epochs N (N > 0)")
+    if fine_tune_epochs > 0 and TrainConfig(data=data, weights=weights).from_scratch:
+        raise EdgekitError("--fine-tune-epochs: training from scratch (--weights none, the default for the digits) "
+                           "has no pretrained body to fine-tune; use --epochs, or pass --weights")
     if mixed_precision not in ("auto", "on", "off"):
         raise EdgekitError(f"--mixed-precision {mixed_precision!r}: choose auto, on or off")
     config = TrainConfig(
@@ -80,6 +91,9 @@ def train(
         name=name, runs_dir=str(runs_dir) if runs_dir else None,
         deterministic=deterministic,
     )
+    config.validate()  # every number in its range before TensorFlow loads and before a run folder exists
+    from edgekit.train import train as run_training
+
     result = run_training(config, resume=resume)
     if result.manifest is None:
         typer.echo("worker finished (the chief writes the run)", err=True)
@@ -113,8 +127,10 @@ def eval_command(
     $ edgekit eval runs/digits-20260101-120000
     $ edgekit eval runs/digits-20260101-120000/compressed/int8-ptq/model.tflite --data photos/test
     """
+    from edgekit.config import THREADS
     from edgekit.evaluate import evaluate_model, summary_line
 
+    THREADS.check(threads, "--threads")
     result = evaluate_model(model, data=data, out_dir=out, num_threads=threads, strict=strict,
                             trust_model=trust_model)
     payload = {"model": str(model), "runtime": result.runtime, "out_dir": str(result.out_dir),

@@ -11,6 +11,7 @@ from edgekit.cli import (
     JsonOption,
     app,
     emit,
+    refuse,
     user_errors,
 )
 
@@ -18,6 +19,7 @@ from edgekit.cli import (
 @app.command()
 @user_errors
 def tune(
+    ctx: typer.Context,
     device: Annotated[str | None, typer.Option("--device", "-d", help="Device profile to measure on (desktop, pi, "
                                                                       "coral, FILE.yaml); default desktop.")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help="Budget: p90 latency on the device, ms.")] = None,
@@ -58,10 +60,21 @@ def tune(
     $ edgekit tune --join shared --storage postgresql://edgekit@db.lan/edgekit
     """
     from edgekit.tune.cost import parse_duration
-    from edgekit.tune.study import tune as run_study
+    from edgekit.tune.options import check_options
+    from edgekit.tune.space import load_space
 
+    if resume is not None or join is not None:
+        refuse(ctx, ("device", "max_latency_ms", "max_size_kb", "min_accuracy", "data", "space", "runs", "warmup",
+                     "min_seconds", "threads", "study") + (("out",) if resume is not None else ()),
+               "--resume and --join use the study's own device, budgets, space and bench settings; drop them")
+    check_options(trials=trials, timeout=timeout, max_latency_ms=max_latency_ms, max_size_kb=max_size_kb,
+                  min_accuracy=min_accuracy, runs=runs, warmup=warmup, min_seconds=min_seconds, threads=threads)
+    if resume is None and join is None and space not in (None, "default", "cpu"):
+        load_space(space)  # the file checked before TensorFlow and Optuna load
     if budget is not None:
         timeout = min(parse_duration(budget), timeout) if timeout is not None else parse_duration(budget)
+    from edgekit.tune.study import tune as run_study
+
     result = run_study(resume_dir=resume, join_study=join, storage=storage, study_name=study, out=out,
                        trials=trials, timeout=timeout, device=device or "desktop", max_latency_ms=max_latency_ms,
                        max_size_kb=max_size_kb, min_accuracy=min_accuracy, data=data, space_path=space, runs=runs,

@@ -9,20 +9,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from edgekit.config import EPOCHS, LEARNING_RATE, Range
+
 SCHEDULES = ("polynomial", "constant")
 CENTROID_INIT_NAMES = ("kmeans++", "linear", "random", "density-based")
 PRESERVE = ("auto", "none", "sparsity", "clusters", "sparsity+clusters")
 MODES = ("float32", "float16", "dynamic", "int8")
 IO_DTYPES = ("float32", "int8", "uint8")
+STEPS = Range(0, 1_000_000_000, "steps")
+# More than 256 centroids saves nothing: an int8 weight has 256 values, and each centroid costs a lookup.
+CLUSTERS = Range(2, 256, "centroids")
+CALIBRATION_SAMPLES = Range(0, 100_000, "images")
+COMPILER_TIMEOUT_S = Range(1, 86_400, "seconds")
+
+
+def _outside(found: list, params, *ranges: tuple[str, Range]) -> list[tuple[str, str]]:
+    """(field, why) for each named field whose value is outside its range."""
+    return found + [(name, f"must be {span.text}, got {getattr(params, name)}") for name, span in ranges
+                    if getattr(params, name) is not None and getattr(params, name) not in span]
 
 
 def common_problems(epochs: int, learning_rate: float) -> list[tuple[str, str]]:
     """A stage's wrappers only do their work while training, so every stage needs at least one epoch."""
     found = []
-    if epochs < 1:
-        found.append(("epochs", "must be at least 1"))
-    if not learning_rate > 0:
-        found.append(("learning_rate", "must be greater than 0"))
+    if epochs not in EPOCHS:
+        found.append(("epochs", f"must be {EPOCHS.text}, got {epochs}"))
+    if learning_rate not in LEARNING_RATE:
+        found.append(("learning_rate", f"must be {LEARNING_RATE.text}, got {learning_rate}"))
     return found
 
 
@@ -63,6 +76,7 @@ class PruneParams:
             found.append(("frequency", "must be 1 or more, or unset"))
         if self.structured_2x4 and self.target_sparsity != 0.5:
             found.append(("target_sparsity", "structured_2x4 is always 50% sparse; use 0.5 or drop 2x4"))
+        found = _outside(found, self, ("begin_step", STEPS), ("end_step", STEPS), ("frequency", STEPS))
         return found + common_problems(self.epochs, self.learning_rate)
 
 
@@ -78,8 +92,8 @@ class ClusterParams:
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
-        if self.clusters < 2:
-            found.append(("clusters", "must be at least 2"))
+        if self.clusters not in CLUSTERS:
+            found.append(("clusters", f"must be {CLUSTERS.text}, got {self.clusters}"))
         if self.centroid_init not in CENTROID_INIT_NAMES:
             found.append(("centroid_init", f"must be one of {', '.join(CENTROID_INIT_NAMES)}"))
         return found + common_problems(self.epochs, self.learning_rate)
@@ -114,9 +128,7 @@ class ConvertParams:
             found.append(("io_dtype", f"must be one of {', '.join(IO_DTYPES)}"))
         elif self.io_dtype != "float32" and self.mode != "int8":
             found.append(("io_dtype", f"integer input/output needs mode int8, not {self.mode}"))
-        if self.calibration_samples < 0:
-            found.append(("calibration_samples", "must be 0 or more"))
-        return found
+        return _outside(found, self, ("calibration_samples", CALIBRATION_SAMPLES))
 
 
 @dataclass(frozen=True)
@@ -125,3 +137,6 @@ class EdgeTPUParams:
 
     run_compiler: bool = True
     compiler_timeout_s: int = 600
+
+    def problems(self) -> list[tuple[str, str]]:
+        return _outside([], self, ("compiler_timeout_s", COMPILER_TIMEOUT_S))

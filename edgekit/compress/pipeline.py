@@ -224,6 +224,8 @@ def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict
     convert_started = time.time()
     content = convert(model, params, calibration)
     timings.append({"stage": "convert", "seconds": round(time.time() - convert_started, 2)})
+    if calibration is not None:  # what was used: the recipe asks for at most this many, the split may have fewer
+        timings[-1]["calibration_images"] = len(calibration)
     return content, sparsity, timings
 
 

@@ -43,8 +43,8 @@ def parse_size(text: str, where: str) -> int:
     except ValueError:
         raise EdgekitError(f"{where}={text!r}: not a size; use bytes or a number with K, M, G or T (e.g. 20G)") \
             from None
-    if number < 0:
-        raise EdgekitError(f"{where}={text!r}: a size cannot be negative")
+    if not number >= 0 or number == float("inf"):  # nan and inf included
+        raise EdgekitError(f"{where}={text!r}: a size must be a finite number of bytes, 0 or more")
     return int(number * UNITS[unit])
 
 

@@ -13,17 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from edgekit.config import TrainConfig, from_mapping
+from edgekit.config import EPOCHS, IMAGE_SIZE, SEED, TrainConfig, from_mapping
 from edgekit.errors import EdgekitError
-from edgekit.model import MIN_IMAGE_SIZE
 from edgekit.recipes import load_recipe
+from edgekit.yamlio import load_yaml_file
 
 DEFAULT_SPACE = Path(__file__).resolve().parent.parent / "resources" / "tune" / "default.yaml"
 DIMENSIONS = ("width", "image_size", "recipe", "epochs", "learning_rate")
 TOP_LEVEL = (*DIMENSIONS, "train", "sampler", "seed", "pruning")
 SAMPLERS = ("tpe", "nsga2")
+MAX_GRID = 10_000  # values one range may enumerate (a benchmark's grid; also bounds what a trial can ask for)
 # TrainConfig fields the tuner sets itself (searched, or naming the candidate's run).
 NOT_FIXABLE = ("alpha", "image_size", "epochs", "learning_rate", "data", "extra_data", "name", "runs_dir", "seed")
 
@@ -116,11 +115,10 @@ def _check_value(name: str, value, where: str) -> None:
         raise EdgekitError(f"{where}: expected a number, got {value!r}")
     if name == "width" and not 0 < value <= 2:
         raise EdgekitError(f"{where}: MobileNetV2 width must be in (0, 2], e.g. 0.35, 0.5, 0.75, 1.0; got {value}")
-    if name == "image_size" and (not isinstance(value, int) or value < MIN_IMAGE_SIZE):
-        raise EdgekitError(f"{where}: input size must be a whole number of pixels, at least {MIN_IMAGE_SIZE}; "
-                           f"got {value}")
-    if name == "epochs" and (not isinstance(value, int) or value < 1):
-        raise EdgekitError(f"{where}: epochs must be a whole number, at least 1; got {value}")
+    if name == "image_size" and value not in IMAGE_SIZE:
+        raise EdgekitError(f"{where}: input size must be {IMAGE_SIZE.text}; got {value}")
+    if name == "epochs" and value not in EPOCHS:
+        raise EdgekitError(f"{where}: epochs must be {EPOCHS.text}; got {value}")
     if name == "learning_rate" and not 0 < value < 1:
         raise EdgekitError(f"{where}: learning rate must be in (0, 1); got {value}")
 
@@ -147,8 +145,10 @@ def _dimension(name: str, raw, source: str) -> Dimension:
     step, log = raw.get("step"), raw.get("log", False)
     if raw["low"] > raw["high"]:
         raise EdgekitError(f"{where}: low {raw['low']} is above high {raw['high']}")
-    if step is not None and (not _is_number(step) or step <= 0):
-        raise EdgekitError(f"{where}.step: must be a positive number, got {step!r}")
+    if step is not None and (not _is_number(step) or not step > 0 or (name != "learning_rate" and step % 1)):
+        raise EdgekitError(f"{where}.step: must be a positive number (whole for {name}), got {step!r}")
+    if step is not None and (raw["high"] - raw["low"]) / step >= MAX_GRID:
+        raise EdgekitError(f"{where}.step: {step} makes more than {MAX_GRID:,} values; use a larger step")
     if not isinstance(log, bool) or (log and step is not None):
         raise EdgekitError(f"{where}.log: must be true or false, and cannot be combined with step")
     return Dimension(name, low=raw["low"], high=raw["high"], step=step, log=log)
@@ -183,13 +183,13 @@ def space_from_mapping(mapping: Any, source: str) -> SearchSpace:
     if sampler not in SAMPLERS:
         raise EdgekitError(f"{source}: field 'sampler' must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     seed = mapping.get("seed", 42)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise EdgekitError(f"{source}: field 'seed' must be a whole number, got {seed!r}")
+    if seed not in SEED:
+        raise EdgekitError(f"{source}: field 'seed' must be {SEED.text}, got {seed!r}")
     pruning = from_mapping(PruningRule, mapping.get("pruning") or {}, f"{source}: field 'pruning'")
-    if not 0 <= pruning.percentile <= 100 or pruning.warmup_epochs < 0 or pruning.min_trials < 1 or \
-            not 0 <= pruning.min_delta < 1:
-        raise EdgekitError(f"{source}: field 'pruning': percentile in 0..100, warmup_epochs >= 0, min_trials >= 1, "
-                           "min_delta in [0, 1)")
+    if not 0 <= pruning.percentile <= 100 or not 0 <= pruning.warmup_epochs <= EPOCHS.high or \
+            not 1 <= pruning.min_trials <= 100_000 or not 0 <= pruning.min_delta < 1:
+        raise EdgekitError(f"{source}: field 'pruning': percentile in 0..100, warmup_epochs in 0..1000, min_trials "
+                           "in 1..100000, min_delta in [0, 1)")
     return SearchSpace(dimensions, _train_fields(mapping.get("train") or {}, source), sampler, seed, pruning,
                        source)
 
@@ -199,10 +199,4 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     path = Path(path) if path else DEFAULT_SPACE
     if not path.is_file():
         raise EdgekitError(f"{path}: no such search-space file; start from a copy of {DEFAULT_SPACE}")
-    try:
-        mapping = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise EdgekitError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
-    return space_from_mapping(mapping, str(path))
+    return space_from_mapping(load_yaml_file(path, "search space"), str(path))

@@ -33,6 +33,7 @@ from edgekit.recipes import load_recipe
 from edgekit.tune.candidate import Budget, CandidateFailed, describe, precheck, run_candidate
 from edgekit.tune.cost import TrainRate, cost_lines, measure_rate, study_cost
 from edgekit.tune.latency import DeviceUnreachable, probe_latency
+from edgekit.tune.options import check_options
 from edgekit.tune.report import unsatisfied, write_report
 from edgekit.tune.space import SearchSpace, load_space, space_from_mapping
 
@@ -401,8 +402,7 @@ def tune(*, resume_dir: Path | None = None, join_study: str | None = None, stora
     """What `edgekit tune` does: start, resume or join a study, run this worker, write the report."""
     if resume_dir and join_study:
         raise EdgekitError("pass either --resume DIR or --join STUDY, not both")
-    if trials is not None and trials < 1:
-        raise EdgekitError(f"--trials {trials}: must be at least 1")
+    check_options(trials=trials, timeout=timeout, **options)
     if resume_dir:
         study, _, url = resume(resume_dir, storage)
         tune_dir = Path(resume_dir)

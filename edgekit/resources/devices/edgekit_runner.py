@@ -2732,27 +2732,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: error: {message}; see --help\n")
 
 
-def positive(kind):
+def positive(kind, most=None):
+    return non_negative(kind, most, above_zero=True)
+
+
+def non_negative(kind, most=None, above_zero=False):
+    """A number from 0 (or above it: `positive`) to `most`; nan and inf are never one a user means."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
-        return value
-
-    return parse
-
-
-def non_negative(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if value < 0 or (above_zero and value == 0):
+            raise argparse.ArgumentTypeError(f"{text!r} must be " + ("above zero" if above_zero else "0 or more"))
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at most {most:,}")
         return value
 
     return parse
@@ -2776,7 +2772,7 @@ def byte_size(text: str) -> int:
 
 def add_model_options(parser) -> None:
     parser.add_argument("model", help="the .tflite file")
-    parser.add_argument("--threads", type=positive(int), help="interpreter threads (default: the runtime's)")
+    parser.add_argument("--threads", type=positive(int, 256), help="interpreter threads (default: the runtime's)")
     parser.add_argument("--delegate", help="'edgetpu' (Coral) or the path of a delegate library")
     parser.add_argument("--runtime", choices=RUNTIMES, help="force an interpreter (default: first installed)")
 
@@ -2785,8 +2781,8 @@ def add_classify_options(parser) -> None:
     add_model_options(parser)
     parser.add_argument("--labels", help="labels file, one per line (default: labels.txt beside the model, "
                         "else manifest.json)")
-    parser.add_argument("--top-k", type=positive(int), default=3, help="how many labels to report (3)")
-    parser.add_argument("--max-megapixels", type=positive(float), default=40.0,
+    parser.add_argument("--top-k", type=positive(int, 1000), default=3, help="how many labels to report (3)")
+    parser.add_argument("--max-megapixels", type=positive(float, 1000), default=40.0,
                         help="refuse larger images before decoding them (40)")
     parser.add_argument("--db", help="prediction log (default: $EDGEKIT_RUNNER_DB, else edgekit_runner.db "
                         "beside the model)")
@@ -2914,10 +2910,11 @@ def build_parser() -> Parser:
                                 description="$ python3 edgekit_runner.py bench model.tflite --images photos/")
     add_model_options(bench)
     add_input_options(bench)
-    bench.add_argument("--runs", type=positive(int), default=50, help="at least this many timed runs (50)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (5)")
-    bench.add_argument("--min-seconds", type=float, default=2.0, help="and at least this long (2)")
-    bench.add_argument("--max-images", type=positive(int), default=64, help="inputs to cycle through (64)")
+    bench.add_argument("--runs", type=positive(int, 1_000_000), default=50, help="at least this many timed runs (50)")
+    bench.add_argument("--warmup", type=non_negative(int, 100_000), default=5, help="untimed runs first (5)")
+    bench.add_argument("--min-seconds", type=non_negative(float, 86_400), default=2.0,
+                       help="and at least this long (2)")
+    bench.add_argument("--max-images", type=positive(int, 100_000), default=64, help="inputs to cycle through (64)")
     bench.add_argument("--require-delegate", action="store_true", help="fail if --delegate cannot load")
     bench.add_argument("--versus", metavar="MODEL", help="a baseline model, timed in interleaved rounds with this one")
     bench.add_argument("--versus-images", metavar="NPZ_OR_DIR", help="the baseline's --images")
