@@ -90,6 +90,7 @@ LEARNING_RATE = Range(0, 1, integer=False, above=True)
 LATENCY_MS = Range(0, 3_600_000, "milliseconds", integer=False, above=True)
 ACCURACY = Range(0, 1, integer=False)
 FRACTION = Range(0, 1, integer=False)
+PARALLEL = Range(1, 256, "devices at once")
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,9 @@ def bench(
     if compare and len(compare) == 1 and models and len(models) == 1:  # `--compare A.json B.json`
         compare, models = [compare[0], models[0]], None
     if compare:
-        if models:
-            raise EdgekitError("--compare compares two results.json files; it takes no models to benchmark")
+        if models:  # the positional form `--compare A B` was taken apart above; anything else is a model
+            raise EdgekitError("MODELS: --compare reads two results.json files and measures nothing; drop one or "
+                               "the other")
         refuse(ctx, ("device", "threads", "runs", "warmup", "min_seconds", "delegate", "out", "runtime",
                      "images", "accuracy_samples", "max_latency_ms", "min_accuracy", "accept_new_host_key",
                      "paired_rounds"),

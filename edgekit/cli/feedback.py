@@ -50,7 +50,7 @@ def feedback_pull(
     device: DeviceOption,
     name: Annotated[str | None, typer.Option(help="Name of the import.")] = None,
     accept_new_host_key: AcceptKeyOption = False,
-    max_size_mb: Annotated[int, typer.Option(min=1, help="Refuse a pull larger than this (the archive and what "
+    max_size_mb: Annotated[int, typer.Option(help="Refuse a pull larger than this (the archive and what "
                                                          "it unpacks to).")] = 2048,
     as_json: JsonOption = False,
 ) -> None:
@@ -58,8 +58,11 @@ def feedback_pull(
 
     $ edgekit feedback pull --device pi
     """
+    from edgekit.config import Range
     from edgekit.devices import load_profile
     from edgekit.feedback import pull
+
+    Range(1, 1 << 20, "MB").check(max_size_mb, "--max-size-mb")
 
     _report_imports(pull(load_profile(device), name=name, accept_new_host_key=accept_new_host_key,
                          max_bytes=max_size_mb * 2**20), "pulled", as_json)
@@ -84,9 +87,9 @@ def feedback_export(
     store: Annotated[str | None, typer.Option(help="Fleet store to select from (default: "
                                                    "$EDGEKIT_HOME/fleet/store.db); implies --select corrected.")]
     = None,
-    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="--select low-confidence: top score below "
+    threshold: Annotated[float, typer.Option(help="--select low-confidence: top score below "
                                                                     "this (0.6).")] = 0.6,
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many samples.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many samples.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write corrected samples as a class-folder dataset for `edgekit train --extra-data`.
@@ -94,6 +97,10 @@ def feedback_export(
     $ edgekit feedback export --out feedback-data && edgekit train --data photos --extra-data feedback-data
     $ edgekit feedback export --select low-confidence --limit 200 --out to-label
     """
+    from edgekit.config import FRACTION, Range
+
+    FRACTION.check(threshold, "--threshold")
+    Range(1, 10_000_000, "samples").check(limit, "--limit")
     if select is not None or store is not None:
         from edgekit.errors import EdgekitError
         from edgekit.fleet.select import export_selected

@@ -15,7 +15,7 @@ app.add_typer(fleet_app, name="fleet")
 FleetArg = Annotated[Path, typer.Argument(help="The fleet file (edgekit YAML or an Ansible YAML inventory).")]
 VariantArg = Annotated[Path, typer.Argument(help="A .tflite file or a variant directory.")]
 GroupOption = Annotated[str | None, typer.Option("--group", "-g", help="Only this group's devices (default: all).")]
-ParallelOption = Annotated[int, typer.Option(min=1, help="Devices worked on at once.")]
+ParallelOption = Annotated[int, typer.Option(help="Devices worked on at once (1-256).")]
 
 
 @fleet_app.callback()
@@ -76,10 +76,13 @@ def fleet_deploy(
     $ edgekit fleet deploy runs/<run>/compressed/int8-ptq fleet.yaml --group line-2 --parallel 16
     $ edgekit fleet deploy runs/<run>/compressed/int8-ptq fleet.yaml --service live --service-args '/dev/video0'
     """
+    from edgekit.config import PARALLEL
     from edgekit.errors import EdgekitError
     from edgekit.fleet.inventory import load_fleet
     from edgekit.fleet.ops import deploy_fleet
     from edgekit.service import ServiceSpec
+
+    PARALLEL.check(parallel, "--parallel")
 
     if service_args and not service:
         raise EdgekitError("--service-args needs --service serve or --service live")
@@ -100,8 +103,11 @@ def fleet_doctor(fleet_file: FleetArg, group: GroupOption = None, parallel: Para
 
     $ edgekit fleet doctor fleet.yaml
     """
+    from edgekit.config import PARALLEL
     from edgekit.fleet.inventory import load_fleet
     from edgekit.fleet.ops import doctor_fleet
+
+    PARALLEL.check(parallel, "--parallel")
 
     fleet = load_fleet(fleet_file)
     outcomes, directory = doctor_fleet(fleet, fleet.select(group), parallel=parallel,
@@ -121,11 +127,15 @@ def fleet_bench(variant: VariantArg, fleet_file: FleetArg, group: GroupOption = 
     $ edgekit fleet bench runs/<run>/compressed/int8-ptq fleet.yaml --group canary
     """
     from edgekit.bench.run import BenchSettings
+    from edgekit.config import PARALLEL
     from edgekit.fleet.inventory import load_fleet
     from edgekit.fleet.ops import bench_fleet
 
-    fleet = load_fleet(fleet_file)
+    PARALLEL.check(parallel, "--parallel")
+
     settings = BenchSettings(runs=runs, min_seconds=min_seconds, accept_new_host_key=accept_new_host_key)
+    settings.check()
+    fleet = load_fleet(fleet_file)
     outcomes, directory = bench_fleet(fleet, fleet.select(group), variant, settings, parallel=parallel)
 
     def ms(key):
@@ -165,24 +175,30 @@ def fleet_rollout(
     $ edgekit fleet rollout VARIANT fleet.yaml --waves canary,line-2,all --shadow 30m --min-agreement 0.97
     $ edgekit fleet rollout runs/<run>/compressed/int8-ptq fleet.yaml --resume
     """
+    from edgekit.config import PARALLEL
     from edgekit.errors import EdgekitError
     from edgekit.fleet import rollout as rollouts
     from edgekit.fleet.inventory import load_fleet
     from edgekit.fleet.ops import model_path
     from edgekit.fleet.rollout_manifest import summary_text
 
+    PARALLEL.check(parallel, "--parallel")
+
     if abort and not resume:
         raise EdgekitError("--abort rolls back an interrupted rollout; use it with --resume")
+    settings = None
+    if not resume:  # every number checked before the fleet file or a device is touched
+        settings = rollouts.RolloutSettings(
+            waves=tuple(w.strip() for w in waves.split(",") if w.strip()), shadow_s=rollouts.parse_duration(shadow),
+            min_agreement=min_agreement, max_errors=max_errors, max_p90_ms=max_p90_ms, min_samples=min_samples,
+            settle_s=rollouts.parse_duration(settle, "--settle"))
+        settings.check()
     fleet = load_fleet(fleet_file)
     model = model_path(variant)
     options = {"accept_new_host_key": accept_new_host_key, "parallel": parallel}
     if resume:
         rollout = rollouts.resume(fleet, model, rollout_id, **options)
     else:
-        settings = rollouts.RolloutSettings(
-            waves=tuple(w.strip() for w in waves.split(",") if w.strip()), shadow_s=rollouts.parse_duration(shadow),
-            min_agreement=min_agreement, max_errors=max_errors, max_p90_ms=max_p90_ms, min_samples=min_samples,
-            settle_s=rollouts.parse_duration(settle, "--settle"))
         rollout = rollouts.start(fleet, model, settings, group=group, **options)
     manifest = rollout.run(abort=abort)
     emit({**manifest, "manifest": str(rollout.path)}, as_json,

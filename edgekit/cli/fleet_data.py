@@ -15,7 +15,7 @@ GroupOption = Annotated[str | None, typer.Option("--group", "-g", help="Only thi
 StoreOption = Annotated[str | None, typer.Option(
     "--store", help="Field-data store: a path, sqlite:///PATH or postgresql://USER@HOST/DB "
                     "(default: $EDGEKIT_HOME/fleet/store.db).")]
-ParallelOption = Annotated[int, typer.Option("--parallel", "-p", min=1, max=256,
+ParallelOption = Annotated[int, typer.Option("--parallel", "-p",
                                              help="Devices read at once (8).")]
 
 
@@ -42,6 +42,10 @@ def fleet_pull(
     """
     from dataclasses import asdict
 
+    from edgekit.config import PARALLEL
+
+    PARALLEL.check(parallel, "--parallel")
+
     from edgekit.fleet.pull import PULL_HEADERS, pull_fleet, summary_rows
     from edgekit.fleet.store import open_store
     from edgekit.report import markdown_table
@@ -66,7 +70,7 @@ def fleet_status(
     group: GroupOption = None,
     store: StoreOption = None,
     parallel: ParallelOption = 8,
-    window_hours: Annotated[float, typer.Option(min=0.01, help="Figures over the rows of the last N hours (24).")]
+    window_hours: Annotated[float, typer.Option(help="Figures over the rows of the last N hours (24).")]
     = 24.0,
     out: Annotated[Path | None, typer.Option(help="Folder for status.png and status.json (default: "
                                                   "$EDGEKIT_HOME/fleet/<fleet>).")] = None,
@@ -79,10 +83,14 @@ def fleet_status(
     $ edgekit fleet status fleet.yaml --group canary
     """
     from edgekit.artifacts import write_json_atomic
+    from edgekit.config import PARALLEL, Range
     from edgekit.fleet.status import as_json as status_json
     from edgekit.fleet.status import fleet_status as run_status
     from edgekit.fleet.status import table
     from edgekit.fleet.store import open_store
+
+    PARALLEL.check(parallel, "--parallel")
+    Range(0, 24 * 366, "hours", integer=False, above=True).check(window_hours, "--window-hours")
 
     fleet, devices = _devices(fleet_file, group)
     with open_store(store) as opened:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from edgekit import manifests
 from edgekit.artifacts import process_alive, sha256_file, utc_now, write_json_atomic
+from edgekit.config import FRACTION, LATENCY_MS, Range
 from edgekit.deploy import deploy
 from edgekit.device_state import CurrentModel, parse_current, read_current, write_current
 from edgekit.errors import EdgekitError
@@ -60,10 +61,12 @@ class RolloutSettings:
     settle_s: float = 10.0
 
     def check(self) -> None:
-        if not 0 <= self.min_agreement <= 1:
-            raise EdgekitError(f"--min-agreement {self.min_agreement}: must be between 0 and 1")
-        if self.max_errors < 0 or self.min_samples < 0 or self.shadow_s < 0 or self.settle_s < 0:
-            raise EdgekitError("--max-errors, --min-samples, --shadow and --settle must not be negative")
+        FRACTION.check(self.min_agreement, "--min-agreement")
+        Range(0, 1_000_000, "errors").check(self.max_errors, "--max-errors")
+        Range(0, 10_000_000, "comparisons").check(self.min_samples, "--min-samples")
+        LATENCY_MS.check(self.max_p90_ms, "--max-p90-ms")
+        if self.shadow_s < 0 or self.settle_s < 0:
+            raise EdgekitError("--shadow and --settle must not be negative")
         if not self.waves:
             raise EdgekitError("--waves: name at least one group, e.g. canary,all")
 
