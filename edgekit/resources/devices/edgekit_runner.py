@@ -326,7 +326,8 @@ NATIVE_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\]"  # absl/glog INFO and WARNING lines
     r"|E\d{4} [\d:.]+ +\d+ \S+:\d+\] (failed call to cuInit|Unable to register cu\w+ factory)"
-    r"|INFO: "  # the interpreter's own notices: "Created TensorFlow Lite XNNPACK delegate for CPU." ...
+    # the interpreter's own notices, not any "INFO: " line (edgekit's log lines start that way too)
+    r"|INFO: (Created TensorFlow Lite|Initialized TensorFlow Lite|Replacing \d+ out of \d+ node)"
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\."
     r"|This TensorFlow binary is optimized to use available CPU instructions"
     r"|oneDNN custom operations are on"
