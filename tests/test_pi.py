@@ -46,3 +46,17 @@ def test_table_has_one_environment_line_per_device_with_python_and_numpy():
     assert len(lines) == 2
     assert "pi: Python 3.11.2, numpy 1.24.2, litert 2.3.0" in lines[0] and "Raspberry Pi 4" in lines[0]
     assert "desktop: Python 3.12.3, numpy 2.1.0" in lines[1]
+
+
+def test_stateful_model_is_compared_like_with_like_not_reported_as_drift(tmp_path):
+    from foreign import stateful_model
+
+    from edgekit.bench.run import BenchSettings, collect_variants, run_bench
+    from edgekit.devices import load_profile
+
+    model = stateful_model(tmp_path / "streaming.tflite")
+    result = run_bench(collect_variants([model]), load_profile("desktop"),
+                       BenchSettings(threads=(1,), runs=20, warmup=3, min_seconds=0.05))
+    [row] = result.rows
+    assert row["output_check"]["checked"] == 8 and row["output_check"]["equal"], row["output_check"]
+    assert row["status"] == "ok", row["error"]

@@ -139,14 +139,25 @@ def make_feed(variant: BenchModel, out: Path, settings: BenchSettings) -> inputs
     return inputs.generated(model, out, min(settings.max_images, 16))
 
 
-def _compare_outputs(report: dict, reference: np.ndarray, output: dict) -> dict:
-    """The outputs the runner recorded while timing against LiteRT on the host, in quantization steps."""
+def _compare_outputs(report: dict, reference: np.ndarray, output: dict, variant_path: Path | None = None,
+                     feed=None) -> dict:
+    """The outputs the runner recorded while timing against LiteRT on the host, in quantization steps.
+
+    A runner that reports its invoke `sequence` is compared with the host replaying that sequence, so a
+    stateful model's outputs after warm-up and earlier samples meet the same history on both sides.
+    """
     recorded = report.get("outputs") or []
     if not recorded or reference is None:
         return {"checked": 0}
+    sequence = report.get("sequence")
+    if variant_path is not None and sequence and all("position" in o for o in recorded):
+        reference = inputs.replayed_outputs(variant_path, feed, [int(n) for n in sequence])
+        rows = [o["position"] for o in recorded]
+    else:
+        rows = [o["index"] for o in recorded]
     width = min(len(recorded[0]["output"]), reference.shape[1])
     raw = np.asarray([o["output"][:width] for o in recorded], dtype=np.float64)
-    expected = reference[[o["index"] for o in recorded]][:, :width]
+    expected = reference[rows][:, :width]
     return accuracy.compare(dequantizer(output)(raw), expected, output)
 
 
@@ -317,7 +328,7 @@ def _bench_variant(target: Target, variant: BenchModel, profile: DeviceProfile, 
                 report = target.run_runner(args + model_args, timeout=settings.timeout_s, check=False)
                 if report.get("error") and not report.get("latency_ms"):
                     raise EdgekitError(_delegate_message(delegate, report["error"]))
-                _fill_row(row, report, _compare_outputs(report, reference, output), profile)
+                _fill_row(row, report, _compare_outputs(report, reference, output, variant.path, feed), profile)
                 if found is None and _wants_device_accuracy(row, variant, settings):
                     found = accuracy.device_accuracy(target, variant, remote_model,
                                                      [a for a in model_args if a != "--require-delegate"],

@@ -2007,8 +2007,12 @@ def run_bench(args, result: dict) -> None:
     result["input"].update(source=args.inputs or args.images, count=len(inputs),
                            kind="raw tensors" if args.inputs else "images")
     _, result["first_ms"] = model.run(inputs[0])
+    # Every input invoked since loading, in order, up to the last recorded output: a stateful model's
+    # (a streaming wake-word model's) output depends on them all, so the host replays this sequence.
+    sequence = [0]
     for i in range(args.warmup):
         model.run(inputs[(i + 1) % len(inputs)])
+        sequence.append((i + 1) % len(inputs))
     latencies, outputs = [], []
     start = time.perf_counter()
     while len(latencies) < args.runs or time.perf_counter() - start < args.min_seconds:
@@ -2016,15 +2020,16 @@ def run_bench(args, result: dict) -> None:
         raw, invoke_ms = model.run(inputs[i])
         latencies.append(invoke_ms)
         if len(outputs) < min(SAMPLE_OUTPUTS, len(inputs)) and len(latencies) <= len(inputs):
-            outputs.append({"index": i, "source": sources[i], "argmax": int(np.argmax(raw)),
-                            "output": output_sample(raw)})
+            outputs.append({"index": i, "position": len(sequence), "source": sources[i],
+                            "argmax": int(np.argmax(raw)), "output": output_sample(raw)})
+            sequence.append(i)
     wall = time.perf_counter() - start
     values = np.asarray(latencies)
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
     result.update(warmup=args.warmup, wall_s=wall, throughput_ips=len(values) / wall, latency_ms={
         "n": len(values), "mean": float(values.mean()), "std": float(values.std()), "p50": float(p50),
         "p90": float(p90), "p99": float(p99), "min": float(values.min()), "max": float(values.max())})
-    result["outputs"] = outputs
+    result["outputs"], result["sequence"] = outputs, sequence
 
 
 def peak_rss_mb() -> float | None:
