@@ -152,9 +152,17 @@ def _next_steps(profile: DeviceProfile, report: dict) -> list[str]:
     steps = []
     if not profile.venv:
         steps.append(f"add `venv: ~/edgekit/venv` to {profile.source or 'the device profile'}")
-    device = profile.source if profile.source and not profile.source.endswith(f"{profile.name}.yaml") \
-        else profile.name
-    return steps + [f"edgekit doctor --device {shlex.quote(device)} --fix"]
+    return steps + [f"edgekit doctor --device {shlex.quote(_device_argument(profile))} --fix"]
+
+
+def _device_argument(profile: DeviceProfile) -> str:
+    """What to pass as --device: the name for a shipped or $EDGEKIT_HOME/devices profile, else its file."""
+    from edgekit.devices import SHIPPED_DIR, user_devices_dir
+
+    source = Path(profile.source) if profile.source else None
+    if source is None or source.resolve().parent in (SHIPPED_DIR, user_devices_dir().resolve()):
+        return profile.name
+    return str(source)
 
 
 def _profile_warnings(profile: DeviceProfile, report: dict) -> list[str]:

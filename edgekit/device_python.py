@@ -75,7 +75,7 @@ def ensure_venv(target, profile: DeviceProfile) -> dict | None:
     reason = detail if state == "error" else (err.strip().splitlines() or [f"exit code {code}"])[-1]
     hint = "sudo apt install python3-venv" if "ensurepip" in reason or "venv" in reason else "see the reason"
     raise EdgekitError(f"{profile.name}: cannot create the venv {profile.venv} with {profile.base_python} "
-                       f"({reason[:300]}); then run the command again; on the device: {hint}")
+                       f"({reason[:300]}); fix that on the device and run the command again: {hint}")
 
 
 PIP_NAMES = {"litert": ("ai-edge-litert",), "tflite_runtime": ("tflite-runtime",), "tf.lite": ("tensorflow",),

@@ -202,3 +202,15 @@ def test_a_venv_that_failed_halfway_is_removed_and_a_half_made_one_is_repaired(t
     assert "include-system-site-packages = true" in (venv / "pyvenv.cfg").read_text()
     assert subprocess.run([str(venv / "bin" / "python"), "-c", "import pip"]).returncode == 0
     assert ensure_venv(target, profile)["created"] is False
+
+
+def test_doctor_points_edgekit_users_at_the_profile_venv_and_doctor_fix(tmp_path):
+    from edgekit.deploy import _next_steps
+
+    missing = {"missing": ["sudo apt install python3-numpy"]}
+    bare = load_profile(write_profile(tmp_path, connection="ssh", host="pi.local"))
+    steps = _next_steps(bare, missing)
+    assert steps[0] == f"add `venv: ~/edgekit/venv` to {bare.source}"
+    assert shlex.split(steps[1]) == ["edgekit", "doctor", "--device", bare.source, "--fix"]
+    assert _next_steps(load_profile("desktop"), missing) == []  # never pip into edgekit's own environment
+    assert _next_steps(bare, {"missing": []}) == []
