@@ -107,7 +107,7 @@ def fix(target, profile: DeviceProfile, report: dict, timeout: float = 1800) -> 
     """Install into the profile's venv what `doctor` found missing (`edgekit doctor --fix`), over SSH.
 
     Only a venv is changed: a system Python is apt's (PEP 668), and the desktop's is edgekit's own,
-    where pip would swap numpy under TensorFlow. Returns what was run and what pip said last.
+    where pip would swap numpy under TensorFlow. Returns what was installed and uninstalled.
     """
     if not profile.venv:
         raise EdgekitError(f"{profile.name}: --fix installs into a venv on the device; add `venv: ~/edgekit/venv` "
@@ -117,6 +117,8 @@ def fix(target, profile: DeviceProfile, report: dict, timeout: float = 1800) -> 
     if system and here and system != here:  # a venv numpy that hides apt's: apt's OpenCV fails under it
         _pip(target, profile, ["uninstall", "-y", "numpy"], timeout)
         done["uninstalled"].append(f"numpy {here}")
+        # the runtime again, so pip swaps what was built for numpy 2 (ml_dtypes 0.6) for builds that fit
+        report = {**report, "numpy": system, "runtimes": []}
     requirements = fix_requirements(profile, report)
     if requirements:
         _pip(target, profile, ["install", *requirements], timeout)

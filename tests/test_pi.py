@@ -214,3 +214,22 @@ def test_doctor_points_edgekit_users_at_the_profile_venv_and_doctor_fix(tmp_path
     assert shlex.split(steps[1]) == ["edgekit", "doctor", "--device", bare.source, "--fix"]
     assert _next_steps(load_profile("desktop"), missing) == []  # never pip into edgekit's own environment
     assert _next_steps(bare, {"missing": []}) == []
+
+
+def test_fix_uninstalls_a_venv_numpy_that_hides_apts_and_reinstalls_the_runtime_against_apts(tmp_path):
+    from edgekit.device_python import fix
+
+    class Recorder:
+        calls = []
+
+        def run(self, argv, *, timeout, what):
+            self.calls.append(argv[argv.index("--disable-pip-version-check") + 1:])
+            return 0, b"", ""
+
+    pi = load_profile(write_profile(tmp_path, venv="~/edgekit/venv"))
+    hidden = {"numpy": "2.4.6", "numpy_system": "1.24.2", "pillow": "9.4.0",
+              "runtimes": [{"name": "litert", "available": True}]}
+    target = Recorder()
+    done = fix(target, pi, hidden)
+    assert target.calls == [["uninstall", "-y", "numpy"], ["install", "ai-edge-litert", "numpy==1.24.2"]]
+    assert done == {"uninstalled": ["numpy 2.4.6"], "installed": ["ai-edge-litert", "numpy==1.24.2"]}
