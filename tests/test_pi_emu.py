@@ -193,11 +193,13 @@ def test_edgekit_drives_an_emulated_pi_over_ssh_end_to_end(sshd, tiny, tmp_path)
     from edgekit.devices import load_profile
     from edgekit.transport.targets import make_target
 
-    target = make_target(load_profile(str(profile)))
+    pi = load_profile(str(profile))
+    target = make_target(pi)
     target.prepare()
     target.put(tiny["images"] / "img0.png", "inbox/img0.png")
-    remote_model = json.loads(deployed.stdout)["model"]
-    target.run_runner(["classify", remote_model, "inbox/img0.png"], timeout=TIMEOUT)
+    code, out, err = target.run([pi.interpreter, "edgekit_runner.py", "classify", json.loads(deployed.stdout)["model"],
+                                 "inbox/img0.png", "--json"], timeout=TIMEOUT, what="classify")
+    assert code == 0 and json.loads(out)[0]["id"], err
     pulled = cli.invoke(app, ["feedback", "pull", *device, "--json"])
     assert pulled.exit_code == 0, pulled.output
     assert json.loads(pulled.stdout)["predictions"] >= 1
