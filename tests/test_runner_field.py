@@ -248,7 +248,9 @@ def test_serve_live_shows_the_latest_prediction(model, tmp_path):
 def test_live_with_a_broken_opencv_does_not_say_install_opencv_and_serve_reports_degraded(model, video,
                                                                                            tmp_path):
     # apt's OpenCV under a venv whose pip numpy 2 hides apt's numpy 1.x fails like this
-    (tmp_path / "cv2.py").write_text("raise ImportError('numpy.core.multiarray failed to import')\n")
+    (tmp_path / "cv2.py").write_text(
+        "import sys\nsys.stderr.write('A module that was compiled using NumPy 1.x cannot be run in NumPy 2\\n"
+        "Traceback (most recent call last):\\n')\nraise ImportError('numpy.core.multiarray failed to import')\n")
     env = runner_env(PYTHONPATH=str(tmp_path))
     line = assert_user_error(live(model, video, env=env), "OpenCV is installed", "does not import",
                              "numpy.core.multiarray failed to import")

@@ -1606,8 +1606,10 @@ Frame = namedtuple("Frame", "source time_s pixels data")  # RGB uint8 pixels, or
 
 
 def require_opencv():
+    noise = io.StringIO()  # numpy 2 prints a warning and a traceback of its own before cv2 fails to import
     try:
-        import cv2
+        with contextlib.redirect_stderr(noise):
+            import cv2
     except ImportError as exc:
         if exc.name == "cv2" or "No module named 'cv2'" in str(exc):
             raise RunnerError(f"OpenCV is not installed for {sys.executable}; cameras, video files and streams "
