@@ -258,3 +258,5 @@ def test_venv_path_on_apt_python_without_then_with_python3_venv_keeps_apt_numpy(
     assert report["selected_runtime"] == "litert" and report["ok"], report
     assert report["numpy"] == report["numpy_system"] == "1.24.2"  # point 2: apt's numpy still the one in use
     assert report["warnings"] == []
+    if list(VENV_ROOT.glob("usr/lib/python3/dist-packages/cv2*")):  # a root built with EXTRA_PKGS=python3-opencv
+        assert report["features"]["opencv"]["available"], report["features"]  # apt's OpenCV still imports
