@@ -5,7 +5,7 @@ The tooling is `shared/pi-emu` beside the repository (read-only; it builds under
 setup and exports EDGEKIT_TEST_PI_EMU; locally:
 
     ../shared/pi-emu/setup.sh
-    VROOT=/tmp/pi-root-venv ../shared/pi-emu/make_venv_root.sh
+    VROOT=/tmp/pi-root-venv EXTRA_PKGS=python3-opencv ../shared/pi-emu/make_venv_root.sh  # 900 MB with OpenCV
     NO_VENV=1 VROOT=/tmp/pi-root-novenv ../shared/pi-emu/make_venv_root.sh
     EDGEKIT_TEST_PI_EMU=$PWD/../shared/pi-emu pytest -m slow tests/test_pi_emu.py
 
@@ -46,6 +46,7 @@ SITES = {"litert": Path(os.environ.get("PI_SITE_LITERT", "/tmp/pi-site-litert"))
 VENV_ROOT = Path(os.environ.get("EDGEKIT_TEST_PI_VENV_ROOT", "/tmp/pi-root-venv"))  # apt python3-venv, numpy
 NOVENV_ROOT = Path(os.environ.get("EDGEKIT_TEST_PI_NOVENV_ROOT", "/tmp/pi-root-novenv"))  # before python3-venv
 VENV_WHEELS = Path(os.environ.get("EDGEKIT_TEST_PI_WHEELS", "/tmp/pi-work/wheels-venv-litert"))
+LITERT_WHEELS = Path(os.environ.get("PI_WORK", "/tmp/pi-work")) / "wheels-litert"  # setup.sh's: numpy 2
 RUNTIME_NAMES = {"litert": "litert", "tflrt": "tflite_runtime"}
 TIMEOUT = 600  # one emulated command; a loaded 2-core machine is slow
 
@@ -258,5 +259,18 @@ def test_venv_path_on_apt_python_without_then_with_python3_venv_keeps_apt_numpy(
     assert report["selected_runtime"] == "litert" and report["ok"], report
     assert report["numpy"] == report["numpy_system"] == "1.24.2"  # point 2: apt's numpy still the one in use
     assert report["warnings"] == []
-    if list(VENV_ROOT.glob("usr/lib/python3/dist-packages/cv2*")):  # a root built with EXTRA_PKGS=python3-opencv
-        assert report["features"]["opencv"]["available"], report["features"]  # apt's OpenCV still imports
+    if not list(VENV_ROOT.glob("usr/lib/python3/dist-packages/cv2*")):  # a root without EXTRA_PKGS=python3-opencv
+        return
+    assert report["features"]["opencv"]["available"], report["features"]  # apt's OpenCV still imports
+    # The breakage: a plain `pip install ai-edge-litert` put numpy 2 (and ml_dtypes built for it) in the venv
+    wheels = [*LITERT_WHEELS.glob("numpy-2*.whl"), *LITERT_WHEELS.glob("ml_dtypes-*.whl")]
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", *map(str, wheels)],
+                   check=True, timeout=TIMEOUT)
+    broken = json.loads(cli.invoke(app, ["doctor", "--device", profile(venv_roots["venv"]), "--json"]).stdout)
+    assert not broken["features"]["opencv"]["available"] and broken["features"]["opencv"]["installed"]
+    assert any("hides the system's numpy 1.24.2" in line for line in broken["warnings"]), broken["warnings"]
+    assert broken["next"] == [f"edgekit doctor --device {profile(venv_roots['venv'])} --fix"]
+    repaired = json.loads(cli.invoke(app, ["doctor", "--device", profile(venv_roots["venv"]), "--fix",
+                                           "--json"]).stdout)
+    assert repaired["fixed"]["uninstalled"] and repaired["numpy"] == "1.24.2" and repaired["warnings"] == []
+    assert repaired["features"]["opencv"]["available"] and repaired["selected_runtime"] == "litert"
