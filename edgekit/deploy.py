@@ -12,11 +12,12 @@ from pathlib import Path
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, check_writable, edgekit_home, sha256_file
 from edgekit.certificate import ensure_certificate
-from edgekit.device_python import ensure_venv
+from edgekit.device_python import ensure_venv, fix_requirements
+from edgekit.device_python import fix as fix_device
 from edgekit.device_state import CurrentModel, read_current, write_current
 from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
-from edgekit.service import install_service
+from edgekit.service import check_service_possible, install_service
 from edgekit.transport.targets import make_target
 
 
@@ -63,6 +64,8 @@ def deploy(profile: DeviceProfile, model_path: Path, *, manifest_path: Path | No
         uploads[f"{model_dir}/{Path(labels_path).name}"] = Path(labels_path)
     target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
     target.prepare()
+    if service is not None:  # no systemd or no root: say so before anything is copied
+        check_service_possible(target, service)
     venv = ensure_venv(target, profile)
     files = {name: {"path": target.path(name), "sha256": target.put(local, name)} for name, local in uploads.items()}
     runtime = runtime or profile.runtime
@@ -144,18 +147,25 @@ def _record_deployment(profile: DeviceProfile, workdir: str, remote_model: str, 
 
 
 def doctor(profile: DeviceProfile, *, runner: Path | None = None, accept_new_host_key: bool = False,
-           known_hosts_file: str | None = None, timeout: float = 300) -> dict:
+           known_hosts_file: str | None = None, timeout: float = 300, fix: bool = False) -> dict:
     """Copy the runner to the device and return its `doctor` report, with what the profile expects.
 
-    A device that cannot run models yet is a report (`ok` false, `missing` lists install lines), not an
-    exception: saying what to install is the point of doctor. Unreachable devices still raise.
+    A device that cannot run models yet is a report (`ok` false, `missing` lists install commands), not
+    an exception: saying what to install is the point of doctor. Unreachable devices still raise. With
+    `fix`, what is missing is pip-installed into the profile's venv (device_python.fix) and doctor runs
+    again, so the report is the device as it now is.
     """
     target = make_target(profile, accept_new_host_key=accept_new_host_key, known_hosts_file=known_hosts_file)
     target.prepare()
     venv = ensure_venv(target, profile)
     target.put(Path(runner) if runner else runner_path(), RUNNER_NAME)
     report = target.run_runner(["doctor"], timeout=timeout, check=False)
-    report["venv"] = venv
+    fixed = None
+    if fix and (report.get("missing") or fix_requirements(profile, report) or _numpy_hidden(report)):
+        fixed = fix_device(target, profile, report)
+        report = target.run_runner(["doctor"], timeout=timeout, check=False)
+    report["venv"], report["fixed"] = venv, fixed
+    report["next"] = _next_steps(profile, report)
     report["device"] = {
         "name": profile.name, "address": profile.address, "workdir": target.workdir,
         "python": profile.interpreter, "runtime": profile.runtime, "delegate": profile.delegate,
@@ -163,6 +173,31 @@ def doctor(profile: DeviceProfile, *, runner: Path | None = None, accept_new_hos
     report["warnings"] = list(report.get("warnings", [])) + _profile_warnings(profile, report)
     report["ok"] = "error" not in report and not report.get("missing")
     return report
+
+
+def _numpy_hidden(report: dict) -> bool:
+    return bool(report.get("numpy_system") and report.get("numpy") and report["numpy_system"] != report["numpy"])
+
+
+def _next_steps(profile: DeviceProfile, report: dict) -> list[str]:
+    """For an edgekit user the way to install is the profile's venv and `doctor --fix`, not commands typed
+    on the device: one step per line, the edgekit command pasteable as it is."""
+    if not (report.get("missing") or _numpy_hidden(report)) or not profile.is_remote and not profile.venv:
+        return []
+    steps = []
+    if not profile.venv:
+        steps.append(f"add `venv: ~/edgekit/venv` to {profile.source or 'the device profile'}")
+    return steps + [f"edgekit doctor --device {shlex.quote(_device_argument(profile))} --fix"]
+
+
+def _device_argument(profile: DeviceProfile) -> str:
+    """What to pass as --device: the name for a shipped or $EDGEKIT_HOME/devices profile, else its file."""
+    from edgekit.devices import SHIPPED_DIR, user_devices_dir
+
+    source = Path(profile.source) if profile.source else None
+    if source is None or source.resolve().parent in (SHIPPED_DIR, user_devices_dir().resolve()):
+        return profile.name
+    return str(source)
 
 
 def _profile_warnings(profile: DeviceProfile, report: dict) -> list[str]:
@@ -175,7 +210,7 @@ def _profile_warnings(profile: DeviceProfile, report: dict) -> list[str]:
     wanted = runtimes.get(profile.runtime)
     if profile.runtime != "auto" and wanted is not None and not wanted.get("available"):
         warnings.append(f"{profile.source}: runtime {profile.runtime} is not usable on the device; "
-                        f"{wanted.get('install') or 'install it'}")
+                        f"{' && '.join((wanted.get('install') or 'install it').splitlines())}")
     edgetpu = report.get("edgetpu")
     if profile.delegate == "edgetpu" and isinstance(edgetpu, dict) and not edgetpu.get("device"):
         warnings.append(f"{profile.name}: no Edge TPU found ({edgetpu.get('error') or 'not detected'}); "
@@ -189,14 +224,15 @@ def doctor_text(report: dict) -> str:
     The JSON and the text must tell the same story; a runtimes table only in `--json` hid the one
     line a user needed (which interpreter is missing and how to install it).
     """
-    nested = ("runtimes", "edgetpu", "device", "missing", "warnings")
+    nested = ("runtimes", "edgetpu", "device", "missing", "warnings", "next")
     lines = [f"{key:<16} {value}" for key, value in report.items()
              if key not in nested and not isinstance(value, (dict, list))]
     runtimes = [r for r in report.get("runtimes") or [] if isinstance(r, dict)]
     if runtimes:
         lines += ["", "runtimes:", f"  {'name':<15} {'available':<10} {'version':<10} {'error':<30} install"]
         lines += [f"  {r.get('name')!s:<15} {'yes' if r.get('available') else 'no':<10} "
-                  f"{r.get('version') or '-'!s:<10} {r.get('error') or '-'!s:<30} {r.get('install') or '-'}"
+                  f"{r.get('version') or '-'!s:<10} {r.get('error') or '-'!s:<30} "
+                  f"{' && '.join((r.get('install') or '-').splitlines())}"
                   for r in runtimes]
     for section in ("edgetpu", "device"):
         if isinstance(report.get(section), dict):
@@ -204,6 +240,9 @@ def doctor_text(report: dict) -> str:
     for key, value in report.items():  # anything else structured the runner may add later
         if key not in nested and isinstance(value, (dict, list)):
             lines += ["", f"{key}: {json.dumps(value)}"]
-    lines += [f"missing: {line}" for line in report.get("missing") or []]
+    if report.get("missing"):  # commands, one per line, to paste on the device
+        lines += ["", "missing; on the device run:"] + [f"  {line}" for line in report["missing"]]
+    if report.get("next"):
+        lines += ["", "or with edgekit:"] + [f"  {line}" for line in report["next"]]
     lines += [f"warning: {line}" for line in report.get("warnings") or []]
     return "\n".join(lines)

@@ -126,9 +126,12 @@ def _device_script(body: str) -> str:
     )
 
 
-def _run_script(target, script: str, what: str) -> str:
+def _run_script(target, script: str, what: str, removing: bool = False) -> str:
     code, out, err = target.run(["sh", "-c", script], timeout=120, what=what)
     name = target.name
+    if code == NO_SYSTEMD and removing:
+        raise EdgekitError(f"{name}: this device does not run systemd (no /run/systemd/system), so it has no "
+                           "edgekit service to remove; stop a runner you started yourself where you started it")
     if code == NO_SYSTEMD:
         raise EdgekitError(f"{name}: this device does not run systemd (no /run/systemd/system), so no service "
                            "can be installed; start the runner from your own init system or a shell instead")
@@ -142,9 +145,19 @@ def _run_script(target, script: str, what: str) -> str:
     return out.decode("utf-8", "replace")
 
 
+def check_service_possible(target, spec: ServiceSpec) -> None:
+    """Raise the one-line answer when the device cannot take a service (no systemd, no root rights): deploy
+    asks before copying anything, so a refused --service leaves the device as it was."""
+    _run_script(target, _device_script("true\n"), f"install {spec.unit_name}")
+
+
 def install_service(target, profile, spec: ServiceSpec, *, runner: str, model: str, model_sha256: str,
                     tls=None) -> dict:
-    """Write, install, enable and (re)start the unit on the device behind `target`; returns what was done."""
+    """Write, install, enable and (re)start the unit on the device behind `target`; returns what was done.
+
+    The unit file is copied into the work directory and moved into place by the script; if the script
+    fails, the copy is removed, so no stray unit file stays beside the models.
+    """
     code, out, err = target.run([profile.interpreter, "-c", _FACTS], timeout=60, what="read the device's Python")
     facts = out.decode("utf-8", "replace").split()
     if code != 0 or len(facts) < 2:
@@ -170,7 +183,12 @@ def install_service(target, profile, spec: ServiceSpec, *, runner: str, model: s
         f"$SUDO systemctl restart {spec.unit_name}\n"
         f"systemctl is-active {spec.unit_name} || true\n"
     )
-    state = _run_script(target, _device_script(body), f"install {spec.unit_name}").strip().splitlines()
+    try:
+        state = _run_script(target, _device_script(body), f"install {spec.unit_name}").strip().splitlines()
+    except EdgekitError:
+        with contextlib.suppress(EdgekitError):
+            target.remove(spec.unit_name)
+        raise
     return {"unit": spec.unit_name, "path": f"/etc/systemd/system/{spec.unit_name}", "user": user,
             "env_file": env_file, "state": state[-1] if state else "unknown",
             "logs": f"journalctl -u {spec.unit_name} -f", "remove": f"edgekit deploy --device {profile.name} "
@@ -188,7 +206,7 @@ def remove_service(target, mode: str) -> dict:
         "$SUDO systemctl daemon-reload\n"
         "$SUDO systemctl reset-failed >/dev/null 2>&1 || true\n"
     )
-    _run_script(target, _device_script(body), f"remove {unit}")
+    _run_script(target, _device_script(body), f"remove {unit}", removing=True)
     return {"device": target.name, "unit": unit, "removed": True}
 
 

@@ -73,3 +73,23 @@ def build_all(directory: Path) -> dict[str, Path]:
     return {"two-input": convert(two_input_model(), directory / "two_input.tflite"),
             "int8-conv": convert(int8_conv_model(), directory / "int8_conv.tflite", int8_io=True),
             "dense": convert(dense_model(), directory / "dense.tflite")}
+
+
+def stateful_model(out: Path) -> Path:
+    """A streaming model with a variable: each output is 0.5 x the previous state + the input (as a wake-word
+    model keeps its audio history), so the same input gives different outputs depending on what came before."""
+
+    class Streaming(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.state = tf.Variable(tf.zeros([1, 4]))
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32)])
+        def __call__(self, x):
+            self.state.assign(self.state * 0.5 + x)
+            return self.state * 1.0
+
+    module = Streaming()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
+    out.write_bytes(converter.convert())
+    return out

@@ -587,7 +587,7 @@ def test_bench_on_image_directory_prints_a_summary(models, images):
     assert "invoke over" in result.stdout and "6 inputs" in result.stdout
 
 
-def test_doctor_reports_interpreters_and_install_lines(tmp_path):
+def test_doctor_reports_interpreters_and_install_lines(tmp_path, runner):
     # A stand-in TensorFlow that fails to import keeps this fast and shows the advice for a missing runtime.
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
@@ -602,7 +602,9 @@ def test_doctor_reports_interpreters_and_install_lines(tmp_path):
     pip = f"{sys.executable} -m pip install"  # this interpreter's own pip: a venv's, or a PEP 668 hint
     assert runtimes["tf.lite"] == {"name": "tf.lite", "available": False, "version": None,
                                    "error": "hidden by the test", "install": f"{pip} tensorflow"}
-    assert runtimes["tflite_runtime"]["install"] == f'{pip} tflite-runtime "numpy<2"'
+    # tflite-runtime needs numpy<2, which would downgrade numpy under TensorFlow here: a venv of its own
+    assert runtimes["tflite_runtime"]["install"].splitlines()[-1] == (
+        f"{runner.TFLRT_VENV}/bin/python -m pip install tflite-runtime 'numpy<2' pillow")
     assert report["selected_runtime"] == "litert" and report["numpy"] == np.__version__
     assert report["cpu_count"] == os.cpu_count() and report["memory_total_mb"] > 0
     assert "libedgetpu1-std" in report["edgetpu"]["install"]

@@ -226,7 +226,7 @@ def test_live_watched_folder_classifies_new_files_and_stops_cleanly_on_sigterm(m
 
 
 def test_live_without_opencv_says_what_to_install(model, video, tmp_path):
-    (tmp_path / "cv2.py").write_text("raise ImportError('hidden by the test')\n")
+    (tmp_path / "cv2.py").write_text("raise ModuleNotFoundError(\"No module named 'cv2'\", name='cv2')\n")
     result = live(model, video, env=runner_env(PYTHONPATH=str(tmp_path)))
     assert_user_error(result, "OpenCV is not installed", "opencv")
     missing = live(model, tmp_path / "nope.mp4")
@@ -243,6 +243,22 @@ def test_serve_live_shows_the_latest_prediction(model, tmp_path):
         latest = call(port, "GET", "/latest")[1]
         assert latest["source"] == "live" and latest["prediction"]["top_k"][0]["label"] == "green"
         assert call(port, "GET", "/health")[1] == {"status": "ok", "live": "running"}
+
+
+def test_live_with_a_broken_opencv_does_not_say_install_opencv_and_serve_reports_degraded(model, video,
+                                                                                           tmp_path):
+    # apt's OpenCV under a venv whose pip numpy 2 hides apt's numpy 1.x fails like this
+    (tmp_path / "cv2.py").write_text(
+        "import sys\nsys.stderr.write('A module that was compiled using NumPy 1.x cannot be run in NumPy 2\\n"
+        "Traceback (most recent call last):\\n')\nraise ImportError('numpy.core.multiarray failed to import')\n")
+    env = runner_env(PYTHONPATH=str(tmp_path))
+    line = assert_user_error(live(model, video, env=env), "OpenCV is installed", "does not import",
+                             "numpy.core.multiarray failed to import")
+    assert "pip install opencv" not in line
+    with served(model, tmp_path, "--live", video, "--no-log", env=env) as (_, port):
+        wait_for(lambda: call(port, "GET", "/health")[1].get("live") != "running")
+        status, health = call(port, "GET", "/health")
+        assert status == 200 and health["status"] == "degraded" and health["live"].startswith("failed")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -86,17 +86,30 @@ def test_service_options_are_checked_before_anything_is_copied(tmp_path):
 
 
 @pytest.mark.skipif(HAS_SYSTEMD, reason="this host runs systemd; the no-systemd answer needs a host without it")
-def test_device_without_systemd_gets_one_line_and_keeps_the_deployed_files(tmp_path, edgekit_home):
-    import runner_models
-
-    variant = tmp_path / "variant"
-    runner_models.write_variant(variant, runner_models.convert(runner_models.build_keras_model()))  # deploy loads it
-    line = one_line_error(cli.invoke(app, ["deploy", str(variant), "--device", "desktop", "--service", "serve"]))
+def test_device_without_systemd_gets_one_line_before_anything_is_copied(tmp_path, edgekit_home):
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"stand-in: never copied, never loaded")
+    line = one_line_error(cli.invoke(app, ["deploy", str(model), "--device", "desktop", "--service", "serve"]))
     assert "desktop: this device does not run systemd" in line and "start the runner" in line
-    deployed = list((edgekit_home / "targets" / "desktop" / "models").glob("*/model.tflite"))
-    assert len(deployed) == 1  # the model is there; only the service could not be made
+    workdir = edgekit_home / "targets" / "desktop"
+    assert not list(workdir.rglob("*.tflite")) and not list(workdir.rglob("*.service"))  # the device is untouched
     line = one_line_error(cli.invoke(app, ["deploy", "--device", "desktop", "--remove-service", "live"]))
-    assert "does not run systemd" in line
+    assert "does not run systemd" in line and "no edgekit service to remove" in line
+    assert "can be installed" not in line
+
+
+@pytest.mark.skipif(HAS_SYSTEMD, reason="this host runs systemd; the no-systemd answer needs a host without it")
+def test_a_failed_service_install_leaves_no_unit_file_in_the_workdir(tmp_path):
+    from edgekit.service import install_service
+    from edgekit.transport.targets import make_target
+
+    profile = load_profile(write_profile(tmp_path))
+    target = make_target(profile)
+    target.prepare()
+    with pytest.raises(EdgekitError, match="does not run systemd"):
+        install_service(target, profile, ServiceSpec("serve"), runner=target.path("edgekit_runner.py"),
+                        model=target.path("models/abc/model.tflite"), model_sha256="0" * 64)
+    assert not list(Path(target.workdir).glob("*.service"))
 
 
 def write_profile(tmp_path: Path, **fields) -> Path:

@@ -112,7 +112,6 @@ def device_accuracy(target, variant, remote_model: str, model_args: list, scratc
     per_chunk = max(1, CHUNK_BYTES // (size * size * 3 * 4))
     output = output_info(variant.path)
     to_scores = dequantizer(output)
-    host_predictor = TFLitePredictor(variant.path)
     local = scratch / f"{variant.name}-{ACCURACY_INPUTS}"
     remote = f"inputs/accuracy-{uuid.uuid4().hex[:12]}.npz"  # this pass's own: other bench processes share the device
     device, host, labels, runtime = [], [], [], {}
@@ -125,7 +124,8 @@ def device_accuracy(target, variant, remote_model: str, model_args: list, scratc
                 raise EdgekitError(f"{target.name}: the runner's predict returned {len(report.get('outputs') or [])}"
                                    f" outputs for {len(pixels)} inputs; redeploy the runner (edgekit doctor)")
             device.append(to_scores(np.asarray(report["outputs"], dtype=np.float64)).astype(np.float32))
-            host.append(host_predictor.predict(pixels))
+            # a fresh interpreter per chunk, as the runner's predict has: a stateful model meets the same history
+            host.append(TFLitePredictor(variant.path).predict(pixels))
             labels.append(targets)
             runtime = report.get("runtime") or runtime
     finally:

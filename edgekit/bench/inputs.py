@@ -106,14 +106,23 @@ def _not_a_classifier(model: TFLiteModel) -> str:
 
 def reference_outputs(path: Path, feed: Feed, k: int) -> np.ndarray:
     """What LiteRT on this host answers for the first k samples: the first output, dequantized."""
+    count = min(k, len(feed.pixels) if feed.pixels is not None else min(len(v) for v in feed.tensors.values()))
+    return replayed_outputs(path, feed, list(range(count)))
+
+
+def replayed_outputs(path: Path, feed: Feed, sequence: list[int]) -> np.ndarray:
+    """LiteRT's outputs on this host for the samples at `sequence`, invoked in that order on a fresh interpreter.
+
+    A stateful model (variable tensors: a streaming wake-word model) answers from everything it was
+    fed since it was loaded; replaying the runner's own sequence compares like with like.
+    """
     from edgekit.evaluate import TFLitePredictor
 
     if feed.pixels is not None:
-        return TFLitePredictor(path).predict(feed.pixels[:k]).reshape(min(k, len(feed.pixels)), -1)
+        return TFLitePredictor(path).predict(feed.pixels[sequence]).reshape(len(sequence), -1)
     model = load_model(path, raw=True)
-    count = min(k, *(len(v) for v in feed.tensors.values()))
     rows = []
-    for n in range(count):
+    for n in sequence:
         raw, _ = model.run([feed.tensors[f"input_{i}"][n] for i in range(len(model.inputs))])
         rows.append(dequantize(raw, model.output))
     return np.stack(rows)

@@ -49,7 +49,40 @@ def _threads_cell(row: dict) -> str:
 def _accuracy_cells(row: dict) -> list[str]:
     host = _fmt(row["accuracy"], ".4f") if row.get("accuracy") is not None else "not measured"
     device = row.get("device_accuracy")
-    return [host, _fmt(device, ".4f") if device is not None else "-"]
+    if device is not None:
+        return [host, _fmt(device, ".4f")]
+    return [host, quick_check_note(row) or "-"]
+
+
+def quick_check_note(row: dict) -> str | None:
+    """What the row's device answers rest on when no accuracy pass ran: only the few timing samples.
+
+    A quick check of 8 samples once saw 1 step where the full pass saw 54 steps and 3 flips, so a
+    reader must not take "no drift" from it for more than it is.
+    """
+    check = row.get("output_check") or {}
+    if row.get("device_accuracy") is not None or not check.get("checked"):
+        return None
+    size = (f"{check['max_steps']:g} steps" if check.get("unit") == "quantization steps"
+            else f"{check.get('max_abs_diff', 0):.3g} abs")
+    return f"not measured (quick check only: {check['checked']} samples, max {size})"
+
+
+def environment_lines(rows: list[dict]) -> list[str]:
+    """One compact line per device: the Python, numpy and runtime its latencies were measured with."""
+    seen = {}
+    for row in rows:
+        env = row.get("environment") or {}
+        if env:
+            seen.setdefault(row.get("device"), env)
+    lines = []
+    for device, env in seen.items():
+        cpu = env.get("cpu_model") or env.get("machine") or "?"
+        parts = [f"Python {env.get('python') or '?'}", f"numpy {env.get('numpy') or '?'}",
+                 f"{env.get('runtime') or '?'} {env.get('runtime_version') or ''}".strip(),
+                 f"{env.get('machine') or '?'} ({cpu}, {env.get('cpu_count') or '?'} CPUs)", env.get("os")]
+        lines.append(f"{device}: " + ", ".join(p for p in parts if p))
+    return lines
 
 
 # What a terminal loses first when the table is wider than it (results.md and --wide keep every column).
@@ -75,15 +108,20 @@ def results_markdown(rows: list[dict], width: int | None = None) -> str:
                       flat["n"] or "-", _fmt(row.get("throughput_ips"), ".1f"), _fmt(row.get("peak_rss_mb"), ".0f"),
                       _fmt(row.get("load_ms"), ".1f"), _fmt(row.get("first_ms")), status])
     if width is None:
-        return markdown_table(HEADERS, table)
-    headers, above = list(HEADERS), ""
-    if len(runtimes) == 1 and "-" not in runtimes:
-        column = headers.index("runtime")
-        headers.pop(column)
-        table = [cells[:column] + cells[column + 1:] for cells in table]
-        above = f"runtime: {runtimes.pop()}\n"
-    headers = [{"accuracy (host)": "acc host", "accuracy (device)": "acc device"}.get(h, h) for h in headers]
-    return above + markdown_table(headers, table, width, TERMINAL_DROP, keep=("variant",))
+        markdown = markdown_table(HEADERS, table)
+    else:
+        headers, above = list(HEADERS), ""
+        if len(runtimes) == 1 and "-" not in runtimes:
+            column = headers.index("runtime")
+            headers.pop(column)
+            table = [cells[:column] + cells[column + 1:] for cells in table]
+            above = f"runtime: {runtimes.pop()}\n"
+        headers = [{"accuracy (host)": "acc host", "accuracy (device)": "acc device"}.get(h, h) for h in headers]
+        markdown = above + markdown_table(headers, table, width, TERMINAL_DROP, keep=("variant",))
+    environments = environment_lines(rows)
+    if not environments:
+        return markdown
+    return markdown + "\n\n" + "\n".join(f"- environment of {line}" for line in environments) + "\n"
 
 
 def inputs_note(rows: list[dict]) -> str:

@@ -9,6 +9,7 @@ accuracy and latency are known to describe the same bytes. A failed variant beco
 from __future__ import annotations
 
 import logging
+import platform
 import re
 import tempfile
 import time
@@ -148,14 +149,25 @@ def make_feed(variant: BenchModel, out: Path, settings: BenchSettings) -> inputs
     return inputs.generated(model, out, min(settings.max_images, 16))
 
 
-def _compare_outputs(report: dict, reference: np.ndarray, output: dict) -> dict:
-    """The outputs the runner recorded while timing against LiteRT on the host, in quantization steps."""
+def _compare_outputs(report: dict, reference: np.ndarray, output: dict, variant_path: Path | None = None,
+                     feed=None) -> dict:
+    """The outputs the runner recorded while timing against LiteRT on the host, in quantization steps.
+
+    A runner that reports its invoke `sequence` is compared with the host replaying that sequence, so a
+    stateful model's outputs after warm-up and earlier samples meet the same history on both sides.
+    """
     recorded = report.get("outputs") or []
     if not recorded or reference is None:
         return {"checked": 0}
+    sequence = report.get("sequence")
+    if variant_path is not None and sequence and all("position" in o for o in recorded):
+        reference = inputs.replayed_outputs(variant_path, feed, [int(n) for n in sequence])
+        rows = [o["position"] for o in recorded]
+    else:
+        rows = [o["index"] for o in recorded]
     width = min(len(recorded[0]["output"]), reference.shape[1])
     raw = np.asarray([o["output"][:width] for o in recorded], dtype=np.float64)
-    expected = reference[[o["index"] for o in recorded]][:, :width]
+    expected = reference[rows][:, :width]
     return accuracy.compare(dequantizer(output)(raw), expected, output)
 
 
@@ -210,11 +222,42 @@ def _fill_row(row: dict, report: dict, check: dict, profile: DeviceProfile) -> N
         row["warning"] = f"p50 {latency['p50']:.2f} ms is far from the reference {reference} ms for {profile.name}"
 
 
+def host_runtime() -> dict:
+    """What the host's accuracy pass ran with: the runtime, its version and the machine."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("ai-edge-litert")
+    except PackageNotFoundError:
+        found = None
+    return {"runtime": HOST_RUNTIME, "runtime_version": found, "machine": platform.machine()}
+
+
+def differs_from_host(row: dict, host: dict | None = None) -> list[str]:
+    """How the row's device computes differently from the host's accuracy pass (empty: the same way).
+
+    Only the runtime's name used to count, so LiteRT 2.1 on a Pi against LiteRT 2.3 on the host got no
+    accuracy pass although its kernels differ; the version, a delegate and the architecture count too.
+    """
+    host = host or host_runtime()
+    machine = (row.get("environment") or {}).get("machine")
+    reasons = []
+    if row.get("runtime") != host["runtime"]:
+        reasons.append(f"runtime {row.get('runtime')} (host {host['runtime']})")
+    elif host["runtime_version"] and row.get("runtime_version") != host["runtime_version"]:
+        reasons.append(f"{row.get('runtime')} {row.get('runtime_version')} (host {host['runtime_version']})")
+    if row.get("delegate", "none") != "none":
+        reasons.append(f"delegate {row['delegate']}")
+    if machine and machine != host["machine"]:
+        reasons.append(f"{machine} (host {host['machine']})")
+    return reasons
+
+
 def _wants_device_accuracy(row: dict, variant: BenchModel, settings: BenchSettings) -> bool:
-    """When the device ran another runtime or a delegate than the host's pass, or the user asked."""
+    """When the device computes differently from the host's pass (differs_from_host), or the user asked."""
     if row["status"] == "error" or variant.manifest is None or not variant.manifest.dataset:
         return False
-    return bool(settings.accuracy_samples) or row.get("runtime") != HOST_RUNTIME or row["delegate"] != "none"
+    return bool(settings.accuracy_samples) or bool(differs_from_host(row))
 
 
 def _add_device_accuracy(row: dict, found: dict) -> None:
@@ -346,7 +389,7 @@ def _bench_variant(prepared: Prepared, variant: BenchModel, profile: DeviceProfi
                 report = target.run_runner(args + model_args, timeout=settings.timeout_s, check=False)
                 if report.get("error") and not report.get("latency_ms"):
                     raise EdgekitError(_delegate_message(delegate, report["error"]))
-                _fill_row(row, report, _compare_outputs(report, reference, output), profile)
+                _fill_row(row, report, _compare_outputs(report, reference, output, variant.path, feed), profile)
                 row["paired"] = _paired(report, prepared.baseline)
                 if found is None and _wants_device_accuracy(row, variant, settings):
                     found = accuracy.device_accuracy(target, variant, remote_model,

@@ -170,17 +170,21 @@ def deploy(
 @user_errors
 def doctor(
     device: DeviceOption = "desktop",
+    fix: Annotated[bool, typer.Option("--fix", help="Install what is missing into the profile's `venv:` on the "
+                                                    "device (pip, keeping the system's numpy), then check again.")
+                   ] = False,
     accept_new_host_key: AcceptKeyOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """What a device has (Python, numpy, interpreters, Edge TPU runtime, cores, memory) and what is missing.
 
     $ edgekit doctor --device pi
+    $ edgekit doctor --device pi --fix
     """
     from edgekit.deploy import doctor as run_doctor
     from edgekit.devices import load_profile
 
-    report = run_doctor(load_profile(device), accept_new_host_key=accept_new_host_key)
+    report = run_doctor(load_profile(device), accept_new_host_key=accept_new_host_key, fix=fix)
     emit(report, as_json, _doctor_text(report))
     if not report.get("ok", True):
         raise typer.Exit(1)

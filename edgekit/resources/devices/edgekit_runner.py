@@ -108,14 +108,16 @@ SAMPLE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "B
                      "TIFF": "tif"}
 RUNTIMES = ("litert", "tflite_runtime", "tf.lite")
 VENV = "~/edgekit/venv"  # what `edgekit deploy`/`doctor` create on a device whose Python is externally managed
-# pip name, Debian package (for a system Python under PEP 668) of what the runner may need
+TFLRT_VENV = "~/edgekit/tflite-runtime-venv"  # tflite-runtime's own: it needs numpy<2
+# pip requirements, Debian package (for a system Python under PEP 668) of what the runner may need
 PACKAGES = {
-    "litert": ("ai-edge-litert", None),
-    "tflite_runtime": ('tflite-runtime "numpy<2"', None),
-    "tf.lite": ("tensorflow", None),
-    "numpy": ("numpy", "python3-numpy"),
-    "pillow": ("pillow", "python3-pil"),
-    "opencv": ("opencv-python-headless", "python3-opencv"),
+    "litert": (("ai-edge-litert",), None),
+    "tflite_runtime": (("tflite-runtime", "numpy<2"), None),
+    "tf.lite": (("tensorflow",), None),
+    "numpy": (("numpy",), "python3-numpy"),
+    "pillow": (("pillow",), "python3-pil"),
+    "opencv": (("opencv-python-headless",), "python3-opencv"),
+    "picamera2": (("picamera2",), "python3-picamera2"),
 }
 
 
@@ -128,21 +130,85 @@ def externally_managed() -> bool:
     return not in_venv and os.path.isfile(marker)
 
 
+def debian_python() -> bool:
+    """The system Python is Debian's (PEP 668 marker), so apt's numpy, Pillow, OpenCV and Picamera2 fit it;
+    true inside a venv made from it too, which sees them with --system-site-packages."""
+    import sysconfig
+
+    return os.path.isfile(os.path.join(sysconfig.get_paths().get("stdlib", ""), "EXTERNALLY-MANAGED"))
+
+
+def shell_word(word: str) -> str:
+    """`word` as a shell reads it back, leaving a leading ~/ unquoted so the shell still expands it."""
+    import re
+    import shlex
+
+    return word if re.fullmatch(r"~?[\w@%+=:,./-]+", word) else shlex.quote(word)
+
+
+def command_line(*argv: str) -> str:
+    return " ".join(shell_word(word) for word in argv)
+
+
+def system_numpy() -> str | None:
+    """The numpy version the system (apt) provides, as seen from here: a venv's own numpy may hide it.
+
+    Debian's python3-numpy is what apt's OpenCV and Picamera2 are built against; a pip-installed
+    numpy 2 in a --system-site-packages venv shadows it and they fail with `_ARRAY_API not found`.
+    """
+    import glob
+
+    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+    for entry in sys.path:
+        if not entry or (in_venv and os.path.abspath(entry).startswith(os.path.abspath(sys.prefix) + os.sep)):
+            continue
+        for info in sorted(glob.glob(os.path.join(entry, "numpy-*.*-info"))):
+            version = os.path.basename(info)[len("numpy-"):].rsplit(".", 1)[0].split("-")[0]
+            if version:
+                return version
+    return None if in_venv else getattr(np, "__version__", None)
+
+
 def install_hints() -> dict:
-    """One install line per package that works for this very interpreter, PEP 668 included."""
+    """Install commands per package that work for this very interpreter, PEP 668 included.
+
+    Each value is one or more shell commands, one per line, that paste as they are: no prose, no
+    trailing punctuation. The numpy already here is kept (pinned), since replacing it breaks what was
+    built against it (apt's OpenCV; TensorFlow in the desktop's environment).
+    """
     python = sys.executable or "python3"
+    keep = system_numpy() or getattr(np, "__version__", None)
+    pin = (f"numpy=={keep}",) if keep else ()
     hints = {}
-    for name, (pip_name, apt_name) in PACKAGES.items():
-        if not externally_managed():
-            hints[name] = f"{python} -m pip install {pip_name}"
-        elif apt_name:
-            hints[name] = f"sudo apt install {apt_name}"
+    for name, (requirements, apt_name) in PACKAGES.items():
+        if name == "litert":
+            requirements = requirements + pin
+        if name == "tflite_runtime" and needs_own_venv(keep):  # never downgrade numpy under TensorFlow
+            hints[name] = "\n".join([command_line("python3", "-m", "venv", TFLRT_VENV),
+                                     command_line(f"{TFLRT_VENV}/bin/python", "-m", "pip", "install",
+                                                  *requirements, "pillow")])
+        elif apt_name and (debian_python() or name == "picamera2"):  # Picamera2 needs apt's libcamera
+            hints[name] = command_line("sudo", "apt", "install", apt_name)
+        elif not externally_managed():
+            hints[name] = command_line(python, "-m", "pip", "install", *requirements)
         else:  # pip only: a venv that still sees apt's numpy, Pillow and picamera2
-            hints[name] = (f"python3 -m venv --system-site-packages {VENV} && {VENV}/bin/python -m pip install "
-                           f"{pip_name}, then run this runner with {VENV}/bin/python")
-    hints["edgetpu"] = ("sudo apt-get install libedgetpu1-std (Coral apt repository: "
-                        "https://coral.ai/software/)")
+            hints[name] = "\n".join([command_line("python3", "-m", "venv", "--system-site-packages", VENV),
+                                     command_line(f"{VENV}/bin/python", "-m", "pip", "install", *requirements)])
+    hints["edgetpu"] = command_line("sudo", "apt-get", "install", "libedgetpu1-std")
     return hints
+
+
+def needs_own_venv(numpy_version: str | None) -> bool:
+    """tflite-runtime needs numpy<2: where numpy 2 or TensorFlow lives, it goes into a venv of its own."""
+    import importlib.util
+
+    major = (numpy_version or "0").split(".")[0]
+    return (major.isdigit() and int(major) >= 2) or importlib.util.find_spec("tensorflow") is not None
+
+
+def inline(hint: str) -> str:
+    """A hint inside a one-line message: its commands joined with && (still one pasteable line)."""
+    return " && ".join(hint.splitlines())
 
 
 INSTALL = install_hints()
@@ -220,14 +286,14 @@ def utc_now() -> str:
 
 def require_numpy() -> None:
     if np is None:
-        raise RunnerError(f"numpy is not installed for {sys.executable}: {INSTALL['numpy']}")
+        raise RunnerError(f"numpy is not installed for {sys.executable}: {inline(INSTALL['numpy'])}")
 
 
 def require_pillow() -> None:
     try:
         from PIL import Image
     except ImportError:
-        raise RunnerError(f"Pillow is not installed for {sys.executable}: {INSTALL['pillow']}") from None
+        raise RunnerError(f"Pillow is not installed for {sys.executable}: {inline(INSTALL['pillow'])}") from None
     Image.init()  # loads every format plugin now, or the first image's latency would include ~50 ms of it
 
 
@@ -265,8 +331,8 @@ def choose_runtime(requested: str | None) -> str:
     if requested:
         package = {"litert": "ai_edge_litert", "tf.lite": "tensorflow"}.get(requested, requested)
         if importlib.util.find_spec(package) is None:
-            raise RunnerError(f"--runtime {requested}: not installed for {sys.executable}; "
-                              f"{INSTALL[requested]}")
+            raise RunnerError(f"--runtime {requested}: not installed for {sys.executable}: "
+                              f"{inline(INSTALL[requested])}")
         return requested
     for name in RUNTIMES[:2]:
         try:
@@ -276,7 +342,7 @@ def choose_runtime(requested: str | None) -> str:
             continue
     if importlib.util.find_spec("tensorflow") is not None:
         return "tf.lite"
-    raise RunnerError(f"no TFLite interpreter is installed for {sys.executable}: {INSTALL['litert']}")
+    raise RunnerError(f"no TFLite interpreter is installed for {sys.executable}: {inline(INSTALL['litert'])}")
 
 
 def get_runtime(name: str) -> Runtime:
@@ -285,7 +351,7 @@ def get_runtime(name: str) -> Runtime:
     except RunnerError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise RunnerError(f"--runtime {name}: cannot be imported ({one_line(exc)}); {INSTALL[name]}") \
+        raise RunnerError(f"--runtime {name}: cannot be imported ({one_line(exc)}): {inline(INSTALL[name])}") \
             from None
 
 
@@ -629,7 +695,8 @@ class Model:
                 delegates.append(load_delegate(found, self.delegate))
             except RunnerError as exc:
                 if require_delegate:
-                    raise RunnerError(f"--delegate {exc}; {INSTALL['edgetpu']}, or drop --delegate") from None
+                    raise RunnerError(f"--delegate {exc}; drop --delegate, or install the Edge TPU runtime (Coral apt "
+                                      f"repository, https://coral.ai/software/): {INSTALL['edgetpu']}") from None
                 self.delegate_error = str(exc)
         try:
             interpreter = make_interpreter(found, content, self.threads, delegates)
@@ -1790,7 +1857,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _health(self, started: float) -> dict:
         live = self.app.live_state
-        return {"status": "ok", **({"live": live} if live else {})}
+        # serve --live whose source failed (no OpenCV, camera gone) still answers /predict, but is not
+        # what was asked for: a monitor must see that, not `ok`
+        status = "degraded" if live and live.startswith("failed") else "ok"
+        return {"status": status, **({"live": live} if live else {})}
 
     def _stats(self, started: float) -> dict:
         app = self.app
@@ -1970,11 +2040,19 @@ Frame = namedtuple("Frame", "source time_s pixels data")  # RGB uint8 pixels, or
 
 
 def require_opencv():
+    noise = io.StringIO()  # numpy 2 prints a warning and a traceback of its own before cv2 fails to import
     try:
-        import cv2
-    except ImportError:
-        raise RunnerError(f"OpenCV is not installed for {sys.executable}; cameras, video files and streams need "
-                          f"it: {INSTALL['opencv']}") from None
+        with contextlib.redirect_stderr(noise):
+            import cv2
+    except ImportError as exc:
+        if exc.name == "cv2" or "No module named 'cv2'" in str(exc):
+            raise RunnerError(f"OpenCV is not installed for {sys.executable}; cameras, video files and streams "
+                              f"need it: {inline(INSTALL['opencv'])}") from None
+        fix = numpy_fix()  # apt's OpenCV under a venv whose numpy 2 hides apt's numpy 1.x
+        hidden = (f"; numpy {np.__version__} here hides the system's numpy {system_numpy()} it was built "
+                  f"against: {fix}" if fix else "")
+        raise RunnerError(f"OpenCV is installed for {sys.executable} but does not import ({one_line(exc)}){hidden}"
+                          ) from None
     return cv2
 
 
@@ -2442,8 +2520,12 @@ def run_bench(args, result: dict) -> None:
     result["input"].update(source=args.inputs or args.images, count=len(inputs),
                            kind="raw tensors" if args.inputs else "images")
     _, result["first_ms"] = model.run(inputs[0])
+    # Every input invoked since loading, in order, up to the last recorded output: a stateful model's
+    # (a streaming wake-word model's) output depends on them all, so the host replays this sequence.
+    sequence = [0]
     for i in range(args.warmup):
         model.run(inputs[(i + 1) % len(inputs)])
+        sequence.append((i + 1) % len(inputs))
     latencies, outputs = [], []
     start = time.perf_counter()
     while len(latencies) < args.runs or time.perf_counter() - start < args.min_seconds:
@@ -2451,15 +2533,16 @@ def run_bench(args, result: dict) -> None:
         raw, invoke_ms = model.run(inputs[i])
         latencies.append(invoke_ms)
         if len(outputs) < min(SAMPLE_OUTPUTS, len(inputs)) and len(latencies) <= len(inputs):
-            outputs.append({"index": i, "source": sources[i], "argmax": int(np.argmax(raw)),
-                            "output": output_sample(raw)})
+            outputs.append({"index": i, "position": len(sequence), "source": sources[i],
+                            "argmax": int(np.argmax(raw)), "output": output_sample(raw)})
+            sequence.append(i)
     wall = time.perf_counter() - start
     values = np.asarray(latencies)
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
     result.update(warmup=args.warmup, wall_s=wall, throughput_ips=len(values) / wall, latency_ms={
         "n": len(values), "mean": float(values.mean()), "std": float(values.std()), "p50": float(p50),
         "p90": float(p90), "p99": float(p99), "min": float(values.min()), "max": float(values.max())})
-    result["outputs"] = outputs
+    result["outputs"], result["sequence"] = outputs, sequence
     if args.versus:
         result["versus"] = paired_rounds(args, model, inputs)
 
@@ -2660,24 +2743,80 @@ def probe_edgetpu(runtime: str | None) -> dict:
     return report
 
 
+FEATURES = {"opencv": ("cv2", "cameras, video files and streams (live)"),
+            "picamera2": ("picamera2", "the Raspberry Pi camera (live picamera)")}
+
+
+def probe_features() -> dict:
+    """Import OpenCV and Picamera2 in children, as `live` would: installed, absent, or installed but broken.
+
+    Broken is the case that matters: apt's OpenCV under a venv whose pip-installed numpy 2 hides apt's
+    numpy 1.x fails with `_ARRAY_API not found`, which is not fixed by installing OpenCV again.
+    """
+    children = {name: subprocess.Popen([sys.executable, "-c", f"import {module}; print(getattr({module}, "
+                                        f"'__version__', 'installed'))"], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+                for name, (module, _) in FEATURES.items()}
+    found = {}
+    for name, child in children.items():
+        module, used_for = FEATURES[name]
+        try:
+            out, err = child.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
+        lines = out.strip().splitlines()
+        tail = [line.strip() for line in err.splitlines() if line.strip()]
+        error = None if child.returncode == 0 and lines else (tail[-1] if tail else f"exit code {child.returncode}")
+        absent = error is not None and f"No module named '{module}'" in error
+        found[name] = {"available": error is None, "version": lines[-1] if error is None else None,
+                       "installed": not absent, "error": error, "used_for": used_for,
+                       "install": INSTALL[name] if absent else numpy_fix()}
+    return found
+
+
+def numpy_fix() -> str | None:
+    """The command that makes the system's numpy visible again where a venv's own numpy hides it."""
+    system, here = system_numpy(), getattr(np, "__version__", None)
+    if system and here and system != here:
+        return command_line(sys.executable, "-m", "pip", "uninstall", "-y", "numpy")
+    return None
+
+
 def cmd_doctor(args) -> int:
-    report = {"runner_version": RUNNER_VERSION, "executable": sys.executable, **device_info(), "pillow": None}
+    report = {"runner_version": RUNNER_VERSION, "executable": sys.executable, **device_info(), "pillow": None,
+              "numpy_system": system_numpy(), "externally_managed": externally_managed()}
     with contextlib.suppress(ImportError):
         import PIL
 
         report["pillow"] = PIL.__version__
     report["runtimes"] = probe_runtimes()
+    report["features"] = probe_features()
     usable = [r["name"] for r in report["runtimes"] if r["available"]]
     report["selected_runtime"] = usable[0] if usable else None
     report["edgetpu"] = probe_edgetpu(report["selected_runtime"])
-    missing = [INSTALL[name] for name in ("numpy", "pillow") if report[name] is None]
+    missing = [line for name in ("numpy", "pillow") if report[name] is None for line in INSTALL[name].splitlines()]
     if not usable:
-        missing.append(f"{INSTALL['litert']} (or {INSTALL['tflite_runtime']})")
-    report["missing"] = missing
+        missing += INSTALL["litert"].splitlines()
+    report["missing"] = missing  # shell commands, one per item, in order
+    report["warnings"] = doctor_warnings(report)
     print(json.dumps(report, indent=2) if args.json else format_doctor(report))
     if missing:
-        raise RunnerError(f"this device cannot run models yet: {'; '.join(missing)}")
+        raise RunnerError(f"this device cannot run models yet; run: {' && '.join(missing)}")
     return 0
+
+
+def doctor_warnings(report: dict) -> list:
+    """Installed but broken: a feature that does not import, a venv numpy that hides the system's."""
+    warnings = []
+    if report["numpy_system"] and report["numpy"] and report["numpy_system"] != report["numpy"]:
+        warnings.append(f"numpy {report['numpy']} in {sys.prefix} hides the system's numpy {report['numpy_system']} "
+                        f"that apt's OpenCV and Picamera2 are built against; run: {numpy_fix()}")
+    for name, feature in report["features"].items():
+        if feature["installed"] and not feature["available"]:
+            fix = f"; run: {feature['install']}" if feature["install"] else ""
+            warnings.append(f"{name} is installed but does not import ({feature['error']}){fix}")
+    return warnings
 
 
 def format_doctor(report: dict) -> str:
@@ -2685,19 +2824,30 @@ def format_doctor(report: dict) -> str:
              f"machine         {report['system']} {report['machine']}, {report['cpu_count']} CPUs"
              f"{' (' + report['cpu_model'] + ')' if report['cpu_model'] else ''}, "
              f"{report['memory_total_mb'] or '?'} MB memory",
-             f"numpy           {report['numpy'] or 'missing: ' + INSTALL['numpy']}",
-             f"pillow          {report['pillow'] or 'missing: ' + INSTALL['pillow']}"]
+             f"numpy           {report['numpy'] or 'missing'}",
+             f"pillow          {report['pillow'] or 'missing'}"]
     for runtime in report["runtimes"]:
         used = "  <- used" if runtime["name"] == report["selected_runtime"] else ""
-        state = (runtime["version"] if runtime["available"]
-                 else f"missing ({runtime['error']}): {runtime['install']}")
+        state = runtime["version"] if runtime["available"] else f"missing ({runtime['error']}), install with:"
         lines.append(f"{runtime['name']:<15} {state}{used}")
+        lines += [] if runtime["available"] else [f"    {line}" for line in runtime["install"].splitlines()]
+    for name, feature in report["features"].items():
+        state = feature["version"] if feature["available"] else (
+            f"broken ({feature['error']})" if feature["installed"] else f"not installed (for {feature['used_for']})")
+        lines.append(f"{name:<15} {state}")
+        lines += [] if feature["available"] or not feature["install"] else [
+            f"    {line}" for line in feature["install"].splitlines()]
     edgetpu = report["edgetpu"]
     if edgetpu["loads"]:
         state = "Edge TPU found" if edgetpu["device"] else f"library loads, no Edge TPU ({edgetpu['error']})"
     else:
-        state = f"missing ({edgetpu['error']}): {edgetpu['install']}"
+        state = f"missing ({edgetpu['error']}); from the Coral apt repository (https://coral.ai/software/):"
     lines.append(f"edgetpu         {state}")
+    lines += [] if edgetpu["loads"] else [f"    {edgetpu['install']}"]
+    if report["missing"]:
+        lines += ["", "this device cannot run models yet; run these commands:"] + [
+            f"    {line}" for line in report["missing"]]
+    lines += [f"warning: {line}" for line in report["warnings"]]
     return "\n".join(lines)
 
 
