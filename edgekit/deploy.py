@@ -15,7 +15,7 @@ from edgekit.certificate import ensure_certificate
 from edgekit.device_python import ensure_venv, fix_requirements
 from edgekit.device_python import fix as fix_device
 from edgekit.device_state import CurrentModel, read_current, write_current
-from edgekit.devices import RUNNER_NAME, DeviceProfile, runner_path
+from edgekit.devices import RUNNER_NAME, SHIPPED_DIR, DeviceProfile, runner_path, user_devices_dir
 from edgekit.errors import EdgekitError
 from edgekit.service import check_service_possible, install_service
 from edgekit.transport.targets import make_target
@@ -192,7 +192,6 @@ def _next_steps(profile: DeviceProfile, report: dict) -> list[str]:
 
 def _device_argument(profile: DeviceProfile) -> str:
     """What to pass as --device: the name for a shipped or $EDGEKIT_HOME/devices profile, else its file."""
-    from edgekit.devices import SHIPPED_DIR, user_devices_dir
 
     source = Path(profile.source) if profile.source else None
     if source is None or source.resolve().parent in (SHIPPED_DIR, user_devices_dir().resolve()):

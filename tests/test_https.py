@@ -201,6 +201,7 @@ def test_deploy_tls_over_ssh_makes_the_key_on_the_device_and_records_the_fingerp
         return {"unit": spec.unit_name, "state": "active"}
 
     monkeypatch.setattr(edgekit.deploy, "install_service", install)
+    monkeypatch.setattr(edgekit.deploy, "check_service_possible", lambda target, spec: None)  # nor here
     runner = tmp_path / "stand_in_runner.py"
     runner.write_text("import json\nprint(json.dumps({'name': 'stand-in', 'version': '0'}))\n")
     model = tmp_path / "m.tflite"
