@@ -310,7 +310,8 @@ def _assert_finds_the_flips(issues: list[dict], truth, flipped: set[int]) -> Non
     assert precision >= 0.7 and recall >= 0.65 and chance < 1e-30, (precision, recall, chance)
     top = listed[:len(flipped) // 2]  # most doubtful first: the top of the list is almost all flips
     assert sum(i in flipped for i in top) >= 0.9 * len(top), top
-    assert sum(issues[k]["suggested"] == truth[i] for k, i in enumerate(listed) if i in found) >= 0.85 * len(found)
+    right = sum(issues[k]["suggested"] == truth[i] for k, i in enumerate(listed) if i in found)
+    assert right >= 0.85 * len(found), f"the true class suggested for {right} of {len(found)} found flips"
 
 
 def test_label_issues_find_known_flips_in_synthetic_probabilities():

@@ -120,7 +120,9 @@ def test_live_watched_folder_classifies_new_files_and_stops_cleanly_on_sigterm(m
                                     str(db), "--log-policy", "all"], stdout=handle, stderr=subprocess.PIPE,
                                    text=True, env=runner_env())
     try:
-        time.sleep(1.0)  # let it list the folder first
+        # files there when it lists the folder are old: wait for the log, opened just before the listing
+        wait_for(db.exists)
+        time.sleep(1.0)
         for n, colour in enumerate(("blue", "green")):
             part = inbox / f"new{n}.jpg.part"
             part.write_bytes(jpeg(frame(colour)))  # written under a temporary name, then renamed
@@ -166,7 +168,10 @@ def test_serve_caps_decodes_times_out_stalled_uploads_and_truncates_echoes(model
         assert busy.status == 503 and busy.getheader("Retry-After") == "1"
         assert "--max-decodes" in json.loads(busy.read())["error"]
         stalled.settimeout(10)
-        answer = stalled.recv(4096).decode()
+        answer = b""  # the headers and the body can come in separate reads
+        while b"--read-timeout" not in answer and (chunk := stalled.recv(4096)):
+            answer += chunk
+        answer = answer.decode()
         assert answer.startswith("HTTP/1.0 408") and "--read-timeout" in answer
         stalled.close()
         status, body = call(port, "POST", "/predict", jpeg(frame("red")))  # the slot is free again
