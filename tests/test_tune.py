@@ -361,8 +361,47 @@ def test_unsatisfiable_budget_names_the_constraint_and_the_closest_candidate(tmp
 # ---------------------------------------------------------------- several workers, one study
 
 
+# Runs `edgekit tune` with Optuna's Study.ask wrapped: after creating its first trial (RUNNING in the
+# database), the worker leaves a file in BARRIER and waits until the other worker has left one too (or
+# TIMEOUT seconds pass). Test code only: the product runs unchanged inside the same process.
+BARRIER_WORKER = """
+import runpy, sys, time
+from pathlib import Path
+
+import optuna.study
+
+barrier, me, timeout = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+sys.argv = ["edgekit", *sys.argv[4:]]
+ask = optuna.study.Study.ask
+waited = []
+
+
+def ask_then_wait(self, *args, **kwargs):
+    trial = ask(self, *args, **kwargs)
+    if not waited:
+        waited.append(trial.number)
+        (barrier / me).write_text(str(trial.number))
+        deadline = time.time() + timeout
+        while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+    return trial
+
+
+optuna.study.Study.ask = ask_then_wait
+runpy.run_module("edgekit.cli", run_name="__main__")
+"""
+
+
 @pytest.mark.slow
-def test_two_workers_share_one_postgresql_study_and_each_trial_appears_once(tmp_path, digits_folder):
+def test_two_workers_share_one_postgresql_study_and_run_trials_at_the_same_time(tmp_path, digits_folder):
+    """Two `tune --join` processes on one study: both run trials, with overlapping trial windows, and
+    together make exactly the study's trials, each once.
+
+    A worker that starts late on a loaded machine could find the study already full, so each worker
+    waits, inside its first trial, for the other to have a trial running too (BARRIER_WORKER). That
+    makes the overlap certain if the product lets two workers run at once; one that serialised them
+    (a lock around trials) would leave the other worker outside until the timeout, and fail here.
+    """
     url = os.environ.get("EDGEKIT_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("EDGEKIT_TEST_POSTGRES_URL is unset: start a server with `eval \"$(.ci/start-postgres)\"` "
@@ -377,8 +416,11 @@ def test_two_workers_share_one_postgresql_study_and_each_trial_appears_once(tmp_
     create(tmp_path / "origin", config, url, name)
     env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEKIT_HOME": str(tmp_path / "home"),
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    workers = [subprocess.Popen([sys.executable, "-m", "edgekit.cli", "tune", "--join", name, "--storage", url,
-                                 "--trials", "4", "--out", str(tmp_path / f"worker{i}"), "--json"],
+    (tmp_path / "worker.py").write_text(BARRIER_WORKER)
+    (tmp_path / "barrier").mkdir()
+    workers = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "barrier"), str(i),
+                                 "600", "tune", "--join", name, "--storage", url, "--trials", "4",
+                                 "--out", str(tmp_path / f"worker{i}"), "--json"],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for i in range(2)]
     outputs = [w.communicate(timeout=900) for w in workers]
@@ -388,11 +430,15 @@ def test_two_workers_share_one_postgresql_study_and_each_trial_appears_once(tmp_
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # each trial once, no gaps
     assert len({t._trial_id for t in trials}) == len(trials) == 4
-    # Every trial was run by one of these two workers. Not asserted: that both got one. A worker that
-    # starts late on a loaded machine can find the study full, which is correct (the full suite once
-    # failed here that way).
-    pids = {t.user_attrs["worker"].rpartition(":")[2] for t in trials}
-    assert pids and pids <= {str(w.pid) for w in workers}
+    by_worker: dict[str, list] = {}
+    for trial in trials:
+        by_worker.setdefault(trial.user_attrs["worker"].rpartition(":")[2], []).append(trial)
+    assert set(by_worker) == {str(w.pid) for w in workers}, {p: [t.number for t in ts] for p, ts in by_worker.items()}
+    first, second = by_worker.values()
+    windows = [(a.number, b.number) for a in first for b in second
+               if a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete]
+    assert windows, [(t.number, t.user_attrs["worker"], str(t.datetime_start), str(t.datetime_complete))
+                     for t in trials]
     for i in range(2):  # both workers wrote the report from the shared study
         assert len(_trials(tmp_path / f"worker{i}")) >= 3
 
