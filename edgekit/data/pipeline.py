@@ -80,8 +80,16 @@ def iter_pixel_batches(images: ImageSet, image_size: int, batch_size: int = 128)
 
     What evaluation, compression and bench iterate instead of one array the size of the dataset.
     """
-    for x, y in make_pipeline(images, image_size, batch_size):
-        yield x.numpy(), y.numpy()
+    from edgekit.compat import tf
+
+    try:
+        for x, y in make_pipeline(images, image_size, batch_size):
+            yield x.numpy(), y.numpy()
+    except tf.errors.OpError as exc:
+        line = pixelcache.damage_line(exc)
+        if line is None:
+            raise
+        raise pixelcache.DamagedShard(line) from None
 
 
 def load_pixels(images: ImageSet, image_size: int, batch_size: int = 256) -> np.ndarray:
