@@ -193,9 +193,9 @@ def _build(directory: Path, count: int, image_size: int, fingerprint: str,
     scratch = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     shards: list[dict] = []
     handle, digest, in_shard, written = None, None, 0, 0
-    log.info("decoding %d images once at %d px into the pixel cache %s", count, image_size, directory)
     try:
-        with progress(count, "decoding once") as bar:
+        with progress(count, f"decoding once at {image_size} px", f" (into the pixel cache {directory})",
+                      unit="image(s)") as bar:
             for batch in decoded_batches():
                 batch = np.ascontiguousarray(batch, dtype=np.float32)
                 start = 0
