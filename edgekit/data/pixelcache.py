@@ -21,6 +21,7 @@ turns it off; `EDGEKIT_CACHE_LIMIT` (`--cache-limit`) bounds it, evicting the le
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -30,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -52,6 +54,11 @@ SHARD_BYTES = 32 << 20  # a shard is read whole; a few of them in flight bound t
 
 def pixels_root() -> Path:
     return edgekit_home() / "cache" / "pixels"
+
+
+def staged_root() -> Path:
+    """The scratch files of `Staged`, apart from the entries (each process's own, deleted when it ends)."""
+    return edgekit_home() / "cache" / "staged"
 
 
 def decoder_fingerprint(sources: list[Path]) -> str:
@@ -143,6 +150,131 @@ def damage_line(exc: BaseException) -> str | None:
     """The one-line message of a damaged shard found mid-pass (TensorFlow wraps it in its own error)."""
     match = re.search(rf"pixel cache entry \S+ {DAMAGED}[^\n]*", str(exc))
     return match.group(0) if match else None
+
+
+class Staged:
+    """Pixels the scan decoded for its verdicts, at the image size a run trains at, kept in one scratch file
+    of this process until the pipeline builds its cache entries from them (`staged_batches`).
+
+    The scan's check is the pipeline's own decode, so its pixels are the entry's pixels: a first `train`
+    then reads and decodes each file once instead of once to check it and again to fill the cache. The
+    scratch file is this process's alone (a later process finds the finished entries), is deleted when the
+    process ends, and every row is checked against its checksum when it is copied into an entry.
+    """
+
+    def __init__(self, image_size: int):
+        self.image_size, self.per_image = image_size, image_size * image_size * 3 * 4
+        self.rows: dict[str, tuple[int, int, bool, int, str]] = {}  # path -> size, mtime_ns, tf_ok, row, xxh3
+        self.lock = threading.Lock()
+        self.file: Path | None = None
+        self.handle = None
+        self.failed = False
+
+    def put(self, path: str, stat: os.stat_result, tf_ok: bool, pixels: np.ndarray) -> None:
+        data = np.ascontiguousarray(pixels, dtype=np.float32).tobytes()
+        if len(data) != self.per_image:
+            return
+        with self.lock:
+            if self.failed:
+                return
+            try:
+                if self.handle is None:
+                    staged_root().mkdir(parents=True, exist_ok=True)
+                    fd, name = tempfile.mkstemp(prefix=f"{os.getpid()}-{self.image_size}-", suffix=".f32",
+                                                dir=staged_root())
+                    self.file, self.handle = Path(name), os.fdopen(fd, "wb")
+                    atexit.register(self.close)
+                self.handle.write(data)
+                self.rows[path] = (stat.st_size, stat.st_mtime_ns, bool(tf_ok), len(self.rows),
+                                   xxhash.xxh3_64_hexdigest(data))
+            except OSError as exc:
+                self.failed = True
+                log.warning("pixel cache: cannot keep the scan's pixels in %s (%s); the cache is filled by "
+                            "decoding the files again", staged_root(), exc.strerror or exc)
+                self.close()
+
+    def batches(self, paths: list[str], tf_decodable: list[bool], batch: int = 64):
+        """A `decoded_batches` for open_or_build when every file is staged unchanged, else None."""
+        with self.lock:
+            if self.failed or self.handle is None:
+                return None
+            try:
+                self.handle.flush()
+                if not self.file.is_file():
+                    return None
+                rows = []
+                for path, ok in zip(paths, tf_decodable):
+                    stat, staged = os.stat(path), self.rows.get(path)
+                    if staged is None or staged[:3] != (stat.st_size, stat.st_mtime_ns, bool(ok)):
+                        return None
+                    rows.append(staged)
+            except OSError:
+                return None
+            file = self.file
+        size = self.image_size
+
+        def read():
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                for start in range(0, len(rows), batch):
+                    out = np.empty((min(batch, len(rows) - start), size, size, 3), np.float32)
+                    for i, (*_, row, digest) in enumerate(rows[start:start + batch]):
+                        data = os.pread(fd, self.per_image, row * self.per_image)
+                        if xxhash.xxh3_64_hexdigest(data) != digest:
+                            raise EdgekitError(f"pixel cache: the scan's pixels in {file} {DAMAGED} (row {row} "
+                                               "fails its checksum); run the command again")
+                        out[i] = np.frombuffer(data, np.float32).reshape(size, size, 3)
+                    yield out
+            finally:
+                os.close(fd)
+
+        return read
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.handle is not None:
+                self.handle.close()
+            if self.file is not None:
+                self.file.unlink(missing_ok=True)
+        self.handle = None
+        self.rows = {}
+
+
+_STAGED: dict[tuple, Staged] = {}
+_STAGED_LOCK = threading.Lock()
+
+
+def _stage_key(image_size: int, sources: list[Path]) -> tuple:
+    # the code that made the pixels is in the key, as in an entry's: a decoder edited (or swapped by a test)
+    # in this process never hands over pixels of the old one
+    return str(staged_root()), image_size, source_digest(sources)
+
+
+def staging(image_size: int, count: int, sources: list[Path]) -> Staged | None:
+    """Where a scan about to decode `count` files with the code in `sources` keeps their pixels; None when
+    the cache is off or they could not be cached anyway (over the cache limit or the free space)."""
+    settings = cache_settings()
+    needed = count * image_size * image_size * 3 * 4
+    if not settings.enabled or needed > settings.limit_bytes:
+        return None
+    try:
+        staged_root().mkdir(parents=True, exist_ok=True)
+        for old in staged_root().iterdir():  # left by a killed process
+            if time.time() - old.stat().st_mtime > 6 * 3600:
+                old.unlink(missing_ok=True)
+        if shutil.disk_usage(staged_root()).free < 2 * needed + (256 << 20):  # the scratch and the entries
+            return None
+    except OSError:
+        return None
+    with _STAGED_LOCK:
+        return _STAGED.setdefault(_stage_key(image_size, sources), Staged(image_size))
+
+
+def staged_batches(paths: list[str], tf_decodable: list[bool], image_size: int, sources: list[Path]):
+    """The scan's pixels of these files, made by the code in `sources`, as a `decoded_batches` for
+    open_or_build; None unless every file was staged unchanged."""
+    staged = _STAGED.get(_stage_key(image_size, sources))
+    return staged.batches(paths, tf_decodable) if staged is not None else None
 
 
 def open_or_build(paths: list[str], tf_decodable: list[bool], image_size: int,

@@ -66,7 +66,7 @@ def scan_folder(root: Path) -> Images:
         found = [("all", root)]
     labels, paths, splits, targets, tf_ok, skipped = None, [], [], [], [], []
     for split, folder in found:
-        scan = scan_class_folders(folder, spec, labels)
+        scan = scan_class_folders(folder, spec, labels, hashes=True)  # one read per file: verdict and hashes
         labels = labels or scan.labels
         paths += scan.paths
         splits += [split] * len(scan.paths)
