@@ -326,7 +326,7 @@ def _build(directory: Path, count: int, image_size: int, fingerprint: str,
     shards: list[dict] = []
     handle, digest, in_shard, written = None, None, 0, 0
     try:
-        with progress(count, f"decoding once at {image_size} px", f" (into the pixel cache {directory})",
+        with progress(count, f"filling the pixel cache at {image_size} px", f" ({directory})",
                       unit="image(s)") as bar:
             for batch in decoded_batches():
                 batch = np.ascontiguousarray(batch, dtype=np.float32)
