@@ -120,3 +120,25 @@ def test_quiet_runs_and_library_use_print_nothing(monkeypatch, caplog):
     with filecache.progress(3, "hashing images") as bar:
         bar.update(3)
     assert err.getvalue() == ""
+
+
+def test_data_check_says_what_it_will_do_then_that_it_is_done(tmp_path, edgekit_home):
+    """Through the CLI on a small folder: the plan of each pass before its result, and no tqdm bar."""
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.random.default_rng(i + len(cls)).integers(0, 256, (12, 12, 3), np.uint8)).save(
+                tmp_path / "data" / cls / f"{i}.png")
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("checking ", "hashing images"))]
+    checking = [line for line in lines if line.startswith("checking ")]
+    assert checking[0] == f"checking {tmp_path / 'data'}: 6 file(s) to do" and "done, 6 file(s) in" in checking[-1]
+    hashing_lines = [line for line in lines if line.startswith("hashing images")]
+    assert hashing_lines[0] == "hashing images: 6 file(s) to do" and "done, 6 file(s)" in hashing_lines[-1]
+    assert lines.index(checking[-1]) < lines.index(hashing_lines[0])  # one pass ends before the next begins
+    assert "it/s" not in result.stderr and "img/s" not in result.stderr

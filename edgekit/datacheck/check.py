@@ -154,7 +154,6 @@ def check_folder(root: Path, run: Path | None = None, options: CheckOptions | No
     options = options or CheckOptions()
     started = time.time()
     images = scan_folder(root)
-    log.info("hashing %d images", len(images.paths))
     facts = hashing.hash_files(images.paths)
     groups = _groups(images, facts, options)
     leaked = Counter(m["split"] for g in groups if g["leak"] for m in g["members"] if m["split"] != "train")
