@@ -29,6 +29,8 @@ from _common import RESULTS, ROOT, print_table, save_result  # noqa: E402
 
 CHILD = """
 import sys, time
+import edgekit
+print(edgekit.__file__)
 from edgekit.data import DataSpec, iter_pixel_batches, load_dataset
 started = time.perf_counter()
 splits = load_dataset(DataSpec(data=sys.argv[1], image_size=int(sys.argv[2])))
@@ -44,8 +46,12 @@ def load(tree: Path, folder: Path, size: int, home: Path, trace: Path | None) ->
     env = {**os.environ, "PYTHONPATH": str(tree), "EDGEKIT_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = [sys.executable, "-c", CHILD, str(folder), str(size)]
     if trace is not None:
-        command = ["strace", "-f", "-qq", "-e", "trace=open,openat", "-o", str(trace), *command]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        command = ["strace", "-f", "-qq", "-s", "4096", "-e", "trace=open,openat", "-o", str(trace), *command]
+    # run from the home's parent: from a checkout's root, `-c` would import that checkout's edgekit (or the
+    # editable install's) instead of PYTHONPATH's
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, cwd=home.parent)
+    if not done.stdout.strip().splitlines()[0].startswith(str(tree)):
+        raise RuntimeError(f"the child imported {done.stdout.splitlines()[0]}, not {tree}")
     return float(done.stdout.strip().splitlines()[-1])
 
 

@@ -58,7 +58,7 @@ def examiner(spec: DataSpec, hashes: bool, pixels: bool, count: int) -> Check:
         stat = os.stat(path)
         raw = read_image_bytes(path)
         tf_ok, reason, decoded = decode.check_image(raw, spec.max_image_pixels, work["decoder"], work["size"])
-        if hashes:
+        if hashes and reason is None:  # only usable files are hashed
             key = hashing.HandOff.key(path, stat, spec.max_image_pixels, work["code"])
             hashing.HANDED.give(key, hashing.facts_from_bytes(raw, spec.max_image_pixels))
         if work["stage"] is not None and decoded is not None:
