@@ -234,7 +234,7 @@ def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = 
                 root = root / split
                 break
         spec = DataSpec(data=str(root), image_size=image_size, strict=strict)
-        scan = scan_class_folders(root, spec, labels)
+        scan = scan_class_folders(root, spec, labels, pixels=True)  # one read per file: verdict and pixels
         labels = scan.labels
         images = ImageSet(labels, np.asarray(scan.targets, dtype=np.int32), tuple(scan.paths),
                           tuple(scan.tf_decodable))

@@ -86,7 +86,6 @@ def test_a_changed_file_makes_a_new_entry(images, edgekit_home):
 
 
 @pytest.mark.parametrize("damage, notice", [
-    ("flip", "fails its checksum"),
     ("truncate", "has the wrong size"),
     ("index", "unreadable index"),
     ("version", "another edgekit version or decoder"),
@@ -95,11 +94,7 @@ def test_damaged_or_foreign_entry_is_rebuilt_with_a_notice(images, edgekit_home,
     good, _ = _cached(images)
     [entry] = _entries(edgekit_home)
     shard = entry / "shard-00000.f32"
-    if damage == "flip":
-        raw = bytearray(shard.read_bytes())
-        raw[100] ^= 0x40
-        shard.write_bytes(bytes(raw))
-    elif damage == "truncate":
+    if damage == "truncate":
         shard.write_bytes(shard.read_bytes()[:-7])
     elif damage == "index":
         (entry / "index.json").write_text("{not json")
@@ -112,6 +107,69 @@ def test_damaged_or_foreign_entry_is_rebuilt_with_a_notice(images, edgekit_home,
     assert notice in caplog.text and "rebuilding it" in caplog.text
     fingerprint = pixelcache.decoder_fingerprint(pipeline.pixel_sources())
     assert pixelcache._problem(entry, len(images), SIZE, fingerprint) is None
+
+
+def _flip_a_bit(shard: Path) -> None:
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0x40
+    shard.write_bytes(bytes(raw))
+
+
+def test_a_damaged_shard_is_found_when_read_in_one_line_and_rebuilt_next_time(images, edgekit_home, caplog,
+                                                                              monkeypatch):
+    """Opening an entry no longer reads every shard; the shard read checks its checksum and never yields
+    wrong pixels: one line naming the entry and shard, the entry removed, the next run rebuilds it."""
+    good, _ = _cached(images)
+    [entry] = _entries(edgekit_home)
+    _flip_a_bit(entry / "shard-00000.f32")
+    opened = []
+    real = pixelcache.read_shard
+    monkeypatch.setattr(pixelcache, "read_shard", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    pixelcache.open_or_build(list(images.paths), list(images.tf_decodable), SIZE, lambda: pytest.fail("rebuilt"),
+                             pipeline.pixel_sources())
+    assert opened == []  # opening the entry read no shard
+    with pytest.raises(EdgekitError) as caught:
+        _cached(images)
+    message = str(caught.value)
+    assert "\n" not in message and "shard-00000.f32 fails its checksum" in message and str(entry) in message
+    assert "run the command again" in message
+    with caplog.at_level(logging.WARNING):
+        again, _ = _cached(images)
+    np.testing.assert_array_equal(again, good)
+    assert "rebuilding it" in caplog.text
+
+
+def test_a_shard_damaged_mid_epoch_stops_training_with_the_same_line(images, edgekit_home, monkeypatch):
+    monkeypatch.setattr(pixelcache, "SHARD_BYTES", SIZE * SIZE * 3 * 4 * 2)  # three shards of two
+    _cached(images)
+    [entry] = _entries(edgekit_home)
+    ds = make_pipeline(images, SIZE, 2, training=True, seed=1)
+    _flip_a_bit(entry / "shard-00002.f32")
+    from edgekit.compat import tf
+
+    with pytest.raises(tf.errors.OpError) as caught:
+        for _ in ds:
+            pass
+    line = pixelcache.damage_line(caught.value)
+    assert line is not None and "shard-00002.f32 fails its checksum" in line
+    assert not (entry / "index.json").exists()  # the next open rebuilds it
+
+
+def test_cli_turns_a_wrapped_damaged_shard_into_one_line(capsys):
+    from edgekit.cli import user_errors
+    from edgekit.compat import tf
+
+    def fit():
+        raise tf.errors.UnknownError(None, None, "Traceback ...\nDamagedShard: pixel cache entry /h/cache/pixels/ab "
+                                     f"{pixelcache.DAMAGED}: shard-00001.f32 fails its checksum; the entry was "
+                                     "removed, run the command again to rebuild it\n\t [[{{node PyFunc}}]]")
+
+    import typer
+
+    with pytest.raises(typer.Exit):
+        user_errors(fit)()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: pixel cache entry /h/cache/pixels/ab is damaged")
 
 
 def _edited_copy(source: Path, folder: Path, old: str, new: str) -> Path:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from edgekit.data import DataSpec, decode, load_dataset, load_pixels, make_pipeline, scan_class_folders
+from edgekit.data import scan as scan_module
 from edgekit.errors import EdgekitError
 
 
@@ -106,8 +107,8 @@ def test_unchanged_folder_is_not_decoded_again(tmp_path, monkeypatch):
     spec = DataSpec(data=str(root))
     first = scan_class_folders(root, spec)
     calls = []
-    real = decode.inspect_image
-    monkeypatch.setattr(decode, "inspect_image", lambda path, limit: calls.append(path) or real(path, limit))
+    real = scan_module.read_image_bytes
+    monkeypatch.setattr(scan_module, "read_image_bytes", lambda path: calls.append(path) or real(path))
     again = scan_class_folders(root, spec)
     assert calls == [] and again.paths == first.paths and again.tf_decodable == first.tf_decodable
     changed = root / "dog" / "1.png"
@@ -130,8 +131,8 @@ def test_an_edited_decoder_checks_every_file_again(tmp_path, monkeypatch):
     sources = decode.pixel_sources()
     monkeypatch.setattr(decode, "pixel_sources", lambda: [edited if p == host else p for p in sources])
     calls = []
-    real = decode.inspect_image
-    monkeypatch.setattr(decode, "inspect_image", lambda path, limit: calls.append(path) or real(path, limit))
+    real = scan_module.read_image_bytes
+    monkeypatch.setattr(scan_module, "read_image_bytes", lambda path: calls.append(path) or real(path))
     again = scan_class_folders(root, spec)
     assert sorted(map(str, calls)) == sorted(first.paths) and again.paths == first.paths
 

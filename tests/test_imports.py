@@ -97,7 +97,7 @@ def test_edgekit_import_graph_has_no_cycle():
 
 
 # edgekit.data bottom to top; each module may import only those before it (the façade sits above all)
-DATA_LAYERS = ("types", "decode", "filecache", "scan", "pixelcache", "exclude", "hashing", "split", "pipeline",
+DATA_LAYERS = ("types", "decode", "filecache", "hashing", "pixelcache", "scan", "exclude", "split", "pipeline",
                "datasets")
 
 

@@ -112,6 +112,12 @@ def user_errors(func):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except Exception as exc:  # a damaged pixel-cache shard found mid-epoch arrives wrapped by TensorFlow
+            line = None if _state["debug"] else _damaged_cache_line(exc)
+            if line is None:
+                raise
+            typer.echo(f"error: {line}", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt as exc:
             signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
             with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
@@ -119,6 +125,14 @@ def user_errors(func):
             raise typer.Exit(128 + signum) from None
 
     return wrapper
+
+
+def _damaged_cache_line(exc: Exception) -> str | None:
+    if "pixel cache entry" not in str(exc):  # cheap: most errors never load the data layer
+        return None
+    from edgekit.data.pixelcache import damage_line
+
+    return damage_line(exc)
 
 
 def emit(payload: dict, as_json: bool, human: str) -> None:

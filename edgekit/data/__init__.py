@@ -1,9 +1,9 @@
 """Datasets and the pipelines that feed them: what the rest of edgekit imports from the data layer.
 
 Imports inside the package run one way, bottom to top: `types` → `decode` → `filecache` (per-file
-results) → `scan` → `pixelcache` → `exclude`, `hashing` → `split` → `pipeline` → `datasets`, and this
-façade on top. A module of the package imports its neighbours by their module name, never this façade;
-`tests/test_imports.py` keeps it so.
+results) → `hashing` → `pixelcache` → `scan` (whose one read per file feeds the two below it) → `exclude`
+→ `split` → `pipeline` → `datasets`, and this façade on top. A module of the package imports its
+neighbours by their module name, never this façade; `tests/test_imports.py` keeps it so.
 """
 
 from edgekit.data.datasets import export_digits, load_dataset, render_digits, spec_from_description

@@ -82,7 +82,8 @@ def load_folder_splits(spec: DataSpec) -> DatasetSplits:
     exclusions = Exclusions.read(spec.exclude, root) if spec.exclude else None
 
     def scan_folder(folder: Path, labels: tuple[str, ...] | None = None) -> ScannedFolder:
-        scan = scan_class_folders(folder, spec, labels)
+        # the scan's one read per file also yields the hashes the split needs and the pixels the cache holds
+        scan = scan_class_folders(folder, spec, labels, hashes=spec.group_duplicates, pixels=True)
         return exclusions.apply(scan) if exclusions else scan
 
     validation = test = None
@@ -134,7 +135,7 @@ def load_dataset(spec: DataSpec) -> DatasetSplits:
     splits.description["max_image_pixels"] = spec.max_image_pixels
     extras = []
     for extra in spec.extra_data:
-        scan = scan_class_folders(Path(extra).expanduser(), spec, splits.labels)
+        scan = scan_class_folders(Path(extra).expanduser(), spec, splits.labels, pixels=splits.train.paths is not None)
         extra_set = scan.image_set()
         if splits.train.paths is None:
             extra_set = ImageSet(extra_set.labels, extra_set.targets,

@@ -9,6 +9,7 @@ of them invalidates cached pixels: keep any new decoding or resizing step in thi
 from __future__ import annotations
 
 import functools
+import io
 import re
 import threading
 import warnings
@@ -38,8 +39,9 @@ class BadImage(Exception):
     """Why one file cannot be used as an image."""
 
 
-def inspect_image(path: Path, max_pixels: int) -> bool:
-    """Read `path`'s header with Pillow; return whether tf.io decodes it natively. Raise BadImage otherwise.
+def inspect_image(source: Path | bytes, max_pixels: int) -> bool:
+    """Read an image's header (a path, or the bytes already read) with Pillow; return whether tf.io decodes
+    it natively. Raise BadImage otherwise.
 
     Only the header: the scan then decodes the file with the training decoder itself, because a full
     Pillow decode accepts files (a PNG with a bad CRC) that TensorFlow's decoder refuses mid-epoch.
@@ -49,7 +51,7 @@ def inspect_image(path: Path, max_pixels: int) -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise BadImage(f"{width}x{height} is over the {max_pixels:,}-pixel limit for safe decoding")
@@ -66,11 +68,10 @@ def inspect_image(path: Path, max_pixels: int) -> bool:
             from None
 
 
-def pil_decode(path: bytes, image_size) -> np.ndarray:
+def pil_decode(raw: bytes, image_size) -> np.ndarray:
     """EXIF-rotated, 16-bit, webp... images: decoded (and JPEG-draft-scaled) as the device runner does."""
     size = int(image_size)
-    with open(path.decode(), "rb") as handle:
-        pixels, _ = device_runner().decode_image(handle.read(), 2**62, (size, size))
+    pixels, _ = device_runner().decode_image(bytes(raw), 2**62, (size, size))
     return np.ascontiguousarray(pixels, dtype=np.uint8)
 
 
@@ -93,13 +94,13 @@ def _decode_jpeg(raw, ratio: int):
     return tf.io.decode_jpeg(raw, channels=3, dct_method="INTEGER_ACCURATE", ratio=ratio)
 
 
-def decode_fn(image_size: int):
-    """(path, tf decodable) -> float32 [size, size, 3] pixels, as a tf.data map function."""
+def decode_bytes_fn(image_size: int):
+    """(file bytes, tf decodable) -> float32 [size, size, 3] pixels: the one decode of training, evaluation,
+    the pixel cache and the scan's check (which so accepts exactly what the pipeline can read)."""
     from edgekit.compat import tf
 
-    def decode(path, tf_ok):
+    def decode(raw, tf_ok):
         def with_tf():
-            raw = tf.io.read_file(path)
             return tf.cond(
                 tf.io.is_jpeg(raw),
                 lambda: _jpeg_ratio(raw, image_size),
@@ -107,7 +108,7 @@ def decode_fn(image_size: int):
             )
 
         def with_pillow():
-            image = tf.numpy_function(pil_decode, [path, image_size], tf.uint8, stateful=False)
+            image = tf.numpy_function(pil_decode, [raw, image_size], tf.uint8, stateful=False)
             return tf.ensure_shape(image, [None, None, 3])
 
         image = tf.cond(tf_ok, with_tf, with_pillow)
@@ -117,36 +118,46 @@ def decode_fn(image_size: int):
     return decode
 
 
+def decode_fn(image_size: int):
+    """(path, tf decodable) -> float32 [size, size, 3] pixels, as a tf.data map function."""
+    from edgekit.compat import tf
+
+    decode = decode_bytes_fn(image_size)
+    return lambda path, tf_ok: decode(tf.io.read_file(path), tf_ok)
+
+
 _decoder_lock = threading.Lock()
 
 
-def check_decodes(path: str, max_pixels: int, decoder: list) -> tuple[bool, str | None]:
-    """(tf decodable, None) for a usable image, else (False, reason); `decoder` holds the lazy decoder."""
+def check_image(raw: bytes, max_pixels: int, decoder: list, image_size: int = 8) -> tuple[bool, str | None, object]:
+    """(tf decodable, None, pixels) for a usable image's bytes, else (False, reason, None).
+
+    The verdict comes from the pipeline's own decode at `image_size`, so its pixels are what the pixel cache
+    holds; a pure check decodes at 8 px. `decoder` holds the lazily built decoder (one per image size)."""
     try:
-        tf_ok = inspect_image(Path(path), max_pixels)
+        tf_ok = inspect_image(raw, max_pixels)
     except BadImage as exc:
-        return False, str(exc)
+        return False, str(exc), None
     with _decoder_lock:
         if not decoder:
-            decoder.append(_training_decoder())
-    reason = decoder[0](path, tf_ok)
-    return (False, reason) if reason is not None else (tf_ok, None)
+            decoder.append(_training_decoder(image_size))
+    pixels, reason = decoder[0](raw, tf_ok)
+    return (False, reason, None) if reason is not None else (tf_ok, None, pixels)
 
 
-def _training_decoder():
-    """The pipeline's own decode function, run on one file: the scan accepts exactly what it accepts."""
+def _training_decoder(image_size: int):
+    """The pipeline's own decode function, run on one file's bytes."""
     from edgekit.compat import tf
 
-    # traced once as a graph, as tf.data runs it; a tiny output size: the decode is the check
-    decode = tf.function(decode_fn(8), input_signature=[tf.TensorSpec([], tf.string),
-                                                        tf.TensorSpec([], tf.bool)]).get_concrete_function()
+    # traced once as a graph, as tf.data runs it
+    decode = tf.function(decode_bytes_fn(image_size), input_signature=[
+        tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.bool)]).get_concrete_function()
 
-    def check(path: str, tf_ok: bool) -> str | None:
+    def check(raw: bytes, tf_ok: bool) -> tuple[np.ndarray | None, str | None]:
         try:
-            decode(tf.constant(path), tf.constant(tf_ok))
+            return decode(tf.constant(raw), tf.constant(tf_ok)).numpy(), None
         except (tf.errors.OpError, ValueError) as exc:
-            return f"cannot be decoded by the training decoder ({_op_error_line(exc)})"
-        return None
+            return None, f"cannot be decoded by the training decoder ({_op_error_line(exc)})"
 
     return check
 

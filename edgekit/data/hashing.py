@@ -2,20 +2,23 @@
 
 An exact duplicate has the same bytes (sha256); a near duplicate has a 64-bit DCT perceptual hash
 (imagehash.phash) within a few bits of another image's: a re-saved JPEG, a resized copy, a burst frame.
-Both are computed in one decode per file, cached per file, so `train` can afford this on every start.
+Both come from one read per file: the scan computes them from the bytes it reads for its verdict and
+hands them over (HandOff); they are cached per file, so `train` can afford this on every start.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import threading
 import warnings
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.data.filecache import FileResults, cache_enabled, per_file
+from edgekit.data.filecache import FileResults, cache_enabled, per_file, source_digest
 
 NEAR_DISTANCE = 4  # of 64 bits; re-encoded and resized copies land within 0-2 in practice
 THUMB_SIDE = 64  # the perceptual hash only looks at 32x32, so decode no larger than needed
@@ -38,15 +41,24 @@ class ImageFacts:
 
 
 def image_facts(path: str, max_pixels: int = 40_000_000) -> ImageFacts:
+    """The facts of one file, read once."""
+    return facts_from_bytes(Path(path).read_bytes(), max_pixels)
+
+
+def facts_from_bytes(data: bytes, max_pixels: int = 40_000_000) -> ImageFacts:
+    """sha256 of the bytes, and the perceptual hash and look of a 64 px thumbnail decoded from them.
+
+    The thumbnail is its own reduced decode (a JPEG at 1/8 scale), not the training decode's pixels: those
+    depend on the image size a run trains at, and the facts (so the duplicate groups, so the split) must not.
+    """
     import imagehash
     from PIL import Image
 
-    data = Path(path).read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     return ImageFacts(sha, 0, width, height, False, len(data))
@@ -61,20 +73,66 @@ def image_facts(path: str, max_pixels: int = 40_000_000) -> ImageFacts:
     return ImageFacts(sha, int(np.packbits(bits).view(">u8")[0]), width, height, gray, len(data), flat)
 
 
+class HandOff:
+    """Facts computed by a scan from the bytes it read anyway, kept in this process until `hash_files` asks.
+
+    A first `train` used to read every file for the scan and again for the hashes; now the scan's one read
+    yields both. Keyed like the facts cache (path, size, mtime, pixel limit and this module's code), taken
+    at most once, and bounded: a hand-off is not a second cache.
+    """
+
+    LIMIT = 500_000
+
+    def __init__(self):
+        self.facts: dict[tuple, ImageFacts] = {}
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def key(path: str, stat: os.stat_result, max_pixels: int, code: str) -> tuple:
+        return path, stat.st_size, stat.st_mtime_ns, max_pixels, code
+
+    def give(self, key: tuple, facts: ImageFacts) -> None:
+        with self.lock:
+            if len(self.facts) < self.LIMIT:
+                self.facts[key] = facts
+
+    def take(self, key: tuple) -> ImageFacts | None:
+        with self.lock:
+            return self.facts.pop(key, None)
+
+
+HANDED = HandOff()
+
+
+def code_digest() -> str:
+    """What the facts cache and the hand-off are keyed on: the bytes of the code that computes facts."""
+    return source_digest([Path(__file__)])
+
+
 def hash_files(paths: list[str], max_pixels: int = 40_000_000, workers: int = 4,
                use_cache: bool | None = None) -> list[ImageFacts]:
     """Facts for every path, in order (Pillow releases the GIL while decoding, so threads help).
 
     Cached per file by path, size and mtime under `$EDGEKIT_HOME/cache/facts/` (one file per folder):
     `train`, `eval`, `compress` and `bench` all rebuild the group-aware split, and hashing 20,000 files
-    again each time cost more than the rest of an `eval`.
+    again each time cost more than the rest of an `eval`. Facts the scan computed in this process from the
+    bytes it read (HANDED) are taken instead of reading the file again.
     """
     if not paths:
         return []
     folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     cache = FileResults("facts", f"{folder}\t{max_pixels}", FACTS_FORMAT, enabled=cache_enabled(use_cache),
                         valid=_is_facts, sources=[Path(__file__)])
-    found = per_file(list(paths), lambda p: astuple(image_facts(p, max_pixels)), cache, "hashing images", workers)
+    code = code_digest()
+
+    def facts(path: str) -> tuple:
+        try:
+            handed = HANDED.take(HandOff.key(path, os.stat(path), max_pixels, code))
+        except OSError:
+            handed = None
+        return astuple(handed if handed is not None else image_facts(path, max_pixels))
+
+    found = per_file(list(paths), facts, cache, "hashing images", workers)
     # None only for a file that vanished since the scan: image_facts then raises the OSError that says so
     return [ImageFacts(*values) if values is not None else image_facts(path, max_pixels)
             for path, values in zip(paths, found)]

@@ -66,13 +66,16 @@ def make_pipeline(images: ImageSet, image_size: int, batch_size: int, *, trainin
 
 
 def _disk_cache(images: ImageSet, image_size: int):
-    """The decode-once cache entry for these files (None when off or unwritable)."""
+    """The decode-once cache entry for these files (None when off or unwritable), filled from the pixels the
+    scan kept when it decoded every file of this run already, else by decoding them."""
     def decoded_batches():
         for x, _ in make_pipeline(images, image_size, 64, cache=False):
             yield x.numpy()
 
-    return pixelcache.open_or_build(list(images.paths), list(images.tf_decodable), image_size, decoded_batches,
-                                    pixel_sources())
+    paths, tf_ok = list(images.paths), list(images.tf_decodable)
+    # a first run: the scan decoded these files already, with this very decode, and kept the pixels
+    staged = pixelcache.staged_batches(paths, tf_ok, image_size, decode.pixel_sources())
+    return pixelcache.open_or_build(paths, tf_ok, image_size, staged or decoded_batches, pixel_sources())
 
 
 def iter_pixel_batches(images: ImageSet, image_size: int, batch_size: int = 128):
@@ -80,8 +83,16 @@ def iter_pixel_batches(images: ImageSet, image_size: int, batch_size: int = 128)
 
     What evaluation, compression and bench iterate instead of one array the size of the dataset.
     """
-    for x, y in make_pipeline(images, image_size, batch_size):
-        yield x.numpy(), y.numpy()
+    from edgekit.compat import tf
+
+    try:
+        for x, y in make_pipeline(images, image_size, batch_size):
+            yield x.numpy(), y.numpy()
+    except tf.errors.OpError as exc:
+        line = pixelcache.damage_line(exc)
+        if line is None:
+            raise
+        raise pixelcache.DamagedShard(line) from None
 
 
 def load_pixels(images: ImageSet, image_size: int, batch_size: int = 256) -> np.ndarray:

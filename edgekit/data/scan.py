@@ -1,9 +1,10 @@
 """Listing and checking the files of an image folder, with every skipped file accounted for.
 
-A scan decodes every image once to reject what training could not read, which is the slow part
-of a fresh dataset (an hour for 50,000 phone photos), so results are cached per file by path, size
-and modification time under `$EDGEKIT_HOME/cache/scan/`: an unchanged folder is checked with one
-`stat` per file. Files that are not used are named with their reason, in the warning or in a list
+A scan decodes every image once to reject what training could not read, which is the slow part of a fresh
+dataset (an hour for 50,000 phone photos). That one read and decode also yields the file's hashes and the
+pixels the cache will hold (`examiner`), so nothing reads the file again. Verdicts are cached per file by
+path, size and modification time under `$EDGEKIT_HOME/cache/scan/`: an unchanged folder is checked with
+one `stat` per file. Files that are not used are named with their reason, in the warning or in a list
 file the warning points to, so nothing vanishes silently.
 """
 
@@ -12,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from edgekit.artifacts import edgekit_home, write_text_atomic
-from edgekit.data import decode
-from edgekit.data.decode import check_decodes
+from edgekit.data import decode, hashing, pixelcache
 from edgekit.data.filecache import FileResults, cache_enabled, per_file
 from edgekit.data.types import IMAGE_EXTENSIONS, DataSpec, ScannedFolder
 from edgekit.errors import EdgekitError
@@ -29,6 +30,42 @@ SCAN_FORMAT = 2
 LISTED_IN_WARNING = 5
 
 Check = Callable[[str], "tuple[bool, str | None]"]
+
+
+def read_image_bytes(path: str) -> bytes:
+    """The one read of an image file on a first pass: the verdict, the hashes and the pixels all come
+    from these bytes."""
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def examiner(spec: DataSpec, hashes: bool, pixels: bool, count: int) -> Check:
+    """The per-file work of a scan: read once; the verdict from the pipeline's own decode (at the run's
+    image size when its pixels are kept for the cache, else at 8 px); the facts handed to `hash_files`."""
+    lazy: dict = {}  # built on first use: an unchanged folder never needs TensorFlow to be checked
+    lock = threading.Lock()
+
+    def setup() -> dict:
+        with lock:
+            if not lazy:
+                stage = pixelcache.staging(spec.image_size, count, decode.pixel_sources()) if pixels else None
+                lazy.update(stage=stage, decoder=[], size=spec.image_size if stage is not None else 8,
+                            code=hashing.code_digest() if hashes else "")
+        return lazy
+
+    def examine(path: str) -> tuple[bool, str | None]:
+        work = setup()
+        stat = os.stat(path)
+        raw = read_image_bytes(path)
+        tf_ok, reason, decoded = decode.check_image(raw, spec.max_image_pixels, work["decoder"], work["size"])
+        if hashes and reason is None:  # only usable files are hashed
+            key = hashing.HandOff.key(path, stat, spec.max_image_pixels, work["code"])
+            hashing.HANDED.give(key, hashing.facts_from_bytes(raw, spec.max_image_pixels))
+        if work["stage"] is not None and decoded is not None:
+            work["stage"].put(path, stat, tf_ok, decoded)
+        return tf_ok, reason
+
+    return examine
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -152,10 +189,13 @@ def report_skipped(skipped: list[tuple[str, str]], root: Path) -> Path | None:
 
 
 def scan_class_folders(root: Path, spec: DataSpec, labels: tuple[str, ...] | None = None,
-                       use_cache: bool | None = None) -> ScannedFolder:
+                       use_cache: bool | None = None, hashes: bool = False, pixels: bool = False) -> ScannedFolder:
     """Find and check every image under `root/<class>/`; `labels` fixes the class list and order.
 
     Verdicts are cached per file (path, size, mtime), so a rescan of an unchanged folder decodes nothing.
+    A file that is checked is read once, and that read also serves what the caller will want next:
+    `hashes` computes its duplicate-detection facts for `hash_files`, `pixels` keeps its decoded pixels at
+    `spec.image_size` for the pixel cache, so a first `train` reads and decodes each file once.
     """
     root = Path(root)
     if not root.is_dir():
@@ -185,9 +225,8 @@ def scan_class_folders(root: Path, spec: DataSpec, labels: tuple[str, ...] | Non
             )
     candidates = [(str(path), labels.index(name)) for name, files in found.items() for path in files]
     cache = scan_cache(root, spec.max_image_pixels, enabled=cache_enabled(use_cache))
-    decoder = []  # built on first use: an unchanged folder never needs TensorFlow to be checked
-    results = check_files([c[0] for c in candidates], lambda p: check_decodes(p, spec.max_image_pixels, decoder),
-                          cache, str(root))
+    results = check_files([c[0] for c in candidates], examiner(spec, hashes, pixels, len(candidates)), cache,
+                          str(root))
     paths, targets, tf_ok = [], [], []
     for (path, target), (ok, reason) in zip(candidates, results):
         if reason is not None:

@@ -66,7 +66,7 @@ def scan_folder(root: Path) -> Images:
         found = [("all", root)]
     labels, paths, splits, targets, tf_ok, skipped = None, [], [], [], [], []
     for split, folder in found:
-        scan = scan_class_folders(folder, spec, labels)
+        scan = scan_class_folders(folder, spec, labels, hashes=True)  # one read per file: verdict and hashes
         labels = labels or scan.labels
         paths += scan.paths
         splits += [split] * len(scan.paths)
@@ -154,7 +154,6 @@ def check_folder(root: Path, run: Path | None = None, options: CheckOptions | No
     options = options or CheckOptions()
     started = time.time()
     images = scan_folder(root)
-    log.info("hashing %d images", len(images.paths))
     facts = hashing.hash_files(images.paths)
     groups = _groups(images, facts, options)
     leaked = Counter(m["split"] for g in groups if g["leak"] for m in g["members"] if m["split"] != "train")
