@@ -18,7 +18,7 @@ from edgekit.errors import EdgekitError
 
 # The runner's SCHEMA_VERSION (devices/edgekit_runner.py): a database from a newer runner may mean
 # something this edgekit cannot read correctly.
-RUNNER_SCHEMA_VERSION = 1
+RUNNER_SCHEMA_VERSION = 2  # 2 added the shadow table (fleet rollout); 1 is read as it is
 DEFAULT_PULL_LIMIT = 2 * 2**30  # bytes per `feedback pull`; --max-size-mb changes it
 MAX_NAME = 100
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -175,8 +175,9 @@ TABLE = NUMBERS + FILES + CONTRADICTIONS
 _STUBBED = {"edgekit.train": "train", "edgekit.tune.study": "tune", "edgekit.compress.pipeline": "compress_all"}
 
 
-def _stub_work() -> None:
-    """Where the real work (and TensorFlow) would start: reaching it means a check was missed."""
+def _stub_work(monkeypatch=None) -> None:
+    """Where the real work (and TensorFlow) would start: reaching it means a check was missed. With
+    `monkeypatch` the stubs leave sys.modules after the test (a stub left behind broke later tests' imports)."""
     for module, function in _STUBBED.items():
         stub = types.ModuleType(module)
 
@@ -184,7 +185,10 @@ def _stub_work() -> None:
             raise AssertionError(f"{_name} started work: the input was not refused")
 
         setattr(stub, function, reached)
-        sys.modules[module] = stub
+        if monkeypatch is None:
+            sys.modules[module] = stub
+        else:
+            monkeypatch.setitem(sys.modules, module, stub)
 
 
 def _tree(root: Path) -> set[str]:
@@ -195,9 +199,7 @@ def _tree(root: Path) -> set[str]:
 def workdir(tmp_path, monkeypatch) -> Path:
     _files(tmp_path)
     monkeypatch.chdir(tmp_path)
-    for module in _STUBBED:
-        monkeypatch.delitem(sys.modules, module, raising=False)
-    _stub_work()
+    _stub_work(monkeypatch)
     return tmp_path
 
 

@@ -242,7 +242,7 @@ def test_compress_all_loads_the_run_once(tiny_run, tmp_path, monkeypatch):
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("compressed", "bench"))
     loads, real = [], pipeline.load_context
-    monkeypatch.setattr(pipeline, "load_context", lambda run: loads.append(run) or real(run))
+    monkeypatch.setattr(pipeline, "load_context", lambda run, **kw: loads.append(run) or real(run, **kw))
     monkeypatch.setattr(pipeline, "_build_tflite", lambda context, recipe: (
         (tiny_run / "compressed" / "float32" / "model.tflite").read_bytes(), {}, []))
     made = pipeline.compress_all(copy, [load_recipe("float32"), load_recipe("float16")])

@@ -2007,11 +2007,13 @@ def cmd_serve(args) -> int:
         raise RunnerError(f"--host {args.host} --port {args.port}: cannot listen ({exc.strerror or exc}); "
                           "pick another port or host") from None
     host, port = server.server_address[:2]
-    live = start_live_thread(args, server.app) if args.source else None
+    # said before the live thread starts: its OpenCV import hides native stderr for a moment, and a line
+    # printed by this thread in that moment was lost (clients wait for this one)
     print(f"edgekit_runner: serving {args.model} ({model.runtime.name} {model.runtime.version}) on "
           f"{'https' if tls else 'http'}://{host}:{port}  POST /predict, POST /feedback, GET /health, GET /stats, "
           "GET /latest"
-          f"{'; live input ' + args.source if live else ''}", file=sys.stderr, flush=True)
+          f"{'; live input ' + args.source if args.source else ''}", file=sys.stderr, flush=True)
+    live = start_live_thread(args, server.app) if args.source else None
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
