@@ -23,6 +23,7 @@ from edgekit.cli import app
 
 sys.path.insert(0, str(Path(__file__).parent))
 import runner_models  # noqa: E402
+from test_misuse import _mount_tmpfs  # noqa: E402
 
 cli = CliRunner()
 
@@ -33,14 +34,6 @@ def model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("fault-model") / "colours.tflite"
     path.write_bytes(runner_models.convert(runner_models.build_keras_model()))
     return path
-
-
-def _mount_tmpfs(path: Path, options: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}): read-only/full-disk cases need it")
 
 
 @pytest.fixture(params=["read-only", "full"])
