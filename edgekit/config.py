@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,6 +80,15 @@ class Range:
     def field(self, default: Any) -> Any:
         """A dataclass field whose YAML value `from_mapping` checks against this range."""
         return field(default=default, metadata=wants(self.text, self.__contains__))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|)\s*$")
+
+
+def duration_seconds(text: str) -> float | None:
+    """`90`, `90s`, `30m`, `2h` as seconds; None when `text` is not a duration (callers name their option)."""
+    match = _DURATION.match(str(text))
+    return None if match is None else float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 # Ranges more than one command shares.

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import posixpath
-import re
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from edgekit import manifests
 from edgekit.artifacts import process_alive, sha256_file, utc_now, write_json_atomic
-from edgekit.config import FRACTION, LATENCY_MS, Range
+from edgekit.config import FRACTION, LATENCY_MS, Range, duration_seconds
 from edgekit.deploy import deploy
 from edgekit.device_state import CurrentModel, parse_current, read_current, write_current
 from edgekit.errors import EdgekitError
@@ -39,15 +38,13 @@ from edgekit.fleet.parallel import for_each_device
 from edgekit.fleet.rollout_manifest import KIND, SCHEMA, read_manifest, rollouts_dir
 from edgekit.transport.targets import make_target
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|)\s*$")
-
 
 def parse_duration(text: str, option: str = "--shadow") -> float:
     """`30m`, `90s`, `1h` or plain seconds."""
-    match = _DURATION.match(str(text))
-    if not match:
+    seconds = duration_seconds(text)
+    if seconds is None:
         raise EdgekitError(f"{option} {text!r}: use a number of seconds or a duration like 90s, 30m, 1h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    return seconds
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.config import duration_seconds
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -147,13 +148,9 @@ def cost_lines(cost: dict) -> list[str]:
 
 def parse_duration(text: str) -> float:
     """'90', '90s', '30m', '2h' → seconds; anything else is one line naming the option."""
-
-    units = {"s": 1, "m": 60, "h": 3600}
-    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        seconds = float(value) * units[unit]
-    except ValueError:
-        raise EdgekitError(f"--budget {text!r}: a duration like 900, 30m or 2h") from None
+    seconds = duration_seconds(text)
+    if seconds is None:
+        raise EdgekitError(f"--budget {text!r}: a duration like 900, 30m or 2h")
     if not 0 < seconds <= 30 * 86400:
         raise EdgekitError(f"--budget {text!r}: between 1 s and 30 days")
     return seconds
