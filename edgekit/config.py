@@ -11,23 +11,15 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from edgekit.errors import EdgekitError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 MIN_IMAGE_SIZE = 32  # MobileNetV2's smallest input
-
-
-def wants(description: str, check=None) -> dict:
-    """Field metadata for `from_mapping`: what a valid value is, in words, and an optional value check.
-
-    `field(default=..., metadata=wants("an integer port between 1 and 65535", lambda v: 0 < v < 65536))`
-    makes both a wrong type and a failed check read "field 'port' must be an integer port ..., got 70000".
-    """
-    return {"wants": description, "check": check}
 
 
 def _num(value: Any) -> str:
@@ -37,12 +29,47 @@ def _num(value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
-    """A value as a user would have typed it (5, not 5.0; no thousands commas)."""
-    return f"{value:g}" if isinstance(value, float) else _short(value)
+    """A value as a user would have typed it (5, not 5.0; no thousands commas; a word without quotes)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)  # as a comma-separated option is typed: --waves canary,all
+    return value if isinstance(value, str) and len(value) <= 80 else _short(value)
+
+
+# --- value rules ---------------------------------------------------------------------------------------
+# One idiom for every config class: a rule for one field is declared on the field (`Range(...).field(5)`,
+# `OneOf(...).field("a")`, `Check("words", test).field(None)`); a rule across fields is a `Rule` in the
+# class's `RULES` tuple. `from_mapping` (YAML, JSON) and `validate` (objects built from command-line
+# options) both enforce them, so a YAML field and a CLI option are refused with the same words:
+#     field 'epochs' must be a whole number of epochs from 1 to 1,000, got 0     (YAML)
+#     --epochs 0: must be a whole number of epochs from 1 to 1,000               (--epochs)
+
+
+class FieldRule:
+    """What one field may hold: `value in rule`, and `rule.text` saying it in words after "must be"."""
+
+    text: str
+
+    def __contains__(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def check(self, value: Any, name: str) -> None:
+        """None passes (an unset option); anything else outside the rule is one line naming `name`."""
+        if value is not None and value not in self:
+            raise EdgekitError(f"{name} {_shown(value)}: must be {self.text}")
+
+    def field(self, default: Any = dataclasses.MISSING, *, option: str | None = None, **kwargs) -> Any:
+        """A dataclass field carrying this rule; `option` names it on the command line when the option
+        is not `--<field-name>` (e.g. `shadow_s` is `--shadow`)."""
+        metadata = {"rule": self, "option": option}
+        if default is not dataclasses.MISSING:
+            kwargs["default"] = default
+        return field(metadata=metadata, **kwargs)
 
 
 @dataclass(frozen=True)
-class Range:
+class Range(FieldRule):
     """The values of a number that a user could mean; outside it is a typo (or a hostile file), and is
     refused in one line before any work: 10^12 epochs, 10^20 benchmark runs or a 100,000-pixel input
     would otherwise hang, or die in a traceback after a run folder was made.
@@ -56,6 +83,8 @@ class Range:
     unit: str = ""  # "epochs": "a whole number of epochs from 1 to 1,000"
     integer: bool = True
     above: bool = False  # low itself is excluded: (low, high]
+    below: bool = False  # high itself is excluded: [low, high)
+    why: str = ""  # appended in brackets: "(1 would remove every weight)"
 
     def __contains__(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -64,22 +93,119 @@ class Range:
             return False
         if isinstance(value, float) and not math.isfinite(value):
             return False
-        return (value > self.low if self.above else value >= self.low) and value <= self.high
+        return (value > self.low if self.above else value >= self.low) and \
+            (value < self.high if self.below else value <= self.high)
 
     @property
     def text(self) -> str:
         kind = ("a whole number" if self.integer else "a number") + (f" of {self.unit}" if self.unit else "")
-        low = f"above {_num(self.low)} and up to" if self.above else f"from {_num(self.low)} to"
-        return f"{kind} {low} {_num(self.high)}"
+        low = f"above {_num(self.low)}" if self.above else f"from {_num(self.low)}"
+        if self.below:
+            low = low.replace("from", "at least")
+        high = f"and below {_num(self.high)}" if self.below else \
+            (f"and up to {_num(self.high)}" if self.above else f"to {_num(self.high)}")
+        return f"{kind} {low} {high}" + (f" ({self.why})" if self.why else "")
 
-    def check(self, value: Any, name: str) -> None:
-        """None passes (an unset option); anything else outside the range is one line naming `name`."""
-        if value is not None and value not in self:
-            raise EdgekitError(f"{name} {_shown(value)}: must be {self.text}")
 
-    def field(self, default: Any) -> Any:
-        """A dataclass field whose YAML value `from_mapping` checks against this range."""
-        return field(default=default, metadata=wants(self.text, self.__contains__))
+@dataclass(frozen=True)
+class OneOf(FieldRule):
+    """A choice set: "one of float32, float16, dynamic, int8"."""
+
+    choices: tuple
+
+    def __contains__(self, value: Any) -> bool:
+        return isinstance(value, typing.Hashable) and value in self.choices
+
+    @property
+    def text(self) -> str:
+        return "one of " + ", ".join(map(str, self.choices))
+
+
+@dataclass(frozen=True)
+class Check(FieldRule):
+    """A named predicate: the words a user reads ("an integer port between 1 and 65535") and the test."""
+
+    words: str
+    test: Callable[[Any], bool] = field(compare=False)
+
+    def __contains__(self, value: Any) -> bool:
+        try:
+            return bool(self.test(value))
+        except (TypeError, ValueError, AttributeError):  # a value of the wrong shape is simply not valid
+            return False
+
+    @property
+    def text(self) -> str:
+        return self.words
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule across fields of one class, declared once in the class's `RULES` tuple.
+
+    `check(obj)` is true when the object is fine. `message` is formatted with each field's name as the
+    path that built the object spells it (`{exclude}` is `field 'exclude'` from YAML, `--exclude` from
+    the command line) and with the object as `v` (`{v.begin_step}`).
+    """
+
+    check: Callable[[Any], bool]
+    message: str
+
+
+def rule_of(cls: type, name: str) -> FieldRule | None:
+    """The rule declared on field `name` of config class `cls` (None when it has none)."""
+    found = next((f for f in dataclasses.fields(cls) if f.name == name), None)
+    if found is None:
+        raise KeyError(f"{cls.__name__} has no field {name!r}")
+    return found.metadata.get("rule")
+
+
+def _option(f: dataclasses.Field) -> str:
+    return f.metadata.get("option") or "--" + f.name.replace("_", "-")
+
+
+def _names(obj: Any, style: str) -> dict[str, str]:
+    if style == "option":
+        return {f.name: _option(f) for f in dataclasses.fields(obj)}
+    return {f.name: f"field {f.name!r}" for f in dataclasses.fields(obj)}
+
+
+def _prefixed(where: str | None, message: str) -> str:
+    return f"{where}: {message}" if where else message
+
+
+def _field_failure(f: dataclasses.Field, value: Any, style: str, where: str | None) -> str:
+    text = f.metadata["rule"].text
+    if style == "option":
+        shown = _shown(value)
+        return _prefixed(where, f"{_option(f)}{' ' + shown if shown else ''}: must be {text}")
+    return _prefixed(where, f"field {f.name!r} must be {text}, got {_short(value)}")
+
+
+def _check_rules(obj: Any, style: str, where: str | None) -> None:
+    for rule in getattr(type(obj), "RULES", ()):
+        if not rule.check(obj):
+            raise EdgekitError(_prefixed(where, rule.message.format(v=obj, **_names(obj, style))))
+
+
+def validate(obj: Any, style: str = "option", where: str | None = None) -> None:
+    """Enforce the rules declared on a config object's fields and class; the first broken one raises.
+
+    `style="option"` names fields as the command-line options that set them (`--epochs 0: must be ...`),
+    `style="field"` as YAML fields (`field 'epochs' must be ..., got 0`), the words being the same.
+    Nested config objects (`TrainConfig.augment`) are checked too: by their own option names, or as
+    `field 'augment'`. `where` prefixes every message (a file, a stage).
+    """
+    if style not in ("option", "field"):
+        raise ValueError(f"style must be 'option' or 'field', not {style!r}")
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            inner = where if style == "option" else _prefixed(where, f"field {f.name!r}")
+            validate(value, style, inner)
+        elif "rule" in f.metadata and value is not None and value not in f.metadata["rule"]:
+            raise EdgekitError(_field_failure(f, value, style, where))
+    _check_rules(obj, style, where)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|)\s*$")
@@ -101,6 +227,7 @@ LATENCY_MS = Range(0, 3_600_000, "milliseconds", integer=False, above=True)
 ACCURACY = Range(0, 1, integer=False)
 FRACTION = Range(0, 1, integer=False)
 PARALLEL = Range(1, 256, "devices at once")
+WIDTH = Range(0, 2, integer=False, above=True, why="MobileNetV2's width multiplier, e.g. 0.35, 0.5, 0.75, 1.0")
 
 
 @dataclass(frozen=True)
@@ -123,7 +250,7 @@ class TrainConfig:
     extra_data: tuple[str, ...] = ()
     exclude: str | None = None  # exclusion list from `edgekit data check --write-exclusions`
     image_size: int | None = IMAGE_SIZE.field(None)  # None: 32 for digits, 96 for folders
-    alpha: float = Range(0, 2, integer=False, above=True).field(0.35)
+    alpha: float = WIDTH.field(0.35)
     weights: str | None = None  # None: none for digits, imagenet for folders
     epochs: int = EPOCHS.field(30)
     fine_tune_epochs: int = Range(0, 1000, "epochs").field(0)
@@ -131,14 +258,14 @@ class TrainConfig:
     batch_size: int = Range(1, 4096, "images").field(64)
     learning_rate: float = LEARNING_RATE.field(2e-3)
     fine_tune_learning_rate: float = LEARNING_RATE.field(1e-4)
-    validation_fraction: float = 0.2
+    validation_fraction: float = Range(0, 1, integer=False, above=True, below=True).field(0.2)
     seed: int = SEED.field(42)
-    dropout: float = 0.2
+    dropout: float = Range(0, 1, integer=False, below=True).field(0.2)
     bn_momentum: float = FRACTION.field(0.9)
     patience: int = Range(0, 1000, "epochs").field(8)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    strategy: str = "auto"
-    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    strategy: str = OneOf(STRATEGIES).field("auto")
+    mixed_precision: str = OneOf(("auto", "on", "off")).field("auto")
     strict: bool = False
     cache: bool = True
     max_image_pixels: int = Range(1, 1_000_000_000, "pixels").field(40_000_000)
@@ -146,6 +273,11 @@ class TrainConfig:
     deterministic: bool = False  # TensorFlow op determinism: the same seed gives the same weights, slower
     name: str | None = None
     runs_dir: str | None = None
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(lambda c: c.exclude is None or c.data is not None,
+             "{exclude} needs {data}: the embedded digits have no files to leave out"),
+    )
 
     def resolved(self) -> TrainConfig:
         """Fill the dataset-dependent defaults so the saved config says what actually ran."""
@@ -169,26 +301,6 @@ class TrainConfig:
     def from_scratch(self) -> bool:
         """No pretrained body: `--weights none`, which is the default for the digits."""
         return self.weights == "none" or (self.weights is None and self.data is None)
-
-    def validate(self) -> None:
-        """Every field in its range (named as the `edgekit train` option), then what needs two fields."""
-        for owner in (self, self.augment):
-            for f in dataclasses.fields(owner):
-                value, check = getattr(owner, f.name), f.metadata.get("check")
-                if check is not None and value is not None and not check(value):
-                    raise EdgekitError(f"--{f.name.replace('_', '-')} {_shown(value)}: must be {f.metadata['wants']}")
-        checks = [
-            (0.0 < self.validation_fraction < 1.0, "--validation-fraction must be between 0 and 1"),
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
-            (self.exclude is None or self.data is not None,
-             "--exclude needs --data: the embedded digits have no files to leave out"),
-            (self.exclude is None or Path(self.exclude).is_file(),
-             f"--exclude {self.exclude}: no such file; write one with `edgekit data check DIR --write-exclusions F`"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise EdgekitError(message)
 
 
 def to_dict(config: Any) -> dict:
@@ -252,21 +364,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _field_value(f: dataclasses.Field, value: Any, hint: Any, where: str) -> Any:
-    described = f.metadata.get("wants")
+    rule = f.metadata.get("rule")
     try:
         value = _coerce(value, hint, f"{where}: field {f.name!r}")
     except EdgekitError:
-        if not described:
+        if rule is None:
             raise
-        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {_short(value)}") from None
-    check = f.metadata.get("check")
-    if check is not None and value is not None and not check(value):
-        raise EdgekitError(f"{where}: field {f.name!r} must be {described}, got {_short(value)}")
+        raise EdgekitError(_field_failure(f, value, "field", where)) from None
+    if rule is not None and value is not None and value not in rule:
+        raise EdgekitError(_field_failure(f, value, "field", where))
     return value
 
 
 def from_mapping(cls: type, mapping: dict, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys, missing required ones and wrong values.
+    """Build dataclass `cls` from a mapping, rejecting unknown keys, missing required ones and values that
+    break a rule declared on a field or on the class (see `validate`, which gives the same words).
 
     This is edgekit's one strict loader for everything a user writes (recipes, device profiles, search
     spaces) and everything edgekit reads back (manifests). `where` prefixes every message
@@ -283,7 +395,9 @@ def from_mapping(cls: type, mapping: dict, where: str) -> Any:
     for f in fields:
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and mapping.get(f.name) is None:
-            described = f.metadata.get("wants")
-            raise EdgekitError(f"{where}: missing required field {f.name!r}" + (f" ({described})" if described else ""))
+            rule = f.metadata.get("rule")
+            raise EdgekitError(f"{where}: missing required field {f.name!r}" + (f" ({rule.text})" if rule else ""))
     values = {f.name: _field_value(f, mapping[f.name], hints[f.name], where) for f in fields if f.name in mapping}
-    return cls(**values)
+    built = cls(**values)
+    _check_rules(built, "field", where)
+    return built

@@ -15,11 +15,11 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from edgekit import runner
 from edgekit.artifacts import edgekit_home
-from edgekit.config import LATENCY_MS, THREADS, from_mapping, wants
+from edgekit.config import LATENCY_MS, THREADS, Check, OneOf, Rule, from_mapping
 from edgekit.errors import EdgekitError
 from edgekit.yamlio import load_yaml_file
 
@@ -99,39 +99,56 @@ def _nonempty(value: str) -> bool:
 
 
 def _text(description: str):
-    return field(default=None, metadata=wants(description, _nonempty))
+    return Check(description, _nonempty).field(None)
+
+
+PORT = Check("an integer port between 1 and 65535", lambda v: isinstance(v, int) and 0 < v < 65536)
+_SSH_ONLY = ("host", "user", "port", "identity_file", "known_hosts_file", "ssh_options")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ProfileFile:
-    """The fields a device profile YAML may have: the schema `config.from_mapping` checks it against."""
+    """The fields a device profile YAML may have: the schema `config.from_mapping` checks it against,
+    with what no single field can say in RULES: ssh needs a host, local takes no ssh fields, host keys
+    stay checked."""
 
     name: str | None = _text("a non-empty string")
-    description: str = field(metadata=wants("a non-empty string", _nonempty))
-    arch: Arch = field(metadata=wants("one of " + ", ".join(ARCHES)))
-    connection: Connection = field(metadata=wants("one of " + ", ".join(CONNECTIONS)))
+    description: str = Check("a non-empty string", _nonempty).field()
+    arch: str = OneOf(ARCHES).field()
+    connection: str = OneOf(CONNECTIONS).field()
     host: str | None = _text("a host name or address")
     user: str | None = _text("a user name")
-    port: int | None = field(default=None, metadata=wants("an integer port between 1 and 65535",
-                                                           lambda v: 0 < v < 65536))
+    port: int | None = PORT.field(None)
     identity_file: str | None = _text("a path to a private key")
     known_hosts_file: str | None = _text("a path to a known_hosts file")
-    ssh_options: dict[str, str | bool | int | float] | None = field(
-        default=None, metadata=wants("a mapping of ssh option names to values, e.g. {Compression: 'yes'}",
-                                     lambda v: all(_nonempty(k) for k in v)))
+    ssh_options: dict[str, str | bool | int | float] | None = Check(
+        "a mapping of ssh option names to values, e.g. {Compression: 'yes'}",
+        lambda v: all(_nonempty(k) for k in v)).field(None)
     python: str | None = _text("the Python interpreter to run on the device, e.g. python3")
     venv: str | None = _text("a virtual environment folder on the device, e.g. ~/edgekit/venv")
-    runtime: Runtime = field(default="auto", metadata=wants("one of " + ", ".join(RUNTIMES)))
-    delegate: Delegate = field(default="none", metadata=wants("one of " + ", ".join(DELEGATES)))
+    runtime: str = OneOf(RUNTIMES).field("auto")
+    delegate: str = OneOf(DELEGATES).field("none")
     threads: int = THREADS.field(4)
     workdir: str | None = _text("a directory on the device, e.g. ~/edgekit")
-    aliases: tuple[str, ...] | None = field(default=None, metadata=wants(
-        "a list of names, e.g. [pi]", lambda v: all(isinstance(a, str) and _nonempty(a) for a in v)))
-    reference_latency_ms: dict[str, float] | None = field(default=None, metadata=wants(
-        "a mapping of variant name to milliseconds", lambda v: all(ms in LATENCY_MS for ms in v.values())))
+    aliases: tuple[str, ...] | None = Check(
+        "a list of names, e.g. [pi]", lambda v: all(isinstance(a, str) and _nonempty(a) for a in v)).field(None)
+    reference_latency_ms: dict[str, float] | None = Check(
+        "a mapping of variant name to milliseconds", lambda v: all(ms in LATENCY_MS for ms in v.values())).field(None)
 
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(lambda f: f.connection != "ssh" or f.host is not None,
+             "missing required {host} (needed for connection: ssh)"),
+        *(Rule(lambda f, key=key: f.connection != "local" or getattr(f, key) is None,
+               f"{{{key}}} only applies to connection: ssh") for key in _SSH_ONLY),
+        Rule(lambda f: f.reserved_ssh_option is None,
+             "{ssh_options} must not set {v.reserved_ssh_option}; edgekit always checks host keys "
+             "(use --accept-new-host-key to trust a device on first contact)"),
+    )
 
-_SSH_ONLY = ("host", "user", "port", "identity_file", "known_hosts_file", "ssh_options")
+    @property
+    def reserved_ssh_option(self) -> str | None:
+        """An ssh option edgekit sets itself (host-key checking) that this profile tries to set."""
+        return next((k for k in self.ssh_options or {} if k.lower() in RESERVED_SSH_OPTIONS), None)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -139,22 +156,6 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise EdgekitError(f"{path}: a device profile must be a YAML mapping of fields, e.g. `arch: aarch64`")
     return data
-
-
-def _check_relations(where: str, fields: ProfileFile) -> None:
-    """What no single field can say: ssh needs a host, local takes no ssh fields, host keys stay checked."""
-    if fields.connection == "ssh" and fields.host is None:
-        raise EdgekitError(f"{where}: missing required field 'host' (needed for connection: ssh)")
-    if fields.connection == "local":
-        stray = [key for key in _SSH_ONLY if getattr(fields, key) is not None]
-        if stray:
-            raise EdgekitError(f"{where}: field {stray[0]!r} only applies to connection: ssh")
-    reserved = [k for k in fields.ssh_options or {} if k.lower() in RESERVED_SSH_OPTIONS]
-    if reserved:
-        raise EdgekitError(
-            f"{where}: field 'ssh_options' must not set {reserved[0]}; edgekit always checks host keys "
-            "(use --accept-new-host-key to trust a device on first contact)"
-        )
 
 
 def _option_value(value) -> str:
@@ -175,7 +176,6 @@ def parse_profile(path: Path, data: dict, where: str | None = None) -> DevicePro
     path = Path(path)
     where = where or str(path)
     checked = from_mapping(ProfileFile, data, where)
-    _check_relations(where, checked)
     values = {f.name: getattr(checked, f.name) for f in dataclasses.fields(ProfileFile)
               if getattr(checked, f.name) is not None}
     values.setdefault("name", path.stem)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from edgekit.artifacts import edgekit_home
-from edgekit.config import from_mapping
+from edgekit.config import from_mapping, rule_of
 from edgekit.errors import EdgekitError
 from edgekit.yamlio import load_yaml_file
 
@@ -67,17 +67,12 @@ def params_class(stage_type: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def _value_problems(stage_type: str, params: Any, has_qat: bool) -> list[tuple[str, str]]:
-    """(field, why) for values that have the right type but cannot work.
-
-    Each stage's parameters know their own limits (`problems()`); the recipe adds what needs context:
-    int8 without calibration images works only after a qat stage.
-    """
-    problems = list(params.problems()) if hasattr(params, "problems") else []
+def _check_context(stage_type: str, params: Any, has_qat: bool, where: str) -> None:
+    """The one rule that needs the stages before this one (each stage's own rules are declared on its
+    parameter class, and `from_mapping` enforced them): int8 without calibration images needs a qat stage."""
     if stage_type == "convert" and params.mode == "int8" and params.calibration_samples < 1 and not has_qat:
-        problems.append(("calibration_samples", "int8 needs calibration images (at least 1) unless a qat stage "
-                                                "comes first"))
-    return problems
+        raise EdgekitError(f"{where}: field 'calibration_samples' int8 needs calibration images (at least 1) "
+                           "unless a qat stage comes first")
 
 
 def recipe_from_mapping(mapping: Any, source: str) -> Recipe:
@@ -100,8 +95,7 @@ def recipe_from_mapping(mapping: Any, source: str) -> Recipe:
                                f"one of {', '.join(STAGE_TYPES)}")
         fields = {k: v for k, v in raw.items() if k != "type"}
         params = from_mapping(params_class(stage_type), fields, where)
-        for field_name, why in _value_problems(stage_type, params, "qat" in seen):
-            raise EdgekitError(f"{where}: field {field_name!r} {why}")
+        _check_context(stage_type, params, "qat" in seen, where)
         stages.append(Stage(stage_type, params))
         seen.append(stage_type)
     _check_order(seen, source)
@@ -183,8 +177,7 @@ def recipe_from_flags(*, int8: bool = False, float16: bool = False, dynamic: boo
                            "input and output")
     if qat and mode != "int8":
         raise EdgekitError(f"--qat trains for int8 quantization; it cannot end in --{mode}")
-    if prune is not None and not 0 <= prune < 1:  # before it names the variant (prune50)
-        raise EdgekitError(f"--prune {prune:g}: a sparsity must be in [0, 1), e.g. 0.5")
+    rule_of(params_class("prune"), "target_sparsity").check(prune, "--prune")  # before it names the variant
     stages: list[dict] = []
     parts = []
     if prune is not None:

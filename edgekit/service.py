@@ -16,11 +16,14 @@ import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from edgekit.config import OneOf, Rule, validate
 from edgekit.devices import runner_module
 from edgekit.errors import EdgekitError
 
 MODES = ("serve", "live")
+MODE = OneOf(MODES)  # --service, --remove-service, and a fleet device's `service:` words
 ENV_FILE = "runner.env"
 NO_SYSTEMD, NO_SUDO = 90, 91  # exit codes of the device-side script
 
@@ -29,18 +32,19 @@ _FACTS = "import getpass, sys; print(sys.executable); print(getpass.getuser())"
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """What to run as a service: `serve` or `live`, with extra runner arguments (a live SOURCE, --port...)."""
+    """What to run as a service: `serve` or `live`, with extra runner arguments (a live SOURCE, --port...).
 
-    mode: str
+    Built from `deploy` options by `parse`, which enforces the declared rules and then parses the
+    arguments as the device's runner will."""
+
+    mode: str = MODE.field(option="--service")
     args: tuple[str, ...] = field(default_factory=tuple)
     tls: bool = False  # serve over HTTPS with a certificate made on the device (edgekit.certificate)
 
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise EdgekitError(f"--service {self.mode}: choose serve or live")
-        if self.tls and self.mode != "serve":
-            raise EdgekitError("--tls: only `--service serve` answers HTTP; drop --tls or use --service serve")
-        self._check()
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(lambda s: not s.tls or s.mode == "serve",
+             "{tls}: only `--service serve` answers HTTP; drop --tls or use --service serve"),
+    )
 
     def _check(self) -> None:
         """Parse the arguments as the device's runner will (a live SOURCE is required): a typo fails here,
@@ -71,7 +75,10 @@ class ServiceSpec:
             words = tuple(shlex.split(args or ""))
         except ValueError as exc:
             raise EdgekitError(f"--service-args {args!r}: {exc}; quote it as a shell would") from None
-        return cls(mode, words, tls)
+        spec = cls(mode, words, tls)
+        validate(spec)
+        spec._check()
+        return spec
 
     @property
     def unit_name(self) -> str:
@@ -197,8 +204,7 @@ def install_service(target, profile, spec: ServiceSpec, *, runner: str, model: s
 
 def remove_service(target, mode: str) -> dict:
     """Stop, disable and delete the unit; removing one that is not installed is not an error."""
-    if mode not in MODES:
-        raise EdgekitError(f"--remove-service {mode}: choose serve or live")
+    MODE.check(mode, "--remove-service")
     unit = f"edgekit-{mode}.service"
     body = (
         f"$SUDO systemctl disable --now {unit} >/dev/null 2>&1 || true\n"

@@ -206,7 +206,10 @@ def _prepare(config: cfg.TrainConfig, resume: Path | None) -> tuple[cfg.TrainCon
     if resume is not None:
         config = load_resume_config(resume)
     config = config.resolved()
-    config.validate()
+    cfg.validate(config)
+    if config.exclude is not None and not Path(config.exclude).is_file():
+        raise EdgekitError(f"--exclude {config.exclude}: no such file; write one with "
+                           "`edgekit data check DIR --write-exclusions F`")
     check_image_size(config.image_size)
     for folder in ([config.data] if config.data else []) + list(config.extra_data):
         if not Path(folder).expanduser().is_dir():  # before the weights: the more basic mistake first

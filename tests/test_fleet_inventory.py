@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.config import validate
 from edgekit.errors import EdgekitError
 from edgekit.fleet.inventory import load_fleet
 from edgekit.fleet.parallel import for_each_device
@@ -149,7 +150,7 @@ def test_rollout_plan_and_bad_settings_are_one_line(tmp_path):
     with pytest.raises(EdgekitError, match="--shadow '30 minutes'"):
         parse_duration("30 minutes")
     with pytest.raises(EdgekitError, match="--min-agreement 1.5"):
-        RolloutSettings(waves=("all",), shadow_s=1, min_agreement=1.5).check()
+        validate(RolloutSettings(waves=("all",), shadow_s=1, min_agreement=1.5))
 
 
 def test_rollout_of_a_device_without_a_deployed_model_names_it(tmp_path, edgekit_home):

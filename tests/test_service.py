@@ -74,7 +74,7 @@ def test_service_options_are_checked_before_anything_is_copied(tmp_path):
         ServiceSpec.parse("live", "--fps 5")
     with pytest.raises(EdgekitError, match="--port: '70000' is not a TCP port"):
         ServiceSpec.parse("serve", "--port 70000")
-    with pytest.raises(EdgekitError, match="choose serve or live"):
+    with pytest.raises(EdgekitError, match="--service classify: must be one of serve, live"):
         ServiceSpec.parse("classify", None)
     with pytest.raises(EdgekitError, match="quote it"):
         ServiceSpec.parse("serve", "--host 'unterminated")

@@ -68,7 +68,7 @@ def test_default_space_is_valid_and_covers_the_issue():
     ({"width": [0.35], "image_size": [32]}, "field 'recipe' is missing"),
     ({**SPACE, "widht": [0.5]}, "unknown field 'widht'"),
     ({**SPACE, "width": []}, "field 'width': an empty list"),
-    ({**SPACE, "image_size": [16]}, "field 'image_size'[0]: input size must be"),
+    ({**SPACE, "image_size": [16]}, "field 'image_size'[0] must be a whole number of pixels from 32"),
     ({**SPACE, "recipe": ["int9"]}, "field 'recipe'[0]: unknown recipe 'int9'"),
     ({**SPACE, "learning_rate": {"low": 0.01, "high": 0.001}}, "field 'learning_rate': low 0.01 is above high"),
     ({**SPACE, "epochs": {"low": 1, "hi": 3}}, "field 'epochs': a range unknown key 'hi'"),
@@ -88,7 +88,7 @@ def test_cli_rejects_an_invalid_space_before_any_work(tmp_path):
     path = write_space(tmp_path / "space.yaml", {**SPACE, "width": [3.0]})
     result, err = run_cli("tune", "--space", str(path), "--max-latency-ms", "10", "--out", str(tmp_path / "t"))
     assert result.exit_code == 1
-    assert f"error: {path}: field 'width'[0]: MobileNetV2 width must be in (0, 2]" in err
+    assert f"error: {path}: field 'width'[0] must be a number above 0 and up to 2 (MobileNetV2's width" in err
     assert not (tmp_path / "t").exists()
 
 

@@ -175,7 +175,7 @@ def fleet_rollout(
     $ edgekit fleet rollout VARIANT fleet.yaml --waves canary,line-2,all --shadow 30m --min-agreement 0.97
     $ edgekit fleet rollout runs/<run>/compressed/int8-ptq fleet.yaml --resume
     """
-    from edgekit.config import PARALLEL
+    from edgekit.config import PARALLEL, validate
     from edgekit.errors import EdgekitError
     from edgekit.fleet import rollout as rollouts
     from edgekit.fleet.inventory import load_fleet
@@ -192,7 +192,7 @@ def fleet_rollout(
             waves=tuple(w.strip() for w in waves.split(",") if w.strip()), shadow_s=rollouts.parse_duration(shadow),
             min_agreement=min_agreement, max_errors=max_errors, max_p90_ms=max_p90_ms, min_samples=min_samples,
             settle_s=rollouts.parse_duration(settle, "--settle"))
-        settings.check()
+        validate(settings)
     fleet = load_fleet(fleet_file)
     model = model_path(variant)
     options = {"accept_new_host_key": accept_new_host_key, "parallel": parallel}

@@ -66,7 +66,7 @@ def train(
     $ edgekit train --data photos/ --image-size 96 --fine-tune-epochs 5
     $ edgekit train --data photos/ --exclude photos-exclusions.txt
     """
-    from edgekit.config import AugmentConfig, TrainConfig
+    from edgekit.config import AugmentConfig, TrainConfig, validate
 
     if resume is not None:
         refuse(ctx, tuple(p.name for p in ctx.command.params if p.name not in ("resume", "as_json")),
@@ -78,8 +78,6 @@ def train(
     if fine_tune_epochs > 0 and TrainConfig(data=data, weights=weights).from_scratch:
         raise EdgekitError("--fine-tune-epochs: training from scratch (--weights none, the default for the digits) "
                            "has no pretrained body to fine-tune; use --epochs, or pass --weights")
-    if mixed_precision not in ("auto", "on", "off"):
-        raise EdgekitError(f"--mixed-precision {mixed_precision!r}: choose auto, on or off")
     config = TrainConfig(
         data=data, extra_data=tuple(extra_data or ()), exclude=str(exclude) if exclude else None,
         image_size=image_size, alpha=alpha, weights=weights,
@@ -91,7 +89,7 @@ def train(
         name=name, runs_dir=str(runs_dir) if runs_dir else None,
         deterministic=deterministic,
     )
-    config.validate()  # every number in its range before TensorFlow loads and before a run folder exists
+    validate(config)  # every number in its range before TensorFlow loads and before a run folder exists
     from edgekit.train import train as run_training
 
     result = run_training(config, resume=resume)

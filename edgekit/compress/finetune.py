@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgekit.compat import keras
+from edgekit.config import validate
 from edgekit.errors import EdgekitError
 
 
@@ -62,9 +63,9 @@ class EpochProgress(keras.callbacks.Callback):
 
 
 def check_params(stage: str, params) -> None:
-    """Raise the first of `params.problems()` as `<stage>: field '<name>' <why>`."""
-    for field, why in params.problems():
-        raise EdgekitError(f"{stage}: field {field!r} {why}")
+    """Parameters built in code (not read from a recipe) meet the rules declared on their class:
+    `<stage>: field '<name>' must be ...`."""
+    validate(params, "field", where=stage)
 
 
 def count_steps(dataset) -> int | None:

@@ -40,6 +40,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgekit.config import Check
 from edgekit.devices import DeviceProfile, ProfileFile, load_profile, parse_profile, with_overrides
 from edgekit.errors import EdgekitError
 from edgekit.yamlio import load_yaml_file
@@ -53,6 +54,10 @@ _ANSIBLE_FIELDS = {
 }
 FLEET_FIELDS = frozenset({"service"})  # fleet-only device settings, kept in FleetDevice.vars
 _DEVICE_KEYS = PROFILE_FIELDS | FLEET_FIELDS | {"profile"}
+# The fleet's, each device's and each group's name: one rule, one set of words.
+PLAIN_NAME = Check("a plain non-empty name (no '/', not starting with '.'), e.g. plant-a",
+                   lambda n: isinstance(n, str) and n.strip() != "" and "/" not in n and not n.startswith("."))
+PROFILE_REF = Check("a profile name or a path to a .yaml file", lambda r: isinstance(r, str) and r.strip() != "")
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,8 @@ def _read_native(path: Path, data: dict):
         raise EdgekitError(f"{path}: unknown top-level key {sorted(unknown)[0]!r}; expected name, devices, groups, "
                            "vars")
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not name.strip() or "/" in name or name.startswith("."):
-        raise EdgekitError(f"{path}: field 'name' must be a plain non-empty name, e.g. plant-a")
+    if name not in PLAIN_NAME:
+        raise EdgekitError(f"{path}: field 'name' must be {PLAIN_NAME.text}, got {name!r}")
     specs = {}
     for device_name, spec in _mapping(path, data.get("devices"), "'devices'").items():
         _check_name(path, device_name, "device")
@@ -173,8 +178,8 @@ def _read_native(path: Path, data: dict):
 
 
 def _check_name(path: Path, name, what: str) -> None:
-    if not isinstance(name, str) or not name.strip() or "/" in name or name.startswith(".") or name == ALL:
-        reason = "is reserved for every device" if name == ALL else "must be a plain name"
+    if name == ALL or name not in PLAIN_NAME:
+        reason = "is reserved for every device" if name == ALL else f"must be {PLAIN_NAME.text}"
         raise EdgekitError(f"{path}: {what} name {name!r} {reason}; rename it")
 
 
@@ -262,8 +267,8 @@ def _build_device(path: Path, name: str, spec: dict, groups: tuple[str, ...], gr
     fields["name"] = name
     try:
         if profile_ref is not None:
-            if not isinstance(profile_ref, str) or not profile_ref.strip():
-                raise EdgekitError(f"{where}: field 'profile' must be a profile name or a path to a .yaml file")
+            if profile_ref not in PROFILE_REF:
+                raise EdgekitError(f"{where}: field 'profile' must be {PROFILE_REF.text}, got {profile_ref!r}")
             ref = profile_ref
             if ref.endswith((".yaml", ".yml")) or "/" in ref:
                 ref_path = Path(ref).expanduser()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from edgekit import manifests
 from edgekit.artifacts import process_alive, sha256_file, utc_now, write_json_atomic
-from edgekit.config import FRACTION, LATENCY_MS, Range, duration_seconds
+from edgekit.config import FRACTION, LATENCY_MS, Check, Range, duration_seconds, validate
 from edgekit.deploy import deploy
 from edgekit.device_state import CurrentModel, parse_current, read_current, write_current
 from edgekit.errors import EdgekitError
@@ -47,25 +47,20 @@ def parse_duration(text: str, option: str = "--shadow") -> float:
     return seconds
 
 
+WAIT_S = Range(0, 30 * 86_400, "seconds", integer=False)  # a shadow period or a settle time: up to 30 days
+
+
 @dataclass(frozen=True)
 class RolloutSettings:
-    waves: tuple[str, ...]
-    shadow_s: float
-    min_agreement: float
-    max_errors: int = 0
-    max_p90_ms: float | None = None
-    min_samples: int = 1
-    settle_s: float = 10.0
+    """The gate of every wave, as `edgekit fleet rollout` options; `config.validate` checks them."""
 
-    def check(self) -> None:
-        FRACTION.check(self.min_agreement, "--min-agreement")
-        Range(0, 1_000_000, "errors").check(self.max_errors, "--max-errors")
-        Range(0, 10_000_000, "comparisons").check(self.min_samples, "--min-samples")
-        LATENCY_MS.check(self.max_p90_ms, "--max-p90-ms")
-        if self.shadow_s < 0 or self.settle_s < 0:
-            raise EdgekitError("--shadow and --settle must not be negative")
-        if not self.waves:
-            raise EdgekitError("--waves: name at least one group, e.g. canary,all")
+    waves: tuple[str, ...] = Check("at least one group, e.g. canary,all", bool).field()
+    shadow_s: float = WAIT_S.field(option="--shadow")
+    min_agreement: float = FRACTION.field()
+    max_errors: int = Range(0, 1_000_000, "errors").field(0)
+    max_p90_ms: float | None = LATENCY_MS.field(None)
+    min_samples: int = Range(0, 10_000_000, "comparisons").field(1)
+    settle_s: float = WAIT_S.field(10.0, option="--settle")
 
 
 def plan_waves(fleet: Fleet, waves: tuple[str, ...], group: str | None = None) -> list[dict]:
@@ -355,7 +350,7 @@ def _db_option(device: FleetDevice, before: dict) -> str | None:
 def start(fleet: Fleet, model: Path, settings: RolloutSettings, *, group: str | None = None, **options) -> Rollout:
     """A new rollout's manifest, saved before anything touches a device."""
 
-    settings.check()
+    validate(settings)
     model = Path(model).resolve()
     sha = sha256_file(model)
     found = manifests.read_optional(model.parent)

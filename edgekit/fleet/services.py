@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from edgekit.devices import RUNNER_NAME
 from edgekit.errors import EdgekitError
-from edgekit.service import ServiceSpec, install_service
+from edgekit.service import MODE, ServiceSpec, install_service
 from edgekit.transport.ssh import remote_quote
 
 PID_FILE, LOG_FILE = "service.pid", "service.log"
@@ -40,8 +40,8 @@ def service_of(device, current) -> ServiceKind:
     configured = device.vars.get("service")
     if configured:
         words = shlex.split(configured) if isinstance(configured, str) else [str(w) for w in configured]
-        if not words or words[0] not in ("serve", "live"):
-            raise EdgekitError(f"{device.name}: service {configured!r} must start with serve or live, e.g. "
+        if not words or words[0] not in MODE:
+            raise EdgekitError(f"{device.name}: service {configured!r} must start with {MODE.text}, e.g. "
                                "'live incoming --existing'")
         return ServiceKind("process", words[0], tuple(words[1:]))
     unit = (current.service or {}) if current else {}
@@ -72,7 +72,7 @@ def start(target, device, service: ServiceKind, model: str, model_sha256: str, *
     """(Re)start the device's runner on `model` (relative to the work directory), with a shadow if given."""
     extra = ("--shadow", shadow, "--shadow-tag", tag or "") if shadow else ()
     if service.kind == "systemd":
-        spec = ServiceSpec(service.mode, (*service.args, *extra))
+        spec = ServiceSpec.parse(service.mode, shlex.join((*service.args, *extra)))  # checked as deploy does
         done = install_service(target, device.profile, spec, runner=target.path(RUNNER_NAME),
                                model=target.path(model), model_sha256=model_sha256)
         return {"unit": done["unit"], "state": done["state"], "restarts": restarts(target, service)}

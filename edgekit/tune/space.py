@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.config import EPOCHS, IMAGE_SIZE, SEED, TrainConfig, from_mapping
+from edgekit.config import EPOCHS, SEED, OneOf, Range, TrainConfig, from_mapping, rule_of, validate
 from edgekit.errors import EdgekitError
 from edgekit.recipes import load_recipe
 from edgekit.yamlio import load_yaml_file
@@ -23,6 +23,9 @@ DIMENSIONS = ("width", "image_size", "recipe", "epochs", "learning_rate")
 TOP_LEVEL = (*DIMENSIONS, "train", "sampler", "seed", "pruning")
 SAMPLERS = ("tpe", "nsga2")
 MAX_GRID = 10_000  # values one range may enumerate (a benchmark's grid; also bounds what a trial can ask for)
+# The TrainConfig field each numeric dimension sets: its values obey that field's declared rule.
+DIMENSION_FIELDS = {"width": "alpha", "image_size": "image_size", "epochs": "epochs",
+                    "learning_rate": "learning_rate"}
 # TrainConfig fields the tuner sets itself (searched, or naming the candidate's run).
 NOT_FIXABLE = ("alpha", "image_size", "epochs", "learning_rate", "data", "extra_data", "name", "runs_dir", "seed")
 
@@ -66,18 +69,18 @@ class PruningRule:
     (benchmarks/tune_search.py pruned at 0.0975 vs a median of 0.1003 before it existed)."""
 
     enabled: bool = True
-    percentile: float = 50.0
-    warmup_epochs: int = 1
-    min_trials: int = 3
-    min_delta: float = 0.02
+    percentile: float = Range(0, 100, integer=False).field(50.0)
+    warmup_epochs: int = Range(0, EPOCHS.high, "epochs").field(1)
+    min_trials: int = Range(1, 100_000, "trials").field(3)
+    min_delta: float = Range(0, 1, integer=False, below=True).field(0.02)
 
 
 @dataclass(frozen=True)
 class SearchSpace:
     dimensions: dict[str, Dimension]
     train: dict = field(default_factory=dict)
-    sampler: str = "tpe"
-    seed: int = 42
+    sampler: str = OneOf(SAMPLERS).field("tpe")
+    seed: int = SEED.field(42)
     pruning: PruningRule = field(default_factory=PruningRule)
     source: str = "<memory>"
 
@@ -111,16 +114,9 @@ def _check_value(name: str, value, where: str) -> None:
         except EdgekitError as exc:
             raise EdgekitError(f"{where}: {exc}") from None
         return
-    if not _is_number(value):
-        raise EdgekitError(f"{where}: expected a number, got {value!r}")
-    if name == "width" and not 0 < value <= 2:
-        raise EdgekitError(f"{where}: MobileNetV2 width must be in (0, 2], e.g. 0.35, 0.5, 0.75, 1.0; got {value}")
-    if name == "image_size" and value not in IMAGE_SIZE:
-        raise EdgekitError(f"{where}: input size must be {IMAGE_SIZE.text}; got {value}")
-    if name == "epochs" and value not in EPOCHS:
-        raise EdgekitError(f"{where}: epochs must be {EPOCHS.text}; got {value}")
-    if name == "learning_rate" and not 0 < value < 1:
-        raise EdgekitError(f"{where}: learning rate must be in (0, 1); got {value}")
+    rule = rule_of(TrainConfig, DIMENSION_FIELDS[name])  # the words `edgekit train` uses for the same value
+    if value not in rule:
+        raise EdgekitError(f"{where} must be {rule.text}, got {value!r}")
 
 
 def _dimension(name: str, raw, source: str) -> Dimension:
@@ -161,11 +157,7 @@ def _train_fields(raw, source: str) -> dict:
     for name in raw:
         if name in NOT_FIXABLE:
             raise EdgekitError(f"{where}.{name}: set by the tuner (searched or per candidate); remove it here")
-    config = from_mapping(TrainConfig, raw, where)  # unknown fields and wrong types, named
-    try:
-        dataclasses.replace(config, epochs=1).validate()
-    except EdgekitError as exc:
-        raise EdgekitError(f"{where}: {exc}") from None
+    from_mapping(TrainConfig, raw, where)  # unknown fields, wrong types and TrainConfig's rules, named
     return dict(raw)
 
 
@@ -179,19 +171,11 @@ def space_from_mapping(mapping: Any, source: str) -> SearchSpace:
         if required not in mapping:
             raise EdgekitError(f"{source}: field {required!r} is missing; the tuner needs width, image_size, recipe")
     dimensions = {name: _dimension(name, mapping[name], source) for name in DIMENSIONS if name in mapping}
-    sampler = mapping.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise EdgekitError(f"{source}: field 'sampler' must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    seed = mapping.get("seed", 42)
-    if seed not in SEED:
-        raise EdgekitError(f"{source}: field 'seed' must be {SEED.text}, got {seed!r}")
     pruning = from_mapping(PruningRule, mapping.get("pruning") or {}, f"{source}: field 'pruning'")
-    if not 0 <= pruning.percentile <= 100 or not 0 <= pruning.warmup_epochs <= EPOCHS.high or \
-            not 1 <= pruning.min_trials <= 100_000 or not 0 <= pruning.min_delta < 1:
-        raise EdgekitError(f"{source}: field 'pruning': percentile in 0..100, warmup_epochs in 0..1000, min_trials "
-                           "in 1..100000, min_delta in [0, 1)")
-    return SearchSpace(dimensions, _train_fields(mapping.get("train") or {}, source), sampler, seed, pruning,
-                       source)
+    space = SearchSpace(dimensions, _train_fields(mapping.get("train") or {}, source),
+                        mapping.get("sampler", "tpe"), mapping.get("seed", 42), pruning, source)
+    validate(space, "field", where=source)  # sampler and seed, as declared on SearchSpace
+    return space
 
 
 def load_space(path: str | Path | None = None) -> SearchSpace:
