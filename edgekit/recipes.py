@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from edgekit.artifacts import edgekit_home
-from edgekit.config import from_mapping, rule_of
+from edgekit.config import Check, from_mapping, rule_of, validate
 from edgekit.errors import EdgekitError
 from edgekit.yamlio import load_yaml_file
 
@@ -33,6 +33,8 @@ STAGE_TYPES = {
 }
 TRAINING_STAGES = ("prune", "cluster", "qat")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+RECIPE_NAME = Check("letters, digits, '.', '_' or '-' (it names the variant's folder), e.g. prune50-int8",
+                    lambda name: isinstance(name, str) and _NAME.fullmatch(name) is not None)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Stage:
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str
+    name: str = RECIPE_NAME.field()
     stages: tuple[Stage, ...]
     description: str = ""
     source: str = "<memory>"
@@ -99,11 +101,10 @@ def recipe_from_mapping(mapping: Any, source: str) -> Recipe:
         stages.append(Stage(stage_type, params))
         seen.append(stage_type)
     _check_order(seen, source)
-    name = mapping.get("name") or Path(source).stem
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise EdgekitError(f"{source}: 'name' {name!r} must be letters, digits, '.', '_' or '-' (it names the "
-                           "variant's folder), e.g. prune50-int8")
-    return Recipe(name=name, stages=tuple(stages), description=str(mapping.get("description", "")), source=source)
+    recipe = Recipe(name=mapping.get("name") or Path(source).stem, stages=tuple(stages),
+                    description=str(mapping.get("description", "")), source=source)
+    validate(recipe, "field", where=source)
+    return recipe
 
 
 def _check_order(types: list[str], source: str) -> None:

@@ -260,7 +260,7 @@ def test_stale_scratch_of_a_killed_compress_is_removed(tmp_path):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("name: ../evil\nstages:\n  - type: convert\n", r"'name' '../evil' must be letters, digits"),
+    ("name: ../evil\nstages:\n  - type: convert\n", r"field 'name' must be letters, digits, .*, got '../evil'"),
     ("name: x\nname: y\nstages:\n  - type: convert\n", r"not valid YAML at line 2 \(duplicate key 'name'"),
     (b"name: caf\xe9\nstages:\n  - type: convert\n", r"recipe is not UTF-8 text"),
 ])

@@ -23,7 +23,7 @@ cli = CliRunner()
 
 # Every module that defines classes a user fills in (a YAML file, a recipe, command-line options).
 CONFIG_MODULES = ("edgekit.config", "edgekit.devices", "edgekit.compress.params", "edgekit.tune.space",
-                  "edgekit.fleet.rollout", "edgekit.service")
+                  "edgekit.fleet.rollout", "edgekit.service", "edgekit.recipes")
 # Dataclasses in those modules that are not filled in by a user, and why.
 NOT_CONFIG = {
     "Range": "a rule itself", "OneOf": "a rule itself", "Check": "a rule itself", "Rule": "a rule itself",

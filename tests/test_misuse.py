@@ -58,7 +58,7 @@ CASES = [
     (["compress", "{run}", "--int8", "--threads", "0"], "--threads 0: must be a whole number of threads from 1"),
     (["compress", "{tmp}", "--int8"], "no manifest.json, so not an edgekit run directory"),
     (["compress", "{tmp}/variant", "--int8"], "is a variant artifact, not a run"),
-    (["compress", "{run}", "--recipe", "{tmp}/evil.yaml"], "'name' '../evil' must be letters"),
+    (["compress", "{run}", "--recipe", "{tmp}/evil.yaml"], "field 'name' must be letters"),
     (["compress", "{run}", "--recipe", "float16", "--float16"], "recipe name 'float16' is also used by"),
     (["eval", "{tmp}/nothing.tflite"], "nothing.tflite: no such model file or directory"),
     (["eval", "{tmp}/fake.tflite", "--data", "{tmp}"], "fake.tflite: not a TFLite model"),

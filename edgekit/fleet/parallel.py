@@ -12,6 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from edgekit.config import PARALLEL
 from edgekit.errors import EdgekitError
 
 
@@ -38,8 +39,7 @@ def for_each_device(devices: list, fn: Callable[[object], object], *, parallel: 
     Each finished device prints one progress line on stderr (`progress` may replace the stream);
     any exception becomes a failed outcome with a one-line error.
     """
-    if parallel < 1:
-        raise EdgekitError(f"--parallel must be at least 1, got {parallel}")
+    PARALLEL.check(parallel, "--parallel")
     stream = progress if progress is not None else sys.stderr
     lock = threading.Lock()
     done = [0]
