@@ -99,12 +99,12 @@ class Range(FieldRule):
     @property
     def text(self) -> str:
         kind = ("a whole number" if self.integer else "a number") + (f" of {self.unit}" if self.unit else "")
-        low = f"above {_num(self.low)}" if self.above else f"from {_num(self.low)}"
-        if self.below:
-            low = low.replace("from", "at least")
-        high = f"and below {_num(self.high)}" if self.below else \
-            (f"and up to {_num(self.high)}" if self.above else f"to {_num(self.high)}")
-        return f"{kind} {low} {high}" + (f" ({self.why})" if self.why else "")
+        low, high = _num(self.low), _num(self.high)
+        if self.below:  # [low, high) or (low, high)
+            span = f"{'above' if self.above else 'at least'} {low} and below {high}"
+        else:
+            span = f"above {low} and up to {high}" if self.above else f"from {low} to {high}"
+        return f"{kind} {span}" + (f" ({self.why})" if self.why else "")
 
 
 @dataclass(frozen=True)
