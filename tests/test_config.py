@@ -23,12 +23,13 @@ cli = CliRunner()
 
 # Every module that defines classes a user fills in (a YAML file, a recipe, command-line options).
 CONFIG_MODULES = ("edgekit.config", "edgekit.devices", "edgekit.compress.params", "edgekit.tune.space",
-                  "edgekit.fleet.rollout", "edgekit.service", "edgekit.recipes")
+                  "edgekit.fleet.rollout", "edgekit.service", "edgekit.recipes", "edgekit.datacheck.check")
 # Dataclasses in those modules that are not filled in by a user, and why.
 NOT_CONFIG = {
     "Range": "a rule itself", "OneOf": "a rule itself", "Check": "a rule itself", "Rule": "a rule itself",
     "DeviceProfile": "built from ProfileFile, which carries the rules",
     "Dimension": "its values obey the TrainConfig field each dimension sets (tune.space._check_value)",
+    "Images": "what a scan found, not settings",
 }
 
 

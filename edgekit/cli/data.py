@@ -51,20 +51,18 @@ def data_check(
     $ edgekit data check photos/ --run runs/photos-20260101-120000 --write-exclusions exclude.txt
     """
     from edgekit.artifacts import check_writable
+    from edgekit.config import validate
     from edgekit.data.exclude import write_exclusions as write_list
     from edgekit.datacheck.check import CheckOptions, check_folder, default_out_dir, exclusion_entries, write_check
     from edgekit.datacheck.report import summary_lines
 
-    if not 0 <= near_distance <= 32:
-        raise EdgekitError(f"--near-distance {near_distance}: choose 0..32 bits (4 finds re-saved and resized copies)")
-    from edgekit.config import SEED
-
-    SEED.check(seed, "--seed")
+    options = CheckOptions(near_distance=near_distance, seed=seed)
+    validate(options)
     out_dir = out or default_out_dir(folder)
     check_writable(out_dir)  # a read-only home fails now, not after minutes of scanning
     if out_dir.exists() and any(out_dir.iterdir()):
         raise EdgekitError(f"{out_dir}: exists and is not empty; pass a new --out folder")
-    report = check_folder(folder, run=run, options=CheckOptions(near_distance=near_distance, seed=seed),
+    report = check_folder(folder, run=run, options=options,
                           trust_model=trust_model)
     write_check(report, out_dir)
     lines = summary_lines(report) + [f"report: {out_dir / 'report.md'}"]

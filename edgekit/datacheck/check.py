@@ -17,6 +17,7 @@ import numpy as np
 
 from edgekit import manifests
 from edgekit.artifacts import edgekit_home, write_json_atomic, write_text_atomic
+from edgekit.config import SEED, Range
 from edgekit.data import IMAGE_EXTENSIONS, SPLIT_NAMES, DataSpec, ImageSet, hashing, scan_class_folders
 from edgekit.datacheck import labels as lab
 from edgekit.datacheck.report import contact_sheets, markdown, summary_lines
@@ -28,12 +29,14 @@ HELD_OUT_FIRST = {"test": 0, "validation": 1, "train": 2, "all": 2}  # which cop
 
 @dataclass(frozen=True)
 class CheckOptions:
-    near_distance: int = hashing.NEAR_DISTANCE
-    min_side: int = 32  # smaller than the smallest input size edgekit trains at
-    huge_pixels: int = 20_000_000
-    max_aspect: float = 3.0  # squashing to a square distorts these beyond recognition
-    imbalance_ratio: float = 3.0
-    seed: int = 42
+    """What `edgekit data check` flags; `--near-distance` and `--seed` come from the command line."""
+
+    near_distance: int = Range(0, 32, "bits", why="4 finds re-saved and resized copies").field(hashing.NEAR_DISTANCE)
+    min_side: int = Range(1, 100_000, "pixels").field(32)  # smaller than the smallest input size edgekit trains at
+    huge_pixels: int = Range(1, 1_000_000_000, "pixels").field(20_000_000)
+    max_aspect: float = Range(1, 1000, integer=False).field(3.0)  # a square squash distorts these beyond recognition
+    imbalance_ratio: float = Range(1, 1_000_000, integer=False).field(3.0)
+    seed: int = SEED.field(42)
 
 
 @dataclass
