@@ -181,9 +181,12 @@ class BenchRow:
         """A row from its flat JSON form; anything wrong is one line starting with `where`."""
         if not isinstance(raw, dict):
             raise EdgekitError(f"{where}: expected a mapping of fields, got {str(raw)[:80]}")
-        placed = {f.name for f in dataclasses.fields(Placement)}
-        if "ran" in raw:
-            raise EdgekitError(f"{where}: unknown field 'ran'")
+        placed = [f.name for f in dataclasses.fields(Placement)]
+        known = [f.name for f in dataclasses.fields(cls)]
+        known = known[:2] + placed + known[3:]  # as the JSON has them: `ran`'s fields in its place
+        unknown = sorted(str(key) for key in raw if key not in known)
+        if unknown:
+            raise EdgekitError(f"{where}: unknown field {unknown[0]!r}; known fields: {', '.join(known)}")
         ran = from_mapping(Placement, {k: v for k, v in raw.items() if k in placed}, where)
         rest = {k: v for k, v in raw.items() if k not in placed}
         return from_mapping(cls, {**rest, "ran": dataclasses.asdict(ran)}, where)
