@@ -201,5 +201,7 @@ def test_runner_report_becomes_a_row_in_one_place_and_is_checked_like_input():
     assert found.environment.machine == "aarch64" and found.environment.runtime == "tflite_runtime"
     assert found.paired.baseline == "float32" and found.paired.rounds == 3 and found.paired.ratio < 1
     assert row.latency_ms is None  # built once; the original is unchanged
+    fallen_back = measured(row, {**report, "delegate_error": "edgetpu: not available (no device)"}, CHECK, "pi")
+    assert (fallen_back.status, fallen_back.error) == ("error", "edgetpu: not available (no device)")
     with pytest.raises(EdgekitError, match=r"^pi: the runner's bench report: field 'latency_ms': field 'p90'"):
         measured(row, {**report, "latency_ms": {**LATENCY, "p90": "fast"}}, CHECK, "pi: the runner's bench report")

@@ -210,7 +210,8 @@ def measured(row: BenchRow, report: dict, check: dict, where: str, baseline: str
     """`row` with what the runner's `bench` JSON reports: the one place the runner's output becomes a row.
 
     The report comes from a device, so it is validated like any input: a wrong type is one line
-    (`where`: field ...), which the caller turns into an error row.
+    (`where`: field ...), which the caller turns into an error row. A delegate that did not load makes the
+    row an error although the CPU timed it: those figures are not the ones asked for.
     """
     runtime = _part(report, "runtime")
     flat = {**row.as_dict(), "runtime": runtime.get("name"), "runtime_version": runtime.get("version"),
@@ -220,6 +221,8 @@ def measured(row: BenchRow, report: dict, check: dict, where: str, baseline: str
             "first_ms": report.get("first_ms"), "model_sha256": report.get("model_sha256"),
             "output_check": check, "environment": dataclasses.asdict(device_environment(report)),
             "paired": _paired(report, baseline)}
+    if report.get("delegate_error"):
+        flat.update(status="error", error=str(report["delegate_error"]))
     return BenchRow.from_dict(flat, where)
 
 

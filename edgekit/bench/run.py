@@ -193,11 +193,9 @@ def convert_mode(variant: BenchModel) -> str | None:
     return modes[-1] if modes else None
 
 
-def _judged(row: BenchRow, report: dict, check: dict, profile: DeviceProfile) -> BenchRow:
-    """A measured row's status: an unusable delegate is an error, outputs beyond tolerance are drift."""
-    if report.get("delegate_error"):
-        row = dataclasses.replace(row, status="error", error=str(report["delegate_error"]))
-    elif accuracy.verdict(check):
+def _judged(row: BenchRow, check: dict, profile: DeviceProfile) -> BenchRow:
+    """A measured row's status and warning: outputs beyond tolerance are drift, a far-off p50 is named."""
+    if row.status == "ok" and accuracy.verdict(check):
         row = dataclasses.replace(row, status="drift", error=accuracy.verdict(check))
     reference = (profile.reference_latency_ms or {}).get(row.variant)
     p50 = row.latency_ms.p50 if row.latency_ms else None
@@ -361,7 +359,7 @@ def _bench_variant(prepared: Prepared, variant: BenchModel, profile: DeviceProfi
                 check = _compare_outputs(report, reference, output, variant.path, feed)
                 baseline = prepared.baseline.name if prepared.baseline else None
                 row = measured(row, report, check, f"{target.name}: the runner's bench report", baseline)
-                row = _judged(row, report, check, profile)
+                row = _judged(row, check, profile)
                 if found is None and _wants_device_accuracy(row, variant, settings):
                     found = accuracy.device_accuracy(target, variant, remote_model,
                                                      [a for a in model_args if a != "--require-delegate"],
