@@ -243,10 +243,10 @@ def _wants_device_accuracy(row: BenchRow, variant: BenchModel, settings: BenchSe
     return bool(settings.accuracy_samples) or bool(differs_from_host(row))
 
 
-def _add_device_accuracy(row: BenchRow, found: DeviceAccuracy, check: dict) -> BenchRow:
+def _add_device_accuracy(row: BenchRow, found: DeviceAccuracy) -> BenchRow:
     """Put the device's accuracy beside the host's; outputs beyond tolerance make the row `drift`."""
     row = dataclasses.replace(row, device_accuracy=found.device_accuracy, accuracy_check=found)
-    problem = accuracy.verdict(check)
+    problem = accuracy.verdict(dataclasses.asdict(found.output_check))
     if problem and row.status == "ok":
         row = dataclasses.replace(row, status="drift", error=f"{found.device_runtime}: {problem}")
     return row
@@ -365,8 +365,7 @@ def _bench_variant(prepared: Prepared, variant: BenchModel, profile: DeviceProfi
                                                      [a for a in model_args if a != "--require-delegate"],
                                                      scratch, settings.accuracy_samples, settings.timeout_s)
                 if found is not None:
-                    row = _add_device_accuracy(row, from_mapping(DeviceAccuracy, found, "device accuracy"),
-                                               found["output_check"])
+                    row = _add_device_accuracy(row, from_mapping(DeviceAccuracy, found, "device accuracy"))
             except EdgekitError as exc:
                 row = dataclasses.replace(row, status="error", error=str(exc))
             row = dataclasses.replace(row, bench_wall_s=round(time.time() - started, 2))
