@@ -192,13 +192,13 @@ class BenchRow:
         return from_mapping(cls, {**rest, "ran": dataclasses.asdict(ran)}, where)
 
 
-def device_environment(report: dict) -> DeviceEnvironment:
+def device_environment(report: dict, where: str) -> DeviceEnvironment:
     """The `device` and `runtime` parts of a runner report."""
     device, runtime = _part(report, "device"), _part(report, "runtime")
     names = [f.name for f in dataclasses.fields(DeviceEnvironment)]
     values = {**{k: device.get(k) for k in names}, "runtime": runtime.get("name"),
               "runtime_version": runtime.get("version")}
-    return from_mapping(DeviceEnvironment, values, "the runner's device report")
+    return from_mapping(DeviceEnvironment, values, f"{where}: field 'device'")
 
 
 def _part(report: dict, key: str) -> dict:
@@ -219,21 +219,21 @@ def measured(row: BenchRow, report: dict, check: dict, where: str, baseline: str
             "latency_ms": report.get("latency_ms") or None, "throughput_ips": report.get("throughput_ips"),
             "peak_rss_mb": report.get("peak_rss_mb"), "load_ms": report.get("load_ms"),
             "first_ms": report.get("first_ms"), "model_sha256": report.get("model_sha256"),
-            "output_check": check, "environment": dataclasses.asdict(device_environment(report)),
-            "paired": _paired(report, baseline)}
+            "output_check": check, "environment": dataclasses.asdict(device_environment(report, where)),
+            "paired": _paired(report, baseline, where)}
     if report.get("delegate_error"):
         flat.update(status="error", error=str(report["delegate_error"]))
     return BenchRow.from_dict(flat, where)
 
 
-def _paired(report: dict, baseline: str | None) -> dict | None:
+def _paired(report: dict, baseline: str | None, where: str) -> dict | None:
     """The runner's interleaved rounds against the baseline, as a ratio with its interval."""
     versus = _part(report, "versus")
     if not versus or baseline is None:
         return None
     rounds = versus.get("rounds_ms") or []
     if not isinstance(rounds, list) or not all(isinstance(r, list) and len(r) == 2 for r in rounds):
-        raise EdgekitError("the runner's bench report: field 'versus': 'rounds_ms' is not a list of pairs")
+        raise EdgekitError(f"{where}: field 'versus': 'rounds_ms' is not a list of pairs")
     interval = ratio_interval(rounds)
     if interval is None:
         return None
