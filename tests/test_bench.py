@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from edgekit.bench.advice import advice_markdown, advise
 from edgekit.bench.paired import ratio_interval
 from edgekit.bench.paired import verdict as paired_verdict
 from edgekit.bench.report import place_labels
+from edgekit.bench.rows import BenchRow, LatencyStats, Paired, Placement, VsFloat32
 from edgekit.bench.run import BenchSettings, collect_variants, run_bench
 from edgekit.cli import app
 from edgekit.devices import load_profile, parse_profile
@@ -94,9 +96,9 @@ def test_sha_mismatch_becomes_an_error_row_and_the_rest_still_run(bench_run, tmp
         handle.write(b"\0")
     result = run_bench(collect_variants([run]), load_profile("desktop"),
                        BenchSettings(runs=5, warmup=1, min_seconds=0.1))
-    rows = {r["variant"]: r for r in result.rows}
-    assert rows["float32"]["status"] == "error" and "sha256" in rows["float32"]["error"]
-    assert rows["int8-ptq"]["status"] == "ok" and result.partial
+    rows = {r.variant: r for r in result.rows}
+    assert rows["float32"].status == "error" and "sha256" in rows["float32"].error
+    assert rows["int8-ptq"].status == "ok" and result.partial
 
 
 def test_edgetpu_row_says_not_available_and_cpu_rows_still_run(bench_run, tmp_path):
@@ -295,10 +297,10 @@ def test_litert_rows_skip_the_device_accuracy_pass_and_cap_threads(bench_run, tm
     result = run_bench(collect_variants([bench_run / "compressed" / "int8-ptq"]), load_profile("desktop"),
                        BenchSettings(threads=(64,), runs=5, warmup=1, min_seconds=0.1))
     [row] = result.rows
-    assert row["status"] == "ok" and row["runtime"] == "litert" and row["device_accuracy"] is None
+    assert row.status == "ok" and row.ran.runtime == "litert" and row.device_accuracy is None
     cores = len(os.sched_getaffinity(0))
-    assert row["threads_requested"] == 64 and row["threads"] == cores and row["threads_capped"]
-    environment = row["environment"]
+    assert row.ran.threads_requested == 64 and row.ran.threads == cores and row.ran.threads_capped
+    environment = dataclasses.asdict(row.environment)
     for key in ("python", "numpy", "runtime", "runtime_version", "cpu_model", "cpu_count", "memory_total_mb", "os"):
         assert environment[key], key
     assert result.device["environment"] == environment
@@ -310,7 +312,7 @@ def test_peak_memory_is_the_runners_own_not_its_parents(foreign):
                        BenchSettings(threads=(1,), runs=5, warmup=1, min_seconds=0.1))
     [row] = result.rows
     assert ballast.sum() == 2**27
-    assert row["status"] == "ok" and 0 < row["peak_rss_mb"] < 300, row["peak_rss_mb"]
+    assert row.status == "ok" and 0 < row.peak_rss_mb < 300, row.peak_rss_mb
 
 
 def test_output_check_counts_quantization_steps_and_marks_drift():
@@ -323,13 +325,14 @@ def test_output_check_counts_quantization_steps_and_marks_drift():
     assert "76.8 quantization steps (tolerance 1)" in verdict(drifted)
 
 
-def _row(variant, p50, accuracy, mode=None, threads=1, rounds=None):
-    row = {"variant": variant, "device": "pi", "threads": threads, "delegate": "none", "status": "ok",
-           "latency_ms": {"p50": p50, "p90": p50}, "accuracy": accuracy, "mode": mode, "size": 1000,
-           "model_sha256": f"sha-{variant}"}
+def _row(variant, p50, accuracy, mode=None, threads=1, rounds=None, baseline_sha256="sha-float32"):
+    latency = LatencyStats(n=5, mean=p50, p50=p50, p90=p50, p99=p50, min=p50, max=p50)
+    paired = None
     if rounds is not None:  # interleaved rounds against the float32 row: [this model ms, float32 ms]
-        row["paired"] = {"baseline": "float32", "baseline_sha256": "sha-float32", **ratio_interval(rounds)}
-    return row
+        paired = Paired(baseline="float32", baseline_sha256=baseline_sha256, **ratio_interval(rounds))
+    return BenchRow(variant=variant, path=f"{variant}.tflite", ran=Placement(device="pi", threads=threads),
+                    size=1000, latency_ms=latency, accuracy=accuracy, mode=mode, model_sha256=f"sha-{variant}",
+                    paired=paired)
 
 
 def test_paired_rounds_tell_a_real_slowdown_from_noise():
@@ -348,18 +351,18 @@ def test_advice_flags_slower_only_when_interleaved_rounds_confirm_it():
     noise = [[7.6, 7.0], [7.0, 7.7], [7.9, 7.1], [7.2, 7.6], [7.8, 7.0], [7.1, 7.5]]
     rows = [_row("float32", 7.0, 0.95, "float32"), _row("float16", 7.9, 0.95, "float16", rounds=noise),
             _row("dynamic", 7.9, 0.95, "dynamic")]
-    advice = advise(rows)
-    assert advice["slower_than_float32"] == [] and not any(r.get("slower_than_float32") for r in rows)
+    rows, advice = advise(rows)
+    assert advice["slower_than_float32"] == [] and not any(r.slower_than_float32 for r in rows)
     float16, dynamic = advice["no_measurable_difference"]
     assert "float16" in float16 and "no measurable difference" in float16 and "95% CI" in float16
     assert "dynamic" in dynamic and "not confirmed by interleaved rounds" in dynamic
-    assert rows[1]["vs_float32"]["verdict"] == "no measurable difference" and rows[1]["vs_float32"]["rounds"] == 6
-    assert rows[2]["vs_float32"] == {"p50_ratio": 1.129, "verdict": "unknown"}
+    assert rows[1].vs_float32.verdict == "no measurable difference" and rows[1].vs_float32.rounds == 6
+    assert rows[2].vs_float32 == VsFloat32(p50_ratio=1.129, verdict="unknown")
     text = advice_markdown(advice)
     assert "do not ship" not in text and "Not slower than float32" in text
-    other = _row("float16", 7.9, 0.95, "float16", rounds=noise)
-    other["paired"]["baseline_sha256"] = "sha-of-another-file"  # rounds against another float32 do not count
-    assert advise([_row("float32", 7.0, 0.95, "float32"), other])["no_measurable_difference"][0].endswith(
+    # rounds against another float32 file do not count
+    other = _row("float16", 7.9, 0.95, "float16", rounds=noise, baseline_sha256="sha-of-another-file")
+    assert advise([_row("float32", 7.0, 0.95, "float32"), other])[1]["no_measurable_difference"][0].endswith(
         "to decide)")
 
 
@@ -367,13 +370,14 @@ def test_advice_names_the_frontier_the_slow_variants_and_a_pick():
     slow = [[13.5 * f, 7.4 * f] for f in (1.0, 1.02, 0.98, 1.01, 0.99)]
     rows = [_row("float32", 7.4, 0.95, "float32"), _row("dynamic", 13.5, 0.95, "dynamic", rounds=slow),
             _row("int8", 3.0, 0.94, "int8"), _row("float16", 7.6, 0.95, "float16")]
-    advice = advise(rows, max_latency_ms=5.0)
-    assert [r["variant"] for r in rows if r.get("pareto")] == ["float32", "int8"]
+    marked, advice = advise(rows, max_latency_ms=5.0)
+    assert [r.variant for r in marked if r.pareto] == ["float32", "int8"]
     assert len(advice["slower_than_float32"]) == 1 and "dynamic" in advice["slower_than_float32"][0]
-    assert rows[1]["slower_than_float32"] == 1.82 and advice["recommended"]["variant"] == "int8"
-    assert advise(rows, min_accuracy=0.95)["recommended"]["variant"] == "float32"
-    assert advise(rows, max_latency_ms=1.0)["recommended"] is None
-    text = advice_markdown(advise(rows, min_accuracy=0.95))
+    assert marked[1].slower_than_float32 == 1.82 and advice["recommended"]["variant"] == "int8"
+    assert [r.variant for r in marked if r.recommended] == ["int8"] and not any(r.pareto for r in rows)
+    assert advise(rows, min_accuracy=0.95)[1]["recommended"]["variant"] == "float32"
+    assert advise(rows, max_latency_ms=1.0)[1]["recommended"] is None
+    text = advice_markdown(advise(rows, min_accuracy=0.95)[1])
     assert "Slower than float32" in text and "Recommended**: float32" in text
 
 

@@ -205,14 +205,16 @@ def test_listing_tables_fit_100_columns_unless_wide(command):
 
 def test_bench_table_fits_a_terminal_and_keeps_the_columns_that_matter():
     from edgekit.bench.report import results_markdown
+    from edgekit.bench.rows import BenchRow
 
-    row = {"variant": "prune50-int8 (pareto)", "device": "rpi4", "runtime": "tflite_runtime",
+    row = {"variant": "prune50-int8 (pareto)", "path": "m.tflite", "device": "rpi4", "runtime": "tflite_runtime",
            "runtime_version": "2.14.0", "delegate": "none", "threads": 4, "threads_requested": 4, "size": 812345,
            "accuracy": 0.9512, "device_accuracy": 0.9488, "status": "drift",
            "error": "tflite_runtime: outputs differ from LiteRT by up to 54 quantization steps (tolerance 1)",
            "latency_ms": {"mean": 12.3, "p50": 12.1, "p90": 13.0, "p99": 15.2, "min": 11.8, "max": 16.0, "n": 200},
            "throughput_ips": 81.2, "peak_rss_mb": 45, "load_ms": 12.5, "first_ms": 30.1}
     other = {**row, "variant": "float32", "status": "ok", "error": None, "device_accuracy": None}
+    row, other = BenchRow.from_dict(row, "row"), BenchRow.from_dict(other, "other")
     narrow = results_markdown([row, other], 100)
     assert max(map(len, narrow.splitlines())) <= 100
     above, header = narrow.splitlines()[:2]

@@ -16,6 +16,7 @@ import pytest
 from test_service import write_profile
 
 from edgekit.bench.report import results_markdown
+from edgekit.bench.rows import BenchRow
 from edgekit.bench.run import differs_from_host
 from edgekit.devices import load_profile, runner_path
 from edgekit.errors import EdgekitError
@@ -24,14 +25,15 @@ HOST = {"runtime": "litert", "runtime_version": "2.3.0", "machine": "x86_64"}
 
 
 def _bench_row(**fields):
-    row = {"variant": "int8", "device": "pi", "runtime": "litert", "runtime_version": "2.3.0", "delegate": "none",
-           "threads": 4, "size": 4000, "accuracy": 0.9, "device_accuracy": None, "status": "ok", "error": None,
+    row = {"variant": "int8", "path": "int8.tflite", "device": "pi", "runtime": "litert", "runtime_version": "2.3.0",
+           "delegate": "none", "threads": 4, "size": 4000, "accuracy": 0.9, "device_accuracy": None, "status": "ok",
+           "error": None,
            "latency_ms": {"mean": 1.0, "p50": 1.0, "p90": 1.0, "p99": 1.0, "min": 1.0, "max": 1.0, "n": 5},
            "environment": {"python": "3.11.2", "numpy": "1.24.2", "machine": "x86_64", "runtime": "litert",
                            "runtime_version": "2.3.0", "cpu_model": "Raspberry Pi 4 Model B Rev 1.2",
                            "cpu_count": 4, "os": "Debian GNU/Linux 12 (bookworm)"}}
     row.update(fields)
-    return row
+    return BenchRow.from_dict(row, "test row")
 
 
 def test_device_accuracy_runs_when_only_the_runtime_version_or_the_machine_differs():
@@ -70,8 +72,8 @@ def test_stateful_model_is_compared_like_with_like_not_reported_as_drift(tmp_pat
     result = run_bench(collect_variants([model]), load_profile("desktop"),
                        BenchSettings(threads=(1,), runs=20, warmup=3, min_seconds=0.05))
     [row] = result.rows
-    assert row["output_check"]["checked"] == 8 and row["output_check"]["equal"], row["output_check"]
-    assert row["status"] == "ok", row["error"]
+    assert row.output_check.checked == 8 and row.output_check.equal, row.output_check
+    assert row.status == "ok", row.error
 
 
 # ---------------------------------------------------------------------------------------------------

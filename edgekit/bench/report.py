@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import platform
 import time
 from pathlib import Path
 
 from edgekit import manifests
-from edgekit.artifacts import atomic_path, library_versions, write_json_atomic, write_text_atomic
+from edgekit.artifacts import atomic_path, library_versions, write_text_atomic
 from edgekit.bench.advice import advice_markdown, row_accuracy
+from edgekit.bench.rows import BenchResults, BenchRow, read_results, write_results_json
 from edgekit.errors import EdgekitError
 from edgekit.report import human_size, markdown_table
 
@@ -25,10 +25,11 @@ CSV_FIELDS = ["variant", "device", "runtime", "runtime_version", "delegate", "th
               "first_ms", "status", "error"]
 
 
-def _flat(row: dict) -> dict:
-    latency = row.get("latency_ms") or {}
-    return {**{k: row.get(k) for k in CSV_FIELDS}, **{k: latency.get(k) for k in ("mean", "p50", "p90", "p99",
-                                                                                  "min", "max", "n")}}
+def _flat(row: BenchRow) -> dict:
+    record = row.as_dict()
+    latency = record["latency_ms"] or {}
+    return {**{k: record.get(k) for k in CSV_FIELDS}, **{k: latency.get(k) for k in ("mean", "p50", "p90", "p99",
+                                                                                     "min", "max", "n")}}
 
 
 def _fmt(value, spec: str = ".2f") -> str:
@@ -40,47 +41,46 @@ def _ms(value) -> str:
     return "-" if value is None else format(value, ".3f" if value < 1 else ".2f")
 
 
-def _threads_cell(row: dict) -> str:
-    effective = row.get("threads") or "default"
-    asked = row.get("threads_requested")
-    return f"{effective} (asked {asked})" if asked and asked != row.get("threads") else str(effective)
+def _threads_cell(row: BenchRow) -> str:
+    effective = row.ran.threads or "default"
+    asked = row.ran.threads_requested
+    return f"{effective} (asked {asked})" if asked and asked != row.ran.threads else str(effective)
 
 
-def _accuracy_cells(row: dict) -> list[str]:
-    host = _fmt(row["accuracy"], ".4f") if row.get("accuracy") is not None else "not measured"
-    device = row.get("device_accuracy")
+def _accuracy_cells(row: BenchRow) -> list[str]:
+    host = _fmt(row.accuracy, ".4f") if row.accuracy is not None else "not measured"
+    device = row.device_accuracy
     if device is not None:
         return [host, _fmt(device, ".4f")]
     return [host, quick_check_note(row) or "-"]
 
 
-def quick_check_note(row: dict) -> str | None:
+def quick_check_note(row: BenchRow) -> str | None:
     """What the row's device answers rest on when no accuracy pass ran: only the few timing samples.
 
     A quick check of 8 samples once saw 1 step where the full pass saw 54 steps and 3 flips, so a
     reader must not take "no drift" from it for more than it is.
     """
-    check = row.get("output_check") or {}
-    if row.get("device_accuracy") is not None or not check.get("checked"):
+    check = row.output_check
+    if row.device_accuracy is not None or not check or not check.checked:
         return None
-    size = (f"{check['max_steps']:g} steps" if check.get("unit") == "quantization steps"
-            else f"{check.get('max_abs_diff', 0):.3g} abs")
-    return f"not measured (quick check only: {check['checked']} samples, max {size})"
+    size = (f"{check.max_steps:g} steps" if check.unit == "quantization steps"
+            else f"{check.max_abs_diff or 0:.3g} abs")
+    return f"not measured (quick check only: {check.checked} samples, max {size})"
 
 
-def environment_lines(rows: list[dict]) -> list[str]:
+def environment_lines(rows: list[BenchRow]) -> list[str]:
     """One compact line per device: the Python, numpy and runtime its latencies were measured with."""
     seen = {}
     for row in rows:
-        env = row.get("environment") or {}
-        if env:
-            seen.setdefault(row.get("device"), env)
+        if row.environment:
+            seen.setdefault(row.ran.device, row.environment)
     lines = []
     for device, env in seen.items():
-        cpu = env.get("cpu_model") or env.get("machine") or "?"
-        parts = [f"Python {env.get('python') or '?'}", f"numpy {env.get('numpy') or '?'}",
-                 f"{env.get('runtime') or '?'} {env.get('runtime_version') or ''}".strip(),
-                 f"{env.get('machine') or '?'} ({cpu}, {env.get('cpu_count') or '?'} CPUs)", env.get("os")]
+        cpu = env.cpu_model or env.machine or "?"
+        parts = [f"Python {env.python or '?'}", f"numpy {env.numpy or '?'}",
+                 f"{env.runtime or '?'} {env.runtime_version or ''}".strip(),
+                 f"{env.machine or '?'} ({cpu}, {env.cpu_count or '?'} CPUs)", env.os]
         lines.append(f"{device}: " + ", ".join(p for p in parts if p))
     return lines
 
@@ -91,7 +91,7 @@ HEADERS = ["variant", "runtime", "delegate", "threads", "size", "accuracy (host)
            "p50", "p90", "p99", "min", "max", "n", "img/s", "peak MB", "load ms", "first ms", "status"]
 
 
-def results_markdown(rows: list[dict], width: int | None = None) -> str:
+def results_markdown(rows: list[BenchRow], width: int | None = None) -> str:
     """The results table. With `width` (a terminal) it is fitted to it: least-read columns go first, a runtime
     every row shares moves to a line above, and a status keeps its word (the reasons are printed as warnings)."""
     table, runtimes = [], set()
@@ -99,14 +99,14 @@ def results_markdown(rows: list[dict], width: int | None = None) -> str:
         flat = _flat(row)
         runtime = f"{flat['runtime']} {flat['runtime_version']}" if flat["runtime"] else "-"
         runtimes.add(runtime)
-        status = row["status"] if row["status"] == "ok" or width else f"{row['status']}: {row.get('error')}"
-        marks = "".join([" ★" if row.get("recommended") else "", " (pareto)" if row.get("pareto") else "",
-                         " (slower than float32)" if row.get("slower_than_float32") else ""])
-        table.append([row["variant"] + marks, runtime, row["delegate"], _threads_cell(row),
-                      human_size(row["size"]), *_accuracy_cells(row), _ms(flat["mean"]), _ms(flat["p50"]),
+        status = row.status if row.status == "ok" or width else f"{row.status}: {row.error}"
+        marks = "".join([" ★" if row.recommended else "", " (pareto)" if row.pareto else "",
+                         " (slower than float32)" if row.slower_than_float32 else ""])
+        table.append([row.variant + marks, runtime, row.ran.delegate, _threads_cell(row),
+                      human_size(row.size), *_accuracy_cells(row), _ms(flat["mean"]), _ms(flat["p50"]),
                       _ms(flat["p90"]), _ms(flat["p99"]), _ms(flat["min"]), _ms(flat["max"]),
-                      flat["n"] or "-", _fmt(row.get("throughput_ips"), ".1f"), _fmt(row.get("peak_rss_mb"), ".0f"),
-                      _fmt(row.get("load_ms"), ".1f"), _fmt(row.get("first_ms")), status])
+                      flat["n"] or "-", _fmt(row.throughput_ips, ".1f"), _fmt(row.peak_rss_mb, ".0f"),
+                      _fmt(row.load_ms, ".1f"), _fmt(row.first_ms), status])
     if width is None:
         markdown = markdown_table(HEADERS, table)
     else:
@@ -124,16 +124,16 @@ def results_markdown(rows: list[dict], width: int | None = None) -> str:
     return markdown + "\n\n" + "\n".join(f"- environment of {line}" for line in environments) + "\n"
 
 
-def inputs_note(rows: list[dict]) -> str:
+def inputs_note(rows: list[BenchRow]) -> str:
     """What each model was fed, once per variant: generated tensors must not pass for photos."""
     seen = {}
     for row in rows:
-        if row.get("inputs"):
-            seen.setdefault(row["variant"], row["inputs"])
+        if row.inputs:
+            seen.setdefault(row.variant, row.inputs)
     return "".join(f"- {name}: {text}\n" for name, text in seen.items())
 
 
-def results_csv(rows: list[dict]) -> str:
+def results_csv(rows: list[BenchRow]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
     writer.writeheader()
@@ -142,9 +142,9 @@ def results_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _plot_points(rows: list[dict]) -> list[tuple]:
-    return [(r["latency_ms"]["p90"], row_accuracy(r), r["size"], f"{r['variant']} t{r['threads'] or '-'}")
-            for r in rows if r["status"] != "error" and r.get("latency_ms") and row_accuracy(r) is not None]
+def _plot_points(rows: list[BenchRow]) -> list[tuple]:
+    return [(r.latency_ms.p90, row_accuracy(r), r.size, f"{r.variant} t{r.ran.threads or '-'}")
+            for r in rows if r.status != "error" and r.latency_ms and row_accuracy(r) is not None]
 
 
 def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> list:
@@ -174,7 +174,7 @@ def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> li
     return annotations
 
 
-def pareto_plot(rows: list[dict], title: str, target: Path) -> bool:
+def pareto_plot(rows: list[BenchRow], title: str, target: Path) -> bool:
     """Accuracy (the device's where measured) against p90 latency, marker area by file size; frontier line."""
     import matplotlib
 
@@ -230,10 +230,9 @@ def write_results(out_dir: Path, device_name: str, result, settings: dict,
     """Write results.json/.csv/.md and pareto.png into `out_dir`, described by a manifest."""
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"device": device_name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "partial": result.partial,
-               "settings": settings, "environment": environment(result.device), "advice": advice,
-               "rows": result.rows}
-    write_json_atomic(out_dir / "results.json", payload)
+    write_results_json(out_dir / "results.json", BenchResults(
+        device=device_name, created=time.strftime("%Y-%m-%dT%H:%M:%S"), partial=result.partial, settings=settings,
+        environment=environment(result.device), advice=advice, rows=tuple(result.rows)))
     write_text_atomic(out_dir / "results.csv", results_csv(result.rows))
     markdown = results_markdown(result.rows)
     note = "\n\n**partial results**: some variants failed; see the status column.\n" if result.partial else "\n"
@@ -249,28 +248,22 @@ def write_results(out_dir: Path, device_name: str, result, settings: dict,
 
 
 def compare(a_path: Path, b_path: Path) -> tuple[list[dict], str]:
-    """Per-variant change between two results.json files: p50 ratio B/A, accuracy delta."""
-    def load(path: Path) -> dict:
-        try:
-            return json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EdgekitError(f"{path}: not a readable bench results.json ({exc})") from None
+    """Per-variant change between two results.json files (of any version): p50 ratio B/A, accuracy delta."""
+    a, b = read_results(a_path), read_results(b_path)
 
-    a, b = load(a_path), load(b_path)
+    def key(row: BenchRow):
+        return (row.variant, row.ran.delegate, row.ran.threads)
 
-    def key(row):
-        return (row["variant"], row.get("delegate"), row.get("threads"))
-
-    a_rows = {key(r): r for r in a.get("rows", [])}
+    a_rows = {key(r): r for r in a.rows}
     rows = []
-    for row in b.get("rows", []):
+    for row in b.rows:
         before = a_rows.get(key(row))
         if before is None:
             continue
-        p50_a = (before.get("latency_ms") or {}).get("p50")
-        p50_b = (row.get("latency_ms") or {}).get("p50")
-        acc_a, acc_b = before.get("accuracy"), row.get("accuracy")
-        rows.append({"variant": row["variant"], "delegate": row.get("delegate"), "threads": row.get("threads"),
+        p50_a = before.latency_ms.p50 if before.latency_ms else None
+        p50_b = row.latency_ms.p50 if row.latency_ms else None
+        acc_a, acc_b = before.accuracy, row.accuracy
+        rows.append({"variant": row.variant, "delegate": row.ran.delegate, "threads": row.ran.threads,
                      "p50_a": p50_a, "p50_b": p50_b, "p50_ratio": p50_b / p50_a if p50_a and p50_b else None,
                      "accuracy_delta": acc_b - acc_a if acc_a is not None and acc_b is not None else None})
     if not rows:

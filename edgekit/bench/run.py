@@ -8,6 +8,7 @@ accuracy and latency are known to describe the same bytes. A failed variant beco
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import re
@@ -21,8 +22,8 @@ import numpy as np
 from edgekit import manifests
 from edgekit.artifacts import recover_swaps, sha256_file, visible_glob
 from edgekit.bench import accuracy, inputs
-from edgekit.bench.paired import ratio_interval
-from edgekit.config import THREADS, Range
+from edgekit.bench.rows import BenchRow, DeviceAccuracy, Placement, measured
+from edgekit.config import THREADS, Range, from_mapping
 from edgekit.data import load_dataset, load_pixels, spec_from_description
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
@@ -87,7 +88,7 @@ class BenchSettings:
 @dataclass
 class BenchResult:
     device: dict
-    rows: list[dict] = field(default_factory=list)
+    rows: list[BenchRow] = field(default_factory=list)
     partial: bool = False
 
 
@@ -177,13 +178,12 @@ def runtime_args(profile: DeviceProfile, settings: BenchSettings) -> list:
     return [] if runtime in (None, "auto") else ["--runtime", runtime]
 
 
-def _row(variant: BenchModel, profile: DeviceProfile, threads: int | None, delegate: str | None) -> dict:
+def _row(variant: BenchModel, profile: DeviceProfile, threads: int | None, delegate: str | None) -> BenchRow:
     host = variant.manifest.metrics.validation.accuracy if variant.manifest and variant.manifest.metrics else None
-    return {"variant": variant.name, "path": str(variant.path), "device": profile.name, "threads": threads,
-            "threads_requested": threads, "delegate": delegate or "none", "size": variant.path.stat().st_size,
-            "mode": convert_mode(variant),
-            "accuracy": host, "accuracy_source": "host LiteRT, validation split" if host is not None
-            else "not measured", "device_accuracy": None, "status": "ok", "error": None}
+    ran = Placement(device=profile.name, delegate=delegate or "none", threads=threads, threads_requested=threads)
+    return BenchRow(variant=variant.name, path=str(variant.path), ran=ran, size=variant.path.stat().st_size,
+                    mode=convert_mode(variant), accuracy=host,
+                    accuracy_source="host LiteRT, validation split" if host is not None else "not measured")
 
 
 def convert_mode(variant: BenchModel) -> str | None:
@@ -193,33 +193,16 @@ def convert_mode(variant: BenchModel) -> str | None:
     return modes[-1] if modes else None
 
 
-def device_environment(report: dict) -> dict:
-    """The device as the runner saw it: what a row's latency was measured with."""
-    device, runtime = report.get("device") or {}, report.get("runtime") or {}
-    keys = ("python", "numpy", "machine", "os", "kernel", "cpu_model", "cpu_count", "usable_cores",
-            "memory_total_mb", "hostname")
-    return {**{k: device.get(k) for k in keys}, "runtime": runtime.get("name"),
-            "runtime_version": runtime.get("version")}
-
-
-def _fill_row(row: dict, report: dict, check: dict, profile: DeviceProfile) -> None:
-    latency = report.get("latency_ms") or {}
-    runtime = report.get("runtime") or {}
-    row.update(
-        runtime=runtime.get("name"), runtime_version=runtime.get("version"),
-        threads=report.get("threads", row["threads"]), threads_capped=report.get("threads_capped", False),
-        latency_ms=latency, n=latency.get("n"),
-        throughput_ips=report.get("throughput_ips"), peak_rss_mb=report.get("peak_rss_mb"),
-        load_ms=report.get("load_ms"), first_ms=report.get("first_ms"), model_sha256=report.get("model_sha256"),
-        output_check=check, environment=device_environment(report),
-    )
-    if report.get("delegate_error"):
-        row.update(status="error", error=report["delegate_error"])
-    elif accuracy.verdict(check):
-        row.update(status="drift", error=accuracy.verdict(check))
-    reference = (profile.reference_latency_ms or {}).get(row["variant"])
-    if reference and latency.get("p50") and not 0.5 <= latency["p50"] / reference <= 2.0:
-        row["warning"] = f"p50 {latency['p50']:.2f} ms is far from the reference {reference} ms for {profile.name}"
+def _judged(row: BenchRow, check: dict, profile: DeviceProfile) -> BenchRow:
+    """A measured row's status and warning: outputs beyond tolerance are drift, a far-off p50 is named."""
+    if row.status == "ok" and accuracy.verdict(check):
+        row = dataclasses.replace(row, status="drift", error=accuracy.verdict(check))
+    reference = (profile.reference_latency_ms or {}).get(row.variant)
+    p50 = row.latency_ms.p50 if row.latency_ms else None
+    if reference and p50 and not 0.5 <= p50 / reference <= 2.0:
+        row = dataclasses.replace(row, warning=f"p50 {p50:.2f} ms is far from the reference {reference} ms for "
+                                               f"{profile.name}")
+    return row
 
 
 def host_runtime() -> dict:
@@ -233,39 +216,40 @@ def host_runtime() -> dict:
     return {"runtime": HOST_RUNTIME, "runtime_version": found, "machine": platform.machine()}
 
 
-def differs_from_host(row: dict, host: dict | None = None) -> list[str]:
+def differs_from_host(row: BenchRow, host: dict | None = None) -> list[str]:
     """How the row's device computes differently from the host's accuracy pass (empty: the same way).
 
     Only the runtime's name used to count, so LiteRT 2.1 on a Pi against LiteRT 2.3 on the host got no
     accuracy pass although its kernels differ; the version, a delegate and the architecture count too.
     """
     host = host or host_runtime()
-    machine = (row.get("environment") or {}).get("machine")
-    reasons = []
-    if row.get("runtime") != host["runtime"]:
-        reasons.append(f"runtime {row.get('runtime')} (host {host['runtime']})")
-    elif host["runtime_version"] and row.get("runtime_version") != host["runtime_version"]:
-        reasons.append(f"{row.get('runtime')} {row.get('runtime_version')} (host {host['runtime_version']})")
-    if row.get("delegate", "none") != "none":
-        reasons.append(f"delegate {row['delegate']}")
+    machine = row.environment.machine if row.environment else None
+    ran, reasons = row.ran, []
+    if ran.runtime != host["runtime"]:
+        reasons.append(f"runtime {ran.runtime} (host {host['runtime']})")
+    elif host["runtime_version"] and ran.runtime_version != host["runtime_version"]:
+        reasons.append(f"{ran.runtime} {ran.runtime_version} (host {host['runtime_version']})")
+    if ran.delegate != "none":
+        reasons.append(f"delegate {ran.delegate}")
     if machine and machine != host["machine"]:
         reasons.append(f"{machine} (host {host['machine']})")
     return reasons
 
 
-def _wants_device_accuracy(row: dict, variant: BenchModel, settings: BenchSettings) -> bool:
+def _wants_device_accuracy(row: BenchRow, variant: BenchModel, settings: BenchSettings) -> bool:
     """When the device computes differently from the host's pass (differs_from_host), or the user asked."""
-    if row["status"] == "error" or variant.manifest is None or not variant.manifest.dataset:
+    if row.status == "error" or variant.manifest is None or not variant.manifest.dataset:
         return False
     return bool(settings.accuracy_samples) or bool(differs_from_host(row))
 
 
-def _add_device_accuracy(row: dict, found: dict) -> None:
+def _add_device_accuracy(row: BenchRow, found: DeviceAccuracy) -> BenchRow:
     """Put the device's accuracy beside the host's; outputs beyond tolerance make the row `drift`."""
-    row.update(device_accuracy=found["device_accuracy"], accuracy_check=found)
-    problem = accuracy.verdict(found["output_check"])
-    if problem and row["status"] == "ok":
-        row.update(status="drift", error=f"{found['device_runtime']}: {problem}")
+    row = dataclasses.replace(row, device_accuracy=found.device_accuracy, accuracy_check=found)
+    problem = accuracy.verdict(dataclasses.asdict(found.output_check))
+    if problem and row.status == "ok":
+        row = dataclasses.replace(row, status="drift", error=f"{found.device_runtime}: {problem}")
+    return row
 
 
 def _delegate_runs(profile: DeviceProfile, settings: BenchSettings) -> list[str | None]:
@@ -283,19 +267,17 @@ def run_bench(variants: list[BenchModel], profile: DeviceProfile, settings: Benc
     except EdgekitError as exc:
         result.partial = True
         result.device["error"] = str(exc)
-        for variant in variants:
-            row = _row(variant, profile, None, None)
-            row.update(status="error", error=str(exc))
-            result.rows.append(row)
+        result.rows += [dataclasses.replace(_row(variant, profile, None, None), status="error", error=str(exc))
+                        for variant in variants]
         return result
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
         prepared = Prepared(target, settings, Path(scratch), _float32_baseline(variants, settings))
         for variant in variants:
             _bench_variant(prepared, variant, profile, result)
-    result.partial = any(row["status"] == "error" for row in result.rows)
-    measured = [row["environment"] for row in result.rows if row.get("environment")]
-    if measured:  # the device as its own runner reported it, not the host's versions
-        result.device["environment"] = measured[0]
+    result.partial = any(row.status == "error" for row in result.rows)
+    found = [row.environment for row in result.rows if row.environment]
+    if found:  # the device as its own runner reported it, not the host's versions
+        result.device["environment"] = dataclasses.asdict(found[0])
     return result
 
 
@@ -351,34 +333,19 @@ def _prepare(target: Target, variant: BenchModel, settings: BenchSettings, scrat
     return remote_model, remote_inputs, feed, reference, accuracy.output_info(variant.path)
 
 
-def _paired(report: dict, baseline: BenchModel | None) -> dict | None:
-    """The runner's interleaved rounds against the baseline, as a ratio with its interval."""
-    versus = report.get("versus")
-    if not versus or baseline is None:
-        return None
-    interval = ratio_interval(versus.get("rounds_ms") or [])
-    if interval is None:
-        return None
-    return {"baseline": baseline.name, "baseline_sha256": versus.get("model_sha256"),
-            "per_round": versus.get("per_round"), "rounds_ms": versus.get("rounds_ms"), **interval}
-
-
 def _bench_variant(prepared: Prepared, variant: BenchModel, profile: DeviceProfile, result: BenchResult) -> None:
     target, settings, scratch = prepared.target, prepared.settings, prepared.scratch
     delegates = _delegate_runs(profile, settings)
     try:
         remote_model, remote_inputs, feed, reference, output = prepared.get(variant)
     except EdgekitError as exc:
-        for delegate in delegates:
-            row = _row(variant, profile, None, delegate)
-            row.update(status="error", error=str(exc))
-            result.rows.append(row)
+        result.rows += [dataclasses.replace(_row(variant, profile, None, delegate), status="error", error=str(exc))
+                        for delegate in delegates]
         return
     for delegate in delegates:
         found = None  # the device accuracy pass, once per delegate: threads do not change the answers
         for threads in settings.threads:
-            row = _row(variant, profile, threads, delegate)
-            row["inputs"] = feed.description
+            row = dataclasses.replace(_row(variant, profile, threads, delegate), inputs=feed.description)
             model_args = runtime_args(profile, settings) + (["--threads", threads] if threads else [])
             model_args += ["--delegate", delegate, "--require-delegate"] if delegate else []
             args = ["bench", remote_model, feed.flag, remote_inputs, "--runs", settings.runs, "--warmup",
@@ -389,21 +356,23 @@ def _bench_variant(prepared: Prepared, variant: BenchModel, profile: DeviceProfi
                 report = target.run_runner(args + model_args, timeout=settings.timeout_s, check=False)
                 if report.get("error") and not report.get("latency_ms"):
                     raise EdgekitError(_delegate_message(delegate, report["error"]))
-                _fill_row(row, report, _compare_outputs(report, reference, output, variant.path, feed), profile)
-                row["paired"] = _paired(report, prepared.baseline)
+                check = _compare_outputs(report, reference, output, variant.path, feed)
+                baseline = prepared.baseline.name if prepared.baseline else None
+                row = measured(row, report, check, f"{target.name}: the runner's bench report", baseline)
+                row = _judged(row, check, profile)
                 if found is None and _wants_device_accuracy(row, variant, settings):
                     found = accuracy.device_accuracy(target, variant, remote_model,
                                                      [a for a in model_args if a != "--require-delegate"],
                                                      scratch, settings.accuracy_samples, settings.timeout_s)
                 if found is not None:
-                    _add_device_accuracy(row, found)
+                    row = _add_device_accuracy(row, from_mapping(DeviceAccuracy, found, "device accuracy"))
             except EdgekitError as exc:
-                row.update(status="error", error=str(exc))
-            row["bench_wall_s"] = round(time.time() - started, 2)
+                row = dataclasses.replace(row, status="error", error=str(exc))
+            row = dataclasses.replace(row, bench_wall_s=round(time.time() - started, 2))
             result.rows.append(row)
-            p50 = (row.get("latency_ms") or {}).get("p50")
+            p50 = row.latency_ms.p50 if row.latency_ms else None
             log.info("bench %s on %s (%s, threads %s): %s", variant.name, profile.name, delegate or "cpu",
-                     row.get("threads") or "default", f"p50 {p50:.3f} ms" if p50 is not None else row["status"])
+                     row.ran.threads or "default", f"p50 {p50:.3f} ms" if p50 is not None else row.status)
 
 
 def _delegate_message(delegate: str | None, error: str) -> str:

@@ -55,7 +55,7 @@ def bench_session(targets: list[Path], device: str, settings: BenchSettings, *, 
     if not profile.is_remote:  # the local target's work directory lives in $EDGEKIT_HOME/targets
         check_writable(Path(profile.remote_workdir).expanduser())
     result = run_bench(variants, profile, settings)
-    advice = advise(result.rows, max_latency_ms, min_accuracy)
+    result.rows, advice = advise(result.rows, max_latency_ms, min_accuracy)
     parents = [ParentRef(path=str(v.path.resolve()), sha256=v.sha256, kind="variant" if v.manifest else None,
                          file=v.path.name) for v in variants]
     recorded = {k: getattr(settings, k) for k in ("threads", "runs", "warmup", "min_seconds", "delegate",

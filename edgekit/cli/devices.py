@@ -96,14 +96,14 @@ def bench(
                             max_latency_ms=max_latency_ms, min_accuracy=min_accuracy)
     result = session.result
     for row in result.rows:
-        if row["status"] != "ok":
-            typer.echo(f"warning: {row['variant']} ({row['delegate']}, threads {row['threads']}): {row['error']}",
+        if row.status != "ok":
+            typer.echo(f"warning: {row.variant} ({row.ran.delegate}, threads {row.ran.threads}): {row.error}",
                        err=True)
     emit({"device": session.device, "out_dir": str(session.out_dir), "partial": result.partial,
-          "advice": session.advice, "rows": result.rows}, as_json,
+          "advice": session.advice, "rows": [row.as_dict() for row in result.rows]}, as_json,
          results_markdown(result.rows, None if wide else TERMINAL_WIDTH) + "\n" + advice_markdown(session.advice)
          + f"\nwritten to {session.out_dir}")
-    if all(row["status"] == "error" for row in result.rows):
+    if all(row.status == "error" for row in result.rows):
         raise typer.Exit(1)
 
 

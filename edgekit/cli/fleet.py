@@ -138,13 +138,13 @@ def fleet_bench(variant: VariantArg, fleet_file: FleetArg, group: GroupOption = 
     fleet = load_fleet(fleet_file)
     outcomes, directory = bench_fleet(fleet, fleet.select(group), variant, settings, parallel=parallel)
 
-    def ms(key):
+    def ms(figure):
         def cell(value):
-            found = (value["rows"][0].get("latency_ms") or {}).get(key)
-            return None if found is None else f"{found:.2f}"
+            latency = value["rows"][0].latency_ms
+            return None if latency is None else f"{figure(latency):.2f}"
         return cell
 
-    _finish(outcomes, directory, as_json, [("p50 ms", 8, ms("p50")), ("p90 ms", 8, ms("p90"))])
+    _finish(outcomes, directory, as_json, [("p50 ms", 8, ms(lambda t: t.p50)), ("p90 ms", 8, ms(lambda t: t.p90))])
 
 
 @fleet_app.command("rollout")

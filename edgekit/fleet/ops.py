@@ -48,7 +48,7 @@ def record(fleet: Fleet, operation: str, outcomes: list[DeviceOutcome], started:
         "devices": {o.device: {"ok": o.ok, "seconds": o.seconds, "error": o.error, "result": o.value}
                     for o in outcomes},
     }
-    write_json_atomic(directory / "manifest.json", json.loads(json.dumps(manifest, default=str)))
+    write_json_atomic(directory / "manifest.json", _plain(manifest))
     return directory
 
 
@@ -102,7 +102,7 @@ def bench_fleet(fleet: Fleet, devices: list[FleetDevice], variant: Path, setting
 
     def one(device: FleetDevice) -> dict:
         result = run_bench(variants, device.profile, settings)
-        errors = [row.get("error") for row in result.rows if row.get("status") != "ok"]
+        errors = [row.error for row in result.rows if row.status != "ok"]
         if errors:
             raise EdgekitError(errors[0] or "bench failed")
         return {"rows": result.rows, "device": result.device}
@@ -134,5 +134,10 @@ def summary_table(outcomes: list[DeviceOutcome], columns: list[tuple[str, int, o
 
 
 def outcomes_json(outcomes: list[DeviceOutcome]) -> list[dict]:
-    return [{"device": o.device, "ok": o.ok, "seconds": o.seconds, "error": o.error, "result": o.value}
+    return [{"device": o.device, "ok": o.ok, "seconds": o.seconds, "error": o.error, "result": _plain(o.value)}
             for o in outcomes]
+
+
+def _plain(value):
+    """JSON types only: a typed record (a bench row) as its own `as_dict()`, anything else unknown as text."""
+    return json.loads(json.dumps(value, default=lambda o: o.as_dict() if hasattr(o, "as_dict") else str(o)))

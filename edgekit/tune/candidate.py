@@ -133,8 +133,8 @@ def _bench_variant(variant_dir: Path, ctx, trial) -> dict:
                   "warmup": ctx.settings.warmup, "min_seconds": ctx.settings.min_seconds, "delegate": None,
                   "lineage": ctx.lineage(trial)}, parents)
     row = result.rows[0]
-    if row["status"] == "error" or not (row.get("latency_ms") or {}).get("p90"):
-        raise CandidateFailed(f"bench {variant_dir}: {row.get('error') or 'no latency measured'}")
+    if row.status == "error" or not (row.latency_ms and row.latency_ms.p90):
+        raise CandidateFailed(f"bench {variant_dir}: {row.error or 'no latency measured'}")
     return {"row": row, "bench_dir": str(out_dir)}
 
 
@@ -224,14 +224,14 @@ def _reuse(trial, duplicate, ctx) -> tuple[float, ...]:
 
 def _finish(trial, ctx, variant, bench, started: float) -> tuple[float, ...]:
     accuracy = float(variant.manifest.metrics.validation.accuracy)
-    p90 = float(bench["row"]["latency_ms"]["p90"])
+    p90 = float(bench["row"].latency_ms.p90)
     size_kb = variant.manifest.tflite["size"] / 1024
     constraints = ctx.budget.constraints(p90, size_kb, accuracy)
     for name, value in constraints.items():
         trial.set_constraint(name, value)
     feasible = all(v <= 0 for v in constraints.values())
     trial.set_user_attr("bench_dir", bench["bench_dir"])
-    for key, value in (("accuracy", accuracy), ("p90_ms", p90), ("p50_ms", bench["row"]["latency_ms"]["p50"]),
+    for key, value in (("accuracy", accuracy), ("p90_ms", p90), ("p50_ms", bench["row"].latency_ms.p50),
                        ("size_kb", round(size_kb, 2)), ("feasible", feasible),
                        ("wall_s", round(time.time() - started, 1))):
         trial.set_user_attr(key, value)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, write_bytes_atomic
+from edgekit.bench.rows import BenchRow
 from edgekit.bench.run import collect_variants, run_bench
 from edgekit.data import calibration_images
 from edgekit.errors import EdgekitError
@@ -107,15 +108,15 @@ def _build_probe(directory: Path, alpha: float, image_size: int, recipe: Recipe,
     return directory / PROBE_FILE
 
 
-def _time_on_device(model_path: Path, profile, settings) -> dict:
+def _time_on_device(model_path: Path, profile, settings) -> BenchRow:
     """One bench row for the probe, through the same path as `edgekit bench`."""
 
     result = run_bench(collect_variants([model_path]), profile, settings)
     if result.device.get("error"):
         raise DeviceUnreachable(f"device {profile.name} ({profile.address}): {result.device['error']}")
     row = result.rows[0]
-    if row["status"] == "error" or not (row.get("latency_ms") or {}).get("p90"):
-        raise EdgekitError(f"latency probe {model_path}: {row.get('error') or 'no latency measured'}")
+    if row.status == "error" or not (row.latency_ms and row.latency_ms.p90):
+        raise EdgekitError(f"latency probe {model_path}: {row.error or 'no latency measured'}")
     return row
 
 
@@ -139,8 +140,8 @@ def probe_latency(study, probes_dir: Path, alpha: float, image_size: int, recipe
         path = _build_probe(directory, alpha, image_size, recipe, splits, seed, lineage)
     record = manifests.read(directory, manifests.ProbeManifest).files[PROBE_FILE]
     row = _time_on_device(path, profile, settings)
-    entry = {"p90_ms": row["latency_ms"]["p90"], "p50_ms": row["latency_ms"]["p50"], "runtime": row.get("runtime"),
-             "runtime_version": row.get("runtime_version"), "n": row.get("n")}
+    entry = {"p90_ms": row.latency_ms.p90, "p50_ms": row.latency_ms.p50, "runtime": row.ran.runtime,
+             "runtime_version": row.ran.runtime_version, "n": row.latency_ms.n}
     study.set_user_attr(f"probe:{arch}", {"sha256": record.sha256, "size": record.size})
     study.set_user_attr(latency_key(record.sha256, profile, threads), entry)
     return Probe(record.sha256, record.size, entry["p90_ms"], entry["p50_ms"], entry["runtime"], False,
