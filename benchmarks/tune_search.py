@@ -1,5 +1,5 @@
-"""usage: python benchmarks/tune_search.py [--quick] [--phase all|grid|search|summary] [--budget-ms B] [--epochs E]
-                                         [--steps S] [--trials N]
+"""usage: python benchmarks/tune_search.py [--quick] [--phase all|grid|rebench|search|summary] [--budget-ms B]
+                                         [--epochs E] [--steps S] [--trials N]
 
 How fast does `edgekit tune` find the best model under a latency budget, against training everything?
 Space: widths 0.35, 0.5 x input sizes 32, 40, 48 x recipes float32, int8-ptq on the embedded digits,
@@ -20,22 +20,39 @@ trained candidate's real p90 (from the grid). --quick: 1 epoch of 3 steps and sh
 Artifacts go to benchmarks/work/tune_search/ (scratch). --phase grid / search (needs --budget-ms) run one
 side, so both can run at once on a machine with time to spare; --phase summary reads both studies as
 they are (wall times then run from each study's first trial start to its last trial end).
+
+Both sides train with `deterministic: true` (tune's default), so the same candidate scores the same in
+the grid and in tune and accuracy does not depend on what else the machine runs; latency and wall time
+do. --phase rebench times every grid variant again (one session, the same settings) and the summary then
+uses those p90s: run it right before --phase search on a quiet machine when the grid had to share one.
+
+Estimate vs actual: every trial that trained records tune's estimate made before training
+(`estimated_s`, see `edgekit.tune.cost`) beside its wall time (`duration_s`, probe to bench); trials
+that reused another trial's training are left out of the ratio. The study's own estimate (what `edgekit
+tune` prints before the first trial) is recomputed from the rate the study stored and put beside its
+wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import statistics
 import sys
+from pathlib import Path
 
 import optuna
 import yaml
-from _common import WORK, print_table, write_json
+from _common import RESULTS, WORK, print_table, write_json
 
+from edgekit.bench.run import BenchSettings, collect_variants, run_bench
+from edgekit.devices import load_profile
+from edgekit.recipes import load_recipe
+from edgekit.tune.cost import TrainRate, study_cost
 from edgekit.tune.report import trial_rows
-from edgekit.tune.study import create, load_config, run_tune
+from edgekit.tune.study import Context, create, load_config, run_tune, study_config
 
 SPACE = {"width": [0.35, 0.5], "image_size": [32, 40, 48], "recipe": ["float32", "int8-ptq"]}
 QUICK = {"epochs": 1, "steps": 3, "runs": 5, "min_seconds": 0.05}
@@ -81,6 +98,66 @@ def load_rows(name: str) -> tuple[list[dict], float]:
     return rows, max((r["done_s"] or 0) for r in rows)
 
 
+def rebench(settings: dict) -> None:
+    """Time every grid variant again in one session; the summary prefers these p90s to the grid's own."""
+    rows = [r for r in load_rows("grid")[0] if r["state"] == "complete" and r["variant_dir"]]
+    variants = sorted({r["variant_dir"] for r in rows})
+    bench = BenchSettings(threads=(1,), runs=settings["runs"], warmup=2, min_seconds=settings["min_seconds"],
+                          paired_rounds=0)
+    result = run_bench(collect_variants([Path(v) for v in variants]), load_profile("desktop"), bench)
+    p90 = {}
+    for row in result.rows:
+        if row.status == "error" or row.latency_ms is None:
+            raise SystemExit(f"rebench {row.path}: {row.error or 'no latency measured'}")
+        p90[str(Path(row.path).parent)] = row.latency_ms.p90
+    write_json("tune_search_rebench", {"settings": settings, "p90_ms": p90})
+    print(f"re-timed {len(p90)} grid variants")
+
+
+def with_rebench(grid: list[dict]) -> list[dict]:
+    """The grid rows with the re-timed p90s (when --phase rebench ran), the grid's own kept as grid_p90_ms."""
+    path = RESULTS / "tune_search_rebench.json"
+    if not path.is_file():
+        return grid
+    p90 = json.loads(path.read_text())["p90_ms"]
+    return [{**r, "grid_p90_ms": r["p90_ms"], "p90_ms": p90.get(r["variant_dir"], r["p90_ms"])} for r in grid]
+
+
+def estimates(rows: list[dict]) -> list[dict]:
+    """Trials that trained (not reused another's training): tune's estimate beside the wall time."""
+    seen, out = set(), []
+    for r in sorted(rows, key=lambda r: r["trial"]):
+        if r["state"] not in ("complete", "pruned") or not r["run_dir"] or r["run_dir"] in seen:
+            continue
+        seen.add(r["run_dir"])
+        if r["estimated_s"] and r["duration_s"]:
+            out.append({"trial": r["trial"], "candidate": r["candidate"], "state": r["state"],
+                        "estimated_s": r["estimated_s"], "duration_s": r["duration_s"],
+                        "actual_over_estimate": round(r["duration_s"] / r["estimated_s"], 2)})
+    return out
+
+
+def study_estimate_s(name: str, trials: int) -> float | None:
+    """What `edgekit tune` said the study would cost before its first trial (median candidate x trials)."""
+    root = WORK / "tune_search" / name / "study"
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'study.db'}")
+    rates = [v for k, v in study.user_attrs.items() if k.startswith("edgekit_rate:")]
+    if not rates:
+        return None
+    ctx = Context(study, study_config(study), root)
+    splits = ctx.splits(min(ctx.space.dimensions["image_size"].values()))
+    cost = study_cost(ctx.space, TrainRate.from_dict(rates[0]), len(splits.train), len(splits.validation), trials,
+                      load_recipe)
+    return round(cost["study_median_s"], 1)
+
+
+def ratio_summary(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2), "n": len(values)}
+
+
 def summarize(grid: list[dict], grid_wall: float, search: list[dict], search_wall: float, budget: float | None):
     trained = [r for r in grid if r["state"] == "complete"]
     budget = budget or round(statistics.median(r["p90_ms"] for r in trained), 4)
@@ -111,13 +188,19 @@ def summarize(grid: list[dict], grid_wall: float, search: list[dict], search_wal
                                       "min": round(min(probe_ratio), 3), "max": round(max(probe_ratio), 3)},
         "probe_wrong_side_of_budget": [r["candidate"] for r in trained
                                        if (r["probe_p90_ms"] > budget) != (r["p90_ms"] > budget)],
+        # Deterministic training: the grid's best, retrained by tune with the same seed, scores the same.
+        "same_candidate_same_accuracy": (same["accuracy"] == best["accuracy"]) if same else None,
+        "estimate_actual_over_estimate": {
+            "grid": ratio_summary([e["actual_over_estimate"] for e in estimates(grid)]),
+            "tune": ratio_summary([e["actual_over_estimate"] for e in estimates(search)])},
+        "latency_from": "rebench" if any("grid_p90_ms" in r for r in grid) else "grid",
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--phase", choices=("all", "grid", "search", "summary"), default="all")
+    parser.add_argument("--phase", choices=("all", "grid", "rebench", "search", "summary"), default="all")
     parser.add_argument("--budget-ms", type=float, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
@@ -132,25 +215,36 @@ def main() -> None:
     if args.phase in ("all", "grid"):
         study_run("grid", space_for(settings, pruning=False), 1e9, 12, settings,
                   optuna.samplers.BruteForceSampler(seed=0))
+    if args.phase == "rebench":
+        rebench(settings)
+        return
     budget = args.budget_ms
     if args.phase in ("all", "search"):
         if budget is None:
-            trained = [r for r in load_rows("grid")[0] if r["state"] == "complete"]
+            trained = [r for r in with_rebench(load_rows("grid")[0]) if r["state"] == "complete"]
             budget = round(statistics.median(r["p90_ms"] for r in trained), 4)
         study_run("search", space_for(settings, pruning=True), budget, args.trials, settings)
     if args.phase in ("grid", "search"):
         return
     (grid, grid_wall), (search, search_wall) = load_rows("grid"), load_rows("search")
+    grid = with_rebench(grid)
     summary = summarize(grid, grid_wall, search, search_wall, budget)
+    summary["tune_study_estimate_s"] = study_estimate_s("search", len(search))
+    summary["grid_study_estimate_s"] = study_estimate_s("grid", len(grid))
     print_table(grid, ["trial", "candidate", "accuracy", "p90_ms", "probe_p90_ms", "size_kb", "done_s"])
     print()
     print_table(search, ["trial", "state", "candidate", "accuracy", "p90_ms", "probe_p90_ms", "done_s", "note"])
+    print()
+    print("estimate vs actual, per trial that trained (seconds; tune's estimate before training, wall time after)")
+    print_table([{"side": side, **e} for side, rows in (("grid", grid), ("tune", search)) for e in estimates(rows)],
+                ["side", "trial", "candidate", "state", "estimated_s", "duration_s", "actual_over_estimate"])
     print()
     for key, value in summary.items():
         print(f"{key}: {value}")
     path = write_json("tune_search_quick" if args.quick else "tune_search",
                       {"benchmark": "tune_search", "quick": args.quick, "settings": settings, "space": SPACE,
-                       "summary": summary, "grid": grid, "search": search})
+                       "summary": summary, "grid": grid, "search": search,
+                       "estimates": {"grid": estimates(grid), "tune": estimates(search)}})
     print(f"\nwritten to {path}")
 
 
