@@ -184,27 +184,35 @@ def pareto_plot(points: list[ParetoPoint], target: Path, title: str, *, xlabel: 
 
 
 def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> list:
-    """Annotate each point where its label overlaps no label placed before it.
+    """Annotate each point where its label's text overlaps no label placed before it.
 
     Candidates are tried in a fixed order (eight directions, growing distance), so the layout is the
-    same on every run; the text's drawn extent decides, so long labels and close points both work.
+    same on every run; the text's drawn extent decides (not its leader line, which would make a crowded
+    cluster unplaceable), so long labels and close points both work. Should every candidate overlap, the
+    label goes to the first one rather than vanish.
     """
     renderer = ax.figure.canvas.get_renderer()
     placed, annotations = [], []
     directions = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    candidates = [(dx * distance, dy * distance) for distance in range(6, 6 + 12 * 40, 12) for dx, dy in directions]
     for (x, y), label in zip(points, labels):
-        for distance in range(6, 6 + 12 * 40, 12):
-            for dx, dy in directions:
-                note = ax.annotate(label, (x, y), xytext=(dx * distance, dy * distance), textcoords="offset points",
-                                   fontsize=8, ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
-                                   arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
-                box = note.get_window_extent(renderer)
-                if not any(box.overlaps(other) for other in placed):
-                    break
-                note.remove()
-            else:
-                continue
-            break
+        for tried, (dx, dy) in enumerate([*candidates, candidates[0]]):
+            note = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8,
+                               ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                               arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
+            box = label_box(note, renderer)
+            if tried == len(candidates) or not any(box.overlaps(other) for other in placed):
+                break
+            note.remove()
         placed.append(box)
         annotations.append(note)
     return annotations
+
+
+def label_box(note, renderer=None):
+    """Where an annotation's text is drawn, without its leader line (which may cross other labels)."""
+    from matplotlib.text import Text
+
+    renderer = renderer or note.figure.canvas.get_renderer()
+    note.update_positions(renderer)
+    return Text.get_window_extent(note, renderer)

@@ -10,7 +10,16 @@ from types import SimpleNamespace
 import pytest
 
 from edgekit import render
-from edgekit.render import ParetoPoint, csv_text, fit_table, fixed_line, fmt, markdown_table, place_labels
+from edgekit.render import (
+    ParetoPoint,
+    csv_text,
+    fit_table,
+    fixed_line,
+    fmt,
+    label_box,
+    markdown_table,
+    place_labels,
+)
 
 
 @pytest.mark.parametrize(("value", "spec", "unit", "text"), [
@@ -66,8 +75,8 @@ def test_pareto_plot_labels_never_overlap(tmp_path):
     ax.scatter(*zip(*points))
     fig.tight_layout()
     notes = place_labels(ax, points, [f"int8-variant-{i} t2" for i in range(12)])
-    boxes = [note.get_window_extent(fig.canvas.get_renderer()) for note in notes]
-    assert len(boxes) == 12
+    boxes = [label_box(note) for note in notes]
+    assert len(boxes) == 12 and all(note.axes is ax for note in notes)  # every label drawn, none removed
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     plt.close(fig)
 
@@ -77,8 +86,9 @@ def _capture_axes(monkeypatch) -> list:
     seen = []
 
     def placed(ax, points, labels):
-        seen.append((ax, labels))
-        return place_labels(ax, points, labels)
+        notes = place_labels(ax, points, labels)
+        seen.append((ax, labels, [label_box(note) for note in notes]))  # before the figure is closed
+        return notes
 
     monkeypatch.setattr(render, "place_labels", placed)
     return seen
@@ -90,11 +100,12 @@ def test_pareto_plot_frontier_skips_points_over_budget_and_draws_the_budget(tmp_
               ParetoPoint(3.0, 0.90, "b"), ParetoPoint(4.0, 0.85, "dominated")]
     assert render.pareto_plot(points, tmp_path / "p.png", "t", xlabel="x", ylabel="y", budget_ms=3.5)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ax, labels = seen[0]
+    ax, labels, boxes = seen[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines["Pareto frontier"].get_xdata()) == [1.0, 3.0]  # not the over-budget or the dominated one
     assert list(lines["budget p90 3.5 ms"].get_xdata()) == [3.5, 3.5]
     assert labels == ["a", "over", "b", "dominated"]
+    assert len(boxes) == 4 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert not render.pareto_plot([], tmp_path / "none.png", "t", xlabel="x", ylabel="y")
     assert not (tmp_path / "none.png").exists()
 

@@ -446,13 +446,13 @@ def test_two_workers_share_one_postgresql_study_and_run_trials_at_the_same_time(
 def test_tune_pareto_plot_places_labels_like_bench_so_they_never_overlap(tmp_path, monkeypatch):
     import edgekit.tune.report as report
     from edgekit import render
-    from edgekit.render import place_labels
+    from edgekit.render import label_box, place_labels
 
     boxes = []
 
     def placed(ax, points, labels):
         notes = place_labels(ax, points, labels)
-        boxes.extend(note.get_window_extent(ax.figure.canvas.get_renderer()) for note in notes)
+        boxes.extend(label_box(note) for note in notes if note.axes is ax)
         return notes
 
     monkeypatch.setattr(render, "place_labels", placed)
