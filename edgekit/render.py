@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +56,11 @@ def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def fixed_line(cells: Sequence, widths: Sequence[int], sep: str = " ") -> str:
-    """One line of a fixed-width terminal table: each cell clipped and padded to its column's width."""
-    return sep.join(f"{clip(str(cell), width):<{width}}" for cell, width in zip(cells, widths))
+def fixed_line(cells: Sequence, widths: Sequence[int], sep: str = " ", right: Collection[int] = ()) -> str:
+    """One line of a fixed-width terminal table: each cell clipped and padded to its column's width,
+    flush left, or flush right for the column numbers in `right` (figures line up by their last digit)."""
+    return sep.join(f"{clip(str(cell), width):{'>' if i in right else '<'}{width}}"
+                    for i, (cell, width) in enumerate(zip(cells, widths)))
 
 
 def _table_width(headers: list[str], cells: list[list[str]]) -> int:
