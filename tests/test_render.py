@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -128,3 +129,34 @@ def test_bench_results_are_plotted_by_the_one_pareto_plot(tmp_path, monkeypatch)
     csv_rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
     assert [r["p90"] for r in csv_rows] == ["10.0", "2.0"]
     assert json.loads((tmp_path / "results.json").read_text())["rows"][1]["variant"] == "int8"
+
+
+def test_fixed_line_puts_figures_flush_right_in_the_columns_asked():
+    assert fixed_line(["cam-1", 0.5, "-"], [6, 6, 4], "  ", right={1, 2}) == "cam-1      0.5     -"
+
+
+def test_rollout_summary_fits_the_terminal_and_marks_what_it_cut():
+    from edgekit.fleet.rollout_manifest import summary_text
+
+    manifest = {"id": "r1", "state": "shadow", "reason": "", "devices": {
+        "a-very-long-device-name": {"wave": "canary", "state": "rolled-back", "error": "x " * 60,
+                                    "gate": {"agreement": 0.99876, "rows": 1234, "errors": 0, "p90_ms": 0.5}}}}
+    lines = summary_text(manifest).splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    assert lines[1].startswith("a-very-long-dev…  canary") and lines[1].endswith("…")
+    assert "  0.999   1234     0    0.500  " in lines[1]  # figures flush right; latency as every table shows ms
+
+
+def test_csv_and_label_placement_live_only_in_render():
+    """One CSV writer and one Pareto plot: no other module grows its own copy again."""
+    from pathlib import Path
+
+    import edgekit
+
+    root = Path(edgekit.__file__).parent
+    for path in root.rglob("*.py"):
+        if path.name == "render.py" or "resources" in path.parts:
+            continue
+        text = path.read_text()
+        assert not re.search(r"^\s*import csv\b", text, re.M), path
+        assert "def place_labels" not in text and ".annotate(" not in text, path
