@@ -95,7 +95,7 @@ def results_markdown(rows: list[dict], width: int | None = None) -> str:
                       fmt(row["size"], "size"), *_accuracy_cells(row), fmt(flat["mean"], "ms"),
                       fmt(flat["p50"], "ms"), fmt(flat["p90"], "ms"), fmt(flat["p99"], "ms"), fmt(flat["min"], "ms"),
                       fmt(flat["max"], "ms"), flat["n"] or "-", fmt(row.get("throughput_ips"), ".1f"),
-                      fmt(row.get("peak_rss_mb"), ".0f"), fmt(row.get("load_ms"), ".1f"), fmt(row.get("first_ms")),
+                      fmt(row.get("peak_rss_mb"), ".0f"), fmt(row.get("load_ms"), "ms"), fmt(row.get("first_ms"), "ms"),
                       status])
     if width is None:
         markdown = markdown_table(HEADERS, table)

@@ -243,7 +243,7 @@ def table(statuses: list[DeviceStatus], now: datetime | None = None) -> str:
         model = f"{s.model_sha256[:6]} {s.variant or '?'}" if s.model_sha256 else "-"  # sha first: never cut
         cells = [s.device, model, s.service if s.reachable else "unreach", _age(s.last_seen, now),
                  fmt(s.predictions_per_hour, "rate"), fmt(s.median_score), fmt(s.low_confidence_share, ".0%"),
-                 fmt(s.correction_rate, ".0%"), fmt(s.p90_latency_ms, ".1f"), fmt(s.disk_bytes, "size-short"),
+                 fmt(s.correction_rate, ".0%"), fmt(s.p90_latency_ms, "ms"), fmt(s.disk_bytes, "size-short"),
                  s.wave or "—", s.drift_label]
         lines.append(fixed_line(cells, widths).rstrip())
     for s in statuses:
