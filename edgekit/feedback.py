@@ -27,7 +27,7 @@ from edgekit.artifacts import (
     write_text_atomic,
 )
 from edgekit.errors import EdgekitError, TooLarge
-from edgekit.report import markdown_table
+from edgekit.render import markdown_table
 from edgekit.untrusted import (
     DEFAULT_PULL_LIMIT,
     check_runner_schema,

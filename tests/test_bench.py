@@ -20,7 +20,6 @@ from edgekit.bench.accuracy import compare, verdict
 from edgekit.bench.advice import advice_markdown, advise
 from edgekit.bench.paired import ratio_interval
 from edgekit.bench.paired import verdict as paired_verdict
-from edgekit.bench.report import place_labels
 from edgekit.bench.rows import BenchRow, LatencyStats, Paired, Placement, VsFloat32
 from edgekit.bench.run import BenchSettings, collect_variants, run_bench
 from edgekit.cli import app
@@ -379,23 +378,6 @@ def test_advice_names_the_frontier_the_slow_variants_and_a_pick():
     assert advise(rows, max_latency_ms=1.0)[1]["recommended"] is None
     text = advice_markdown(advise(rows, min_accuracy=0.95)[1])
     assert "Slower than float32" in text and "Recommended**: float32" in text
-
-
-def test_pareto_plot_labels_never_overlap(tmp_path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    points = [(5.0 + 0.01 * i, 0.9 + 0.0005 * (i % 3)) for i in range(12)]
-    ax.scatter(*zip(*points))
-    fig.tight_layout()
-    notes = place_labels(ax, points, [f"int8-variant-{i} t2" for i in range(12)])
-    boxes = [note.get_window_extent(fig.canvas.get_renderer()) for note in notes]
-    assert len(boxes) == 12
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
-    plt.close(fig)
 
 
 def test_doctor_text_shows_everything_the_json_has(tmp_path):

@@ -157,7 +157,7 @@ def test_compare_reads_a_results_folder_from_before_the_version(tmp_path):
     assert row["variant"] == "float32" and row["p50_ratio"] == 0.5 and row["accuracy_delta"] == pytest.approx(0.01)
     text = cli.invoke(app, ["bench", "--compare", str(tmp_path / "old" / "results.json"),
                             str(tmp_path / "new" / "results.json")])
-    assert "| float32 | none     | 1       | 2.00     | 1.00     | 0.50x | +1.0       |" in text.stdout
+    assert "| float32 | none     | 1       | 2.00     | 1.00     | 0.50x | +1.0 pt    |" in text.stdout
 
 
 @pytest.mark.parametrize("change, needles", [

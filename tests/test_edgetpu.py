@@ -171,7 +171,7 @@ def test_missing_compiler_is_one_line_and_the_report_is_still_written(tflite, tm
     assert json.loads((out / edgetpu.REPORT_JSON).read_text())["compatible"] is True
     markdown = (out / edgetpu.REPORT_MD).read_text()
     assert "compatible: all" in markdown and compiler["message"] in markdown
-    assert len(re.findall(r"^\| \d+ \|", markdown, flags=re.M)) == report["n_ops"]
+    assert len(re.findall(r"^\| \d+ +\|", markdown, flags=re.M)) == report["n_ops"]
 
 
 _LEAKY_LOG = """Edge TPU Compiler version 16.0.384591198

@@ -445,16 +445,17 @@ def test_two_workers_share_one_postgresql_study_and_run_trials_at_the_same_time(
 
 def test_tune_pareto_plot_places_labels_like_bench_so_they_never_overlap(tmp_path, monkeypatch):
     import edgekit.tune.report as report
-    from edgekit.bench.report import place_labels
+    from edgekit import render
+    from edgekit.render import label_box, place_labels
 
     boxes = []
 
     def placed(ax, points, labels):
         notes = place_labels(ax, points, labels)
-        boxes.extend(note.get_window_extent(ax.figure.canvas.get_renderer()) for note in notes)
+        boxes.extend(label_box(note) for note in notes if note.axes is ax)
         return notes
 
-    monkeypatch.setattr(report, "place_labels", placed)
+    monkeypatch.setattr(render, "place_labels", placed)
     rows = [{"trial": i, "state": "complete", "p90_ms": 5.0 + 0.01 * i, "accuracy": 0.9 + 0.0005 * (i % 3),
              "feasible": i % 2 == 0, "recipe": "int8-ptq"} for i in range(12)]
     config = type("Config", (), {"max_latency_ms": 6.0})()

@@ -6,18 +6,16 @@ latency without its environment cannot be compared with anything.
 
 from __future__ import annotations
 
-import csv
-import io
 import platform
 import time
 from pathlib import Path
 
 from edgekit import manifests
-from edgekit.artifacts import atomic_path, library_versions, write_text_atomic
+from edgekit.artifacts import library_versions, write_text_atomic
 from edgekit.bench.advice import advice_markdown, row_accuracy
 from edgekit.bench.rows import BenchResults, BenchRow, read_results, write_results_json
 from edgekit.errors import EdgekitError
-from edgekit.report import human_size, markdown_table
+from edgekit.render import ParetoPoint, csv_text, fmt, markdown_table, pareto_plot
 
 CSV_FIELDS = ["variant", "device", "runtime", "runtime_version", "delegate", "threads", "threads_requested",
               "size", "accuracy", "device_accuracy",
@@ -32,15 +30,6 @@ def _flat(row: BenchRow) -> dict:
                                                                                      "min", "max", "n")}}
 
 
-def _fmt(value, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _ms(value) -> str:
-    """Milliseconds with enough digits for a 20 µs model as well as a 200 ms one."""
-    return "-" if value is None else format(value, ".3f" if value < 1 else ".2f")
-
-
 def _threads_cell(row: BenchRow) -> str:
     effective = row.ran.threads or "default"
     asked = row.ran.threads_requested
@@ -48,10 +37,10 @@ def _threads_cell(row: BenchRow) -> str:
 
 
 def _accuracy_cells(row: BenchRow) -> list[str]:
-    host = _fmt(row.accuracy, ".4f") if row.accuracy is not None else "not measured"
+    host = fmt(row.accuracy, ".4f") if row.accuracy is not None else "not measured"
     device = row.device_accuracy
     if device is not None:
-        return [host, _fmt(device, ".4f")]
+        return [host, fmt(device, ".4f")]
     return [host, quick_check_note(row) or "-"]
 
 
@@ -103,10 +92,10 @@ def results_markdown(rows: list[BenchRow], width: int | None = None) -> str:
         marks = "".join([" ★" if row.recommended else "", " (pareto)" if row.pareto else "",
                          " (slower than float32)" if row.slower_than_float32 else ""])
         table.append([row.variant + marks, runtime, row.ran.delegate, _threads_cell(row),
-                      human_size(row.size), *_accuracy_cells(row), _ms(flat["mean"]), _ms(flat["p50"]),
-                      _ms(flat["p90"]), _ms(flat["p99"]), _ms(flat["min"]), _ms(flat["max"]),
-                      flat["n"] or "-", _fmt(row.throughput_ips, ".1f"), _fmt(row.peak_rss_mb, ".0f"),
-                      _fmt(row.load_ms, ".1f"), _fmt(row.first_ms), status])
+                      fmt(row.size, "size"), *_accuracy_cells(row), fmt(flat["mean"], "ms"),
+                      fmt(flat["p50"], "ms"), fmt(flat["p90"], "ms"), fmt(flat["p99"], "ms"), fmt(flat["min"], "ms"),
+                      fmt(flat["max"], "ms"), flat["n"] or "-", fmt(row.throughput_ips, ".1f"),
+                      fmt(row.peak_rss_mb, ".0f"), fmt(row.load_ms, "ms"), fmt(row.first_ms, "ms"), status])
     if width is None:
         markdown = markdown_table(HEADERS, table)
     else:
@@ -134,80 +123,12 @@ def inputs_note(rows: list[BenchRow]) -> str:
 
 
 def results_csv(rows: list[BenchRow]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(_flat(row))
-    return buffer.getvalue()
+    return csv_text(CSV_FIELDS, [_flat(row) for row in rows])
 
 
-def _plot_points(rows: list[BenchRow]) -> list[tuple]:
-    return [(r.latency_ms.p90, row_accuracy(r), r.size, f"{r.variant} t{r.ran.threads or '-'}")
+def _plot_points(rows: list[BenchRow]) -> list[ParetoPoint]:
+    return [ParetoPoint(r.latency_ms.p90, row_accuracy(r), f"{r.variant} t{r.ran.threads or '-'}", r.size)
             for r in rows if r.status != "error" and r.latency_ms and row_accuracy(r) is not None]
-
-
-def place_labels(ax, points: list[tuple[float, float]], labels: list[str]) -> list:
-    """Annotate each point where its label overlaps no label placed before it.
-
-    Candidates are tried in a fixed order (eight directions, growing distance), so the layout is the
-    same on every run; the text's drawn extent decides, so long labels and close points both work.
-    """
-    renderer = ax.figure.canvas.get_renderer()
-    placed, annotations = [], []
-    directions = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
-    for (x, y), label in zip(points, labels):
-        for distance in range(6, 6 + 12 * 40, 12):
-            for dx, dy in directions:
-                note = ax.annotate(label, (x, y), xytext=(dx * distance, dy * distance), textcoords="offset points",
-                                   fontsize=8, ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
-                                   arrowprops={"arrowstyle": "-", "color": "gray", "lw": 0.5})
-                box = note.get_window_extent(renderer)
-                if not any(box.overlaps(other) for other in placed):
-                    break
-                note.remove()
-            else:
-                continue
-            break
-        placed.append(box)
-        annotations.append(note)
-    return annotations
-
-
-def pareto_plot(rows: list[BenchRow], title: str, target: Path) -> bool:
-    """Accuracy (the device's where measured) against p90 latency, marker area by file size; frontier line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = _plot_points(rows)
-    if not points:
-        return False
-    largest = max(p[2] for p in points)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for latency, accuracy, size, _ in points:
-        ax.scatter(latency, accuracy, s=40 + 800 * size / largest, alpha=0.6)
-    frontier, best = [], -1.0
-    for latency, accuracy, _, _ in sorted(points):
-        if accuracy > best:
-            frontier.append((latency, accuracy))
-            best = accuracy
-    ax.plot(*zip(*frontier), color="gray", linestyle="--", linewidth=1, label="Pareto frontier")
-    latencies = [p[0] for p in points]
-    if min(latencies) > 0 and max(latencies) / min(latencies) > 10:
-        ax.set_xscale("log")  # one slow outlier must not squash every other variant into a dot
-    ax.set_xlabel("p90 latency (ms)")
-    ax.set_ylabel("accuracy (validation; on the device where measured)")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()  # before placing labels: it moves the axes, and with them every point
-    place_labels(ax, [(p[0], p[1]) for p in points], [p[3] for p in points])
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return True
 
 
 def environment(device: dict) -> dict:
@@ -240,7 +161,8 @@ def write_results(out_dir: Path, device_name: str, result, settings: dict,
                                                                    if inputs_note(result.rows) else "")
     write_text_atomic(out_dir / "results.md", f"# edgekit bench on {device_name}\n\n{markdown}{note}{extra}")
     files = ["results.json", "results.csv", "results.md"]
-    if pareto_plot(result.rows, f"{device_name}: accuracy vs p90 latency", out_dir / "pareto.png"):
+    if pareto_plot(_plot_points(result.rows), out_dir / "pareto.png", f"{device_name}: accuracy vs p90 latency",
+                   xlabel="p90 latency (ms)", ylabel="accuracy (validation; on the device where measured)"):
         files.append("pareto.png")
     manifests.write(out_dir, manifests.BenchManifest(device=device_name, parents=tuple(parents),
                                                      partial=result.partial, settings=settings), files)
@@ -269,8 +191,7 @@ def compare(a_path: Path, b_path: Path) -> tuple[list[dict], str]:
     if not rows:
         raise EdgekitError(f"{a_path} and {b_path} share no variant to compare")
     table = markdown_table(["variant", "delegate", "threads", "p50 A ms", "p50 B ms", "B/A", "Δ accuracy"],
-                           [[r["variant"], r["delegate"], r["threads"] or "default", _fmt(r["p50_a"]),
-                             _fmt(r["p50_b"]), _fmt(r["p50_ratio"], ".2f") + "x" if r["p50_ratio"] else "-",
-                             _fmt(r["accuracy_delta"] * 100 if r["accuracy_delta"] is not None else None, "+.1f")]
+                           [[r["variant"], r["delegate"], r["threads"] or "default", fmt(r["p50_a"], "ms"),
+                             fmt(r["p50_b"], "ms"), fmt(r["p50_ratio"], ".2f", "x"), fmt(r["accuracy_delta"], "pt")]
                             for r in rows])
     return rows, table

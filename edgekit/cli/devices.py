@@ -70,7 +70,7 @@ def bench(
     from edgekit.bench.report import results_markdown
     from edgekit.bench.run import BenchSettings
     from edgekit.bench.session import bench_session
-    from edgekit.report import TERMINAL_WIDTH
+    from edgekit.render import TERMINAL_WIDTH
 
     if compare and len(compare) == 1 and models and len(models) == 1:  # `--compare A.json B.json`
         compare, models = [compare[0], models[0]], None
@@ -216,7 +216,7 @@ def devices_group(ctx: typer.Context, as_json: JsonOption = False, wide: WideOpt
     profiles = list_profiles()
     rows = [{"name": p.name, "aliases": list(p.aliases), "connection": p.connection, "address": p.address,
              "arch": p.arch, "runtime": p.runtime, "delegate": p.delegate, "source": p.source} for p in profiles]
-    from edgekit.report import TERMINAL_WIDTH, markdown_table
+    from edgekit.render import TERMINAL_WIDTH, markdown_table
 
     emit({"devices": rows}, as_json, markdown_table(
         ["name", "aliases", "connection", "address", "arch", "runtime", "delegate", "source"],
@@ -248,7 +248,7 @@ def recipes_group(ctx: typer.Context, as_json: JsonOption = False, wide: WideOpt
     if ctx.invoked_subcommand is not None:
         return
     from edgekit.recipes import load_recipe, recipe_sources
-    from edgekit.report import TERMINAL_WIDTH, markdown_table
+    from edgekit.render import TERMINAL_WIDTH, markdown_table
 
     rows = []
     for name, source in recipe_sources().items():

@@ -51,12 +51,15 @@ def fleet_ls(fleet_file: FleetArg, group: GroupOption = None, as_json: JsonOptio
              "address": d.profile.address, "user": d.profile.user, "workdir": d.profile.remote_workdir,
              "arch": d.profile.arch, "runtime": d.profile.runtime, "service": d.vars.get("service")}
             for d in devices]
+    from edgekit.render import fixed_line
+
+    widths = (16, 20, 22)
     lines = [f"fleet {fleet.name}: {len(rows)} devices" + (f" in group {group}" if group else ""),
-             f"{'device':<16}  {'groups':<20}  {'address':<22}  workdir"]
+             fixed_line(["device", "groups", "address"], widths, "  ") + "  workdir"]
     for row in rows:
         workdir = row["workdir"] if len(row["workdir"]) <= 34 else "…" + row["workdir"][-33:]  # the end names it
-        lines.append(f"{row['device'][:16]:<16}  {','.join(row['groups'])[:20]:<20}  {row['address'][:22]:<22}  "
-                     f"{workdir}")
+        lines.append(fixed_line([row["device"], ",".join(row["groups"]), row["address"]], widths, "  ")
+                     + f"  {workdir}")
     emit({"fleet": fleet.name, "source": str(fleet.source), "groups": {g: list(m) for g, m in fleet.groups.items()},
           "devices": rows}, as_json, "\n".join(lines))
 

@@ -48,7 +48,7 @@ def fleet_pull(
 
     from edgekit.fleet.pull import PULL_HEADERS, pull_fleet, summary_rows
     from edgekit.fleet.store import open_store
-    from edgekit.report import markdown_table
+    from edgekit.render import markdown_table
 
     fleet, devices = _devices(fleet_file, group)
     with open_store(store) as opened:

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgekit.artifacts import write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
+from edgekit.render import markdown_table
 from edgekit.tflite import Op, Tensor, has_identifier, parse, read_tflite
 
 REPORT_JSON = "edgetpu_report.json"
@@ -53,7 +54,7 @@ def _parse(content: bytes, label: str) -> tuple[list[Op], dict]:
     return list(model.ops), info
 
 
-def _fmt(t: Tensor) -> str:
+def _tensor_text(t: Tensor) -> str:
     return f"{'const ' if t.const else ''}{t.dtype}[{','.join(str(d) for d in t.shape)}]"
 
 
@@ -79,7 +80,7 @@ def _tensor_problems(op: Op) -> list[str]:
         ([t for t in live if any(d > 1 for d in t.shape[:-3])],
          "tensor shape {}: only the 3 innermost dimensions may be larger than 1"),
     ]
-    return [text.format(", ".join(_fmt(t) for t in bad[:3])) for bad, text in checks if bad]
+    return [text.format(", ".join(_tensor_text(t) for t in bad[:3])) for bad, text in checks if bad]
 
 
 def _act(op: Op) -> list[str]:
@@ -104,7 +105,7 @@ def _concat(op: Op) -> list[str]:
 def _fully_connected(op: Op) -> list[str]:
     problems = ["only the default weights format is supported"] if getattr(op.options, "weightsFormat", 0) else []
     if _big_dims(op.outputs[0].shape) > 1:
-        problems.append(f"output {_fmt(op.outputs[0])} is not one-dimensional")
+        problems.append(f"output {_tensor_text(op.outputs[0])} is not one-dimensional")
     return problems
 
 
@@ -148,7 +149,7 @@ def _pack(op: Op) -> list[str]:
 
 def _softmax(op: Op) -> list[str]:
     shape = op.inputs[0].shape
-    problems = [f"input {_fmt(op.inputs[0])} is not 1-D"] if _big_dims(shape) > 1 else []
+    problems = [f"input {_tensor_text(op.inputs[0])} is not 1-D"] if _big_dims(shape) > 1 else []
     if int(np.prod([max(d, 1) for d in shape])) > _MAX_SOFTMAX:
         problems.append(f"input has more than {_MAX_SOFTMAX:,} elements")
     return problems
@@ -409,10 +410,6 @@ def _disagreements(rows: list[dict], compiled: list[dict]) -> list[dict]:
             for op in sorted(set(static) | set(mapped)) if static[op] != mapped[op]]
 
 
-def _cell(text: object) -> str:
-    return str(text if text is not None else "").replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(report: dict) -> str:
     model, rules, compiler = report["model"], report["rules"], report.get("compiler") or {}
     lines = [
@@ -424,18 +421,17 @@ def render_markdown(report: dict) -> str:
         "The compiler maps ops in graph order up to the first unsupported op; that op and every op after it "
         "run on the CPU.",
         f"- **Compiler:** {compiler.get('message', 'not run')}",
-        *[f"- {note}" for note in report["notes"]],
-        "", "| # | op | inputs | where | reason |", "|---|---|---|---|---|",
+        *[f"- {note}" for note in report["notes"]], "",
+        markdown_table(["#", "op", "inputs", "where", "reason"], [
+            [row["index"], row["op"], ", ".join(f"{'const ' if t['const'] else ''}{t['dtype']}{t['shape']}"
+                                                for t in row["inputs"]),
+             row["where"], row["reason"] or row.get("note") or ""] for row in report["ops"]]),
     ]
-    for row in report["ops"]:
-        inputs = ", ".join(f"{'const ' if t['const'] else ''}{t['dtype']}{t['shape']}" for t in row["inputs"])
-        reason = row["reason"] or row.get("note")
-        lines.append(f"| {row['index']} | {row['op']} | {_cell(inputs)} | {row['where']} | {_cell(reason)} |")
     if compiler.get("ops"):
         lines += ["", f"## edgetpu_compiler {compiler.get('version')}", "",
                   f"Log: `{compiler.get('log')}`; output: `{compiler.get('output')}`.", "",
-                  "| op | count | status |", "|---|---|---|"]
-        lines += [f"| {o['op']} | {o['count']} | {_cell(o['status'])} |" for o in compiler["ops"]]
+                  markdown_table(["op", "count", "status"], [[o["op"], o["count"], o["status"] or ""]
+                                                             for o in compiler["ops"]])]
         for d in compiler.get("disagreements", []):
             lines.append(f"\nThe static check maps {d['static_tpu']} {d['op']} op(s) to the TPU, the compiler "
                          f"{d['compiler_tpu']}; the compiler is right.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit.artifacts import atomic_path
-from edgekit.report import markdown_table
+from edgekit.render import markdown_table
 
 THUMB = 96
 CAPTION = 26

@@ -19,6 +19,7 @@ from edgekit.deploy import deploy, doctor
 from edgekit.errors import EdgekitError
 from edgekit.fleet.inventory import Fleet, FleetDevice
 from edgekit.fleet.parallel import DeviceOutcome, for_each_device
+from edgekit.render import TERMINAL_WIDTH, clip, fixed_line, fmt
 
 OPERATION_KIND = "fleet-operation"
 
@@ -111,23 +112,17 @@ def bench_fleet(fleet: Fleet, devices: list[FleetDevice], variant: Path, setting
     return outcomes, record(fleet, "bench", outcomes, started, {"variant": str(variant)})
 
 
-def _cell(value, width: int) -> str:
-    text = "-" if value is None else str(value)
-    return text if len(text) <= width else text[:width - 1] + "…"
-
-
 def summary_table(outcomes: list[DeviceOutcome], columns: list[tuple[str, int, object]]) -> str:
     """Device, status, seconds and the given columns (title, width, function of the value); the last
-    column is the error or detail and is cut so a line fits 100 characters."""
-    head = [("device", 16), ("status", 6), ("secs", 6)] + [(title, width) for title, width, _ in columns]
-    used = sum(width + 2 for _, width in head)
-    detail = max(10, 100 - used)
-    lines = ["  ".join(f"{title:<{width}}" for title, width in head) + "  detail"]
+    column is the error or detail and is cut so a line fits the terminal."""
+    titles = ["device", "status", "secs"] + [title for title, _, _ in columns]
+    widths = [16, 6, 6] + [width for _, width, _ in columns]
+    detail = max(10, TERMINAL_WIDTH - sum(width + 2 for width in widths))
+    lines = [fixed_line(titles, widths, "  ") + "  detail"]
     for outcome in outcomes:
-        cells = [_cell(outcome.device, 16), "ok" if outcome.ok else "FAILED", f"{outcome.seconds:.1f}"]
-        cells += [_cell(fn(outcome.value) if outcome.ok else None, width) for _, width, fn in columns]
-        row = "  ".join(f"{cell:<{width}}" for cell, (_, width) in zip(cells, head))
-        lines.append(f"{row}  {_cell(outcome.error or '', detail)}".rstrip())
+        cells = [outcome.device, "ok" if outcome.ok else "FAILED", fmt(outcome.seconds, ".1f")]
+        cells += [fmt(fn(outcome.value) if outcome.ok else None, "") for _, _, fn in columns]
+        lines.append(f"{fixed_line(cells, widths, '  ')}  {clip(outcome.error or '', detail)}".rstrip())
     failed = sum(not o.ok for o in outcomes)
     lines.append(f"{len(outcomes) - failed} ok, {failed} failed")
     return "\n".join(lines)

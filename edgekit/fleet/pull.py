@@ -13,6 +13,7 @@ from edgekit.artifacts import utc_now
 from edgekit.fleet.fetch import ROWS_LIMIT, fetch_samples, read_new_rows
 from edgekit.fleet.parallel import DeviceOutcome, for_each_device
 from edgekit.fleet.store import Store
+from edgekit.render import fmt
 from edgekit.transport.targets import make_target
 
 
@@ -62,10 +63,10 @@ def summary_rows(outcomes: list[DeviceOutcome]) -> list[list]:
         if outcome.ok:
             result: PullResult = outcome.value
             rows.append([outcome.device, "ok", result.new.get("predictions", 0), result.new.get("feedback", 0),
-                         result.new.get("samples", 0), result.bytes_moved, f"{outcome.seconds:.1f}",
+                         result.new.get("samples", 0), result.bytes_moved, fmt(outcome.seconds, ".1f"),
                          "; ".join(result.notes[:1]) + (f" {result.rejected} rejected" if result.rejected else "")])
         else:
-            rows.append([outcome.device, "FAILED", "", "", "", "", f"{outcome.seconds:.1f}", outcome.error])
+            rows.append([outcome.device, "FAILED", "", "", "", "", fmt(outcome.seconds, ".1f"), outcome.error])
     return rows
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from edgekit.errors import EdgekitError
 from edgekit.fleet.inventory import Fleet
 from edgekit.fleet.ops import fleet_dir
+from edgekit.render import TERMINAL_WIDTH, clip, fixed_line, fmt
 
 KIND = "fleet-rollout"
 SCHEMA = 1
@@ -75,17 +76,17 @@ def summary_rows(manifest: dict) -> list[dict]:
     return rows
 
 
-def summary_text(manifest: dict) -> str:
-    def num(value, fmt):
-        return "-" if value is None else format(value, fmt)
+SUMMARY_COLUMNS = (("device", 16), ("wave", 10), ("state", 11), ("agree", 6), ("rows", 5), ("errs", 4), ("p90 ms", 7))
 
-    lines = [f"{'device':<16}  {'wave':<10}  {'state':<11}  {'agree':>6}  {'rows':>5}  {'errs':>4}  {'p90 ms':>7}"
-             "  detail"]
+
+def summary_text(manifest: dict) -> str:
+    widths, right = [width for _, width in SUMMARY_COLUMNS], range(3, len(SUMMARY_COLUMNS))
+    lines = [fixed_line([title for title, _ in SUMMARY_COLUMNS], widths, "  ", right) + "  detail"]
     for row in summary_rows(manifest):
-        line = (f"{row['device'][:16]:<16}  {row['wave'][:10]:<10}  {row['state']:<11}  "
-                f"{num(row['agreement'], '.3f'):>6}  {num(row['rows'], 'd'):>5}  {num(row['errors'], 'd'):>4}  "
-                f"{num(row['p90_ms'], '.2f'):>7}  ")
-        lines.append((line + row["detail"][:max(0, 100 - len(line))]).rstrip())
+        line = fixed_line([row["device"], row["wave"], row["state"], fmt(row["agreement"], ".3f"),
+                           fmt(row["rows"], "d"), fmt(row["errors"], "d"), fmt(row["p90_ms"], "ms")],
+                          widths, "  ", right) + "  "
+        lines.append((line + clip(row["detail"], max(1, TERMINAL_WIDTH - len(line)))).rstrip())
     lines.append(f"rollout {manifest['id']}: {manifest['state']}" + (f": {manifest['reason']}" if manifest["reason"]
                                                                       else ""))
     return "\n".join(lines)

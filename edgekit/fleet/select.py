@@ -18,9 +18,7 @@ and a plain name; sample bytes are read from the store by sha256 only.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import re
 import shutil
@@ -34,6 +32,7 @@ from edgekit.artifacts import write_json_atomic, write_text_atomic
 from edgekit.errors import EdgekitError
 from edgekit.fleet.fetch import safe_label
 from edgekit.fleet.store import Store, redact
+from edgekit.render import csv_text
 
 SELECTIONS = ("low-confidence", "disagreement", "corrected")
 SHADOW_MATCH_S = 10.0
@@ -165,18 +164,16 @@ def _folder(row: dict, model_labels: set[str]) -> tuple[str | None, str]:
 
 def _write_report(scratch: Path, store: Store, select: str, threshold: float, listing: list, per_class: Counter,
                   rejected: int, missing: int) -> dict:
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["file", "device", "prediction_id", "predicted", "score", "label", "label_source", "sha256"])
-    writer.writerows(listing)
-    write_text_atomic(scratch / "selection.csv", text.getvalue())
+    text = csv_text(["file", "device", "prediction_id", "predicted", "score", "label", "label_source", "sha256"],
+                    listing)
+    write_text_atomic(scratch / "selection.csv", text)
     labelled = sum(n for folder, n in per_class.items() if not folder.startswith(TO_LABEL))
     report = {"select": select, "threshold": threshold if select == "low-confidence" else None,
               "written": len(listing), "labelled": labelled, "to_label": len(listing) - labelled,
               "per_class": dict(sorted(per_class.items())), "rejected_labels": rejected,
               "samples_missing": missing, "store": redact(store.url)}
     write_json_atomic(scratch / "feedback_report.json", report)
-    digest = hashlib.sha256(text.getvalue().encode()).hexdigest()
+    digest = hashlib.sha256(text.encode()).hexdigest()
     parent = manifests.ParentRef(path=redact(store.url), sha256=digest, kind="fleet-store", file="selection.csv")
     manifests.write(scratch, manifests.FeedbackDatasetManifest(report=report, parents=(parent,)),
                     ["selection.csv", "feedback_report.json"])

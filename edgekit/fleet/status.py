@@ -29,6 +29,7 @@ from edgekit.fleet import services
 from edgekit.fleet.parallel import for_each_device
 from edgekit.fleet.pull import device_target, pull_device
 from edgekit.fleet.store import Store
+from edgekit.render import fixed_line, fmt
 
 LOW_CONFIDENCE = 0.6
 WINDOW_ROWS = 5000  # most recent rows a window looks at, whatever its hours
@@ -229,43 +230,22 @@ def _age(last_seen: str | None, now: datetime) -> str:
     return f"{max(0, int(seconds))}s"
 
 
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
-
-
-def _size(value: int | None) -> str:
-    if value is None:
-        return "-"
-    for unit in ("B", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return "-"
-
-
-COLUMNS = (("device", 10), ("model", 13), ("service", 7), ("seen", 5), ("pred/h", 5), ("med", 4), ("low", 4),
-           ("corr", 4), ("p90ms", 6), ("disk", 6), ("wave", 12), ("drift", 13))
+COLUMNS = (("device", 10), ("model", 13), ("service", 7), ("seen", 5), ("pred/h", 6), ("med", 4), ("low", 4),
+           ("corr", 4), ("p90ms", 6), ("disk", 6), ("wave", 11), ("drift", 13))
 
 
 def table(statuses: list[DeviceStatus], now: datetime | None = None) -> str:
     """The status table, at most 100 columns wide; long names are cut with '…'."""
     now = now or datetime.now(timezone.utc)
-
-    def cut(text: str, width: int) -> str:
-        return text if len(text) <= width else text[:width - 1] + "…"
-
-    def pct(value):
-        return "-" if value is None else f"{value * 100:.0f}%"
-
-    lines = [" ".join(f"{name:<{width}}" for name, width in COLUMNS).rstrip()]
+    widths = [width for _, width in COLUMNS]
+    lines = [fixed_line([name for name, _ in COLUMNS], widths).rstrip()]
     for s in statuses:
         model = f"{s.model_sha256[:6]} {s.variant or '?'}" if s.model_sha256 else "-"  # sha first: never cut
         cells = [s.device, model, s.service if s.reachable else "unreach", _age(s.last_seen, now),
-                 _rate(s.predictions_per_hour),
-                 "-" if s.median_score is None else f"{s.median_score:.2f}", pct(s.low_confidence_share),
-                 pct(s.correction_rate), "-" if s.p90_latency_ms is None else f"{s.p90_latency_ms:.1f}",
-                 _size(s.disk_bytes), s.wave or "—", s.drift_label]
-        lines.append(" ".join(f"{cut(str(c), w):<{w}}" for c, (_, w) in zip(cells, COLUMNS)).rstrip())
+                 fmt(s.predictions_per_hour, "rate"), fmt(s.median_score), fmt(s.low_confidence_share, ".0%"),
+                 fmt(s.correction_rate, ".0%"), fmt(s.p90_latency_ms, "ms"), fmt(s.disk_bytes, "size-short"),
+                 s.wave or "—", s.drift_label]
+        lines.append(fixed_line(cells, widths).rstrip())
     for s in statuses:
         if not s.reachable:
             lines.append(f"{s.device}: pull failed ({s.error}); figures are from the last pull")

@@ -6,16 +6,13 @@ any worker can rewrite the report at any time; `edgekit info DIR` summarises it.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from optuna.trial import TrialState
 
-from edgekit import manifests
-from edgekit.artifacts import MANIFEST, atomic_path, write_json_atomic, write_text_atomic
-from edgekit.bench.report import place_labels
-from edgekit.report import markdown_table
+from edgekit import manifests, render
+from edgekit.artifacts import write_json_atomic, write_text_atomic
+from edgekit.render import ParetoPoint, csv_text, fmt, markdown_table
 
 COLUMNS = ("trial", "state", "width", "image_size", "recipe", "epochs", "learning_rate", "accuracy", "p90_ms",
            "size_kb", "feasible", "probe_p90_ms", "probe_cached", "note", "run_dir", "variant_dir", "bench_dir",
@@ -58,7 +55,7 @@ def best_line(best: dict | None, device: str) -> str:
     if best is None:
         return "no candidate within budget yet"
     return (f"best under budget: trial {best['trial']} ({best['candidate']}): accuracy {best['accuracy']:.4f}, "
-            f"p90 {best['p90_ms']:.3f} ms, {best['size_kb']:.0f} KB; run {best['run_dir']}; variant "
+            f"p90 {fmt(best['p90_ms'], 'ms')} ms, {best['size_kb']:.0f} KB; run {best['run_dir']}; variant "
             f"{best['variant_dir']} (`edgekit deploy {best['variant_dir']} --device {device}`)")
 
 
@@ -85,65 +82,26 @@ def unsatisfied(study, config) -> str | None:
     return "no candidate meets all budgets at once; relax one of them (see trials.md for each candidate)"
 
 
-def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def markdown(rows: list[dict], header: str) -> str:
     table = markdown_table(
         ["trial", "state", "width", "size", "recipe", "epochs", "lr", "accuracy", "p90 ms", "KB", "in budget",
          "probe p90 ms", "est s", "wall s", "note"],
-        [[r["trial"], r["state"], r["width"], r["image_size"], r["recipe"], _fmt(r["epochs"], ""),
-          _fmt(r["learning_rate"], ".2g"), _fmt(r["accuracy"], ".4f"), _fmt(r["p90_ms"], ".3f"),
-          _fmt(r["size_kb"], ".0f"), {True: "yes", False: "no"}.get(r["feasible"], "-"),
-          _fmt(r["probe_p90_ms"], ".3f"), _fmt(r["estimated_s"], ".0f"), _fmt(r["duration_s"], ".0f"),
+        [[r["trial"], r["state"], r["width"], r["image_size"], r["recipe"], fmt(r["epochs"], ""),
+          fmt(r["learning_rate"], ".2g"), fmt(r["accuracy"], ".4f"), fmt(r["p90_ms"], "ms"),
+          fmt(r["size_kb"], ".0f"), {True: "yes", False: "no"}.get(r["feasible"], "-"),
+          fmt(r["probe_p90_ms"], "ms"), fmt(r["estimated_s"], ".0f"), fmt(r["duration_s"], ".0f"),
           r["note"] or ""] for r in rows])
     return f"{header}\n\n{table}\n"
 
 
 def pareto_plot(rows: list[dict], config, title: str, target: Path) -> bool:
-    """Accuracy against device p90 for trained candidates, the feasible front, the budget as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Accuracy against device p90 for trained candidates: bench's plot, with the budget drawn and the
+    candidates over it greyed and off the frontier."""
     done = [r for r in rows if r["state"] == "complete" and r["p90_ms"] is not None]
-    if not done:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for feasible, colour, label in ((True, "tab:blue", "within budget"), (False, "tab:gray", "over budget")):
-        points = [r for r in done if bool(r["feasible"]) == feasible]
-        ax.scatter([r["p90_ms"] for r in points], [r["accuracy"] for r in points], color=colour, label=label,
-                   alpha=0.7)
-    front, best = [], -1.0
-    for r in sorted((r for r in done if r["feasible"]), key=lambda r: r["p90_ms"]):
-        if r["accuracy"] > best:
-            front.append((r["p90_ms"], r["accuracy"]))
-            best = r["accuracy"]
-    if front:
-        ax.step(*zip(*front), where="post", color="tab:blue", linestyle="--", linewidth=1, label="Pareto front")
-    ax.axvline(config.max_latency_ms, color="tab:red", linewidth=1, label=f"budget p90 {config.max_latency_ms} ms")
-    # placed last, once the budget line has fixed the axis limits: labels never overlap (as in bench's plot)
-    place_labels(ax, [(r["p90_ms"], r["accuracy"]) for r in done], [f"t{r['trial']} {r['recipe']}" for r in done])
-    ax.set_xlabel("p90 latency on the device (ms)")
-    ax.set_ylabel("accuracy (validation, measured on the .tflite)")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return True
+    points = [ParetoPoint(r["p90_ms"], r["accuracy"], f"t{r['trial']} {r['recipe']}", eligible=bool(r["feasible"]))
+              for r in done]
+    return render.pareto_plot(points, target, title, xlabel="p90 latency on the device (ms)",
+                              ylabel="accuracy (validation, measured on the .tflite)", budget_ms=config.max_latency_ms)
 
 
 def summary(rows: list[dict]) -> dict:
@@ -161,7 +119,7 @@ def write_report(tune_dir: Path, study, config) -> dict:
     payload = {"study": study.study_name, "device": config.device, "budget": budget, "counts": summary(rows),
                "best": best, "best_line": best_line(best, config.device), "space": config.space, "trials": rows}
     write_json_atomic(tune_dir / "trials.json", payload)
-    write_text_atomic(tune_dir / "trials.csv", _csv(rows))
+    write_text_atomic(tune_dir / "trials.csv", csv_text(COLUMNS, rows))
     limits = ", ".join(f"{k} {v}" for k, v in budget.items() if v is not None)
     header = (f"# edgekit tune `{study.study_name}` on {config.device}\n\nbudget: {limits}\n\n"
               f"{best_line(best, config.device)}")
@@ -172,13 +130,3 @@ def write_report(tune_dir: Path, study, config) -> dict:
     manifests.write(tune_dir, manifests.TuneManifest(name=study.study_name, device=config.device, budget=budget,
                                                      counts=summary(rows), best=best), files)
     return payload
-
-
-def describe_tune(directory: Path, manifest: manifests.TuneManifest) -> str:
-    """What `edgekit info` prints for a tune directory."""
-    counts = ", ".join(f"{n} {state}" for state, n in manifest.counts.items())
-    budget = ", ".join(f"{k} {v}" for k, v in manifest.budget.items() if v is not None)
-    lines = [f"{directory}  (tune study {manifest.name!r} on {manifest.device}, updated {manifest.created})",
-             f"  budget: {budget}", f"  trials: {counts or 'none'}", "  " + best_line(manifest.best, manifest.device),
-             f"  files: {', '.join(manifest.files)} ({MANIFEST} lists their sha256)"]
-    return "\n".join(lines)
