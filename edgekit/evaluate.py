@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from edgekit import manifests
-from edgekit.artifacts import MANIFEST, atomic_path, sha256_file, write_json_atomic
+from edgekit.artifacts import MANIFEST, atomic_path, check_writable, sha256_file, write_json_atomic
+from edgekit.data import DataSpec, ImageSet, iter_pixel_batches, load_dataset, scan_class_folders, spec_from_description
 from edgekit.errors import EdgekitError
 from edgekit.runner import load_model
 
@@ -211,15 +212,6 @@ def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = 
 
     Labels come from the manifest, else from the model's standard metadata (`model_labels`).
     """
-    from edgekit.data import (
-        DataSpec,
-        ImageSet,
-        iter_pixel_batches,
-        load_dataset,
-        scan_class_folders,
-        spec_from_description,
-    )
-
     labels = tuple(manifest.model.labels) if manifest else (tuple(model_labels) if model_labels else None)
     if data is None:
         if manifest is None or not manifest.dataset:
@@ -247,7 +239,6 @@ def evaluate_model(path: Path, data: str | None = None, out_dir: Path | None = N
                    num_threads: int | None = None, strict: bool = False, write: bool = True,
                    trust_model: bool = False) -> EvalResult:
     """`edgekit eval`: metrics of a .keras or .tflite model on its validation split or a folder."""
-    from edgekit.artifacts import check_writable
 
     model_file, manifest = resolve_model(Path(path))
     if write:

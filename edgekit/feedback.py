@@ -28,6 +28,7 @@ from edgekit.artifacts import (
 )
 from edgekit.errors import EdgekitError, TooLarge
 from edgekit.render import markdown_table
+from edgekit.transport.targets import make_target
 from edgekit.untrusted import (
     DEFAULT_PULL_LIMIT,
     check_runner_schema,
@@ -324,7 +325,6 @@ def pull(profile, name: str | None = None, accept_new_host_key: bool = False,
     """
     import json as _json
 
-    from edgekit.transport.targets import make_target
 
     target = make_target(profile, accept_new_host_key=accept_new_host_key)
     target.prepare()

@@ -13,6 +13,8 @@ from edgekit import manifests
 from edgekit.artifacts import MANIFEST
 from edgekit.errors import EdgekitError
 from edgekit.render import fmt
+from edgekit.tflite import parse, read_tflite
+from edgekit.tflite_metadata import describe_lines, read_metadata
 
 
 def describe_path(path: Path) -> tuple[dict, str]:
@@ -191,8 +193,6 @@ def describe_tflite(path: Path, model) -> str:
 
 
 def _describe_model_file(path: Path) -> tuple[dict, str]:
-    from edgekit.tflite import parse, read_tflite
-    from edgekit.tflite_metadata import describe_lines, read_metadata
 
     content = read_tflite(path)
     model = parse(content, str(path))

@@ -21,6 +21,7 @@ from typing import ClassVar
 from edgekit.config import OneOf, Rule, validate
 from edgekit.devices import runner_module
 from edgekit.errors import EdgekitError
+from edgekit.transport.targets import make_target  # late: transport imports devices, as this module does
 
 MODES = ("serve", "live")
 MODE = OneOf(MODES)  # --service, --remove-service, and a fleet device's `service:` words
@@ -218,7 +219,6 @@ def remove_service(target, mode: str) -> dict:
 
 def remove_from_device(profile, mode: str, *, accept_new_host_key: bool = False) -> dict:
     """`edgekit deploy --remove-service MODE`: the service goes, the deployed models stay."""
-    from edgekit.transport.targets import make_target  # late: transport imports devices, as this module does
 
     target = make_target(profile, accept_new_host_key=accept_new_host_key)
     target.prepare()

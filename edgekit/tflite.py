@@ -23,7 +23,9 @@ _NUMPY_TYPES = ("int8", "uint8", "int16", "int32", "int64", "float16", "float32"
 
 
 @functools.cache
-def _schema():
+def litert_schema():
+    """LiteRT's generated flatbuffer classes for the .tflite schema (loaded once, on first use)."""
+
     from ai_edge_litert import schema_py_generated
 
     return schema_py_generated
@@ -162,7 +164,7 @@ def parse(content: bytes, label: str = "<tflite bytes>") -> TFLiteModel:
     content = bytes(content)
     if not has_identifier(content):
         raise EdgekitError(f"{label}: not a TFLite model (no 'TFL3' flatbuffer identifier); pass a .tflite file")
-    schema = _schema()
+    schema = litert_schema()
     try:
         model = schema.ModelT.InitFromPackedBuf(content, 0)
         if not model.subgraphs:

@@ -18,7 +18,6 @@ is rewritten with the schema LiteRT ships, as tflite-support's `MetadataPopulato
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import zipfile
@@ -26,10 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgekit import __version__
+from edgekit import __version__, _metadata_schema_generated
 from edgekit.errors import EdgekitError
 from edgekit.runner import read_metadata as runner_read_metadata
-from edgekit.tflite import METADATA_NAME, TFLITE_IDENTIFIER, has_identifier, parse
+from edgekit.tflite import METADATA_NAME, TFLITE_IDENTIFIER, has_identifier, litert_schema, parse, read_tflite
 
 METADATA_IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"  # every feature written here (image properties, normalisation, stats, files) is 1.0.0
@@ -38,13 +37,6 @@ LINEAGE_FILE = "edgekit.json"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so the same model and labels give the same bytes and sha256
 # The in-graph Rescaling layer maps raw 0..255 RGB to [-1, 1] itself: readers must feed raw pixels.
 RAW_PIXELS = {"mean": (0.0,), "std": (1.0,)}
-
-
-@functools.cache
-def _md():
-    from edgekit import _metadata_schema_generated
-
-    return _metadata_schema_generated
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,7 @@ def _metadata_buffer(name: str, description: str, version: str, classes: int, no
     """The ModelMetadata flatbuffer ("M001") for an RGB classifier fed (pixel - mean) / std."""
     import flatbuffers
 
-    md = _md()
+    md = _metadata_schema_generated
     image = md.TensorMetadataT()
     image.name, image.description = "image", "RGB image (pixel - mean) / std, pixels in 0..255; resize to the input"
     image.content = md.ContentT()
@@ -156,7 +148,7 @@ def _metadata_buffer(name: str, description: str, version: str, classes: int, no
 
 
 def _file(name: str, description: str, kind: int):
-    entry = _md().AssociatedFileT()
+    entry = _metadata_schema_generated.AssociatedFileT()
     entry.name, entry.description, entry.type = name, description, kind
     return entry
 
@@ -165,9 +157,8 @@ def _with_metadata_buffer(content: bytes, metadata: bytes) -> bytes:
     """The model flatbuffer with `metadata` as its TFLITE_METADATA buffer (replacing any previous one)."""
     import flatbuffers
 
-    from edgekit.tflite import _schema
 
-    schema = _schema()
+    schema = litert_schema()
     model = schema.ModelT.InitFromPackedBuf(bytes(content), 0)
     if any(buffer.offset > 1 for buffer in model.buffers or []):
         raise EdgekitError("the model keeps its weights outside the flatbuffer (a >2 GB export); metadata cannot "
@@ -230,8 +221,6 @@ def read_metadata(content: bytes, label: str = "<tflite bytes>") -> ClassifierMe
 
 
 def read_metadata_file(path) -> ClassifierMetadata | None:
-    from edgekit.tflite import read_tflite
-
     return read_metadata(read_tflite(path), label=str(path))
 
 

@@ -189,26 +189,10 @@ def needless_local_imports() -> list[tuple[str, int, str]]:
     return out
 
 
-# Function-local imports in modules that other work on issue 21 rewrites at the same time (the runner
-# becoming the host's one model-I/O module; the fleet transport): to be hoisted once that work has merged.
-PENDING = {
-    ("edgekit.bench.accuracy", "edgekit.data"), ("edgekit.bench.accuracy", "edgekit.evaluate"),
-    ("edgekit.bench.accuracy", "edgekit.tflite"), ("edgekit.bench.inputs", "edgekit.evaluate"),
-    ("edgekit.bench.inputs", "edgekit.tflite"), ("edgekit.bench.inputs", "edgekit.interpreters"),
-    ("edgekit.compress.convert", "edgekit.tflite"), ("edgekit.compress.pipeline", "edgekit.tflite"),
-    ("edgekit.compress.pipeline", "edgekit.tflite_metadata"), ("edgekit.evaluate", "edgekit.interpreters"),
-    ("edgekit.evaluate", "edgekit.data"), ("edgekit.evaluate", "edgekit.artifacts"),
-    ("edgekit.info", "edgekit.tflite"), ("edgekit.info", "edgekit.tflite_metadata"),
-    ("edgekit.tflite_metadata", "edgekit._metadata_schema_generated"), ("edgekit.tflite_metadata", "edgekit.tflite"),
-    ("edgekit.feedback", "edgekit.transport.targets"), ("edgekit.service", "edgekit.transport.targets"),
-}
-
-
 def test_function_local_imports_defer_something_heavy():
     """A function-local import is for a heavy optional dependency (TensorFlow, OpenCV, Optuna...), not a
     way to hide a cycle or an ordering problem: anything else belongs at the top of the module."""
-    needless = [f"{module}:{line} imports {target}" for module, line, target in needless_local_imports()
-                if (module, target) not in PENDING]
+    needless = [f"{module}:{line} imports {target}" for module, line, target in needless_local_imports()]
     assert not needless, "move these imports to the top of their module:\n" + "\n".join(needless)
 
 
@@ -254,5 +238,4 @@ def private_names_used_across_modules() -> list[str]:
 
 def test_no_private_name_is_used_outside_its_module():
     """What another module needs is public; a leading underscore promises that only its own module uses it."""
-    pending = ("edgekit.tflite_metadata:",)  # reads tflite._schema: the metadata reader is being merged (issue 21)
-    assert [entry for entry in private_names_used_across_modules() if not entry.startswith(pending)] == []
+    assert private_names_used_across_modules() == []

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.data import iter_pixel_batches, load_dataset, spec_from_description
 from edgekit.errors import EdgekitError
+from edgekit.evaluate import TFLitePredictor
 from edgekit.runner import dequantizer
+from edgekit.tflite import parse_file
 
 TOLERANCE_STEPS = 1.0  # one step: rounding may differ between kernels, more is a different computation
 FLOAT_TOLERANCE = 1e-4  # float outputs from another build of the same runtime may differ in the last bits
@@ -28,7 +31,6 @@ def output_info(path: Path) -> dict:
     """The first output (Tensor.as_dict), plus `internal_scale` when a float output is a dequantized int8
     tensor: an int8 model with float I/O ends in DEQUANTIZE, and its steps are still the unit that matters.
     """
-    from edgekit.tflite import parse_file
 
     model = parse_file(path)
     output = model.outputs[0]
@@ -85,7 +87,6 @@ def verdict(check: dict) -> str | None:
 
 def validation_images(manifest, limit: int | None):
     """The variant's validation split (or its first `limit` images), not yet decoded."""
-    from edgekit.data import load_dataset, spec_from_description
 
     splits = load_dataset(spec_from_description(manifest.dataset, manifest.model.image_size))
     count = len(splits.validation) if not limit else min(limit, len(splits.validation))
@@ -101,8 +102,6 @@ def device_accuracy(target, variant, remote_model: str, model_args: list, scratc
     of 4,000 images would be 2.4 GB). Returns host and device top-1 accuracy over the same samples and
     the output comparison.
     """
-    from edgekit.data import iter_pixel_batches
-    from edgekit.evaluate import TFLitePredictor
 
     if variant.manifest is None or not variant.manifest.dataset:
         raise EdgekitError(f"{variant.path}: no manifest naming its dataset, so no labelled inputs for an "

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgekit import runner
 from edgekit.errors import EdgekitError
+from edgekit.evaluate import TFLitePredictor
 from edgekit.runner import dequantize, load_model
 from edgekit.tflite import TFLiteModel
 
@@ -116,7 +117,6 @@ def replayed_outputs(path: Path, feed: Feed, sequence: list[int]) -> np.ndarray:
     A stateful model (variable tensors: a streaming wake-word model) answers from everything it was
     fed since it was loaded; replaying the runner's own sequence compares like with like.
     """
-    from edgekit.evaluate import TFLitePredictor
 
     if feed.pixels is not None:
         return TFLitePredictor(path).predict(feed.pixels[sequence]).reshape(len(sequence), -1)

@@ -20,6 +20,7 @@ from edgekit.compat import keras, tf
 from edgekit.compress.finetune import check_params
 from edgekit.compress.params import ConvertParams
 from edgekit.errors import EdgekitError
+from edgekit.tflite import parse
 
 # Ops that may touch float tensors in an int8 model: the boundary converters for float32 input/output.
 BOUNDARY_OPS = ("QUANTIZE", "DEQUANTIZE")
@@ -150,7 +151,6 @@ def convert(
 
 
 def _check_integer_only(content: bytes) -> None:
-    from edgekit.tflite import parse
 
     floats = parse(content, "converted int8 model").float_ops(ignore=BOUNDARY_OPS)
     if floats:

@@ -44,6 +44,8 @@ from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
 from edgekit.fleet.drift import ReferenceBuilder
 from edgekit.model import load_keras_model
 from edgekit.recipes import TRAINING_STAGES, Recipe, check_unique_names
+from edgekit.tflite import parse as parse_tflite
+from edgekit.tflite_metadata import add_classifier_metadata, lineage_record
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +248,6 @@ def _measure(path: Path, context: CompressContext, threads: int | None) \
 
 def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, content: bytes, threads: int | None,
                    sparsity: dict, timings: list[dict], lineage: dict, started: float) -> manifests.VariantManifest:
-    from edgekit.tflite import parse as parse_tflite
-    from edgekit.tflite_metadata import add_classifier_metadata, lineage_record
 
     run = context.run
     parent, recipe_hash = manifests.parent_ref(context.run_dir, run), manifests.recipe_hash(recipe.as_dict())
