@@ -150,8 +150,8 @@ def describe_tflite(path: Path, model) -> str:
     for role, tensors in (("input", model.inputs), ("output", model.outputs)):
         for tensor in tensors:
             quant = tensor.quantization
-            q = "" if quant is None else (f"  scale {quant['scale']:.6g} zero point {quant['zero_point']}"
-                                          if "axis" not in quant else f"  per-channel (axis {quant['axis']})")
+            q = "" if quant is None else (f"  scale {quant.scales[0]:.6g} zero point {quant.zero_points[0]}"
+                                          if quant.axis is None else f"  per-channel (axis {quant.axis})")
             lines.append(f"  {role} {tensor.name}: {tensor.dtype} {list(tensor.shape)}{q}")
     ops, custom = model.op_counts, set(model.custom_ops)
     lines.append(f"  ops ({sum(ops.values())}): " + ", ".join(f"{k}{' (custom)' if k in custom else ''} {v}"

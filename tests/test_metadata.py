@@ -89,7 +89,7 @@ def _tolerance(kind: str, path: Path) -> float:
 
     quant = parse_file(path).outputs[0].quantization
     if quant:
-        return 2.0 * quant["scale"] + 1e-4
+        return 2.0 * quant.per_tensor[0] + 1e-4
     return 0.05 if KINDS[kind][0] == "dynamic" else 2e-3
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.runner import dequantizer
+from edgekit.tflite import Quantization, parse_file
 
 TOLERANCE_STEPS = 1.0  # one step: rounding may differ between kernels, more is a different computation
 FLOAT_TOLERANCE = 1e-4  # float outputs from another build of the same runtime may differ in the last bits
@@ -28,16 +29,13 @@ def output_info(path: Path) -> dict:
     """The first output (Tensor.as_dict), plus `internal_scale` when a float output is a dequantized int8
     tensor: an int8 model with float I/O ends in DEQUANTIZE, and its steps are still the unit that matters.
     """
-    from edgekit.tflite import parse_file
-
     model = parse_file(path)
     output = model.outputs[0]
     info = output.as_dict()
     producer = next((op for op in model.ops if any(t.index == output.index for t in op.outputs)), None)
     if not output.quantized and producer is not None and producer.name == "DEQUANTIZE" and producer.inputs[0]:
-        source = producer.inputs[0].quantization or {}
-        scale = source.get("scale")
-        info["internal_scale"] = float(scale[0] if isinstance(scale, list) else scale) if scale else None
+        source = producer.inputs[0].quantization
+        info["internal_scale"] = source.per_tensor[0] if source and source.per_tensor[0] else None
     return info
 
 
@@ -46,8 +44,7 @@ def output_scale(output: dict) -> float | None:
     quant = output.get("quantization")
     if str(output.get("dtype")) not in ("int8", "uint8", "int16") or not quant:
         return output.get("internal_scale")
-    scale = quant["scale"]
-    return float(scale[0] if isinstance(scale, list) else scale)
+    return Quantization.from_dict(quant).per_tensor[0]
 
 
 def compare(device: np.ndarray, host: np.ndarray, output: dict) -> dict:
