@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgekit import manifests
 from edgekit.artifacts import recover_swaps, visible_glob, write_json_atomic, write_text_atomic
+from edgekit.data.types import DatasetRecord
 from edgekit.errors import EdgekitError
 
 
@@ -94,7 +95,7 @@ def describe_manifest(directory: Path, manifest: manifests.Manifest) -> str:
         lines.append(f"  labels ({len(labels)}): {', '.join(labels[:20])}{' …' if len(labels) > 20 else ''}")
     lines += _dataset_lines(getattr(manifest, "dataset", None))
     if isinstance(manifest, manifests.VariantManifest):
-        stages = " → ".join(s.get("type", "?") for s in manifest.recipe.get("stages", []))
+        stages = " → ".join(s.type for s in manifest.recipe.stages) if manifest.recipe else ""
         lines.append(f"  recipe: {manifest.name} ({stages}), hash {manifest.recipe_hash}")
         lines.append("  " + _tflite_line(manifest.tflite, manifest.sparsity.get("overall")))
     if isinstance(manifest, manifests.RunManifest) and manifest.training:
@@ -112,15 +113,15 @@ def describe_manifest(directory: Path, manifest: manifests.Manifest) -> str:
     return "\n".join(lines)
 
 
-def _dataset_lines(dataset: dict | None) -> list[str]:
-    if not dataset:
+def _dataset_lines(dataset: DatasetRecord | None) -> list[str]:
+    if dataset is None:
         return []
-    split = dataset.get("split", {})
-    lines = [f"  data: {dataset.get('source')} {dataset.get('path', dataset.get('origin', ''))}  "
-             f"train {split.get('train', '?')} / validation {split.get('validation', '?')}  "
-             f"fingerprint {str(dataset.get('fingerprint', ''))[:12]}…"]
-    if dataset.get("extra_data"):
-        lines.append(f"  extra data: {', '.join(e['path'] for e in dataset['extra_data'])}")
+    split = dataset.split
+    lines = [f"  data: {dataset.source} {dataset.path or dataset.origin}  "
+             f"train {split.train if split else '?'} / validation {split.validation if split else '?'}  "
+             f"fingerprint {dataset.fingerprint[:12]}…"]
+    if dataset.extra_data:
+        lines.append(f"  extra data: {', '.join(e.path for e in dataset.extra_data)}")
     return lines
 
 

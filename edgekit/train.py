@@ -361,7 +361,7 @@ def _write_run(run_dir: Path, config: cfg.TrainConfig, splits, model, model_spec
         epochs_run=epochs_in_history(run_dir), fit_seconds=round(fit.fit_seconds, 2),
         throughput_images_per_s=round(fit.images_seen / fit.fit_seconds, 1) if fit.fit_seconds else None)
     manifest = manifests.RunManifest(
-        name=run_dir.name, model=contract, dataset=splits.description, config=cfg.to_dict(config),
+        name=run_dir.name, model=contract, dataset=splits.record, config=config,
         seed=config.seed, hardware=hardware, training=training, wall_time_s=round(time.time() - started, 2),
         finished=utc_now(), metrics=manifests.RunMetrics(validation=manifests.to_metrics(metrics)), lineage=lineage)
     files = [MODEL_FILE, "labels.txt", CONFIG_FILE] + (["history.csv"] if (run_dir / "history.csv").exists()

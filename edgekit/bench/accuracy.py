@@ -82,9 +82,9 @@ def verdict(check: dict) -> str | None:
 
 def validation_images(manifest, limit: int | None):
     """The variant's validation split (or its first `limit` images), not yet decoded."""
-    from edgekit.data import load_dataset, spec_from_description
+    from edgekit.data import load_dataset
 
-    splits = load_dataset(spec_from_description(manifest.dataset, manifest.model.image_size))
+    splits = load_dataset(manifest.dataset.reload_spec)
     count = len(splits.validation) if not limit else min(limit, len(splits.validation))
     return splits.validation.subset(np.arange(count))
 

@@ -31,14 +31,7 @@ from edgekit.artifacts import (
 from edgekit.compress.convert import convert
 from edgekit.compress.edgetpu import check_edgetpu
 from edgekit.compress.finetune import EpochProgress, fine_tune
-from edgekit.data import (
-    calibration_images,
-    iter_pixel_batches,
-    load_dataset,
-    load_pixels,
-    make_pipeline,
-    spec_from_description,
-)
+from edgekit.data import calibration_images, iter_pixel_batches, load_dataset, load_pixels, make_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
 from edgekit.fleet.drift import ReferenceBuilder
@@ -83,7 +76,7 @@ def load_context(run_dir: Path, trust_model: bool = False) -> CompressContext:
     run = manifests.read(run_dir, manifests.RunManifest)
     manifests.verify_files(run_dir, run, names=[run.MAIN_FILE])
     model = load_keras_model(run_dir / run.MAIN_FILE, trust=trust_model)
-    splits = load_dataset(spec_from_description(run.dataset, run.model.image_size))
+    splits = load_dataset(run.dataset.reload_spec)
     # Accuracy streams over the whole split; only the drift reference is held in memory (256 images).
     first = splits.validation.subset(np.arange(min(DRIFT_IMAGES, len(splits.validation))))
     drift_pixels = load_pixels(first, run.model.image_size)
@@ -210,7 +203,7 @@ def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = 
 def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict, list[dict]]:
     """Training stages (if any), then conversion: the bytes that will ship."""
     config, size = context.run.config, context.image_size
-    batch, seed = int(config.get("batch_size", 64)), int(config.get("seed", 42))
+    batch, seed = config.batch_size, config.seed
     train_ds = val_ds = None
     if any(stage.type in TRAINING_STAGES for stage in recipe.stages):  # else no pass over the training data
         train_ds = make_pipeline(context.splits.train, size, batch, training=True, seed=seed)
@@ -268,7 +261,7 @@ def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, cont
     float_accuracy = run.metrics.validation.accuracy
     manifest = manifests.VariantManifest(
         name=recipe.name, recipe_hash=recipe_hash, parent=parent, run=run.name,
-        model=dataclasses.replace(run.model, file=TFLITE_FILE), dataset=run.dataset, recipe=recipe.as_dict(),
+        model=dataclasses.replace(run.model, file=TFLITE_FILE), dataset=run.dataset, recipe=recipe,
         tflite={**parse_tflite(content).describe(), "size": len(content), "gzip_size": gzip_size(content)},
         sparsity=sparsity, runtime=runtime,
         metrics=manifests.VariantMetrics(
