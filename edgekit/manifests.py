@@ -335,7 +335,7 @@ def _dataset_from_description(old: dict, image_size: int, where: str) -> dict | 
                 "seed": split.pop("seed", 42), "validation_fraction": split.pop("validation_fraction", 0.2),
                 "max_image_pixels": old.pop("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
                 "exclude": exclude.get("path") if exclude else None, "group_duplicates": "duplicates" in split}
-    except (AttributeError, TypeError, KeyError) as exc:
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
         raise EdgekitError(f"{where}: damaged ({type(exc).__name__}: {exc}); re-create the artifact") from None
     if "n_images" in old:  # the digits counted images, folders files
         old["n_files"] = old.pop("n_images")
