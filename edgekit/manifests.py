@@ -90,6 +90,25 @@ class TrainingStats:
 
 
 @dataclass(frozen=True)
+class Hardware:
+    """What a run was trained on: its speed, and with mixed precision its numbers, depend on it."""
+
+    gpus: int = 0
+    strategy: str = ""
+    replicas: int = 1
+    mixed_precision: bool = False
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """How long one recipe stage took (`compress`)."""
+
+    stage: str
+    seconds: float
+    calibration_images: int | None = None  # convert to int8: the calibration images used (the split may have fewer)
+
+
+@dataclass(frozen=True)
 class RunMetrics:
     validation: Metrics
 
@@ -130,7 +149,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     created: str = ""
     files: dict[str, FileRecord] = field(default_factory=dict)
-    versions: dict = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # library versions that change results
 
     def sha256(self, name: str | None = None) -> str:
         name = name or self.MAIN_FILE
@@ -155,7 +174,7 @@ class RunManifest(Manifest):
     dataset: DatasetRecord | None = None  # its spec reloads the same splits (eval, compress, bench)
     config: TrainConfig = field(default_factory=TrainConfig)  # the resolved config, as in train_config.json
     seed: int = 0
-    hardware: dict = field(default_factory=dict)
+    hardware: Hardware | None = None
     training: TrainingStats | None = None
     wall_time_s: float = 0.0
     finished: str = ""
@@ -178,7 +197,7 @@ class VariantManifest(Manifest):
     sparsity: dict = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
     metrics: VariantMetrics | None = None
-    timings: tuple[dict, ...] = ()
+    timings: tuple[StageTiming, ...] = ()
     wall_time_s: float = 0.0
     edgetpu: dict | None = None
     lineage: dict = field(default_factory=dict)
@@ -305,8 +324,9 @@ def _upgrade(raw: dict, where: str) -> dict:
     if raw.get("schema_version") == 2:
         if isinstance(raw.get("dataset"), dict):
             raw["dataset"] = _dataset_from_description(raw["dataset"], _image_size(raw), f"{where}: field 'dataset'")
-        if not raw.get("recipe"):  # {}: no recipe (a run, or a hand-made variant)
-            raw.pop("recipe", None)
+        for key in ("recipe", "hardware"):  # {}: none recorded (a run has no recipe; a hand-made variant)
+            if not raw.get(key):
+                raw.pop(key, None)
         raw["schema_version"] = SCHEMA_VERSION
     return raw
 

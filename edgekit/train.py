@@ -338,14 +338,14 @@ def train(config: cfg.TrainConfig, resume: Path | None = None, *, callbacks: tup
         shutil.rmtree(work_dir, ignore_errors=True)
         return TrainResult(run_dir, None)
     model = _exportable_copy(fit.model, model_spec, work_dir / BEST_WEIGHTS)
-    hardware = {"gpus": len(gpus()), "strategy": strategy_name,
-                "replicas": strategy.num_replicas_in_sync, "mixed_precision": mixed}
+    hardware = manifests.Hardware(gpus=len(gpus()), strategy=strategy_name,
+                                  replicas=strategy.num_replicas_in_sync, mixed_precision=mixed)
     manifest = _write_run(run_dir, config, splits, model, model_spec, fit, hardware, started, lineage or {})
     return TrainResult(run_dir, manifest)
 
 
 def _write_run(run_dir: Path, config: cfg.TrainConfig, splits, model, model_spec: ModelSpec, fit: _Fit,
-               hardware: dict, started: float, lineage: dict) -> manifests.RunManifest:
+               hardware: manifests.Hardware, started: float, lineage: dict) -> manifests.RunManifest:
     metrics = evaluate_predictor(KerasPredictor(model), iter_pixel_batches(splits.validation, config.image_size),
                                  None, splits.labels)
     metrics.pop("predictions")

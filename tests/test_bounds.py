@@ -341,5 +341,5 @@ def test_a_variant_records_how_many_calibration_images_it_used(variants):
 
     manifest = manifests.read(variants["int8-ptq"], manifests.VariantManifest)
     asked = manifest.recipe.convert.params.calibration_samples
-    used = next(t for t in manifest.timings if t["stage"] == "convert")["calibration_images"]
+    used = next(t for t in manifest.timings if t.stage == "convert").calibration_images
     assert 0 < used <= asked

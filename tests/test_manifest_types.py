@@ -98,7 +98,7 @@ V2_RUN = {
     "config": {"data": "/data/photos", "image_size": 96, "epochs": 3, "seed": 7, "validation_fraction": 0.3,
                "augment": {"enabled": True, "flip": True, "rotation": 0.05, "zoom": 0.1, "translation": 0.1,
                            "contrast": 0.1}, "max_image_pixels": 1_000_000},
-    "seed": 7,
+    "seed": 7, "hardware": {"gpus": 0, "strategy": "default", "replicas": 1, "mixed_precision": False},
 }
 V2_VARIANT = {
     "kind": "variant", "schema_version": 2, "created": "2026-12-01T11:00:00+00:00", "name": "int8-ptq",
@@ -111,6 +111,7 @@ V2_VARIANT = {
                 "split": {"validation_fraction": 0.2, "seed": 42, "train": 1437, "validation": 360}},
     "recipe": {"name": "int8-ptq", "description": "post-training int8",
                "stages": [{"type": "convert", "mode": "int8", "calibration_samples": 50}]},
+    "timings": [{"stage": "convert", "seconds": 3.5, "calibration_images": 50}],
 }
 
 
@@ -127,6 +128,7 @@ def test_version_2_run_reads_into_the_typed_record_and_config(tmp_path):
     assert run.dataset.skipped == (SkippedFile("/data/photos/cat/bad.jpg", "truncated"),)
     assert run.dataset.exclude.sha256 == "34" * 32 and run.dataset.extra_data[0].fingerprint == "56" * 32
     assert isinstance(run.config, TrainConfig) and run.config.epochs == 3 and run.config.augment.flip
+    assert run.hardware == manifests.Hardware(gpus=0, strategy="default", replicas=1, mixed_precision=False)
     # `edgekit info` prints what it printed for the dict
     assert "  data: folder /data/photos  train 9 / validation 3  fingerprint 121212121212…" in \
         describe_manifest(tmp_path / "run", run).splitlines()
@@ -142,6 +144,7 @@ def test_version_2_variant_reads_into_the_typed_record_and_recipe(tmp_path):
     assert variant.dataset.spec == DataSpec(image_size=32, group_duplicates=False)  # digits: no duplicate check
     assert variant.dataset.n_files == 1797 and variant.dataset.origin.startswith("sklearn")
     assert variant.recipe.name == "int8-ptq" and variant.recipe.convert.params.calibration_samples == 50
+    assert variant.timings == (manifests.StageTiming("convert", 3.5, calibration_images=50),)
     assert variant.recipe.as_dict() == V2_VARIANT["recipe"] | {"stages": [
         {"type": "convert", "mode": "int8", "calibration_samples": 50, "io_dtype": "float32"}]}
     older = copy.deepcopy(V2_VARIANT)
@@ -182,8 +185,9 @@ def test_a_damaged_payload_is_one_line_naming_file_and_field(tmp_path, payload, 
 
 
 def test_no_manifest_field_that_has_a_class_is_a_plain_dict():
-    """`dataset`, `config` and `recipe` store their classes (the count of dict fields only goes down)."""
-    typed = {"dataset": DatasetRecord, "config": TrainConfig, "recipe": Recipe}
+    """`dataset`, `config`, `recipe`, `hardware` and `timings` store their classes."""
+    typed = {"dataset": DatasetRecord, "config": TrainConfig, "recipe": Recipe, "hardware": manifests.Hardware,
+             "timings": manifests.StageTiming}
     for cls in manifests.KINDS.values():
         hints = {f.name: f.type for f in dataclasses.fields(cls)}
         for name, expected in typed.items():

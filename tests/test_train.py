@@ -126,8 +126,8 @@ def test_two_workers_train_a_step_with_multiworker_mirrored_strategy(tmp_path):
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n----\n".join(o[-3000:] for o in outputs)
     manifest = manifests.read(Path(tmp_path) / "mw", RunManifest)
-    assert manifest.hardware["strategy"].startswith("multiworker")
-    assert manifest.hardware["replicas"] == 2
+    assert manifest.hardware.strategy.startswith("multiworker")
+    assert manifest.hardware.replicas == 2
     assert not list(Path(tmp_path).glob("mw-*"))  # the non-chief wrote nothing beside the chief
 
 
@@ -170,7 +170,7 @@ def test_mixed_precision_run_exports_a_float32_model(tmp_path):
 
     result = train(TrainConfig(epochs=1, steps_per_epoch=1, mixed_precision="on", name="mp",
                                runs_dir=str(tmp_path)))
-    assert result.manifest.hardware["mixed_precision"] is True
+    assert result.manifest.hardware.mixed_precision is True
     model = keras.models.load_model(result.run_dir / "model.keras", compile=False)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks into later work

@@ -115,7 +115,7 @@ def existing_variant(run_dir: Path, recipe: Recipe, force: bool) -> Variant | No
     return None
 
 
-def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, dict, list[dict]]:
+def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, dict, list[manifests.StageTiming]]:
     """Run prune / cluster / qat in order; returns the model to convert, sparsity, and stage timings."""
     from edgekit.compress import cluster, prune, qat  # tensorflow-model-optimization: only for these stages
 
@@ -139,7 +139,7 @@ def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, d
         if stage.type == "prune":
             sparsity = prune.measure_sparsity(model)
         previous.append(stage.type)
-        timings.append({"stage": stage.type, "seconds": round(time.time() - started, 2)})
+        timings.append(manifests.StageTiming(stage.type, round(time.time() - started, 2)))
     return model, sparsity, timings
 
 
@@ -200,7 +200,7 @@ def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = 
     return variants
 
 
-def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict, list[dict]]:
+def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict, list[manifests.StageTiming]]:
     """Training stages (if any), then conversion: the bytes that will ship."""
     config, size = context.run.config, context.image_size
     batch, seed = config.batch_size, config.seed
@@ -216,9 +216,9 @@ def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict
     log.info("%s: converting (%s)", recipe.name, params.mode)
     convert_started = time.time()
     content = convert(model, params, calibration)
-    timings.append({"stage": "convert", "seconds": round(time.time() - convert_started, 2)})
-    if calibration is not None:  # what was used: the recipe asks for at most this many, the split may have fewer
-        timings[-1]["calibration_images"] = len(calibration)
+    # with the calibration images used: the recipe asks for at most this many, the split may have fewer
+    timings.append(manifests.StageTiming("convert", round(time.time() - convert_started, 2),
+                                         len(calibration) if calibration is not None else None))
     return content, sparsity, timings
 
 
@@ -238,7 +238,8 @@ def _measure(path: Path, context: CompressContext, threads: int | None) \
 
 
 def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, content: bytes, threads: int | None,
-                   sparsity: dict, timings: list[dict], lineage: dict, started: float) -> manifests.VariantManifest:
+                   sparsity: dict, timings: list[manifests.StageTiming], lineage: dict,
+                   started: float) -> manifests.VariantManifest:
     from edgekit.tflite import parse as parse_tflite
     from edgekit.tflite_metadata import add_classifier_metadata, lineage_record
 
