@@ -194,7 +194,7 @@ class VariantManifest(Manifest):
     dataset: DatasetRecord | None = None
     recipe: Recipe | None = None  # in JSON as the recipe file's mapping (`Recipe.as_dict`)
     tflite: dict = field(default_factory=dict)  # edgekit.tflite.TFLiteModel.describe() + size, gzip_size
-    sparsity: dict = field(default_factory=dict)
+    sparsity: dict[str, float] = field(default_factory=dict)  # per kernel, plus "overall" (prune stages)
     runtime: dict = field(default_factory=dict)
     metrics: VariantMetrics | None = None
     timings: tuple[StageTiming, ...] = ()
