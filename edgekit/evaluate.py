@@ -164,7 +164,8 @@ def write_eval(out_dir: Path, model_path: Path, metrics: dict, runtime: dict, la
     plot_confusion(metrics["confusion_matrix"], labels, f"{model_path.name}: accuracy {metrics['accuracy']:.3f}",
                    out_dir / "confusion.png")
     parent = manifests.ParentRef(path=str(model_path.resolve()), sha256=sha256_file(model_path), file=model_path.name)
-    manifests.write(out_dir, manifests.EvalManifest(parent=parent, dataset=dataset, runtime=runtime,
+    manifests.write(out_dir, manifests.EvalManifest(parent=parent, dataset=dataset,
+                                                    runtime=manifests.RuntimeRecord(**runtime),
                                                     metrics=manifests.to_metrics(metrics)),
                     ["metrics.json", "confusion.png"])
 

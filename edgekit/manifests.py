@@ -100,6 +100,15 @@ class Hardware:
 
 
 @dataclass(frozen=True)
+class RuntimeRecord:
+    """The interpreter that measured a model's accuracy (`evaluate.TFLitePredictor.runtime`)."""
+
+    name: str
+    version: str | None = None
+    threads: int | None = None  # None: the runtime's default (and Keras, which has no such setting)
+
+
+@dataclass(frozen=True)
 class StageTiming:
     """How long one recipe stage took (`compress`)."""
 
@@ -195,7 +204,7 @@ class VariantManifest(Manifest):
     recipe: Recipe | None = None  # in JSON as the recipe file's mapping (`Recipe.as_dict`)
     tflite: dict = field(default_factory=dict)  # edgekit.tflite.TFLiteModel.describe() + size, gzip_size
     sparsity: dict[str, float] = field(default_factory=dict)  # per kernel, plus "overall" (prune stages)
-    runtime: dict = field(default_factory=dict)
+    runtime: RuntimeRecord | None = None
     metrics: VariantMetrics | None = None
     timings: tuple[StageTiming, ...] = ()
     wall_time_s: float = 0.0
@@ -209,7 +218,7 @@ class EvalManifest(Manifest):
     KIND: ClassVar[str] = "eval"
     parent: ParentRef | None = None
     dataset: DatasetRecord | None = None
-    runtime: dict = field(default_factory=dict)
+    runtime: RuntimeRecord | None = None
     metrics: Metrics | None = None
 
 
@@ -324,7 +333,7 @@ def _upgrade(raw: dict, where: str) -> dict:
     if raw.get("schema_version") == 2:
         if isinstance(raw.get("dataset"), dict):
             raw["dataset"] = _dataset_from_description(raw["dataset"], _image_size(raw), f"{where}: field 'dataset'")
-        for key in ("recipe", "hardware"):  # {}: none recorded (a run has no recipe; a hand-made variant)
+        for key in ("recipe", "hardware", "runtime"):  # {}: none recorded (a run has no recipe; hand-made ones)
             if not raw.get(key):
                 raw.pop(key, None)
         raw["schema_version"] = SCHEMA_VERSION

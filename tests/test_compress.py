@@ -81,7 +81,7 @@ def test_variant_manifest_describes_the_exact_file(variants, tiny_run):
     assert list(manifest.model.labels) == run_manifest["model"]["labels"]
     validation = manifest.metrics.validation
     assert validation.n == 359 and 0 <= validation.macro_f1 <= 1
-    assert manifest.runtime["name"] == "litert"
+    assert manifest.runtime.name == "litert"
     assert 0 <= manifest.metrics.output_abs_diff_vs_float.mean <= 1
 
 

@@ -112,6 +112,7 @@ V2_VARIANT = {
     "recipe": {"name": "int8-ptq", "description": "post-training int8",
                "stages": [{"type": "convert", "mode": "int8", "calibration_samples": 50}]},
     "timings": [{"stage": "convert", "seconds": 3.5, "calibration_images": 50}],
+    "runtime": {"name": "litert", "version": "1.4.0", "threads": None},
 }
 
 
@@ -145,6 +146,7 @@ def test_version_2_variant_reads_into_the_typed_record_and_recipe(tmp_path):
     assert variant.dataset.n_files == 1797 and variant.dataset.origin.startswith("sklearn")
     assert variant.recipe.name == "int8-ptq" and variant.recipe.convert.params.calibration_samples == 50
     assert variant.timings == (manifests.StageTiming("convert", 3.5, calibration_images=50),)
+    assert variant.runtime == manifests.RuntimeRecord(name="litert", version="1.4.0")
     assert variant.recipe.as_dict() == V2_VARIANT["recipe"] | {"stages": [
         {"type": "convert", "mode": "int8", "calibration_samples": 50, "io_dtype": "float32"}]}
     older = copy.deepcopy(V2_VARIANT)
@@ -185,9 +187,9 @@ def test_a_damaged_payload_is_one_line_naming_file_and_field(tmp_path, payload, 
 
 
 def test_no_manifest_field_that_has_a_class_is_a_plain_dict():
-    """`dataset`, `config`, `recipe`, `hardware` and `timings` store their classes."""
+    """`dataset`, `config`, `recipe`, `hardware`, `timings` and `runtime` store their classes."""
     typed = {"dataset": DatasetRecord, "config": TrainConfig, "recipe": Recipe, "hardware": manifests.Hardware,
-             "timings": manifests.StageTiming}
+             "timings": manifests.StageTiming, "runtime": manifests.RuntimeRecord}
     for cls in manifests.KINDS.values():
         hints = {f.name: f.type for f in dataclasses.fields(cls)}
         for name, expected in typed.items():

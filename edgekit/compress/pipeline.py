@@ -264,7 +264,7 @@ def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, cont
         name=recipe.name, recipe_hash=recipe_hash, parent=parent, run=run.name,
         model=dataclasses.replace(run.model, file=TFLITE_FILE), dataset=run.dataset, recipe=recipe,
         tflite={**parse_tflite(content).describe(), "size": len(content), "gzip_size": gzip_size(content)},
-        sparsity=sparsity, runtime=runtime,
+        sparsity=sparsity, runtime=manifests.RuntimeRecord(**runtime),
         metrics=manifests.VariantMetrics(
             validation=manifests.to_metrics(metrics), float_keras_accuracy=float_accuracy,
             accuracy_delta_vs_float=metrics["accuracy"] - float_accuracy,
