@@ -21,9 +21,10 @@ from pathlib import Path
 
 from _common import ROOT, print_table, write_json
 
+from edgekit import manifests
 from edgekit.artifacts import read_manifest
 from edgekit.compress.convert import ConvertParams, convert
-from edgekit.data import calibration_images, load_dataset, load_pixels, spec_from_description
+from edgekit.data import calibration_images, load_dataset, load_pixels
 from edgekit.evaluate import TFLitePredictor, evaluate_predictor
 from edgekit.model import load_keras_model
 
@@ -47,7 +48,7 @@ def calibration_sweep(run_dir: Path, sizes: list[int], seeds: list[int]) -> list
     manifest = read_manifest(run_dir)
     size = manifest["model"]["input_size"][0]
     model = load_keras_model(run_dir / "model.keras")
-    splits = load_dataset(spec_from_description(manifest["dataset"], size))
+    splits = load_dataset(manifests.read(run_dir, manifests.RunManifest).dataset.reload_spec)
     val_pixels = load_pixels(splits.validation, size)
     results = []
     with tempfile.TemporaryDirectory(prefix="calibration-") as scratch:

@@ -75,11 +75,11 @@ def leakage(work: Path, per_class: int | None, epochs: int) -> list[dict]:
     rows = []
     for side, data in (("plain stratified split", work / "plain"), ("group-aware split", work / "tripled")):
         result = _train(data, side.split()[0], work / "runs", epochs)
-        split = result.manifest["dataset"]["split"]
+        split = result.manifest.dataset.split
         held_out = evaluate_model(result.run_dir, data=str(work / "heldout"), write=False).metrics
-        rows.append({"split": side, "files": len(tripled), "validation": split["validation"],
-                     "leaked_validation": split["duplicates"]["leaked"]["validation"],
-                     "reported_val_acc": result.manifest["metrics"]["validation"]["accuracy"],
+        rows.append({"split": side, "files": len(tripled), "validation": split.validation,
+                     "leaked_validation": split.duplicates.leaked["validation"],
+                     "reported_val_acc": result.manifest.metrics.validation.accuracy,
                      "held_out_acc": held_out["accuracy"], "held_out_n": held_out["n"]})
     return rows
 

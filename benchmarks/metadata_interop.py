@@ -23,7 +23,7 @@ from _common import WORK, print_table, write_json
 
 from edgekit import manifests
 from edgekit.compress.convert import ConvertParams, convert
-from edgekit.data import calibration_images, load_dataset, load_pixels, spec_from_description
+from edgekit.data import calibration_images, load_dataset, load_pixels
 from edgekit.evaluate import TFLitePredictor
 from edgekit.model import load_keras_model
 from edgekit.tflite_metadata import add_classifier_metadata, lineage_record
@@ -60,7 +60,7 @@ def mediapipe_top1(content: bytes, images: np.ndarray) -> list[int] | str:
 def measure(kind: str, run_dir: Path, run, model, splits, pixels: np.ndarray, scratch: Path) -> dict:
     mode, io = KINDS[kind]
     params = ConvertParams(mode=mode, io_dtype=io, calibration_samples=100)
-    seed = int(run.config.get("seed", 42))
+    seed = run.config.seed
     calibration = calibration_images(splits.train, run.model.image_size, 100, seed=seed) if mode == "int8" else None
     bare = convert(model, params, calibration)
     parent = manifests.parent_ref(run_dir, run)
@@ -91,7 +91,7 @@ def main() -> int:
     run_dir = args.run or tiny_run(args.epochs)
     run = manifests.read(run_dir, manifests.RunManifest)
     model = load_keras_model(run_dir / run.MAIN_FILE)
-    splits = load_dataset(spec_from_description(run.dataset, run.model.image_size))
+    splits = load_dataset(run.dataset.reload_spec)
     pixels = load_pixels(splits.validation, run.model.image_size)
     integral = bool(np.all(pixels == np.round(pixels)))
     print(f"run {run_dir} ({len(pixels)} validation images, pixels already whole numbers: {integral})",

@@ -6,6 +6,7 @@ so the accuracy reported for a `.tflite` file is measured by running that exact 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST, atomic_path, check_writable, sha256_file, write_json_atomic
-from edgekit.data import DataSpec, ImageSet, iter_pixel_batches, load_dataset, scan_class_folders, spec_from_description
+from edgekit.data import DatasetRecord, DataSpec, ImageSet, iter_pixel_batches, load_dataset, scan_class_folders
 from edgekit.errors import EdgekitError
 from edgekit.runner import load_model
 
@@ -156,14 +157,15 @@ def evaluate_predictor(predictor, images, targets: np.ndarray | None, labels: tu
 
 
 def write_eval(out_dir: Path, model_path: Path, metrics: dict, runtime: dict, labels: tuple[str, ...],
-               dataset: dict) -> None:
+               dataset: DatasetRecord | None) -> None:
     """Write metrics.json, confusion.png and a manifest naming the evaluated file as parent."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "metrics.json", {"metrics": metrics, "runtime": runtime})
     plot_confusion(metrics["confusion_matrix"], labels, f"{model_path.name}: accuracy {metrics['accuracy']:.3f}",
                    out_dir / "confusion.png")
     parent = manifests.ParentRef(path=str(model_path.resolve()), sha256=sha256_file(model_path), file=model_path.name)
-    manifests.write(out_dir, manifests.EvalManifest(parent=parent, dataset=dataset, runtime=runtime,
+    manifests.write(out_dir, manifests.EvalManifest(parent=parent, dataset=dataset,
+                                                    runtime=manifests.RuntimeRecord(**runtime),
                                                     metrics=manifests.to_metrics(metrics)),
                     ["metrics.json", "confusion.png"])
 
@@ -216,9 +218,9 @@ def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = 
     if data is None:
         if manifest is None or not manifest.dataset:
             raise EdgekitError("this model has no manifest naming its dataset; pass --data DIR")
-        splits = load_dataset(spec_from_description(manifest.dataset, image_size))
+        splits = load_dataset(dataclasses.replace(manifest.dataset.reload_spec, image_size=image_size))
         images = splits.validation
-        record = {"source": "validation split of the training run", **manifest.dataset}
+        record = manifest.dataset
     else:
         root = Path(data)
         for split in ("test", "validation", "val"):
@@ -230,8 +232,8 @@ def evaluation_data(manifest, data: str | None, image_size: int, strict: bool = 
         labels = scan.labels
         images = ImageSet(labels, np.asarray(scan.targets, dtype=np.int32), tuple(scan.paths),
                           tuple(scan.tf_decodable))
-        record = {"source": "folder", "path": str(root.resolve()), "n_files": len(scan.paths),
-                  "fingerprint": scan.fingerprint}
+        record = DatasetRecord(spec=spec, source="folder", path=str(root.resolve()), n_files=len(scan.paths),
+                               fingerprint=scan.fingerprint)
     return iter_pixel_batches(images, image_size), None, labels, record
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgekit import manifests
 from edgekit.artifacts import MANIFEST
+from edgekit.data.types import DatasetRecord
 from edgekit.errors import EdgekitError
 from edgekit.render import fmt
 from edgekit.tflite import parse, read_tflite
@@ -68,15 +69,15 @@ def _model_lines(model: manifests.ModelContract | None) -> list[str]:
             f"  labels ({len(labels)}): {', '.join(labels[:20])}{' …' if len(labels) > 20 else ''}"]
 
 
-def _dataset_lines(dataset: dict | None) -> list[str]:
-    if not dataset:
+def _dataset_lines(dataset: DatasetRecord | None) -> list[str]:
+    if dataset is None:
         return []
-    split = dataset.get("split", {})
-    lines = [f"  data: {dataset.get('source')} {dataset.get('path', dataset.get('origin', ''))}  "
-             f"train {split.get('train', '?')} / validation {split.get('validation', '?')}  "
-             f"fingerprint {str(dataset.get('fingerprint', ''))[:12]}…"]
-    if dataset.get("extra_data"):
-        lines.append(f"  extra data: {', '.join(e['path'] for e in dataset['extra_data'])}")
+    split = dataset.split
+    lines = [f"  data: {dataset.source} {dataset.path or dataset.origin}  "
+             f"train {split.train if split else '?'} / validation {split.validation if split else '?'}  "
+             f"fingerprint {dataset.fingerprint[:12]}…"]
+    if dataset.extra_data:
+        lines.append(f"  extra data: {', '.join(e.path for e in dataset.extra_data)}")
     return lines
 
 
@@ -94,7 +95,7 @@ def _run(m: manifests.RunManifest) -> list[str]:
 
 
 def _variant(m: manifests.VariantManifest) -> list[str]:
-    stages = " → ".join(s.get("type", "?") for s in m.recipe.get("stages", []))
+    stages = " → ".join(s.type for s in m.recipe.stages) if m.recipe else ""
     tflite, sparsity = m.tflite, m.sparsity.get("overall")
     inputs = tflite.get("inputs") or [{}]
     return [*_model_lines(m.model), *_dataset_lines(m.dataset), f"  recipe: {m.name} ({stages}), hash {m.recipe_hash}",
@@ -176,8 +177,8 @@ def describe_tflite(path: Path, model) -> str:
     for role, tensors in (("input", model.inputs), ("output", model.outputs)):
         for tensor in tensors:
             quant = tensor.quantization
-            q = "" if quant is None else (f"  scale {quant['scale']:.6g} zero point {quant['zero_point']}"
-                                          if "axis" not in quant else f"  per-channel (axis {quant['axis']})")
+            q = "" if quant is None else (f"  scale {quant.scales[0]:.6g} zero point {quant.zero_points[0]}"
+                                          if quant.axis is None else f"  per-channel (axis {quant.axis})")
             lines.append(f"  {role} {tensor.name}: {tensor.dtype} {list(tensor.shape)}{q}")
     ops, custom = model.op_counts, set(model.custom_ops)
     lines.append(f"  ops ({sum(ops.values())}): " + ", ".join(f"{k}{' (custom)' if k in custom else ''} {v}"

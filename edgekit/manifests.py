@@ -4,9 +4,14 @@ A manifest is how one stage hands its work to the next (run → variant → benc
 feedback), so a renamed or missing field must fail when the manifest is read, in one place, with a line
 naming the file — not in whichever reader meets it first. Readers ask the dataclass, never the JSON.
 
+Payloads that have a class store that class: a run's `dataset` is a `DatasetRecord` holding the full
+`DataSpec`, its `config` a `TrainConfig`, a variant's `recipe` a `Recipe`; each round-trips through JSON.
+
 Schema history: version 1 (edgekit 0.1) had `schema: 1` and no `schema_version`; variants had no
-`recipe_hash`. Both are read and upgraded in memory; what is written is always the current version.
-Variants gained an optional `drift_reference` in version 2 (absent: made before it, "no reference").
+`recipe_hash`. Variants gained an optional `drift_reference` in version 2 (absent: made before it, "no
+reference"). Version 3 typed the payloads; versions 1 and 2 kept `dataset` as the data layer's description
+dict (the spec spread over `split`, `path`, `exclude`, ...), which `_upgrade` rebuilds. Older versions are
+read and upgraded in memory; what is written is always the current version.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from edgekit.artifacts import MANIFEST, file_record, library_versions, sha256_file, utc_now, write_json_atomic
-from edgekit.config import from_mapping
+from edgekit.config import TrainConfig, from_mapping
+from edgekit.data.types import DEFAULT_MAX_IMAGE_PIXELS, DatasetRecord, DataSpec
 from edgekit.errors import EdgekitError
+from edgekit.recipes import Recipe, recipe_from_mapping
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,34 @@ class TrainingStats:
 
 
 @dataclass(frozen=True)
+class Hardware:
+    """What a run was trained on: its speed, and with mixed precision its numbers, depend on it."""
+
+    gpus: int = 0
+    strategy: str = ""
+    replicas: int = 1
+    mixed_precision: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeRecord:
+    """The interpreter that measured a model's accuracy (`evaluate.TFLitePredictor.runtime`)."""
+
+    name: str
+    version: str | None = None
+    threads: int | None = None  # None: the runtime's default (and Keras, which has no such setting)
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """How long one recipe stage took (`compress`)."""
+
+    stage: str
+    seconds: float
+    calibration_images: int | None = None  # convert to int8: the calibration images used (the split may have fewer)
+
+
+@dataclass(frozen=True)
 class RunMetrics:
     validation: Metrics
 
@@ -123,7 +158,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     created: str = ""
     files: dict[str, FileRecord] = field(default_factory=dict)
-    versions: dict = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # library versions that change results
 
     def sha256(self, name: str | None = None) -> str:
         name = name or self.MAIN_FILE
@@ -132,7 +167,11 @@ class Manifest:
         return self.files[name].sha256
 
     def as_dict(self) -> dict:
-        return {"kind": self.KIND, **dataclasses.asdict(self)}
+        out = {"kind": self.KIND, **dataclasses.asdict(self)}
+        recipe = getattr(self, "recipe", None)
+        if recipe is not None:  # the mapping a recipe file holds, not the stage objects' fields
+            out["recipe"] = recipe.as_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -141,10 +180,10 @@ class RunManifest(Manifest):
     MAIN_FILE: ClassVar[str] = "model.keras"
     name: str = ""
     model: ModelContract | None = None
-    dataset: dict = field(default_factory=dict)  # edgekit.data's description; read back by spec_from_description
-    config: dict = field(default_factory=dict)  # the resolved TrainConfig, as saved in train_config.json
+    dataset: DatasetRecord | None = None  # its spec reloads the same splits (eval, compress, bench)
+    config: TrainConfig = field(default_factory=TrainConfig)  # the resolved config, as in train_config.json
     seed: int = 0
-    hardware: dict = field(default_factory=dict)
+    hardware: Hardware | None = None
     training: TrainingStats | None = None
     wall_time_s: float = 0.0
     finished: str = ""
@@ -161,13 +200,13 @@ class VariantManifest(Manifest):
     parent: ParentRef | None = None
     run: str = ""
     model: ModelContract | None = None
-    dataset: dict = field(default_factory=dict)
-    recipe: dict = field(default_factory=dict)
+    dataset: DatasetRecord | None = None
+    recipe: Recipe | None = None  # in JSON as the recipe file's mapping (`Recipe.as_dict`)
     tflite: dict = field(default_factory=dict)  # edgekit.tflite.TFLiteModel.describe() + size, gzip_size
-    sparsity: dict = field(default_factory=dict)
-    runtime: dict = field(default_factory=dict)
+    sparsity: dict[str, float] = field(default_factory=dict)  # per kernel, plus "overall" (prune stages)
+    runtime: RuntimeRecord | None = None
     metrics: VariantMetrics | None = None
-    timings: tuple[dict, ...] = ()
+    timings: tuple[StageTiming, ...] = ()
     wall_time_s: float = 0.0
     edgetpu: dict | None = None
     lineage: dict = field(default_factory=dict)
@@ -178,8 +217,8 @@ class VariantManifest(Manifest):
 class EvalManifest(Manifest):
     KIND: ClassVar[str] = "eval"
     parent: ParentRef | None = None
-    dataset: dict = field(default_factory=dict)
-    runtime: dict = field(default_factory=dict)
+    dataset: DatasetRecord | None = None
+    runtime: RuntimeRecord | None = None
     metrics: Metrics | None = None
 
 
@@ -282,16 +321,54 @@ def recipe_hash(recipe: dict) -> str:
     return hashlib.sha256(stages.encode()).hexdigest()[:16]
 
 
-def _upgrade(raw: dict) -> dict:
-    """Bring a version-1 manifest to the current shape (in memory only)."""
+def _upgrade(raw: dict, where: str) -> dict:
+    """Bring a version-1 or -2 manifest to the current shape (in memory only)."""
     raw = dict(raw)
     version = raw.pop("schema", None)
     raw.setdefault("schema_version", version if version is not None else SCHEMA_VERSION)
     if raw.get("schema_version", SCHEMA_VERSION) == 1:
         if raw.get("kind") == "variant" and "recipe_hash" not in raw:
             raw["recipe_hash"] = recipe_hash(raw.get("recipe") or {})
+        raw["schema_version"] = 2
+    if raw.get("schema_version") == 2:
+        if isinstance(raw.get("dataset"), dict):
+            raw["dataset"] = _dataset_from_description(raw["dataset"], _image_size(raw), f"{where}: field 'dataset'")
+        for key in ("recipe", "hardware", "runtime"):  # {}: none recorded (a run has no recipe; hand-made ones)
+            if not raw.get(key):
+                raw.pop(key, None)
         raw["schema_version"] = SCHEMA_VERSION
     return raw
+
+
+def _image_size(raw: dict) -> int:
+    """The input size a version-2 manifest's model was trained at: its data spec's image size."""
+    try:
+        return int(raw["model"]["input_size"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return DataSpec().image_size  # an eval manifest names no model; its spec is a record, not reloaded
+
+
+def _dataset_from_description(old: dict, image_size: int, where: str) -> dict | None:
+    """A version-2 dataset description as the version-3 `DatasetRecord` mapping: the spec rebuilt from the
+    fields that decide the file list and split (as `spec_from_description` did), the findings kept."""
+    if not old:
+        return None
+    old = dict(old)
+    try:
+        split = dict(old.pop("split", None) or {})
+        exclude = old.pop("exclude", None)
+        extra = old.pop("extra_data", None) or []
+        source = old.get("source")
+        spec = {"data": old.get("path") if source == "folder" else None,
+                "extra_data": [e["path"] for e in extra], "image_size": image_size,
+                "seed": split.pop("seed", 42), "validation_fraction": split.pop("validation_fraction", 0.2),
+                "max_image_pixels": old.pop("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+                "exclude": exclude.get("path") if exclude else None, "group_duplicates": "duplicates" in split}
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        raise EdgekitError(f"{where}: damaged ({type(exc).__name__}: {exc}); re-create the artifact") from None
+    if "n_images" in old:  # the digits counted images, folders files
+        old["n_files"] = old.pop("n_images")
+    return {**old, "spec": spec, "split": split or None, "exclude": exclude, "extra_data": extra}
 
 
 def from_dict(raw: Any, where: str, expected: type[M] | None = None) -> M:
@@ -301,7 +378,7 @@ def from_dict(raw: Any, where: str, expected: type[M] | None = None) -> M:
     kind = raw["kind"]
     if kind not in KINDS:
         raise EdgekitError(f"{where}: unknown artifact kind {kind!r}; known kinds: {', '.join(KINDS)}")
-    raw = _upgrade(raw)
+    raw = _upgrade(raw, where)
     if not isinstance(raw["schema_version"], int) or raw["schema_version"] > SCHEMA_VERSION:
         raise EdgekitError(f"{where}: schema version {raw['schema_version']!r} is newer than this edgekit "
                            f"understands ({SCHEMA_VERSION}); upgrade edgekit")
@@ -309,7 +386,11 @@ def from_dict(raw: Any, where: str, expected: type[M] | None = None) -> M:
     if expected is not None and cls is not expected:
         raise EdgekitError(f"{where}: is a {kind} artifact, not a {expected.KIND}")
     fields = {k: v for k, v in raw.items() if k != "kind"}
-    return from_mapping(cls, fields, where)
+    recipe = fields.pop("recipe", None) if "recipe" in {f.name for f in dataclasses.fields(cls)} else None
+    manifest = from_mapping(cls, fields, where)
+    if recipe is not None:  # a recipe is validated like a recipe file, stage by stage
+        manifest = dataclasses.replace(manifest, recipe=recipe_from_mapping(recipe, f"{where}: field 'recipe'"))
+    return manifest
 
 
 def read(directory: Path, expected: type[M] | None = None) -> M:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ class Recipe:
     name: str = RECIPE_NAME.field()
     stages: tuple[Stage, ...]
     description: str = ""
-    source: str = "<memory>"
+    source: str = field(default="<memory>", compare=False)  # where it was read from, not what it says
 
     def as_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "stages": [s.as_dict() for s in self.stages]}

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.tflite import Quantization
 
 PATH = Path(__file__).resolve().parent / "resources" / "devices" / "edgekit_runner.py"
 MODULE_NAME = "edgekit_runner"  # its name on a device, where it runs as a script
@@ -75,12 +76,7 @@ def read_metadata(content: bytes, label: str) -> dict:
 def dequantizer(tensor: dict):
     """raw → float32 real values for a tensor described as `tflite.Tensor.as_dict()` does (the runner's
     dequantize; per-channel parameters use the first channel's, as an output tensor has one)."""
-    quant = tensor.get("quantization") or {}
-
-    def first(key, default):
-        value = quant.get(key, default)
-        return value[0] if isinstance(value, list) else value
-
+    quant = Quantization.from_dict(tensor.get("quantization"))
     dtype = tensor.get("dtype") if tensor.get("dtype") in ("int8", "uint8", "int16") else "float32"
-    detail = {"dtype": dtype, "quantization": (first("scale", 0.0), first("zero_point", 0))}
+    detail = {"dtype": dtype, "quantization": quant.per_tensor if quant else (0.0, 0)}
     return lambda raw: dequantize(raw, detail)

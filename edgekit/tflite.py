@@ -62,6 +62,43 @@ def read_tflite(path: Path) -> bytes:
     return content
 
 
+@dataclass(frozen=True)
+class Quantization:
+    """A tensor's affine quantization, real = (raw - zero_point) * scale: one scale and zero point for the
+    whole tensor (`axis` None), or one per channel along `axis` (conv weights). One type for both, so no
+    reader has to ask whether a field holds a number or a list.
+
+    The JSON form (`as_dict`, in `describe()` and variant manifests) keeps TFLite's own convention:
+    scalars per tensor, lists plus "axis" per channel.
+    """
+
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    axis: int | None = None
+
+    @property
+    def per_tensor(self) -> tuple[float, int]:
+        """(scale, zero_point) as an interpreter reports them; per-channel parameters give the first channel's,
+        which is what an output tensor (one channel) has."""
+        return self.scales[0], self.zero_points[0]
+
+    def as_dict(self) -> dict:
+        if self.axis is None:
+            return {"scale": self.scales[0], "zero_point": self.zero_points[0]}
+        return {"scale": list(self.scales), "zero_point": list(self.zero_points), "axis": self.axis}
+
+    @classmethod
+    def from_dict(cls, raw: dict | None) -> Quantization | None:
+        """The type back from its JSON form (None or {} → None: a float tensor)."""
+        if not raw or raw.get("scale") is None:
+            return None
+        scale, zero = raw["scale"], raw.get("zero_point", 0)
+        if isinstance(scale, list | tuple):
+            zeros = zero if isinstance(zero, list | tuple) else [zero] * len(scale)
+            return cls(tuple(float(s) for s in scale), tuple(int(z) for z in zeros), int(raw.get("axis") or 0))
+        return cls((float(scale),), (int(zero),))
+
+
 @dataclass(frozen=True, eq=False)  # compared by identity: values may be arrays
 class Tensor:
     index: int
@@ -69,7 +106,7 @@ class Tensor:
     dtype: str  # lower-case TFLite type name: float32, int8, uint8, ...
     shape: tuple[int, ...]  # the shape signature where the file has one: -1 marks a dynamic dimension
     const: bool
-    quantization: dict | None  # {"scale", "zero_point"} per tensor, or lists plus "axis" per channel
+    quantization: Quantization | None  # None: a float (or unquantized integer) tensor
     values: np.ndarray | None = None
 
     @property
@@ -77,7 +114,8 @@ class Tensor:
         return self.quantization is not None
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "quantization": self.quantization}
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "quantization": self.quantization.as_dict() if self.quantization else None}
 
 
 @dataclass(frozen=True)
@@ -217,14 +255,12 @@ def _buffer_bytes(buffer, content: bytes) -> bytes:
     return b""
 
 
-def _quantization(quant) -> dict | None:
+def _quantization(quant) -> Quantization | None:
     if quant is None or quant.scale is None or len(quant.scale) == 0:
         return None
-    scales = [float(s) for s in quant.scale]
-    zeros = [int(z) for z in (quant.zeroPoint if quant.zeroPoint is not None else [0] * len(scales))]
-    if len(scales) == 1:
-        return {"scale": scales[0], "zero_point": zeros[0]}
-    return {"scale": scales, "zero_point": zeros, "axis": int(quant.quantizedDimension)}
+    scales = tuple(float(s) for s in quant.scale)
+    zeros = tuple(int(z) for z in (quant.zeroPoint if quant.zeroPoint is not None else [0] * len(scales)))
+    return Quantization(scales, zeros, None if len(scales) == 1 else int(quant.quantizedDimension))
 
 
 def _tensor(index: int, t, buffers, content: bytes, dtypes: dict[int, str]) -> Tensor:

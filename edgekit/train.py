@@ -341,14 +341,14 @@ def train(config: cfg.TrainConfig, resume: Path | None = None, *, callbacks: tup
         shutil.rmtree(work_dir, ignore_errors=True)
         return TrainResult(run_dir, None)
     model = _exportable_copy(fit.model, model_spec, work_dir / BEST_WEIGHTS)
-    hardware = {"gpus": len(gpus()), "strategy": strategy_name,
-                "replicas": strategy.num_replicas_in_sync, "mixed_precision": mixed}
+    hardware = manifests.Hardware(gpus=len(gpus()), strategy=strategy_name,
+                                  replicas=strategy.num_replicas_in_sync, mixed_precision=mixed)
     manifest = _write_run(run_dir, config, splits, model, model_spec, fit, hardware, started, lineage or {})
     return TrainResult(run_dir, manifest)
 
 
 def _write_run(run_dir: Path, config: cfg.TrainConfig, splits, model, model_spec: ModelSpec, fit: _Fit,
-               hardware: dict, started: float, lineage: dict) -> manifests.RunManifest:
+               hardware: manifests.Hardware, started: float, lineage: dict) -> manifests.RunManifest:
     metrics = evaluate_predictor(KerasPredictor(model), iter_pixel_batches(splits.validation, config.image_size),
                                  None, splits.labels)
     metrics.pop("predictions")
@@ -364,7 +364,7 @@ def _write_run(run_dir: Path, config: cfg.TrainConfig, splits, model, model_spec
         epochs_run=epochs_in_history(run_dir), fit_seconds=round(fit.fit_seconds, 2),
         throughput_images_per_s=round(fit.images_seen / fit.fit_seconds, 1) if fit.fit_seconds else None)
     manifest = manifests.RunManifest(
-        name=run_dir.name, model=contract, dataset=splits.description, config=cfg.to_dict(config),
+        name=run_dir.name, model=contract, dataset=splits.record, config=config,
         seed=config.seed, hardware=hardware, training=training, wall_time_s=round(time.time() - started, 2),
         finished=utc_now(), metrics=manifests.RunMetrics(validation=manifests.to_metrics(metrics)), lineage=lineage)
     files = [MODEL_FILE, "labels.txt", CONFIG_FILE] + (["history.csv"] if (run_dir / "history.csv").exists()

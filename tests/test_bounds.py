@@ -340,6 +340,6 @@ def test_a_variant_records_how_many_calibration_images_it_used(variants):
     from edgekit import manifests
 
     manifest = manifests.read(variants["int8-ptq"], manifests.VariantManifest)
-    asked = next(s for s in manifest.recipe["stages"] if s["type"] == "convert")["calibration_samples"]
-    used = next(t for t in manifest.timings if t["stage"] == "convert")["calibration_images"]
+    asked = manifest.recipe.convert.params.calibration_samples
+    used = next(t for t in manifest.timings if t.stage == "convert").calibration_images
     assert 0 < used <= asked

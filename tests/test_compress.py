@@ -74,14 +74,14 @@ def test_variant_manifest_describes_the_exact_file(variants, tiny_run):
     run_manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert isinstance(manifest, VariantManifest) and len(manifest.recipe_hash) == 16
     assert manifest.parent.sha256 == run_manifest["files"]["model.keras"]["sha256"]
-    assert manifest.recipe["stages"][0]["mode"] == "int8"
+    assert manifest.recipe.stages[0].params.mode == "int8"
     assert (int8 / "recipe.yaml").read_text().startswith("name: int8-ptq")
     tflite = manifest.tflite
     assert tflite["size"] == (int8 / "model.tflite").stat().st_size and 0 < tflite["gzip_size"] < tflite["size"]
     assert list(manifest.model.labels) == run_manifest["model"]["labels"]
     validation = manifest.metrics.validation
     assert validation.n == 359 and 0 <= validation.macro_f1 <= 1
-    assert manifest.runtime["name"] == "litert"
+    assert manifest.runtime.name == "litert"
     assert 0 <= manifest.metrics.output_abs_diff_vs_float.mean <= 1
 
 

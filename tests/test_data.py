@@ -61,8 +61,8 @@ def test_class_folders_with_random_split(tmp_path):
     splits = load_dataset(DataSpec(data=str(root), image_size=32))
     assert splits.labels == ("cat", "dog")
     assert len(splits.train) == 8 and len(splits.validation) == 2
-    assert splits.description["n_files"] == 10
-    assert splits.description["split"]["layout"].startswith("class folders")
+    assert splits.record.n_files == 10
+    assert splits.record.split.layout.startswith("class folders")
 
 
 def test_train_validation_layout(tmp_path):
@@ -130,7 +130,7 @@ def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path, caplog):
     root = _with_bad_files(tmp_path / "data")
     with caplog.at_level(logging.WARNING):
         splits = load_dataset(DataSpec(data=str(root), image_size=32))
-    skipped = {s["path"].rsplit("/", 1)[-1] for s in splits.description["skipped"]}
+    skipped = {s.path.rsplit("/", 1)[-1] for s in splits.record.skipped}
     assert skipped == {"truncated.jpg", "garbage.png"}
     assert len(splits.train) + len(splits.validation) == 9
     assert "skipped 2 file(s)" in caplog.text and "truncated.jpg" in caplog.text
@@ -146,15 +146,14 @@ def test_images_too_large_to_decode_safely_are_skipped(tmp_path):
     root = _two_class_folder(tmp_path / "data")
     _image(root / "dog" / "huge.png", size=(2000, 1500))
     splits = load_dataset(DataSpec(data=str(root), max_image_pixels=1_000_000))
-    [skipped] = splits.description["skipped"]
-    assert skipped["path"].endswith("huge.png") and "pixel limit" in skipped["reason"]
+    [skipped] = splits.record.skipped
+    assert skipped.path.endswith("huge.png") and "pixel limit" in skipped.reason
 
 
 def test_spec_round_trips_through_a_run_manifest(tmp_path):
     """eval, compress and bench reload a run's data from its manifest: every field that picks the files or
     the split comes back. A non-default pixel limit used to be dropped, so the reload saw other files."""
     from edgekit import manifests
-    from edgekit.data import spec_from_description
 
     root = _two_class_folder(tmp_path / "data", per_class=5)
     _image(root / "dog" / "huge.png", size=(1200, 1000))  # over the run's limit, under the default one
@@ -166,14 +165,12 @@ def test_spec_round_trips_through_a_run_manifest(tmp_path):
     splits = load_dataset(spec)
     run = tmp_path / "run"
     run.mkdir()
-    manifests.write(run, manifests.RunManifest(name="r", dataset=splits.description), [])
-    again = spec_from_description(manifests.read(run, manifests.RunManifest).dataset, spec.image_size)
+    manifests.write(run, manifests.RunManifest(name="r", dataset=splits.record), [])
+    again = manifests.read(run, manifests.RunManifest).dataset.spec
     assert again == spec
     reloaded = load_dataset(again)
     assert (reloaded.train.paths, reloaded.validation.paths) == (splits.train.paths, splits.validation.paths)
     assert not any(p.endswith("huge.png") for p in reloaded.train.paths + reloaded.validation.paths)
-    older = {k: v for k, v in splits.description.items() if k != "max_image_pixels"}  # runs made before it
-    assert spec_from_description(older, 24).max_image_pixels == DataSpec().max_image_pixels
 
 
 def test_every_supported_format_decodes(tmp_path):
@@ -187,7 +184,7 @@ def test_every_supported_format_decodes(tmp_path):
     splits = load_dataset(DataSpec(data=str(root), image_size=16, validation_fraction=0.1, group_duplicates=False))
     pixels = load_pixels(splits.train.concat(splits.validation), 16)
     assert pixels.shape == (11, 16, 16, 3)
-    assert not splits.description["skipped"]
+    assert not splits.record.skipped
     webp = [i for i, p in enumerate(splits.train.paths) if p.endswith(".webp")]
     assert webp and not splits.train.tf_decodable[webp[0]]  # routed through Pillow
 
@@ -228,7 +225,7 @@ def test_extra_data_is_folded_into_training(tmp_path, digits_folder):
     merged = load_dataset(DataSpec(data=str(digits_folder), image_size=32, extra_data=(str(extra),)))
     assert len(merged.train) == len(base.train) + 20
     assert len(merged.validation) == len(base.validation)
-    assert merged.description["extra_data"][0]["n_files"] == 20
+    assert merged.record.extra_data[0].n_files == 20
 
 
 def test_extra_data_with_unknown_class_is_an_error(tmp_path, digits_folder):

@@ -80,7 +80,7 @@ def test_a_first_load_reads_each_file_once_and_a_second_none(tmp_path, edgekit_h
     splits, pixels = _first_train_load(root)
     assert len(splits.train) + len(splits.validation) == len(files)
     assert dict(reads) == {path: 1 for path in files}  # was 5: header, check decode, hash x2, cache build
-    assert splits.description["split"]["duplicates"]["exact_groups"] == 1  # the hashes came from that read
+    assert splits.record.split.duplicates.exact_groups == 1  # the hashes came from that read
     reads.clear()
     _, again = _first_train_load(root)
     assert dict(reads) == {}  # verdicts, hashes and pixels all cached

@@ -15,9 +15,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.data import DataSpec, load_dataset, spec_from_description, stratified_split
+from edgekit.data import DataSpec, load_dataset, stratified_split
 from edgekit.data.hashing import duplicate_groups, hash_files
 from edgekit.data.split import group_stratified_split
+from edgekit.data.types import ExclusionRecord
 from edgekit.datacheck.check import check_folder
 from edgekit.devices import runner_path
 from edgekit.errors import EdgekitError
@@ -130,9 +131,9 @@ def test_train_split_of_a_tripled_folder_leaks_nothing(tripled):
     splits = load_dataset(DataSpec(data=str(tripled), image_size=32))
     train_hashes = {_sha(p) for p in splits.train.paths}
     assert len(splits.validation) == 60 and not any(_sha(p) in train_hashes for p in splits.validation.paths)
-    record = splits.description["split"]["duplicates"]
-    assert record["exact_groups"] == 100 and record["leaked"] == {"validation": 0, "test": 0}
-    assert record["handling"].startswith("group-aware")
+    record = splits.record.split.duplicates
+    assert record.exact_groups == 100 and record.leaked == {"validation": 0, "test": 0}
+    assert record.handling.startswith("group-aware")
     # the split a plain stratified shuffle makes of the same folder: most validation images leak
     _, val_idx = stratified_split(np.asarray([Path(p).parent.name for p in sorted(tripled.rglob("*.png"))]),
                                   0.2, 42)
@@ -140,7 +141,7 @@ def test_train_split_of_a_tripled_folder_leaks_nothing(tripled):
     plain_train = {_sha(f) for i, f in enumerate(files) if i not in set(val_idx)}
     assert sum(_sha(files[i]) in plain_train for i in val_idx) > 40
     # eval, compress and bench reload the split from the manifest and must get the same one
-    again = load_dataset(spec_from_description(splits.description, 32))
+    again = load_dataset(splits.record.reload_spec)
     assert again.validation.paths == splits.validation.paths
 
 
@@ -151,8 +152,8 @@ def test_validation_folder_is_kept_and_its_leaks_named(digits_folder, tmp_path, 
     with caplog.at_level(logging.WARNING):
         splits = load_dataset(DataSpec(data=str(root), image_size=32))
     assert len(splits.validation) == 10 and len(splits.train) == 40
-    record = splits.description["split"]["duplicates"]
-    assert record["leaked"]["validation"] == 10 and record["handling"] == "validation folder kept as it is"
+    record = splits.record.split.duplicates
+    assert record.leaked["validation"] == 10 and record.handling == "validation folder kept as it is"
     assert "10 validation image(s) have a copy in training" in caplog.text
     assert str(root / "validation" / "0") in caplog.text
 
@@ -222,10 +223,10 @@ def test_exclusion_list_round_trips_into_training_lineage(tripled, tmp_path):
     assert "0/digit_" in listing.read_text() and str(tripled) not in listing.read_text().split("\n", 3)[3]
     splits = load_dataset(DataSpec(data=str(tripled), image_size=32, exclude=str(listing)))
     assert len(splits.train) + len(splits.validation) == 100
-    record = splits.description["exclude"]
-    assert record == {"path": str(listing.resolve()), "sha256": _sha(listing), "listed": 200, "excluded": 200}
-    assert splits.description["split"]["duplicates"]["exact_groups"] == 0
-    assert load_dataset(spec_from_description(splits.description, 32)).validation.paths == \
+    record = splits.record.exclude
+    assert record == ExclusionRecord(path=str(listing.resolve()), sha256=_sha(listing), listed=200, excluded=200)
+    assert splits.record.split.duplicates.exact_groups == 0
+    assert load_dataset(splits.record.reload_spec).validation.paths == \
         splits.validation.paths
 
 

@@ -78,9 +78,9 @@ def test_next_training_run_folds_the_feedback_in(device_log, tmp_path):
         Image.fromarray(image).save(data / LABELS[label] / f"{i}.png")
     result = train(TrainConfig(data=str(data), extra_data=(str(feedback_dir),), image_size=32, weights="none",
                                epochs=1, batch_size=16, name="next", runs_dir=str(tmp_path / "runs")))
-    extra = result.manifest.dataset["extra_data"]
-    assert extra[0]["path"] == str(feedback_dir.resolve()) and extra[0]["n_files"] == 3
-    assert result.manifest.dataset["split"]["train"] == 24 + 3
+    extra = result.manifest.dataset.extra_data
+    assert extra[0].path == str(feedback_dir.resolve()) and extra[0].n_files == 3
+    assert result.manifest.dataset.split.train == 24 + 3
 
 
 def test_import_of_a_file_that_is_not_a_runner_log(tmp_path):

@@ -11,12 +11,16 @@ from typer.testing import CliRunner
 
 from edgekit import info, manifests
 from edgekit.cli import app
+from edgekit.data.types import DatasetRecord, DataSpec, SplitRecord
+from edgekit.recipes import recipe_from_mapping
 
 PARENT = manifests.ParentRef(path="/p/run", sha256="f" * 64, kind="run", file="model.keras")
 MODEL = manifests.ModelContract(file="model.tflite", input_size=(96, 96, 3), labels=("a", "b", "c"),
                                 architecture={"family": "mobilenet_v2", "alpha": 0.35}, weights="imagenet")
-DATASET = {"source": "folder", "path": "/data", "split": {"train": 80, "validation": 20},
-           "fingerprint": "abcdef0123456789"}
+DATASET = DatasetRecord(spec=DataSpec(data="/data", image_size=96), source="folder", path="/data",
+                        split=SplitRecord(train=80, validation=20), fingerprint="abcdef0123456789", n_files=100)
+RECIPE = recipe_from_mapping({"name": "int8", "stages": [{"type": "prune", "target_sparsity": 0.5},
+                                                         {"type": "convert", "mode": "int8"}]}, "test")
 METRICS = manifests.Metrics(n=20, accuracy=0.9, macro_precision=0.7, macro_recall=0.75, macro_f1=0.8)
 COMMON = {"created": "2026-01-01T00:00:00Z", "versions": {"edgekit": "0.9"}}
 TFLITE = {"size": 1000, "gzip_size": 800, "inputs": [{"dtype": "int8", "shape": [1, 96, 96, 3]}], "ops": {"CONV_2D": 3}}
@@ -26,7 +30,7 @@ SAMPLES = {
     "run": (manifests.RunManifest(name="r", model=MODEL, dataset=DATASET, **COMMON),
             "  labels (3): a, b, c"),
     "variant": (manifests.VariantManifest(name="int8", recipe_hash="abc", parent=PARENT, model=MODEL, dataset=DATASET,
-                                          recipe={"stages": [{"type": "prune"}, {"type": "int8"}]}, tflite=TFLITE,
+                                          recipe=RECIPE, tflite=TFLITE,
                                           sparsity={"overall": 0.5}, **COMMON),
                 "  tflite: 1000 B (gzip 800 B), input int8 [1, 96, 96, 3], 3 ops, sparsity 50.0%"),
     "probe": (manifests.ProbeManifest(name="probe", tflite=TFLITE, **COMMON),
@@ -79,7 +83,7 @@ def test_variant_description_keeps_its_layout(tmp_path):
         "  model: model.tflite  input [96, 96, 3]  pixels [0.0, 255.0]  mobilenet_v2 alpha=0.35  weights=imagenet",
         "  labels (3): a, b, c",
         "  data: folder /data  train 80 / validation 20  fingerprint abcdef012345…",
-        "  recipe: int8 (prune → int8), hash abc",
+        "  recipe: int8 (prune → convert), hash abc",
         "  tflite: 1000 B (gzip 800 B), input int8 [1, 96, 96, 3], 3 ops, sparsity 50.0%",
         "  file f.txt: 5 B  sha256 2cf24dba5fb0a30e…",
         "  versions: edgekit 0.9",

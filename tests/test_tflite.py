@@ -8,7 +8,7 @@ import runner_models
 
 from edgekit.errors import EdgekitError
 from edgekit.runner import dequantizer
-from edgekit.tflite import parse, parse_file, read_tflite
+from edgekit.tflite import Quantization, parse, parse_file, read_tflite
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,29 @@ def test_float_model_inputs_outputs_and_ops(converted):
 
 def test_integer_model_reports_quantization_and_int8_weights(converted):
     model = parse(converted["uint8"], "uint8")
-    quant = model.inputs[0].quantization
-    assert model.inputs[0].dtype == "uint8" and quant["scale"] > 0 and 0 <= quant["zero_point"] <= 255
+    scale, zero = model.inputs[0].quantization.per_tensor
+    assert model.inputs[0].dtype == "uint8" and scale > 0 and 0 <= zero <= 255
+    assert model.inputs[0].quantization.axis is None
     assert model.float_ops(ignore=("QUANTIZE", "DEQUANTIZE")) == []
     kernels = [v for v in model.constants().values() if v.ndim == 4]
     assert kernels and all(v.dtype == np.int8 for v in kernels)
     raw = np.array([0, 128, 255])
-    scale, zero = model.outputs[0].quantization["scale"], model.outputs[0].quantization["zero_point"]
+    scale, zero = model.outputs[0].quantization.per_tensor
     np.testing.assert_allclose(dequantizer(model.outputs[0].as_dict())(raw), (raw - zero) * scale, rtol=1e-6)
+    per_channel = [t.quantization for op in model.ops for t in op.inputs if t is not None and t.quantization
+                   and t.quantization.axis is not None]
+    assert per_channel and all(len(q.scales) == len(q.zero_points) > 1 for q in per_channel)  # conv kernels
+
+
+def test_quantization_is_one_type_whose_json_keeps_tflite_convention():
+    per_tensor, per_channel = Quantization((0.5,), (3,)), Quantization((0.1, 0.2), (0, 0), axis=3)
+    assert per_tensor.as_dict() == {"scale": 0.5, "zero_point": 3}
+    assert per_channel.as_dict() == {"scale": [0.1, 0.2], "zero_point": [0, 0], "axis": 3}
+    for quant in (per_tensor, per_channel):
+        assert Quantization.from_dict(quant.as_dict()) == quant
+    assert per_channel.per_tensor == (0.1, 0) and Quantization.from_dict(None) is None
+    raw = np.array([3, 5])
+    np.testing.assert_allclose(dequantizer({"dtype": "int8", "quantization": per_channel.as_dict()})(raw), raw * 0.1)
 
 
 @pytest.mark.parametrize("fraction", [0.02, 0.1, 0.3, 0.5, 0.9, 0.999])

@@ -29,9 +29,9 @@ def test_run_directory_and_manifest(tiny_run):
     assert model.input_size == (32, 32, 3) and model.pixel_range == (0, 255)
     assert model.labels == tuple(str(i) for i in range(10))
     assert tuple((tiny_run / "labels.txt").read_text().split()) == model.labels
-    assert manifest.dataset["source"] == "digits" and manifest.dataset["n_images"] == 1797
-    assert len(manifest.dataset["fingerprint"]) == 64
-    assert manifest.config["seed"] == manifest.seed == 42
+    assert manifest.dataset.source == "digits" and manifest.dataset.n_files == 1797
+    assert len(manifest.dataset.fingerprint) == 64 and manifest.dataset.spec.image_size == 32
+    assert manifest.config.seed == manifest.seed == 42
     assert manifest.versions["tensorflow"].startswith("2.21")
     assert manifest.training.epochs_run == 4 and manifest.training.throughput_images_per_s > 0
     validation = manifest.metrics.validation
@@ -64,8 +64,8 @@ def test_folder_training_records_classes_and_fingerprint(digits_folder, tmp_path
                                name="folder", runs_dir=str(tmp_path)))
     manifest = result.manifest
     assert manifest.model.labels == tuple(str(i) for i in range(10))
-    assert manifest.dataset["source"] == "folder" and manifest.dataset["n_files"] == 200
-    assert manifest.config["augment"]["flip"] is True  # folders keep flips; only digits turn them off
+    assert manifest.dataset.source == "folder" and manifest.dataset.n_files == 200
+    assert manifest.config.augment.flip is True  # folders keep flips; only digits turn them off
 
 
 def _cli(*args, env=None, **kwargs):
@@ -94,7 +94,7 @@ def test_killed_run_resumes_from_its_last_epoch(tmp_path):
     assert "epoch 1/6" not in out.stderr and "epoch 6/6" in out.stderr  # it picked up where it was killed
     manifest = manifests.read(run, RunManifest)
     epochs = [int(row["epoch"]) for row in csv.DictReader(open(run / "history.csv"))]
-    assert epochs[-1] == 5 and manifest.config["epochs"] == 6
+    assert epochs[-1] == 5 and manifest.config.epochs == 6
     assert manifest.training.epochs_run == 6  # all epochs of the run's life, not just the resumed process's
 
 
@@ -126,8 +126,8 @@ def test_two_workers_train_a_step_with_multiworker_mirrored_strategy(tmp_path):
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n----\n".join(o[-3000:] for o in outputs)
     manifest = manifests.read(Path(tmp_path) / "mw", RunManifest)
-    assert manifest.hardware["strategy"].startswith("multiworker")
-    assert manifest.hardware["replicas"] == 2
+    assert manifest.hardware.strategy.startswith("multiworker")
+    assert manifest.hardware.replicas == 2
     assert not list(Path(tmp_path).glob("mw-*"))  # the non-chief wrote nothing beside the chief
 
 
@@ -170,7 +170,7 @@ def test_mixed_precision_run_exports_a_float32_model(tmp_path):
 
     result = train(TrainConfig(epochs=1, steps_per_epoch=1, mixed_precision="on", name="mp",
                                runs_dir=str(tmp_path)))
-    assert result.manifest.hardware["mixed_precision"] is True
+    assert result.manifest.hardware.mixed_precision is True
     model = keras.models.load_model(result.run_dir / "model.keras", compile=False)
     assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
     assert keras.mixed_precision.global_policy().name == "float32"  # nothing leaks into later work

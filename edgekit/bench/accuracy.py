@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.data import iter_pixel_batches, load_dataset, spec_from_description
+from edgekit.data import iter_pixel_batches, load_dataset
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import TFLitePredictor
 from edgekit.runner import dequantizer
-from edgekit.tflite import parse_file
+from edgekit.tflite import Quantization, parse_file
 
 TOLERANCE_STEPS = 1.0  # one step: rounding may differ between kernels, more is a different computation
 FLOAT_TOLERANCE = 1e-4  # float outputs from another build of the same runtime may differ in the last bits
@@ -37,9 +37,8 @@ def output_info(path: Path) -> dict:
     info = output.as_dict()
     producer = next((op for op in model.ops if any(t.index == output.index for t in op.outputs)), None)
     if not output.quantized and producer is not None and producer.name == "DEQUANTIZE" and producer.inputs[0]:
-        source = producer.inputs[0].quantization or {}
-        scale = source.get("scale")
-        info["internal_scale"] = float(scale[0] if isinstance(scale, list) else scale) if scale else None
+        source = producer.inputs[0].quantization
+        info["internal_scale"] = source.per_tensor[0] if source and source.per_tensor[0] else None
     return info
 
 
@@ -48,8 +47,7 @@ def output_scale(output: dict) -> float | None:
     quant = output.get("quantization")
     if str(output.get("dtype")) not in ("int8", "uint8", "int16") or not quant:
         return output.get("internal_scale")
-    scale = quant["scale"]
-    return float(scale[0] if isinstance(scale, list) else scale)
+    return Quantization.from_dict(quant).per_tensor[0]
 
 
 def compare(device: np.ndarray, host: np.ndarray, output: dict) -> dict:
@@ -88,7 +86,7 @@ def verdict(check: dict) -> str | None:
 def validation_images(manifest, limit: int | None):
     """The variant's validation split (or its first `limit` images), not yet decoded."""
 
-    splits = load_dataset(spec_from_description(manifest.dataset, manifest.model.image_size))
+    splits = load_dataset(manifest.dataset.reload_spec)
     count = len(splits.validation) if not limit else min(limit, len(splits.validation))
     return splits.validation.subset(np.arange(count))
 

@@ -24,7 +24,7 @@ from edgekit.artifacts import recover_swaps, sha256_file, visible_glob
 from edgekit.bench import accuracy, inputs
 from edgekit.bench.rows import BenchRow, DeviceAccuracy, Placement, measured
 from edgekit.config import THREADS, Range, from_mapping
-from edgekit.data import load_dataset, load_pixels, spec_from_description
+from edgekit.data import load_dataset, load_pixels
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
 from edgekit.runner import dequantizer
@@ -132,7 +132,7 @@ def bench_inputs(variant: BenchModel, out: Path, count: int) -> np.ndarray | Non
     if variant.manifest is None or not variant.manifest.dataset:
         return None
     size = variant.manifest.model.image_size
-    splits = load_dataset(spec_from_description(variant.manifest.dataset, size))
+    splits = load_dataset(variant.manifest.dataset.reload_spec)
     images = splits.validation.subset(np.arange(min(count, len(splits.validation))))
     pixels = load_pixels(images, size)
     np.savez(out, x=pixels)
@@ -188,8 +188,8 @@ def _row(variant: BenchModel, profile: DeviceProfile, threads: int | None, deleg
 
 def convert_mode(variant: BenchModel) -> str | None:
     """float32, float16, dynamic or int8 from the variant's recipe; None for a model edgekit did not make."""
-    stages = (variant.manifest.recipe or {}).get("stages", []) if variant.manifest else []
-    modes = [stage.get("mode") for stage in stages if isinstance(stage, dict) and stage.get("type") == "convert"]
+    recipe = variant.manifest.recipe if variant.manifest else None
+    modes = [stage.params.mode for stage in (recipe.stages if recipe else ()) if stage.type == "convert"]
     return modes[-1] if modes else None
 
 

@@ -31,14 +31,7 @@ from edgekit.artifacts import (
 from edgekit.compress.convert import convert
 from edgekit.compress.edgetpu import check_edgetpu
 from edgekit.compress.finetune import EpochProgress, fine_tune
-from edgekit.data import (
-    calibration_images,
-    iter_pixel_batches,
-    load_dataset,
-    load_pixels,
-    make_pipeline,
-    spec_from_description,
-)
+from edgekit.data import calibration_images, iter_pixel_batches, load_dataset, load_pixels, make_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, TFLitePredictor, evaluate_predictor
 from edgekit.fleet.drift import ReferenceBuilder
@@ -85,7 +78,7 @@ def load_context(run_dir: Path, trust_model: bool = False) -> CompressContext:
     run = manifests.read(run_dir, manifests.RunManifest)
     manifests.verify_files(run_dir, run, names=[run.MAIN_FILE])
     model = load_keras_model(run_dir / run.MAIN_FILE, trust=trust_model)
-    splits = load_dataset(spec_from_description(run.dataset, run.model.image_size))
+    splits = load_dataset(run.dataset.reload_spec)
     # Accuracy streams over the whole split; only the drift reference is held in memory (256 images).
     first = splits.validation.subset(np.arange(min(DRIFT_IMAGES, len(splits.validation))))
     drift_pixels = load_pixels(first, run.model.image_size)
@@ -124,7 +117,7 @@ def existing_variant(run_dir: Path, recipe: Recipe, force: bool) -> Variant | No
     return None
 
 
-def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, dict, list[dict]]:
+def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, dict, list[manifests.StageTiming]]:
     """Run prune / cluster / qat in order; returns the model to convert, sparsity, and stage timings."""
     from edgekit.compress import cluster, prune, qat  # tensorflow-model-optimization: only for these stages
 
@@ -148,7 +141,7 @@ def _training_stages(model, recipe: Recipe, train_ds, val_ds) -> tuple[object, d
         if stage.type == "prune":
             sparsity = prune.measure_sparsity(model)
         previous.append(stage.type)
-        timings.append({"stage": stage.type, "seconds": round(time.time() - started, 2)})
+        timings.append(manifests.StageTiming(stage.type, round(time.time() - started, 2)))
     return model, sparsity, timings
 
 
@@ -209,10 +202,10 @@ def compress_all(run_dir: Path, recipes: list[Recipe], *, threads: int | None = 
     return variants
 
 
-def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict, list[dict]]:
+def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict, list[manifests.StageTiming]]:
     """Training stages (if any), then conversion: the bytes that will ship."""
     config, size = context.run.config, context.image_size
-    batch, seed = int(config.get("batch_size", 64)), int(config.get("seed", 42))
+    batch, seed = config.batch_size, config.seed
     train_ds = val_ds = None
     if any(stage.type in TRAINING_STAGES for stage in recipe.stages):  # else no pass over the training data
         train_ds = make_pipeline(context.splits.train, size, batch, training=True, seed=seed)
@@ -225,9 +218,9 @@ def _build_tflite(context: CompressContext, recipe: Recipe) -> tuple[bytes, dict
     log.info("%s: converting (%s)", recipe.name, params.mode)
     convert_started = time.time()
     content = convert(model, params, calibration)
-    timings.append({"stage": "convert", "seconds": round(time.time() - convert_started, 2)})
-    if calibration is not None:  # what was used: the recipe asks for at most this many, the split may have fewer
-        timings[-1]["calibration_images"] = len(calibration)
+    # with the calibration images used: the recipe asks for at most this many, the split may have fewer
+    timings.append(manifests.StageTiming("convert", round(time.time() - convert_started, 2),
+                                         len(calibration) if calibration is not None else None))
     return content, sparsity, timings
 
 
@@ -247,7 +240,8 @@ def _measure(path: Path, context: CompressContext, threads: int | None) \
 
 
 def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, content: bytes, threads: int | None,
-                   sparsity: dict, timings: list[dict], lineage: dict, started: float) -> manifests.VariantManifest:
+                   sparsity: dict, timings: list[manifests.StageTiming], lineage: dict,
+                   started: float) -> manifests.VariantManifest:
 
     run = context.run
     parent, recipe_hash = manifests.parent_ref(context.run_dir, run), manifests.recipe_hash(recipe.as_dict())
@@ -268,9 +262,9 @@ def _write_variant(scratch: Path, context: CompressContext, recipe: Recipe, cont
     float_accuracy = run.metrics.validation.accuracy
     manifest = manifests.VariantManifest(
         name=recipe.name, recipe_hash=recipe_hash, parent=parent, run=run.name,
-        model=dataclasses.replace(run.model, file=TFLITE_FILE), dataset=run.dataset, recipe=recipe.as_dict(),
+        model=dataclasses.replace(run.model, file=TFLITE_FILE), dataset=run.dataset, recipe=recipe,
         tflite={**parse_tflite(content).describe(), "size": len(content), "gzip_size": gzip_size(content)},
-        sparsity=sparsity, runtime=runtime,
+        sparsity=sparsity, runtime=manifests.RuntimeRecord(**runtime),
         metrics=manifests.VariantMetrics(
             validation=manifests.to_metrics(metrics), float_keras_accuracy=float_accuracy,
             accuracy_delta_vs_float=metrics["accuracy"] - float_accuracy,

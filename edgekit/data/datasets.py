@@ -1,12 +1,13 @@
 """Datasets: the embedded digits and class-folder trees, loaded into splits, and reloaded from a run.
 
 Images are checked once before any training starts, because tf.data fails mid-epoch on the first
-corrupt file; bad files are skipped and listed (or fatal with `strict`). The description each load
-returns goes into the run's manifest, and `spec_from_description` turns it back into the same spec.
+corrupt file; bad files are skipped and listed (or fatal with `strict`). The `DatasetRecord` each load
+returns goes into the run's manifest and holds the spec itself, so a later stage reloads the same splits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -16,7 +17,18 @@ from edgekit.data.exclude import Exclusions
 from edgekit.data.pipeline import load_pixels
 from edgekit.data.scan import scan_class_folders
 from edgekit.data.split import split_without_leaks, stratified_split
-from edgekit.data.types import DEFAULT_MAX_IMAGE_PIXELS, SPLIT_NAMES, DatasetSplits, DataSpec, ImageSet, ScannedFolder
+from edgekit.data.types import (
+    SPLIT_NAMES,
+    DatasetRecord,
+    DatasetSplits,
+    DataSpec,
+    ExclusionRecord,
+    ExtraDataRecord,
+    ImageSet,
+    ScannedFolder,
+    SkippedFile,
+    SplitRecord,
+)
 from edgekit.errors import EdgekitError
 
 
@@ -40,15 +52,11 @@ def load_digits_splits(spec: DataSpec) -> DatasetSplits:
     labels = tuple(str(i) for i in range(10))
     full = ImageSet(labels=labels, targets=targets, pixels=pixels)
     train_idx, val_idx = stratified_split(targets, spec.validation_fraction, spec.seed)
-    description = {
-        "source": "digits",
-        "origin": f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})",
-        "n_images": int(len(targets)),
-        "fingerprint": hashlib.sha256(pixels.tobytes()).hexdigest(),
-        "split": {"validation_fraction": spec.validation_fraction, "seed": spec.seed,
-                  "train": int(len(train_idx)), "validation": int(len(val_idx))},
-    }
-    return DatasetSplits(labels, full.subset(train_idx), full.subset(val_idx), None, description)
+    record = DatasetRecord(
+        spec=spec, source="digits", origin=f"sklearn.datasets.load_digits (scikit-learn {sklearn.__version__})",
+        n_files=int(len(targets)), fingerprint=hashlib.sha256(pixels.tobytes()).hexdigest(),
+        split=SplitRecord(train=int(len(train_idx)), validation=int(len(val_idx))))
+    return DatasetSplits(labels, full.subset(train_idx), full.subset(val_idx), None, record)
 
 
 def export_digits(out_dir: Path, image_size: int = 32, limit_per_class: int | None = None) -> Path:
@@ -78,7 +86,6 @@ def _split_dir(root: Path, split: str) -> Path | None:
 def load_folder_splits(spec: DataSpec) -> DatasetSplits:
     root = Path(spec.data).expanduser()
     train_dir = _split_dir(root, "train") if root.is_dir() else None
-    description: dict = {"source": "folder", "path": str(root.resolve())}
     exclusions = Exclusions.read(spec.exclude, root) if spec.exclude else None
 
     def scan_folder(folder: Path, labels: tuple[str, ...] | None = None) -> ScannedFolder:
@@ -96,10 +103,9 @@ def load_folder_splits(spec: DataSpec) -> DatasetSplits:
         if val_dir is not None:
             scans["validation"] = scan_folder(val_dir, labels)
             validation = scans["validation"].image_set()
-            split = {"layout": "train/validation folders"}
+            layout = "train/validation folders"
         else:
-            split = {"layout": "train folder, stratified split", "validation_fraction":
-                     spec.validation_fraction, "seed": spec.seed}
+            layout = "train folder, stratified split"
         if test_dir is not None:
             scans["test"] = scan_folder(test_dir, labels)
             test = scans["test"].image_set()
@@ -108,31 +114,25 @@ def load_folder_splits(spec: DataSpec) -> DatasetSplits:
         labels = scan.labels
         scans = {"all": scan}
         train = scan.image_set()
-        split = {"layout": "class folders, stratified split", "validation_fraction": spec.validation_fraction,
-                 "seed": spec.seed}
+        layout = "class folders, stratified split"
     if len(labels) < 2:
         raise EdgekitError(f"{root}: only one class ({labels[0]}); a classifier needs at least two class folders")
     train, validation, duplicates = split_without_leaks(train, validation, test, spec)
-    if duplicates is not None:
-        split["duplicates"] = duplicates
-    split.update(train=len(train), validation=len(validation), test=len(test) if test is not None else 0)
-    description.update(
-        n_files=sum(len(s.paths) for s in scans.values()),
-        fingerprint=hashlib.sha256("".join(s.fingerprint for s in scans.values()).encode()).hexdigest(),
-        skipped=[{"path": p, "reason": r} for s in scans.values() for p, r in s.skipped],
-        split=split,
-    )
     if exclusions:
         exclusions.warn_unmatched()
-        description["exclude"] = exclusions.record
-    return DatasetSplits(labels, train, validation, test, description)
+    record = DatasetRecord(
+        spec=spec, source="folder", path=str(root.resolve()), n_files=sum(len(s.paths) for s in scans.values()),
+        fingerprint=hashlib.sha256("".join(s.fingerprint for s in scans.values()).encode()).hexdigest(),
+        skipped=tuple(SkippedFile(p, r) for s in scans.values() for p, r in s.skipped),
+        split=SplitRecord(train=len(train), validation=len(validation), test=len(test) if test is not None else 0,
+                          layout=layout, duplicates=duplicates),
+        exclude=ExclusionRecord(**exclusions.record) if exclusions else None)
+    return DatasetSplits(labels, train, validation, test, record)
 
 
 def load_dataset(spec: DataSpec) -> DatasetSplits:
     """The splits a spec names, with extra (feedback) folders folded into the training split."""
     splits = load_digits_splits(spec) if spec.data is None else load_folder_splits(spec)
-    # the scan's pixel limit decides which files are used: a reload with another limit is another dataset
-    splits.description["max_image_pixels"] = spec.max_image_pixels
     extras = []
     for extra in spec.extra_data:
         scan = scan_class_folders(Path(extra).expanduser(), spec, splits.labels, pixels=splits.train.paths is not None)
@@ -141,30 +141,11 @@ def load_dataset(spec: DataSpec) -> DatasetSplits:
             extra_set = ImageSet(extra_set.labels, extra_set.targets,
                                  pixels=load_pixels(extra_set, spec.image_size).astype(np.uint8))
         splits.train = splits.train.concat(extra_set)
-        extras.append({"path": str(Path(extra).resolve()), "n_files": len(scan.paths),
-                       "fingerprint": scan.fingerprint,
-                       "skipped": [{"path": p, "reason": r} for p, r in scan.skipped]})
+        extras.append(ExtraDataRecord(path=str(Path(extra).resolve()), n_files=len(scan.paths),
+                                      fingerprint=scan.fingerprint,
+                                      skipped=tuple(SkippedFile(p, r) for p, r in scan.skipped)))
     if extras:
-        splits.description["extra_data"] = extras
-        splits.description["split"]["train"] = len(splits.train)
+        splits.record = dataclasses.replace(
+            splits.record, extra_data=tuple(extras),
+            split=dataclasses.replace(splits.record.split, train=len(splits.train)))
     return splits
-
-
-def spec_from_description(description: dict, image_size: int) -> DataSpec:
-    """Rebuild the DataSpec a run was trained with from its manifest's dataset record.
-
-    Every field that decides the file list or the split comes back (`strict` does not: a strict load
-    that succeeded used the same files a lenient one does)."""
-    split = description.get("split", {})
-    return DataSpec(
-        data=description.get("path") if description.get("source") == "folder" else None,
-        extra_data=tuple(e["path"] for e in description.get("extra_data", [])),
-        image_size=image_size,
-        seed=split.get("seed", 42),
-        validation_fraction=split.get("validation_fraction", 0.2),
-        max_image_pixels=description.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
-        exclude=description.get("exclude", {}).get("path"),
-        group_duplicates="duplicates" in split,
-    )
-
-

@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from edgekit.data.hashing import NEAR_DISTANCE, duplicate_groups, group_ids, hash_files
-from edgekit.data.types import DataSpec, ImageSet
+from edgekit.data.types import DataSpec, DuplicateRecord, ImageSet
 from edgekit.errors import EdgekitError
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[n
 
 
 def split_without_leaks(pool: ImageSet, validation: ImageSet | None, test: ImageSet | None,
-                        spec: DataSpec) -> tuple[ImageSet, ImageSet, dict | None]:
+                        spec: DataSpec) -> tuple[ImageSet, ImageSet, DuplicateRecord | None]:
     """(train, validation, record): split `pool` by duplicate group when `validation` is None.
 
     `record` describes what was found and how the split handled it, for the run's manifest. Runs made
@@ -122,13 +122,10 @@ def split_without_leaks(pool: ImageSet, validation: ImageSet | None, test: Image
             listed = "; ".join(f"{e[side]} = {e['train']}" for e in examples if side in e)
             log.warning("%d %s image(s) have a copy in training (%s ...): the %s accuracy overstates; "
                         "`edgekit data check` lists them all", count, side, listed[:400], side)
-    record = {
-        "method": f"sha256 (exact) and 64-bit perceptual hash within {NEAR_DISTANCE} bits (near, imagehash.phash)",
-        "exact_groups": sum(g["kind"] == "exact" for g in groups),
-        "near_groups": sum(g["kind"] == "near" for g in groups),
-        "images_in_groups": sum(len(g["members"]) for g in groups),
-        "handling": handling,
-        "leaked": leaked,
-        "leak_examples": examples,
-    }
+    record = DuplicateRecord(
+        method=f"sha256 (exact) and 64-bit perceptual hash within {NEAR_DISTANCE} bits (near, imagehash.phash)",
+        exact_groups=sum(g["kind"] == "exact" for g in groups),
+        near_groups=sum(g["kind"] == "near" for g in groups),
+        images_in_groups=sum(len(g["members"]) for g in groups),
+        handling=handling, leaked=leaked, leak_examples=tuple(examples))
     return pool, validation, record

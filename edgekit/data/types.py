@@ -5,7 +5,8 @@ The bottom of `edgekit.data`: it imports nothing else from the package, so every
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +30,80 @@ class DataSpec:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     exclude: str | None = None  # an exclusion list (`edgekit data check --write-exclusions`)
     group_duplicates: bool = True  # False: the plain stratified split of runs made before duplicate groups
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DuplicateRecord:
+    """What the duplicate check found and how the split kept copies on one side (`edgekit.data.split`)."""
+
+    method: str
+    exact_groups: int
+    near_groups: int
+    images_in_groups: int
+    handling: str
+    leaked: dict[str, int]  # per held-out side: images with a copy in training
+    leak_examples: tuple[dict[str, str], ...] = ()  # {side: path, "train": path, "kind": exact|near}
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """How the files were divided and the counts that came out (fraction and seed are in the spec)."""
+
+    train: int
+    validation: int
+    test: int = 0
+    layout: str = ""  # folders: "class folders, stratified split", "train/validation folders", ...
+    duplicates: DuplicateRecord | None = None  # None: no duplicate check (digits, or runs made before it)
+
+
+@dataclass(frozen=True)
+class ExclusionRecord:
+    """The exclusion list a load applied: which file, its sha256, and how many of its paths matched."""
+
+    path: str
+    sha256: str
+    listed: int
+    excluded: int = 0
+
+
+@dataclass(frozen=True)
+class ExtraDataRecord:
+    """One extra (feedback) folder folded into the training split."""
+
+    path: str
+    n_files: int
+    fingerprint: str
+    skipped: tuple[SkippedFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """What a run was trained on, as its manifest keeps it: the full spec that reloads the same splits,
+    plus what the load found (counts, fingerprint, skipped files, duplicates, exclusions, extra folders)."""
+
+    spec: DataSpec
+    source: str  # "digits" or "folder"
+    fingerprint: str
+    n_files: int  # images used (the digits: 1,797)
+    split: SplitRecord | None = None  # None: a folder `edgekit eval --data` read whole
+    origin: str = ""  # the digits: where the pixels come from
+    path: str = ""  # a folder: its resolved path (the spec keeps the path as the run was given it)
+    skipped: tuple[SkippedFile, ...] = ()
+    exclude: ExclusionRecord | None = None
+    extra_data: tuple[ExtraDataRecord, ...] = ()
+
+    @property
+    def reload_spec(self) -> DataSpec:
+        """The spec a later stage (eval, compress, bench) reloads the splits with: the recorded one, but
+        lenient. `strict` decided nothing (a strict load that succeeded used the files a lenient one uses),
+        and a reader's error should not tell the user to drop a --strict they never passed."""
+        return dataclasses.replace(self.spec, strict=False)
 
 
 @dataclass(frozen=True)
@@ -68,13 +143,13 @@ class ImageSet:
 
 @dataclass
 class DatasetSplits:
-    """The splits of one dataset plus the description that goes into the run's manifest."""
+    """The splits of one dataset plus the record of them that goes into the run's manifest."""
 
     labels: tuple[str, ...]
     train: ImageSet
     validation: ImageSet
-    test: ImageSet | None = None
-    description: dict = field(default_factory=dict)
+    test: ImageSet | None
+    record: DatasetRecord
 
 
 @dataclass

@@ -102,7 +102,7 @@ def _build_probe(directory: Path, alpha: float, image_size: int, recipe: Recipe,
         file=PROBE_FILE, input_size=(image_size, image_size, 3), labels=tuple(splits.labels),
         architecture={"family": "MobileNetV2", "alpha": alpha}, weights=f"random (seed {seed})")
     manifests.write(directory, manifests.ProbeManifest(
-        name=f"probe-{directory.name}", model=contract, dataset=splits.description, recipe=recipe.as_dict(),
+        name=f"probe-{directory.name}", model=contract, dataset=splits.record, recipe=recipe,
         recipe_hash=manifests.recipe_hash(recipe.as_dict()), tflite={**parse(content).describe(), "size": len(content)},
         lineage=lineage), [PROBE_FILE])
     return directory / PROBE_FILE
