@@ -14,6 +14,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
+# Session fixtures that live in helper modules are registered here, once: a test module importing them would
+# get its own copy of the fixture, and a "session" fixture defined in three modules is built three times.
+from fleet_models import images_fixture, models_fixture  # noqa: E402, F401  (fleet_models, fleet_images)
+
 
 @pytest.fixture(autouse=True)
 def edgekit_home(tmp_path, monkeypatch) -> Path:

@@ -3,7 +3,8 @@ bytes, same answers: agreement 1), one that answers differently (agreement ~0) a
 input type, so the shadow converts its input) and one with a bigger input (it cannot shadow the others).
 
 Built from runner_models' hand-set colour classifier, once per test session (a few seconds of TFLite
-conversion; no training).
+conversion; no training): tests/conftest.py registers these fixtures, so test modules must not import them
+(an import would give each module its own session fixture, built again).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import runner_models  # noqa: E402
 
 def _variant(root: Path, name: str, scale: float = 1.0, roll: int = 0, quantize: str | None = None,
              size: int = runner_models.SIZE) -> Path:
+    if scale == 1.0 and roll == 0:  # the plain colour model: the conversion other modules share
+        return runner_models.write_variant(root / name, runner_models.colour_tflite(quantize, size), size=size)
     model = runner_models.build_keras_model(size)
     dense = model.layers[-1]
     weights, bias = dense.get_weights()

@@ -7,6 +7,7 @@ model would not be. Regenerate nothing: every test session builds these in a few
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -77,6 +78,16 @@ def convert(model, quantize: str | None = None) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected": harmless here
         return converter.convert()
+
+
+@functools.cache
+def colour_tflite(quantize: str | None = None, size: int = SIZE) -> bytes:
+    """`convert(build_keras_model(size), quantize)`, converted once per test session.
+
+    A dozen modules need the plain colour model; each conversion costs about a second of CPU, and the
+    bytes are immutable, so every caller shares one copy (a fresh conversion differs only in tensor names).
+    """
+    return convert(build_keras_model(size), quantize)
 
 
 def write_variant(directory: Path, content: bytes, size: int = SIZE, labels=LABELS,

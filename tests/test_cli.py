@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -145,10 +146,16 @@ def test_tensorflow_commands_print_no_library_noise(tiny_run, tmp_path):
 
 _NO_TF = """
 import sys
+tried = set()
+class Watch:  # every attempt to import TensorFlow counts, also one that fails or is caught
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "tf_keras"):
+            tried.add(name.partition(".")[0])
+sys.meta_path.insert(0, Watch())
 from typer.testing import CliRunner
 from edgekit.cli import app
 result = CliRunner().invoke(app, sys.argv[1:])
-loaded = [name for name in ("tensorflow", "tf_keras") if name in sys.modules]
+loaded = sorted(tried | {name for name in ("tensorflow", "tf_keras") if name in sys.modules})
 print(result.exit_code, ",".join(loaded) or "-")
 print(result.output[-2000:])
 """
@@ -167,7 +174,13 @@ def test_commands_that_need_no_model_import_no_tensorflow(args, tiny_run, varian
     bare = tmp_path / "bare.tflite"  # a model without a manifest: generated inputs, no dataset to load
     shutil.copyfile(variants["float32"] / "model.tflite", bare)
     args = [a.replace("RUN", str(tiny_run)).replace("BARE", str(bare)) for a in args]
-    out = subprocess.run([sys.executable, "-c", _NO_TF, *args], capture_output=True, text=True, timeout=120)
+    # A stand-in TensorFlow that fails to import: `doctor` probes tf.lite in a child, which would spend
+    # seconds importing the real one; the host's attempts are caught by the script's import watch instead.
+    (tmp_path / "stand-in" / "tensorflow").mkdir(parents=True)
+    (tmp_path / "stand-in" / "tensorflow" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path / "stand-in"), os.environ.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", _NO_TF, *args], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": path})
     code, loaded = out.stdout.splitlines()[0].split()
     assert code == "0" and loaded == "-", out.stdout + out.stderr
     assert _noise(out.stderr) == []

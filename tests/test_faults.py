@@ -32,7 +32,7 @@ cli = CliRunner()
 def model(tmp_path_factory) -> Path:
     """A bare .tflite (no manifest): bench times it on generated inputs, deploy copies it as it is."""
     path = tmp_path_factory.mktemp("fault-model") / "colours.tflite"
-    path.write_bytes(runner_models.convert(runner_models.build_keras_model()))
+    path.write_bytes(runner_models.colour_tflite())
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from runner_models import LABELS, build_keras_model, color_images, convert, write_variant
+from runner_models import LABELS, color_images, colour_tflite, write_variant
 from typer.testing import CliRunner
 
 from edgekit.cli import app
@@ -23,7 +23,7 @@ cli = CliRunner()
 def device_log(tmp_path_factory):
     """A deployed colour model whose runner logged 6 predictions (inputs kept) and 3 corrections."""
     root = tmp_path_factory.mktemp("device")
-    model = write_variant(root / "models" / "abc123", convert(build_keras_model()))
+    model = write_variant(root / "models" / "abc123", colour_tflite())
     images, _ = color_images(6, seed=5)
     for i, image in enumerate(images):
         Image.fromarray(image).save(root / f"in{i}.png")
@@ -108,7 +108,7 @@ def test_pull_over_ssh_brings_the_device_log_back(sshd, tmp_path):
 
     profile = tmp_path / "loopback.yaml"
     profile.write_text(yaml.safe_dump(sshd.profile(tmp_path / "device", python=sys.executable)))
-    variant = write_variant(tmp_path / "variant", convert(build_keras_model()))
+    variant = write_variant(tmp_path / "variant", colour_tflite())
     deployed = cli.invoke(app, ["deploy", str(variant), "--device", str(profile), "--json"])
     assert deployed.exit_code == 0, deployed.output
     remote_model = json.loads(deployed.stdout)["model"]

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sshd_fixture  # noqa: E402
-from fleet_models import images_fixture, models_fixture  # noqa: E402, F401
 
 from edgekit.cli import app  # noqa: E402
 from edgekit.device_state import CURRENT  # noqa: E402

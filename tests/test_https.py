@@ -44,7 +44,7 @@ def runner_env(**extra) -> dict:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tls-model")
-    runner_models.write_variant(directory, runner_models.convert(runner_models.build_keras_model()))
+    runner_models.write_variant(directory, runner_models.colour_tflite())
     return directory / "model.tflite"
 
 

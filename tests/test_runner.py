@@ -46,9 +46,8 @@ def tf():
 @pytest.fixture(scope="session")
 def models(tmp_path_factory, tf):
     """float32, uint8-in/out and int8-in/out variants, each in its own directory with manifest + labels."""
-    keras_model = runner_models.build_keras_model()
     root = tmp_path_factory.mktemp("models")
-    return {kind: runner_models.write_variant(root / kind, runner_models.convert(keras_model, quantize))
+    return {kind: runner_models.write_variant(root / kind, runner_models.colour_tflite(quantize))
             for kind, quantize in (("float32", None), ("uint8", "uint8"), ("int8", "int8"))}
 
 

@@ -32,7 +32,7 @@ COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    content = runner_models.convert(runner_models.build_keras_model())
+    content = runner_models.colour_tflite()
     return runner_models.write_variant(tmp_path_factory.mktemp("model"), content)
 
 

@@ -29,7 +29,7 @@ cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is in the dev ex
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    content = runner_models.convert(runner_models.build_keras_model())
+    content = runner_models.colour_tflite()
     return runner_models.write_variant(tmp_path_factory.mktemp("model"), content)
 
 

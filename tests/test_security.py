@@ -444,7 +444,7 @@ RESULT = {"top_k": [{"label": "red", "index": 0, "score": 0.1}], "latency_ms": {
 def tflite_model(tmp_path_factory) -> Path:
     import runner_models
 
-    content = runner_models.convert(runner_models.build_keras_model())
+    content = runner_models.colour_tflite()
     return runner_models.write_variant(tmp_path_factory.mktemp("model"), content)
 
 

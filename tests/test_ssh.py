@@ -394,7 +394,7 @@ def test_deploy_then_bench_a_real_model_over_ssh(sshd, tmp_path):
     import numpy as np
     import runner_models
 
-    model = runner_models.write_variant(tmp_path / "variant", runner_models.convert(runner_models.build_keras_model()))
+    model = runner_models.write_variant(tmp_path / "variant", runner_models.colour_tflite())
     images, _ = runner_models.color_images(6)
     np.savez(tmp_path / "images.npz", x=images)
     profile = ssh_profile(sshd, tmp_path / "device")

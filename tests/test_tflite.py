@@ -14,8 +14,7 @@ from edgekit.tflite import Quantization, parse, parse_file, read_tflite
 @pytest.fixture(scope="module")
 def converted():
     """The runner's hand-set colour classifier as float32 and full-integer uint8 .tflite (a few seconds)."""
-    model = runner_models.build_keras_model()
-    return {kind: runner_models.convert(model, kind) for kind in (None, "uint8")}
+    return {kind: runner_models.colour_tflite(kind) for kind in (None, "uint8")}
 
 
 def test_float_model_inputs_outputs_and_ops(converted):
