@@ -134,6 +134,8 @@ def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path, caplog):
     assert skipped == {"truncated.jpg", "garbage.png"}
     assert len(splits.train) + len(splits.validation) == 9
     assert "skipped 2 file(s)" in caplog.text and "truncated.jpg" in caplog.text
+    [reason] = [s["reason"] for s in splits.description["skipped"] if s["path"].endswith("truncated.jpg")]
+    assert reason.startswith("is truncated: its JPEG data ends")  # what libjpeg said on stderr, said by edgekit
 
 
 def test_strict_makes_a_corrupt_image_fatal(tmp_path):

@@ -157,9 +157,17 @@ def _training_decoder(image_size: int):
         try:
             return decode(tf.constant(raw), tf.constant(tf_ok)).numpy(), None
         except (tf.errors.OpError, ValueError) as exc:
+            if is_truncated_jpeg(raw):  # libjpeg said so on stderr, which edgekit keeps quiet: say it here
+                return None, "is truncated: its JPEG data ends before the image does (a partial copy or download?)"
             return None, f"cannot be decoded by the training decoder ({_op_error_line(exc)})"
 
     return check
+
+
+def is_truncated_jpeg(raw: bytes) -> bool:
+    """A JPEG without its end-of-image marker: cut short. Padding after the marker (zeros, newlines) is
+    allowed, as decoders allow it."""
+    return raw[:2] == b"\xff\xd8" and not raw.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
 
 
 def _op_error_line(exc: Exception) -> str:
