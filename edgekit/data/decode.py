@@ -137,12 +137,17 @@ def check_image(raw: bytes, max_pixels: int, decoder: list, image_size: int = 8)
     try:
         tf_ok = inspect_image(raw, max_pixels)
     except BadImage as exc:
-        return False, str(exc), None
+        return False, TRUNCATED if is_truncated_jpeg(raw) else str(exc), None
     with _decoder_lock:
         if not decoder:
             decoder.append(_training_decoder(image_size))
     pixels, reason = decoder[0](raw, tf_ok)
+    if reason is not None and is_truncated_jpeg(raw):  # libjpeg's stderr line, kept quiet, said by edgekit
+        reason = TRUNCATED
     return (False, reason, None) if reason is not None else (tf_ok, None, pixels)
+
+
+TRUNCATED = "is truncated: its JPEG data ends before the image does (a partial copy or download?)"
 
 
 def _training_decoder(image_size: int):
@@ -157,8 +162,6 @@ def _training_decoder(image_size: int):
         try:
             return decode(tf.constant(raw), tf.constant(tf_ok)).numpy(), None
         except (tf.errors.OpError, ValueError) as exc:
-            if is_truncated_jpeg(raw):  # libjpeg said so on stderr, which edgekit keeps quiet: say it here
-                return None, "is truncated: its JPEG data ends before the image does (a partial copy or download?)"
             return None, f"cannot be decoded by the training decoder ({_op_error_line(exc)})"
 
     return check
