@@ -203,6 +203,17 @@ def test_tensorflow_cpp_error_lines_are_quiet_unless_asked_for(tmp_path):
     assert not re.search(r"^[EWIF]\d{4} ", quiet.stderr, re.M) and not _noise(quiet.stderr), quiet.stderr
 
 
+def test_debug_asks_tensorflow_for_its_cpp_error_lines_unless_the_user_set_a_level(monkeypatch):
+    import os
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    assert runner.invoke(app, ["--debug", "devices", "--json"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    assert runner.invoke(app, ["--debug", "devices", "--json"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+
+
 _NO_TF = """
 import sys
 from typer.testing import CliRunner
