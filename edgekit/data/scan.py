@@ -2,7 +2,7 @@
 
 A scan decodes every image once to reject what training could not read, which is the slow part of a fresh
 dataset (an hour for 50,000 phone photos). That one read and decode also yields the file's hashes and the
-pixels the cache will hold (`examiner`), so nothing reads the file again. Verdicts are cached per file by
+pixels the cache will hold (`Examiner`), so nothing reads the file again. Verdicts are cached per file by
 path, size and modification time under `$EDGEKIT_HOME/cache/scan/`: an unchanged folder is checked with
 one `stat` per file. Files that are not used are named with their reason, in the warning or in a list
 file the warning points to, so nothing vanishes silently.
@@ -43,54 +43,58 @@ def read_image_bytes(path: str) -> bytes:
         return handle.read()
 
 
-def examiner(spec: DataSpec, hashes: bool, pixels: bool, count: int) -> Check:
-    """The per-file work of a scan: read once; the verdict from the pipeline's own decode (at the run's
-    image size when its pixels are kept for the cache, else at 8 px); the facts handed to `hash_files`."""
-    lazy: dict = {}  # built on first use: an unchanged folder never needs TensorFlow to be checked
-    lock = threading.Lock()
+class Examiner:
+    """The per-file work of a scan (a `Check`): read once; the verdict from the pipeline's own decode (at the
+    run's image size when its pixels are kept for the cache, else at 8 px); the facts handed to `hash_files`.
+    It notes when each usable JPEG was decoded, so a libjpeg warning (which names no file) can be traced."""
 
-    def setup() -> dict:
-        with lock:
-            if not lazy:
-                stage = pixelcache.staging(spec.image_size, count, decode.pixel_sources()) if pixels else None
-                lazy.update(stage=stage, decoder=[], size=spec.image_size if stage is not None else 8,
-                            code=hashing.code_digest() if hashes else "")
-        return lazy
+    def __init__(self, spec: DataSpec, hashes: bool, pixels: bool, count: int):
+        self.spec, self.hashes, self.pixels, self.count = spec, hashes, pixels, count
+        self.lazy: dict = {}  # built on first use: an unchanged folder never needs TensorFlow to be checked
+        self.lock = threading.Lock()
+        self.windows: list[tuple[float, float, str]] = []  # (decode started, ended, path) of usable JPEGs
 
-    def examine(path: str) -> tuple[bool, str | None]:
-        work = setup()
+    def setup(self) -> dict:
+        with self.lock:
+            if not self.lazy:
+                spec = self.spec
+                stage = pixelcache.staging(spec.image_size, self.count, decode.pixel_sources()) if self.pixels \
+                    else None
+                self.lazy.update(stage=stage, decoder=[], size=spec.image_size if stage is not None else 8,
+                                 code=hashing.code_digest() if self.hashes else "")
+        return self.lazy
+
+    def __call__(self, path: str) -> tuple[bool, str | None]:
+        work, limit = self.setup(), self.spec.max_image_pixels
         stat = os.stat(path)
         raw = read_image_bytes(path)
         started = time.monotonic()
-        tf_ok, reason, decoded = decode.check_image(raw, spec.max_image_pixels, work["decoder"], work["size"])
-        if reason is None and raw[:2] == b"\xff\xd8":  # when libjpeg may have warned about this file
-            examine.windows.append((started, time.monotonic(), path))
-        if hashes and reason is None:  # only usable files are hashed
-            key = hashing.HandOff.key(path, stat, spec.max_image_pixels, work["code"])
-            hashing.HANDED.give(key, hashing.facts_from_bytes(raw, spec.max_image_pixels))
+        tf_ok, reason, decoded = decode.check_image(raw, limit, work["decoder"], work["size"])
+        if reason is None and raw[:2] == b"\xff\xd8":
+            self.windows.append((started, time.monotonic(), path))
+        if self.hashes and reason is None:  # only usable files are hashed
+            key = hashing.HandOff.key(path, stat, limit, work["code"])
+            hashing.HANDED.give(key, hashing.facts_from_bytes(raw, limit))
         if work["stage"] is not None and decoded is not None:
             work["stage"].put(path, stat, tf_ok, decoded)
         return tf_ok, reason
 
-    def libjpeg_lines_of(path: str) -> list[str]:
+    def libjpeg_lines_of(self, path: str) -> list[str]:
         """Decode one file alone, fd 2 captured: the libjpeg warnings that are this file's."""
-        work = setup()
+        work = self.setup()
         raw = read_image_bytes(path)
         with tempfile.TemporaryFile() as captured:
             sys.stderr.flush()
             saved = os.dup(2)
             os.dup2(captured.fileno(), 2)
             try:
-                decode.check_image(raw, spec.max_image_pixels, work["decoder"], work["size"])
+                decode.check_image(raw, self.spec.max_image_pixels, work["decoder"], work["size"])
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)
             captured.seek(0)
             text = captured.read().decode("utf-8", "replace")
         return [line for line in text.splitlines() if LIBJPEG_LINE.match(line)]
-
-    examine.windows, examine.libjpeg_lines_of = [], libjpeg_lines_of
-    return examine
 
 
 # libjpeg's warnings (jerror.h JWRN_*): TensorFlow's JPEG decoder prints them straight to fd 2 and decodes on
@@ -169,7 +173,7 @@ class LibjpegLines:
         os.close(self.saved)
 
 
-def warn_libjpeg(lines: list[tuple[float, str]], examine, slack: float = 0.5) -> None:
+def warn_libjpeg(lines: list[tuple[float, str]], examine: Examiner, slack: float = 0.5) -> None:
     """One warning per file libjpeg complained about but that decoded (its pixels are used). A line is
     matched to the files whose decode was running when it arrived, each then decoded alone to be sure."""
     if not lines:
@@ -342,7 +346,7 @@ def scan_class_folders(root: Path, spec: DataSpec, labels: tuple[str, ...] | Non
             )
     candidates = [(str(path), labels.index(name)) for name, files in found.items() for path in files]
     cache = scan_cache(root, spec.max_image_pixels, enabled=cache_enabled(use_cache))
-    examine = examiner(spec, hashes, pixels, len(candidates))
+    examine = Examiner(spec, hashes, pixels, len(candidates))
     with LibjpegLines() as libjpeg:
         results = check_files([c[0] for c in candidates], examine, cache, str(root))
     warn_libjpeg(libjpeg.lines, examine)
