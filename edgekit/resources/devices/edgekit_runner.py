@@ -118,6 +118,7 @@ PACKAGES = {
     "pillow": (("pillow",), "python3-pil"),
     "opencv": (("opencv-python-headless",), "python3-opencv"),
     "picamera2": (("picamera2",), "python3-picamera2"),
+    "simplejpeg": (("simplejpeg",), None),
 }
 
 
@@ -2779,11 +2780,12 @@ def probe_edgetpu(runtime: str | None) -> dict:
 
 
 FEATURES = {"opencv": ("cv2", "cameras, video files and streams (live)"),
-            "picamera2": ("picamera2", "the Raspberry Pi camera (live picamera)")}
+            "picamera2": ("picamera2", "the Raspberry Pi camera (live picamera)"),
+            "simplejpeg": ("simplejpeg", "JPEG decoding in ~0.8x the time, same pixels (optional)")}
 
 
 def probe_features() -> dict:
-    """Import OpenCV and Picamera2 in children, as `live` would: installed, absent, or installed but broken.
+    """Import OpenCV, Picamera2 and simplejpeg in children, as the runner would: installed, absent, or broken.
 
     Broken is the case that matters: apt's OpenCV under a venv whose pip-installed numpy 2 hides apt's
     numpy 1.x fails with `_ARRAY_API not found`, which is not fixed by installing OpenCV again.
