@@ -10,6 +10,7 @@ file the warning points to, so nothing vanishes silently.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
@@ -178,8 +179,16 @@ def warn_libjpeg(lines: list[tuple[float, str]], examine: Examiner, slack: float
     matched to the files whose decode was running when it arrived, each then decoded alone to be sure."""
     if not lines:
         return
-    suspects = sorted({path for at, _ in lines for started, ended, path in examine.windows
-                       if started - slack <= at <= ended + slack})
+    windows = sorted(examine.windows)
+    starts = [started for started, _, _ in windows]
+    longest = max((ended - started for started, ended, _ in windows), default=0.0)
+    suspects = set()
+    for at, _ in lines:  # only the decodes that started shortly before the line can have printed it
+        for started, ended, path in windows[bisect.bisect_left(starts, at - longest - slack):
+                                            bisect.bisect_right(starts, at + slack)]:
+            if ended + slack >= at:
+                suspects.add(path)
+    suspects = sorted(suspects)
     found = {path: examine.libjpeg_lines_of(path) for path in suspects}
     found = {path: text for path, text in found.items() if text}
     for path, text in found.items():
