@@ -184,8 +184,8 @@ def warn_libjpeg(lines: list[tuple[float, str]], examine: Examiner, slack: float
     longest = max((ended - started for started, ended, _ in windows), default=0.0)
     suspects = set()
     for at, _ in lines:  # only the decodes that started shortly before the line can have printed it
-        for started, ended, path in windows[bisect.bisect_left(starts, at - longest - slack):
-                                            bisect.bisect_right(starts, at + slack)]:
+        first, last = bisect.bisect_left(starts, at - longest - slack), bisect.bisect_right(starts, at + slack)
+        for _, ended, path in windows[first:last]:
             if ended + slack >= at:
                 suspects.add(path)
     suspects = sorted(suspects)
