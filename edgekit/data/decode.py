@@ -137,14 +137,17 @@ def check_image(raw: bytes, max_pixels: int, decoder: list, image_size: int = 8)
     try:
         tf_ok = inspect_image(raw, max_pixels)
     except BadImage as exc:
-        return False, TRUNCATED if is_truncated_jpeg(raw) else str(exc), None
+        return False, _truncated_or(str(exc), raw), None
     with _decoder_lock:
         if not decoder:
             decoder.append(_training_decoder(image_size))
     pixels, reason = decoder[0](raw, tf_ok)
-    if reason is not None and is_truncated_jpeg(raw):  # libjpeg's stderr line, kept quiet, said by edgekit
-        reason = TRUNCATED
-    return (False, reason, None) if reason is not None else (tf_ok, None, pixels)
+    return (False, _truncated_or(reason, raw), None) if reason is not None else (tf_ok, None, pixels)
+
+
+def _truncated_or(reason: str, raw: bytes) -> str:
+    """A decode failure of a JPEG cut short said as such: libjpeg's own line on stderr is kept quiet."""
+    return TRUNCATED if reason.startswith("cannot be decoded") and is_truncated_jpeg(raw) else reason
 
 
 TRUNCATED = "is truncated: its JPEG data ends before the image does (a partial copy or download?)"
