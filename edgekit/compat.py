@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# 3: TensorFlow's C++ ERROR lines too. They either repeat an error TensorFlow also raises (and edgekit turns
+# into one line) or report what needs no action: Grappler/oneDNN optimizer fallbacks during QAT training,
+# libjpeg's "Premature end of JPEG data" for a file the data scan already names. `--debug` shows them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from edgekit.runner import native_stderr_filtered  # noqa: E402
 

@@ -17,6 +17,7 @@ from edgekit.device_python import fix as fix_device
 from edgekit.device_state import CurrentModel, read_current, write_current
 from edgekit.devices import RUNNER_NAME, SHIPPED_DIR, DeviceProfile, runner_path, user_devices_dir
 from edgekit.errors import EdgekitError
+from edgekit.report import TERMINAL_WIDTH, fit_table
 from edgekit.service import check_service_possible, install_service
 from edgekit.transport.targets import make_target
 
@@ -217,27 +218,32 @@ def _profile_warnings(profile: DeviceProfile, report: dict) -> list[str]:
     return warnings
 
 
-def doctor_text(report: dict) -> str:
+def doctor_text(report: dict, width: int | None = TERMINAL_WIDTH) -> str:
     """Everything `doctor --json` holds, as text: scalars, then the runtimes table, Edge TPU, the rest.
 
     The JSON and the text must tell the same story; a runtimes table only in `--json` hid the one
-    line a user needed (which interpreter is missing and how to install it).
+    line a user needed (which interpreter is missing and how to install it). Tables fit `width` columns
+    (None: full width) by moving their longest columns (errors, install commands) under the table, one
+    line per value, so a command stays whole and pasteable.
     """
     nested = ("runtimes", "edgetpu", "device", "missing", "warnings", "next")
     lines = [f"{key:<16} {value}" for key, value in report.items()
              if key not in nested and not isinstance(value, (dict, list))]
     runtimes = [r for r in report.get("runtimes") or [] if isinstance(r, dict)]
     if runtimes:
-        lines += ["", "runtimes:", f"  {'name':<15} {'available':<10} {'version':<10} {'error':<30} install"]
-        lines += [f"  {r.get('name')!s:<15} {'yes' if r.get('available') else 'no':<10} "
-                  f"{r.get('version') or '-'!s:<10} {r.get('error') or '-'!s:<30} "
-                  f"{' && '.join((r.get('install') or '-').splitlines())}"
-                  for r in runtimes]
+        rows = [{"name": r.get("name"), "available": "yes" if r.get("available") else "no",
+                 "version": r.get("version"), "error": r.get("error"),
+                 "install": " && ".join((r.get("install") or "-").splitlines())} for r in runtimes]
+        lines += ["", "runtimes:"] + _table_lines(rows, width)
     for section in ("edgetpu", "device"):
         if isinstance(report.get(section), dict):
             lines += ["", f"{section}:"] + [f"  {k:<14} {v}" for k, v in report[section].items()]
     for key, value in report.items():  # anything else structured the runner may add later
-        if key not in nested and isinstance(value, (dict, list)):
+        if key in nested or not isinstance(value, (dict, list)):
+            continue
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            lines += ["", f"{key}:"] + _table_lines([{"name": k, **v} for k, v in value.items()], width)
+        else:
             lines += ["", f"{key}: {json.dumps(value)}"]
     if report.get("missing"):  # commands, one per line, to paste on the device
         lines += ["", "missing; on the device run:"] + [f"  {line}" for line in report["missing"]]
@@ -245,3 +251,28 @@ def doctor_text(report: dict) -> str:
         lines += ["", "or with edgekit:"] + [f"  {line}" for line in report["next"]]
     lines += [f"warning: {line}" for line in report.get("warnings") or []]
     return "\n".join(lines)
+
+
+def _table_lines(rows: list[dict], width: int | None) -> list[str]:
+    """An aligned table of `rows` (first key names the row), indented two spaces; with `width`, the
+    longest columns go under it as `name column: value` lines until it fits (nothing is cut short)."""
+    headers = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[_cell(row.get(h)) for h in headers] for row in rows]
+    hidden: list[str] = []
+    if width is not None:
+        longest = sorted(headers[1:], key=lambda h: -max(len(row[headers.index(h)]) for row in cells))
+        _, _, hidden = fit_table(headers, cells, width - 2, drop=tuple(longest), keep=tuple(headers))
+    shown = [i for i, h in enumerate(headers) if h not in hidden]
+    widths = {i: max(len(headers[i]), *(len(row[i]) for row in cells)) for i in shown}
+    lines = ["  " + " ".join(headers[i].ljust(widths[i]) for i in shown).rstrip()]
+    lines += ["  " + " ".join(row[i].ljust(widths[i]) for i in shown).rstrip() for row in cells]
+    for row in cells:
+        lines += [f"  {row[0]} {headers[i]}: {row[i]}" for i, h in enumerate(headers) if h in hidden
+                  and row[i] != "-"]
+    return lines
+
+
+def _cell(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None or value == "" else str(value)

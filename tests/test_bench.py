@@ -399,6 +399,23 @@ def test_doctor_text_shows_everything_the_json_has(tmp_path):
     assert "runtimes:" in text.stdout and "edgetpu:" in text.stdout
 
 
+def test_doctor_tables_fit_100_columns_unless_wide(tmp_path):
+    """Long install commands and errors move under the runtimes table, whole; --wide keeps them as columns."""
+    profile = _tflite_runtime_profile(tmp_path)
+    narrow = cli.invoke(app, ["doctor", "--device", str(profile)])
+    wide = cli.invoke(app, ["doctor", "--device", str(profile), "--wide"])
+    assert narrow.exit_code == 0 and wide.exit_code == 0, narrow.output + wide.output
+    header = next(line for line in narrow.stdout.splitlines() if line.split()[:2] == ["name", "available"])
+    assert "install" not in header and len(header) <= 100
+    table = narrow.stdout.split("runtimes:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    rows = [line for line in table if " install: " not in line and " error: " not in line]
+    assert rows and all(len(line) <= 100 for line in rows), table
+    commands = [line for line in table if " install: " in line]
+    assert commands and all(line.split(" install: ", 1)[1] in wide.stdout for line in commands)
+    wide_header = next(line for line in wide.stdout.splitlines() if line.split()[:2] == ["name", "available"])
+    assert wide_header.split()[-1] == "install" and max(map(len, wide.stdout.splitlines())) > 100
+
+
 def test_deploy_pins_the_runtime_and_checks_it_loads_there(foreign, tmp_path):
     profile = _tflite_runtime_profile(tmp_path)
     result = cli.invoke(app, ["deploy", str(foreign["int8-conv"]), "--device", str(profile), "--json"])

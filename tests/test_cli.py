@@ -144,6 +144,77 @@ def test_tensorflow_commands_print_no_library_noise(tiny_run, tmp_path):
         assert _noise(result.stderr) == [], (args, result.stderr)
 
 
+def _edgekit_env(tmp_path, **extra) -> dict:
+    """The environment a user has: no TF_CPP_MIN_LOG_LEVEL (conftest sets one for the test process)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return {**env, "EDGEKIT_HOME": str(tmp_path / "home"), **extra}
+
+
+def _noisy_jpegs(folder, count: int = 3):
+    """Noise-textured JPEGs (the entropy data a cut falls in), one per class folder entry."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(folder / cls / f"{i}.jpg",
+                                                                                    quality=90)
+    whole = (folder / "a" / "0.jpg").read_bytes()
+    (folder / "a" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    return folder
+
+
+@pytest.mark.slow
+def test_truncated_jpeg_is_edgekits_own_line_not_libjpegs(tmp_path):
+    folder = _noisy_jpegs(tmp_path / "photos")
+    result = subprocess.run([sys.executable, "-m", "edgekit.cli", "data", "check", str(folder)], capture_output=True,
+                            text=True, timeout=600, env=_edgekit_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Premature end" not in result.stderr and "JPEG data" not in result.stderr.replace("its JPEG data", "")
+    assert not re.search(r"^[EWF]\d{4} ", result.stderr, re.M), result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "cut.jpg" in line]
+    assert line.startswith("WARNING: skipped 1 file(s)") and "cut.jpg (is truncated: its JPEG data ends" in line
+
+
+_EMITS_A_CPP_ERROR = """
+import edgekit.compat
+from edgekit.compat import tf
+try:  # TensorFlow logs "E0000 ... jpeg_mem.cc ...] Premature end of JPEG data" through absl, then raises
+    tf.io.decode_jpeg(open(__import__("sys").argv[1], "rb").read())
+except tf.errors.InvalidArgumentError:
+    print("raised")
+"""
+
+
+@pytest.mark.slow
+def test_tensorflow_cpp_error_lines_are_quiet_unless_asked_for(tmp_path):
+    """The mechanism that keeps absl ERROR lines (oneDNN/Grappler fallbacks in QAT, libjpeg) off stderr:
+    TF_CPP_MIN_LOG_LEVEL=3 set before TensorFlow loads; a user's own setting (or --debug's 0) wins."""
+    folder = _noisy_jpegs(tmp_path / "photos", count=1)
+    command = [sys.executable, "-c", _EMITS_A_CPP_ERROR, str(folder / "a" / "cut.jpg")]
+    quiet = subprocess.run(command, capture_output=True, text=True, timeout=600, env=_edgekit_env(tmp_path))
+    loud = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env=_edgekit_env(tmp_path, TF_CPP_MIN_LOG_LEVEL="0"))
+    assert quiet.stdout.strip() == loud.stdout.strip() == "raised", quiet.stderr + loud.stderr
+    assert re.search(r"^E\d{4} .*Premature end of JPEG data", loud.stderr, re.M), loud.stderr  # the emitter works
+    assert not re.search(r"^[EWIF]\d{4} ", quiet.stderr, re.M) and not _noise(quiet.stderr), quiet.stderr
+
+
+def test_debug_asks_tensorflow_for_its_cpp_error_lines_unless_the_user_set_a_level(monkeypatch):
+    import os
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    assert runner.invoke(app, ["--debug", "devices", "--json"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "1")
+    assert runner.invoke(app, ["--debug", "devices", "--json"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+
+
 _NO_TF = """
 import sys
 tried = set()

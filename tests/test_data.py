@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -134,6 +135,25 @@ def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path, caplog):
     assert skipped == {"truncated.jpg", "garbage.png"}
     assert len(splits.train) + len(splits.validation) == 9
     assert "skipped 2 file(s)" in caplog.text and "truncated.jpg" in caplog.text
+    [reason] = [s["reason"] for s in splits.description["skipped"] if s["path"].endswith("truncated.jpg")]
+    assert reason.startswith("is truncated: its JPEG data ends")  # what libjpeg said on stderr, said by edgekit
+
+
+def test_a_jpeg_libjpeg_complains_about_is_named_by_edgekit_not_by_a_raw_line(tmp_path, caplog, capfd):
+    """libjpeg prints "Corrupt JPEG data: ..." to fd 2 naming no file, and TensorFlow decodes on: the scan keeps
+    the raw line off stderr and says which file it was about, once; the file is still used."""
+    root = _two_class_folder(tmp_path / "data", per_class=4)
+    whole = _image(tmp_path / "whole.jpg", size=(64, 48), fmt="JPEG").read_bytes()
+    scan = whole.index(b"\xff\xda")
+    (root / "cat" / "junk.jpg").write_bytes(whole[:scan] + b"\x00\x01\x02" + whole[scan:])
+    capfd.readouterr()
+    with caplog.at_level(logging.WARNING):
+        splits = load_dataset(DataSpec(data=str(root), image_size=32))
+    err = capfd.readouterr().err
+    assert not re.search(r"^Corrupt JPEG data", err, re.M), err
+    [line] = [r.getMessage() for r in caplog.records if "junk.jpg" in r.getMessage()]
+    assert line.startswith(str(root / "cat" / "junk.jpg") + ": libjpeg reports Corrupt JPEG data: 3 extraneous bytes")
+    assert len(splits.train) + len(splits.validation) == 9 and not splits.description["skipped"]
 
 
 def test_strict_makes_a_corrupt_image_fatal(tmp_path):

@@ -113,3 +113,46 @@ def test_16_bit_pngs_are_scaled_not_clipped(runner, tmp_path):
     ours = training_pixels(tmp_path, files, 24)
     for name, data in files.items():
         np.testing.assert_allclose(device_pixels(runner, data, 24), ours[name], atol=1e-3, err_msg=name)
+
+
+def _jpeg(pixels: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def test_simplejpeg_fast_path_gives_pillows_pixels(runner, monkeypatch):
+    """The optional simplejpeg decode must be a pure speed-up: every JPEG kind, every DCT scale, the same
+    pixels as Pillow's draft decode; what it cannot decode exactly (CMYK, corrupt data) goes to Pillow."""
+    pytest.importorskip("simplejpeg")
+    colour = camera_like(641, 479, seed=7)
+    files = {f"sub{s}{'-prog' if p else ''}": _jpeg(colour, subsampling=s, progressive=p)
+             for s in (0, 1, 2) for p in (False, True)}
+    files["grey"] = _jpeg(colour[..., 0])
+    files["exif6"] = jpeg_with_orientation(colour, 6)
+    files["cmyk"] = _jpeg_cmyk(colour)
+    header = files["sub2"].index(b"\xff\xda")  # junk before the scan: libjpeg-turbo warns "Corrupt JPEG data"
+    files["junk"] = files["sub2"][:header] + b"\x00\x01\x02" + files["sub2"][header:]
+    real, used = runner.fast_jpeg, []
+
+    def spy(*args):
+        pixels = real(*args)
+        used.append(pixels is not None)
+        return pixels
+
+    monkeypatch.setattr(runner, "fast_jpeg", spy)
+    for size in (480, 224, 96, 32):  # DCT scales 1, 2, 4, 8
+        for name, data in files.items():
+            used.clear()
+            fast, _ = runner.decode_image(data, 40 * 10**6, (size, size))
+            with monkeypatch.context() as without:
+                without.setattr(runner, "simplejpeg_module", lambda: None)
+                slow, _ = runner.decode_image(data, 40 * 10**6, (size, size))
+            np.testing.assert_array_equal(fast, slow, err_msg=f"{name} at {size} px")
+            assert used == [name not in ("cmyk", "junk"), False], (name, size)
+
+
+def _jpeg_cmyk(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert("CMYK").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()

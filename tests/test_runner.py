@@ -608,3 +608,6 @@ def test_doctor_reports_interpreters_and_install_lines(tmp_path, runner):
     assert report["cpu_count"] == os.cpu_count() and report["memory_total_mb"] > 0
     assert "libedgetpu1-std" in report["edgetpu"]["install"]
     assert report["missing"] == []
+    fast = report["features"]["simplejpeg"]  # optional: said, with how to install it, never missing
+    assert fast["used_for"].startswith("JPEG decoding") and (fast["available"] or fast["install"].endswith(
+        "pip install simplejpeg"))

@@ -82,6 +82,8 @@ def main(
     $ edgekit --cache-limit 50G train --data photos/
     """
     _state["debug"] = debug
+    if debug:  # TensorFlow's C++ ERROR lines, kept quiet by edgekit.compat otherwise (unless you set it)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
     stop_on_signals()
     if no_cache:  # the environment carries it to the library, subprocesses and tests alike
         os.environ["EDGEKIT_CACHE"] = "off"

@@ -175,6 +175,7 @@ def doctor(
                    ] = False,
     accept_new_host_key: AcceptKeyOption = False,
     as_json: JsonOption = False,
+    wide: WideOption = False,
 ) -> None:
     """What a device has (Python, numpy, interpreters, Edge TPU runtime, cores, memory) and what is missing.
 
@@ -185,15 +186,16 @@ def doctor(
     from edgekit.devices import load_profile
 
     report = run_doctor(load_profile(device), accept_new_host_key=accept_new_host_key, fix=fix)
-    emit(report, as_json, _doctor_text(report))
+    emit(report, as_json, _doctor_text(report, wide))
     if not report.get("ok", True):
         raise typer.Exit(1)
 
 
-def _doctor_text(report: dict) -> str:
+def _doctor_text(report: dict, wide: bool) -> str:
     from edgekit.deploy import doctor_text
+    from edgekit.report import TERMINAL_WIDTH
 
-    return doctor_text(report)
+    return doctor_text(report, None if wide else TERMINAL_WIDTH)
 
 devices_app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
 app.add_typer(devices_app, name="devices")

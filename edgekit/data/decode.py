@@ -137,12 +137,20 @@ def check_image(raw: bytes, max_pixels: int, decoder: list, image_size: int = 8)
     try:
         tf_ok = inspect_image(raw, max_pixels)
     except BadImage as exc:
-        return False, str(exc), None
+        return False, _truncated_or(str(exc), raw), None
     with _decoder_lock:
         if not decoder:
             decoder.append(_training_decoder(image_size))
     pixels, reason = decoder[0](raw, tf_ok)
-    return (False, reason, None) if reason is not None else (tf_ok, None, pixels)
+    return (False, _truncated_or(reason, raw), None) if reason is not None else (tf_ok, None, pixels)
+
+
+def _truncated_or(reason: str, raw: bytes) -> str:
+    """A decode failure of a JPEG cut short said as such: libjpeg's own line on stderr is kept quiet."""
+    return TRUNCATED if reason.startswith("cannot be decoded") and is_truncated_jpeg(raw) else reason
+
+
+TRUNCATED = "is truncated: its JPEG data ends before the image does (a partial copy or download?)"
 
 
 def _training_decoder(image_size: int):
@@ -160,6 +168,12 @@ def _training_decoder(image_size: int):
             return None, f"cannot be decoded by the training decoder ({_op_error_line(exc)})"
 
     return check
+
+
+def is_truncated_jpeg(raw: bytes) -> bool:
+    """A JPEG without its end-of-image marker: cut short. Padding after the marker (zeros, newlines) is
+    allowed, as decoders allow it."""
+    return raw[:2] == b"\xff\xd8" and not raw.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
 
 
 def _op_error_line(exc: Exception) -> str:

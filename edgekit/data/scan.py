@@ -2,7 +2,7 @@
 
 A scan decodes every image once to reject what training could not read, which is the slow part of a fresh
 dataset (an hour for 50,000 phone photos). That one read and decode also yields the file's hashes and the
-pixels the cache will hold (`examiner`), so nothing reads the file again. Verdicts are cached per file by
+pixels the cache will hold (`Examiner`), so nothing reads the file again. Verdicts are cached per file by
 path, size and modification time under `$EDGEKIT_HOME/cache/scan/`: an unchanged folder is checked with
 one `stat` per file. Files that are not used are named with their reason, in the warning or in a list
 file the warning points to, so nothing vanishes silently.
@@ -10,10 +10,15 @@ file the warning points to, so nothing vanishes silently.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
+import re
+import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,33 +44,158 @@ def read_image_bytes(path: str) -> bytes:
         return handle.read()
 
 
-def examiner(spec: DataSpec, hashes: bool, pixels: bool, count: int) -> Check:
-    """The per-file work of a scan: read once; the verdict from the pipeline's own decode (at the run's
-    image size when its pixels are kept for the cache, else at 8 px); the facts handed to `hash_files`."""
-    lazy: dict = {}  # built on first use: an unchanged folder never needs TensorFlow to be checked
-    lock = threading.Lock()
+class Examiner:
+    """The per-file work of a scan (a `Check`): read once; the verdict from the pipeline's own decode (at the
+    run's image size when its pixels are kept for the cache, else at 8 px); the facts handed to `hash_files`.
+    It notes when each usable JPEG was decoded, so a libjpeg warning (which names no file) can be traced."""
 
-    def setup() -> dict:
-        with lock:
-            if not lazy:
-                stage = pixelcache.staging(spec.image_size, count, decode.pixel_sources()) if pixels else None
-                lazy.update(stage=stage, decoder=[], size=spec.image_size if stage is not None else 8,
-                            code=hashing.code_digest() if hashes else "")
-        return lazy
+    def __init__(self, spec: DataSpec, hashes: bool, pixels: bool, count: int):
+        self.spec, self.hashes, self.pixels, self.count = spec, hashes, pixels, count
+        self.lazy: dict = {}  # built on first use: an unchanged folder never needs TensorFlow to be checked
+        self.lock = threading.Lock()
+        self.windows: list[tuple[float, float, str]] = []  # (decode started, ended, path) of usable JPEGs
 
-    def examine(path: str) -> tuple[bool, str | None]:
-        work = setup()
+    def setup(self) -> dict:
+        with self.lock:
+            if not self.lazy:
+                spec = self.spec
+                stage = pixelcache.staging(spec.image_size, self.count, decode.pixel_sources()) if self.pixels \
+                    else None
+                self.lazy.update(stage=stage, decoder=[], size=spec.image_size if stage is not None else 8,
+                                 code=hashing.code_digest() if self.hashes else "")
+        return self.lazy
+
+    def __call__(self, path: str) -> tuple[bool, str | None]:
+        work, limit = self.setup(), self.spec.max_image_pixels
         stat = os.stat(path)
         raw = read_image_bytes(path)
-        tf_ok, reason, decoded = decode.check_image(raw, spec.max_image_pixels, work["decoder"], work["size"])
-        if hashes and reason is None:  # only usable files are hashed
-            key = hashing.HandOff.key(path, stat, spec.max_image_pixels, work["code"])
-            hashing.HANDED.give(key, hashing.facts_from_bytes(raw, spec.max_image_pixels))
+        started = time.monotonic()
+        tf_ok, reason, decoded = decode.check_image(raw, limit, work["decoder"], work["size"])
+        if reason is None and raw[:2] == b"\xff\xd8":
+            self.windows.append((started, time.monotonic(), path))
+        if self.hashes and reason is None:  # only usable files are hashed
+            key = hashing.HandOff.key(path, stat, limit, work["code"])
+            hashing.HANDED.give(key, hashing.facts_from_bytes(raw, limit))
         if work["stage"] is not None and decoded is not None:
             work["stage"].put(path, stat, tf_ok, decoded)
         return tf_ok, reason
 
-    return examine
+    def libjpeg_lines_of(self, path: str) -> list[str]:
+        """Decode one file alone, fd 2 captured: the libjpeg warnings that are this file's."""
+        work = self.setup()
+        raw = read_image_bytes(path)
+        with tempfile.TemporaryFile() as captured:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(captured.fileno(), 2)
+            try:
+                decode.check_image(raw, self.spec.max_image_pixels, work["decoder"], work["size"])
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace")
+        return [line for line in text.splitlines() if LIBJPEG_LINE.match(line)]
+
+
+# libjpeg's warnings (jerror.h JWRN_*): TensorFlow's JPEG decoder prints them straight to fd 2 and decodes on
+LIBJPEG_STARTS = ("Corrupt JPEG data", "Premature end of JPEG file", "Inconsistent progression sequence",
+                  "Invalid SOS parameters", "Unknown Adobe color transform", "Warning: unknown JFIF revision")
+LIBJPEG_LINE = re.compile("|".join(map(re.escape, LIBJPEG_STARTS)))
+
+
+class LibjpegLines:
+    """While open, fd 2 runs through a pipe: libjpeg's warning lines, which name no file, are kept with the
+    time they arrived; every other byte is passed on as it comes. Python's own stderr writes (progress) go
+    straight to where they went before, so a terminal stays a terminal."""
+
+    def __init__(self):
+        self.lines: list[tuple[float, str]] = []
+        self.saved = None
+
+    def __enter__(self) -> LibjpegLines:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no real fd 2: nothing to filter
+            return self
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.saved, self.python_stderr = saved, None
+        self.pump = threading.Thread(target=self._pump, args=(read_end,), daemon=True, name="libjpeg-lines")
+        self.pump.start()
+        try:
+            is_fd2 = sys.stderr.fileno() == 2
+        except (OSError, ValueError, AttributeError):  # a test's or an embedding's stream: leave it be
+            is_fd2 = False
+        if is_fd2:
+            self.python_stderr = sys.stderr
+            sys.stderr = open(os.dup(saved), "w", buffering=1, encoding=sys.stderr.encoding,
+                              errors="backslashreplace")
+        return self
+
+    def _pump(self, read_end: int) -> None:
+        pending = b""
+        with open(read_end, "rb", buffering=0) as pipe:
+            while chunk := pipe.read(65536):
+                *complete, pending = (pending + chunk).split(b"\n")
+                out = b"".join(line + b"\n" for line in complete if not self._kept(line))
+                partial = pending.decode("utf-8", "replace")
+                if not any(start.startswith(partial) or partial.startswith(start) for start in LIBJPEG_STARTS):
+                    out, pending = out + pending, b""  # a partial line that is not libjpeg's: pass it on now
+                self._write(out)
+        self._write(pending)
+
+    def _kept(self, line: bytes) -> bool:
+        text = line.decode("utf-8", "replace").strip()
+        if LIBJPEG_LINE.match(text):
+            self.lines.append((time.monotonic(), text))
+            return True
+        return False
+
+    def _write(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self.saved, data):]
+        except OSError:  # stderr is gone (a closed terminal): nothing left to show it on
+            pass
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is None:
+            return
+        if self.python_stderr is not None:
+            # not closed: whatever was set up meanwhile (TensorFlow's absl handler) may hold it; it writes to
+            # the same place as the stream it stood in for
+            sys.stderr.flush()
+            sys.stderr = self.python_stderr
+        os.dup2(self.saved, 2)  # the pipe's last write end closes: the pump reads what is left and ends
+        self.pump.join(timeout=10)
+        os.close(self.saved)
+
+
+def warn_libjpeg(lines: list[tuple[float, str]], examine: Examiner, slack: float = 0.5) -> None:
+    """One warning per file libjpeg complained about but that decoded (its pixels are used). A line is
+    matched to the files whose decode was running when it arrived, each then decoded alone to be sure."""
+    if not lines:
+        return
+    windows = sorted(examine.windows)
+    starts = [started for started, _, _ in windows]
+    longest = max((ended - started for started, ended, _ in windows), default=0.0)
+    suspects = set()
+    for at, _ in lines:  # only the decodes that started shortly before the line can have printed it
+        first, last = bisect.bisect_left(starts, at - longest - slack), bisect.bisect_right(starts, at + slack)
+        for _, ended, path in windows[first:last]:
+            if ended + slack >= at:
+                suspects.add(path)
+    suspects = sorted(suspects)
+    found = {path: examine.libjpeg_lines_of(path) for path in suspects}
+    found = {path: text for path, text in found.items() if text}
+    for path, text in found.items():
+        log.warning("%s: libjpeg reports %s; it was decoded anyway and is used: check or re-save it", path,
+                    "; ".join(dict.fromkeys(text)))
+    if not found:
+        log.warning("libjpeg reported %s while checking images, for a file it did not name", lines[0][1])
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -225,8 +355,10 @@ def scan_class_folders(root: Path, spec: DataSpec, labels: tuple[str, ...] | Non
             )
     candidates = [(str(path), labels.index(name)) for name, files in found.items() for path in files]
     cache = scan_cache(root, spec.max_image_pixels, enabled=cache_enabled(use_cache))
-    results = check_files([c[0] for c in candidates], examiner(spec, hashes, pixels, len(candidates)), cache,
-                          str(root))
+    examine = Examiner(spec, hashes, pixels, len(candidates))
+    with LibjpegLines() as libjpeg:
+        results = check_files([c[0] for c in candidates], examine, cache, str(root))
+    warn_libjpeg(libjpeg.lines, examine)
     paths, targets, tf_ok = [], [], []
     for (path, target), (ok, reason) in zip(candidates, results):
         if reason is not None:
