@@ -135,7 +135,7 @@ def test_corrupt_and_truncated_images_are_skipped_and_listed(tmp_path, caplog):
     assert skipped == {"truncated.jpg", "garbage.png"}
     assert len(splits.train) + len(splits.validation) == 9
     assert "skipped 2 file(s)" in caplog.text and "truncated.jpg" in caplog.text
-    [reason] = [s["reason"] for s in splits.description["skipped"] if s["path"].endswith("truncated.jpg")]
+    [reason] = [s.reason for s in splits.record.skipped if s.path.endswith("truncated.jpg")]
     assert reason.startswith("is truncated: its JPEG data ends")  # what libjpeg said on stderr, said by edgekit
 
 
@@ -153,7 +153,7 @@ def test_a_jpeg_libjpeg_complains_about_is_named_by_edgekit_not_by_a_raw_line(tm
     assert not re.search(r"^Corrupt JPEG data", err, re.M), err
     [line] = [r.getMessage() for r in caplog.records if "junk.jpg" in r.getMessage()]
     assert line.startswith(str(root / "cat" / "junk.jpg") + ": libjpeg reports Corrupt JPEG data: 3 extraneous bytes")
-    assert len(splits.train) + len(splits.validation) == 9 and not splits.description["skipped"]
+    assert len(splits.train) + len(splits.validation) == 9 and not splits.record.skipped
 
 
 def test_strict_makes_a_corrupt_image_fatal(tmp_path):

@@ -167,9 +167,11 @@ def test_runner_is_standalone_and_parses_as_python_39():
     everywhere |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "edgekit" not in everywhere
     assert top_level - set(sys.stdlib_module_names) <= {"__future__", "numpy"}
-    # cv2 and picamera2 are imported only by `live`, which says what to install when they are missing
+    # cv2 and picamera2 are imported only by `live`, which says what to install when they are missing;
+    # simplejpeg is the optional fast JPEG path, Pillow when it is absent
     assert everywhere - set(sys.stdlib_module_names) <= {"__future__", "numpy", "PIL", "ai_edge_litert",
-                                                          "tflite_runtime", "tensorflow", "cv2", "picamera2"}
+                                                          "tflite_runtime", "tensorflow", "cv2", "picamera2",
+                                                          "simplejpeg"}
 
 
 @pytest.mark.parametrize("shapes", [((50, 70), (32, 32)), ((20, 13), (32, 32)), ((480, 640), (224, 224)),
