@@ -155,7 +155,7 @@ def read_shard(file: bytes | str, digest: bytes | str, size: int) -> np.ndarray:
 def _malloc_trim():
     try:
         return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to call
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): nothing to call
         return None
 
 
