@@ -8,6 +8,7 @@ under `$EDGEKIT_HOME/cache/<kind>/`: an unchanged folder costs one `stat` per fi
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -216,6 +217,25 @@ class FileResults:
                         getattr(exc, "strerror", None) or exc)
 
 
+def bounded_map(pool: ThreadPoolExecutor, function: Callable, items: Iterable, window: int):
+    """`pool.map` in order, with at most `window` calls submitted and not yet consumed.
+
+    `Executor.map` submits every item up front, and each pending future costs ~1.6 KB: 32 MB of a first
+    scan's peak at 20,000 files, growing with the folder. On an error the calls not yet started are cancelled.
+    """
+    pending: collections.deque = collections.deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 def per_file(paths: list[str], work: Callable[[str], list], cache: FileResults, what: str,
              workers: int = 8) -> list[list | None]:
     """`work(path)` for every file not already done unchanged, in threads; results in the order of
@@ -237,7 +257,7 @@ def per_file(paths: list[str], work: Callable[[str], list], cache: FileResults, 
         unchanged = len(paths) - len(todo)
         note = f" ({unchanged:,} unchanged since the last run)" if unchanged else ""
         with progress(len(todo), what, note) as bar, ThreadPoolExecutor(max_workers=workers) as pool:
-            for index, result in zip(todo, pool.map(lambda i: list(work(paths[i])), todo)):
+            for index, result in zip(todo, bounded_map(pool, lambda i: list(work(paths[i])), todo, 4 * workers)):
                 results[index] = result
                 bar.update()
     fresh = {p: [stats[p].st_size, stats[p].st_mtime_ns, *r] for p, r in zip(paths, results) if p in stats}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -128,7 +129,11 @@ DAMAGED = "is damaged on disk"  # in the message, so a caller that only sees Ten
 
 
 def read_shard(file: bytes | str, digest: bytes | str, size: int) -> np.ndarray:
-    """One shard's images, after checking its bytes against the checksum the index recorded."""
+    """One shard's images, after checking its bytes against the checksum the index recorded.
+
+    Each read first hands the memory freed since the last one back to the system (`release_freed_memory`).
+    """
+    release_freed_memory()
     path = Path(os.fsdecode(file))
     expected = digest.decode() if isinstance(digest, bytes) else digest
     try:
@@ -144,6 +149,28 @@ def read_shard(file: bytes | str, digest: bytes | str, size: int) -> np.ndarray:
         raise DamagedShard(f"pixel cache entry {path.parent} {DAMAGED}: {path.name} {problem}; the entry was "
                            "removed, run the command again to rebuild it")
     return np.frombuffer(data, dtype=np.float32).reshape(-1, size, size, 3)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): nothing to call
+        return None
+
+
+def release_freed_memory() -> None:
+    """Return the free pages inside the C heap to the system (glibc's malloc_trim; elsewhere nothing).
+
+    Training holds thousands of images in the shuffle buffer, each its own allocation, and frees them in
+    random order as new ones arrive: glibc keeps the holes, and the process's resident memory grew with the
+    number of images passed through, i.e. with the dataset (1.73 GB at 20,000 images against 1.26 GB at
+    5,000, 96 px, for the same 512 MiB buffer). Called once per shard read, so the slack stays within about
+    a shard's worth of churn, whatever the dataset size; it costs far less than reading the shard.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def damage_line(exc: BaseException) -> str | None:
