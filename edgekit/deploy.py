@@ -17,7 +17,7 @@ from edgekit.device_python import fix as fix_device
 from edgekit.device_state import CurrentModel, read_current, write_current
 from edgekit.devices import RUNNER_NAME, SHIPPED_DIR, DeviceProfile, runner_path, user_devices_dir
 from edgekit.errors import EdgekitError
-from edgekit.report import TERMINAL_WIDTH, fit_table
+from edgekit.render import TERMINAL_WIDTH, fit_table
 from edgekit.service import check_service_possible, install_service
 from edgekit.transport.targets import make_target
 

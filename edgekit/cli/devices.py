@@ -193,7 +193,7 @@ def doctor(
 
 def _doctor_text(report: dict, wide: bool) -> str:
     from edgekit.deploy import doctor_text
-    from edgekit.report import TERMINAL_WIDTH
+    from edgekit.render import TERMINAL_WIDTH
 
     return doctor_text(report, None if wide else TERMINAL_WIDTH)
 
