@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.artifacts import read_manifest
-from edgekit.bench.run import Variant, bench_inputs
+from edgekit import manifests
+from edgekit.bench.run import BenchModel, bench_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "benchmarks" / "_bench_worker.py"
@@ -90,8 +90,8 @@ def images_for(variant_dir: Path, out: Path, count: int) -> Path:
     """Validation images at the variant's input size as the runner's .npz (same as `edgekit bench`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
-        manifest = read_manifest(variant_dir)
-        bench_inputs(Variant(manifest["name"], variant_dir / "model.tflite", manifest), out, count)
+        manifest = manifests.read(variant_dir, manifests.VariantManifest)
+        bench_inputs(BenchModel(manifest.name, variant_dir / "model.tflite", manifest), out, count)
     return out
 
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from edgekit.bench import inputs as bench_inputs  # noqa: E402
 from edgekit.bench import run as bench_run  # noqa: E402
+from edgekit.bench.rows import BenchRow  # noqa: E402
 from edgekit.devices import parse_profile  # noqa: E402
 from edgekit.runner import load_model  # noqa: E402
 from edgekit.tflite import parse_file  # noqa: E402
@@ -55,7 +56,7 @@ def bare_p50(path: Path, feed, runs: int, threads: int) -> float:
     return float(np.percentile(times, 50))
 
 
-def edgekit_p50(path: Path, profile, threads: int) -> dict:
+def edgekit_p50(path: Path, profile, threads: int) -> BenchRow:
     settings = bench_run.BenchSettings(threads=(threads,), **QUICK)
     [row] = bench_run.run_bench(bench_run.collect_variants([path]), profile, settings).rows
     return row
@@ -69,7 +70,7 @@ def overhead(models: dict, profile, rounds: int) -> list[dict]:
             ours, bare = [], []
             for _ in range(rounds):  # interleaved: load on the shared machine hits both sides alike
                 row = edgekit_p50(path, profile, 1)
-                ours.append(row["latency_ms"]["p50"])
+                ours.append(row.latency_ms.p50)
                 bare.append(bare_p50(path, feed, QUICK["runs"], 1))
             rows.append({"model": name, "inputs": len(parse_file(path).inputs),
                          "edgekit_p50_us": 1e3 * statistics.median(ours), "bare_p50_us": 1e3 * statistics.median(bare),
@@ -84,13 +85,13 @@ def accuracy_rows(run: Path, profiles: list) -> list[dict]:
         settings = bench_run.BenchSettings(threads=(1,), runs=20, warmup=2, min_seconds=0.2,
                                            accuracy_samples=10**6)  # the whole validation split
         for row in bench_run.run_bench(variants, profile, settings).rows:
-            check = row.get("accuracy_check") or {}
-            steps = check.get("output_check") or {}
-            rows.append({"variant": row["variant"], "device": profile.name,
-                         "runtime": f"{row.get('runtime')} {row.get('runtime_version')}",
-                         "samples": check.get("samples"), "host_acc": check.get("host_accuracy"),
-                         "device_acc": check.get("device_accuracy"), "max_steps": steps.get("max_steps"),
-                         "top1_flips": steps.get("top1_flips"), "status": row["status"], "error": row["error"]})
+            check = row.accuracy_check
+            steps = check.output_check if check else None
+            rows.append({"variant": row.variant, "device": profile.name,
+                         "runtime": f"{row.ran.runtime} {row.ran.runtime_version}",
+                         "samples": check and check.samples, "host_acc": check and check.host_accuracy,
+                         "device_acc": check and check.device_accuracy, "max_steps": steps and steps.max_steps,
+                         "top1_flips": steps and steps.top1_flips, "status": row.status, "error": row.error})
     return rows
 
 
@@ -114,8 +115,8 @@ def peak_memory(run: Path, profile) -> list[dict]:
                     threads=(1,), runs=20, warmup=2, min_seconds=0.2)).rows
             finally:
                 bench_run.runner_path = current
-            rows.append({"runner": label, "variant": row["variant"], "peak_rss_mb": row.get("peak_rss_mb"),
-                         "parent_holds_mb": round(ballast.nbytes / 2**20), "status": row["status"]})
+            rows.append({"runner": label, "variant": row.variant, "peak_rss_mb": row.peak_rss_mb,
+                         "parent_holds_mb": round(ballast.nbytes / 2**20), "status": row.status})
     return rows
 
 

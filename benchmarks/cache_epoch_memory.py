@@ -29,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, WORK, environment, print_table, save_result  # noqa: E402
 from large_dataset import export_tree, photo_folder  # noqa: E402
 
+from edgekit import manifests  # noqa: E402
+from edgekit.errors import EdgekitError  # noqa: E402
+
 CHILD = Path(__file__).resolve().parent / "_rss_child.py"
 RUNS = ("first", "cached")
 
@@ -68,10 +71,9 @@ def train_once(tree: Path, folder: Path, size: int, home: Path, name: str) -> di
             return {"exit": child.returncode, "error": tail, "wall s": wall}
         measured = json.loads(result.read_text())
     accuracy = None
-    try:
-        manifest = json.loads((home / "runs" / name / "manifest.json").read_text())
-        accuracy = manifest["metrics"]["validation"]["accuracy"]
-    except (OSError, ValueError, KeyError, TypeError):
+    try:  # a --before tree may write an older schema: `manifests.read` upgrades it
+        accuracy = manifests.read(home / "runs" / name, manifests.RunManifest).metrics.validation.accuracy
+    except (EdgekitError, AttributeError):  # no metrics recorded: the row keeps its memory figures
         pass
     return {"exit": 0, "peak MB": measured["peak_mb"], **{f"{k} MB": v for k, v in measured["phases_mb"].items()},
             "wall s": wall, "val_accuracy": accuracy}

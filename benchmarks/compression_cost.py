@@ -22,7 +22,6 @@ from pathlib import Path
 from _common import ROOT, print_table, write_json
 
 from edgekit import manifests
-from edgekit.artifacts import read_manifest
 from edgekit.compress.convert import ConvertParams, convert
 from edgekit.data import calibration_images, load_dataset, load_pixels
 from edgekit.evaluate import TFLitePredictor, evaluate_predictor
@@ -35,20 +34,20 @@ SEEDS = (42, 7, 1234)
 def recipe_costs(run_dir: Path) -> list[dict]:
     rows = []
     for manifest_file in sorted((run_dir / "compressed").glob("*/manifest.json")):
-        manifest = read_manifest(manifest_file.parent)
-        stages = {t["stage"]: t["seconds"] for t in manifest.get("timings", [])}
-        rows.append({"run": run_dir.name, "recipe": manifest["name"], "wall_s": manifest.get("wall_time_s"),
+        manifest = manifests.read(manifest_file.parent, manifests.VariantManifest)
+        stages = {t.stage: t.seconds for t in manifest.timings}
+        rows.append({"run": run_dir.name, "recipe": manifest.name, "wall_s": manifest.wall_time_s,
                      "stages": stages, "training_s": sum(v for k, v in stages.items() if k != "convert"),
                      "convert_s": stages.get("convert"),
-                     "accuracy": manifest["metrics"]["validation"]["accuracy"]})
+                     "accuracy": manifest.metrics.validation.accuracy})
     return rows
 
 
 def calibration_sweep(run_dir: Path, sizes: list[int], seeds: list[int]) -> list[dict]:
-    manifest = read_manifest(run_dir)
-    size = manifest["model"]["input_size"][0]
+    manifest = manifests.read(run_dir, manifests.RunManifest)
+    size = manifest.model.image_size
     model = load_keras_model(run_dir / "model.keras")
-    splits = load_dataset(manifests.read(run_dir, manifests.RunManifest).dataset.reload_spec)
+    splits = load_dataset(manifest.dataset.reload_spec)
     val_pixels = load_pixels(splits.validation, size)
     results = []
     with tempfile.TemporaryDirectory(prefix="calibration-") as scratch:
@@ -110,7 +109,8 @@ def main() -> int:
                 ["run", "recipe", "wall s", "training s", "convert s", "acc"])
     print()
     results = [r for run_dir in sweep_runs for r in calibration_sweep(Path(run_dir), sizes, seeds)]
-    float_accuracy = {Path(d).name: read_manifest(Path(d))["metrics"]["validation"]["accuracy"] for d in sweep_runs}
+    float_accuracy = {Path(d).name: manifests.read(Path(d), manifests.RunManifest).metrics.validation.accuracy
+                      for d in sweep_runs}
     summary = summarise(results, float_accuracy)
     print_table([{**r, "n": r["samples"], "calib+convert s": r["total_s"], "acc mean": f"{r['acc_mean']:.4f}",
                   "acc min": f"{r['acc_min']:.4f}", "acc max": f"{r['acc_max']:.4f}",

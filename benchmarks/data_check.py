@@ -104,7 +104,7 @@ def label_errors(work: Path, per_class: int | None, epochs: int) -> dict:
     return {"images": len(files), "flipped": len(flipped), "listed": len(issues), "true_positives": len(found),
             "precision": len(found) / max(1, len(issues)), "recall": len(found) / len(flipped),
             "suggested_label_correct": sum(issues[p] == flipped[p] for p in found) / max(1, len(found)),
-            "run_val_acc": result.manifest["metrics"]["validation"]["accuracy"],
+            "run_val_acc": result.manifest.metrics.validation.accuracy,
             "check_seconds": round(seconds, 1), "label_step_seconds": report["label_errors"]["method"]["seconds"]}
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from _common import RESULTS, ROOT, print_table, save_result
 
+from edgekit import manifests
+
 
 def train(deterministic: bool, epochs: int, home: Path, name: str) -> dict:
     env = {**os.environ, "EDGEKIT_HOME": str(home), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -28,10 +30,9 @@ def train(deterministic: bool, epochs: int, home: Path, name: str) -> dict:
     done = subprocess.run(args + (["--deterministic"] if deterministic else []), env=env, capture_output=True,
                           text=True, check=True)
     run_dir = Path(json.loads(done.stdout)["run_dir"])
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    training = manifest.get("training") or {}
-    seconds = training.get("fit_seconds") or manifest["wall_time_s"]
-    return {"seconds": seconds, "accuracy": manifest["metrics"]["validation"]["accuracy"]}
+    manifest = manifests.read(run_dir, manifests.RunManifest)
+    seconds = (manifest.training and manifest.training.fit_seconds) or manifest.wall_time_s
+    return {"seconds": seconds, "accuracy": manifest.metrics.validation.accuracy}
 
 
 def main() -> None:

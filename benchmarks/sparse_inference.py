@@ -23,7 +23,7 @@ from pathlib import Path
 from _common import ROOT, WORK, print_table, write_json
 from _latency import Cell, images_for, run_rounds, workers
 
-from edgekit.artifacts import read_manifest
+from edgekit import manifests
 from edgekit.compress.pipeline import compress, variant_dir
 from edgekit.recipes import recipe_from_mapping
 
@@ -61,9 +61,9 @@ def make_variants(run_copy: Path, wanted: dict, force: bool) -> dict:
     made = {}
     for name, recipe in wanted.items():
         directory = variant_dir(run_copy, recipe)
-        if not force and (directory / "manifest.json").exists() and \
-                read_manifest(directory).get("recipe") == recipe.as_dict():
-            made[name] = {"dir": directory, "manifest": read_manifest(directory), "built_s": None, "warnings": []}
+        existing = None if force else manifests.read_optional(directory, manifests.VariantManifest)
+        if existing is not None and existing.recipe == recipe:  # Recipe equality ignores where it was read from
+            made[name] = {"dir": directory, "manifest": existing, "built_s": None, "warnings": []}
             continue
         print(f"compressing {name} ...", file=sys.stderr)
         started = time.time()
@@ -84,10 +84,10 @@ def describe(name: str, entry: dict) -> dict:
     if "error" in entry:
         return {"variant": name, "status": "error", "error": entry["error"]}
     manifest = entry["manifest"]
-    tflite = manifest["tflite"]
+    tflite = manifest.tflite
     return {"variant": name, "size": tflite["size"], "gzip_size": tflite["gzip_size"],
-            "sparsity": (manifest.get("sparsity") or {}).get("overall", 0.0),
-            "accuracy": manifest["metrics"]["validation"]["accuracy"],
+            "sparsity": manifest.sparsity.get("overall", 0.0),
+            "accuracy": manifest.metrics.validation.accuracy,
             "densify_ops": tflite["ops"].get("DENSIFY", 0), "built_s": entry["built_s"],
             "warnings": entry["warnings"]}
 
