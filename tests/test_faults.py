@@ -141,13 +141,20 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _default_signals():
+    """The child starts with default dispositions: a suite run under `nohup` ignores SIGHUP, and edgekit
+    rightly keeps a signal its caller ignored, which is not what this test is about."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_to_bench_stops_its_runner_and_writes_nothing(signum, model, tmp_path, edgekit_home):
     out = tmp_path / "bench-out"
     process = subprocess.Popen(
         [sys.executable, "-m", "edgekit.cli", "bench", str(model), "--device", "desktop", "--runs", "100000",
          "--min-seconds", "300", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "EDGEKIT_HOME": str(edgekit_home)})
+        env={**os.environ, "EDGEKIT_HOME": str(edgekit_home)}, preexec_fn=_default_signals)
     runner = None
     try:
         deadline = time.time() + 120
