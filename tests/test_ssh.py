@@ -408,3 +408,28 @@ def test_deploy_then_bench_a_real_model_over_ssh(sshd, tmp_path):
     assert report["model_sha256"] == deployed["model_sha256"]
     assert report["latency_ms"]["n"] >= 5 and report["latency_ms"]["p50"] > 0
     assert report["outputs"] and all(output["argmax"] == output["index"] % 3 for output in report["outputs"])
+
+
+def test_two_workers_copying_the_same_model_to_one_local_target_both_succeed(tmp_path, monkeypatch):
+    """Two `tune --join` workers on one machine put the same content-named model into one work
+    directory at once; each copy goes through its own temporary name, so neither finds its `.part`
+    file renamed away by the other (CI caught this as 'cannot write in …/models')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path / "home"))
+    model = tmp_path / "model.tflite"
+    model.write_bytes(os.urandom(1 << 20))
+    targets = [LocalTarget(load_profile("desktop")) for _ in range(4)]
+    for target in targets:
+        target.prepare()
+
+    def put_many(target):
+        for _ in range(25):
+            target.put(model, "models/abc/model.tflite")
+
+    with ThreadPoolExecutor(len(targets)) as pool:
+        for future in [pool.submit(put_many, target) for target in targets]:
+            future.result()
+    folder = Path(targets[0].workdir) / "models" / "abc"
+    assert [p.name for p in folder.iterdir()] == ["model.tflite"]
+    assert (folder / "model.tflite").read_bytes() == model.read_bytes()

@@ -22,6 +22,7 @@ import math
 import os
 import posixpath
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -60,6 +61,13 @@ def remote_quote(path: str) -> str:
     if path.startswith("~/"):
         return "~/" + shlex.quote(path[2:])
     return shlex.quote(path)
+
+
+def part_name(name: str) -> str:
+    """A temporary name beside `name` that no other writer uses: two `tune --join` workers (or two
+    hosts) putting the same content-named model into one work directory must not rename or delete
+    each other's half-written copy."""
+    return f"{name}.{os.getpid()}-{secrets.token_hex(4)}.part"
 
 
 def last_line(text: str) -> str:
@@ -212,7 +220,7 @@ class SshClient:
 
     def put(self, local_path: Path, remote_path: str, *, timeout: float = 300, python: str = "python3") -> str:
         """Copy a file to the device (atomically: a `.part` file renamed) and return its sha256 there."""
-        quoted, part = remote_quote(remote_path), remote_quote(remote_path + ".part")
+        quoted, part = remote_quote(remote_path), remote_quote(part_name(remote_path))
         parent = posixpath.dirname(remote_path) or "."
         command = (
             f"mkdir -p -- {remote_quote(parent)} && cat > {part} && mv -f -- {part} {quoted} && "
@@ -232,7 +240,7 @@ class SshClient:
         device node) cannot fill this disk: it is refused instead."""
         local_path = Path(local_path)
         local_path.parent.mkdir(parents=True, exist_ok=True)
-        part = local_path.with_name(local_path.name + ".part")
+        part = local_path.with_name(part_name(local_path.name))
         reader = "cat" if max_bytes is None else f"head -c {int(max_bytes) + 1}"
         try:
             with open(part, "wb") as sink:

@@ -20,7 +20,7 @@ from pathlib import Path
 from edgekit.artifacts import sha256_file
 from edgekit.devices import RUNNER_NAME, DeviceProfile
 from edgekit.errors import EdgekitError, TooLarge
-from edgekit.transport.ssh import SshClient, describe_exit, last_line, remote_quote, run_process
+from edgekit.transport.ssh import SshClient, describe_exit, last_line, part_name, remote_quote, run_process
 
 # What `pip install` calls the modules the runner may fail to import.
 _PIP_NAMES = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "PIL": "pillow"}
@@ -154,7 +154,7 @@ class LocalTarget(Target):
 
     def _copy(self, source: Path, destination: Path, workdir: bool = True) -> None:
         """Copy through a `.part` file renamed into place; a failure or an interrupt leaves no `.part`."""
-        part = destination.with_name(destination.name + ".part")
+        part = destination.with_name(part_name(destination.name))
         try:
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, part)
