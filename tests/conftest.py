@@ -27,6 +27,32 @@ def edgekit_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture
+def postgres_url(request) -> str:
+    """A database of its own on the test PostgreSQL server, dropped afterwards.
+
+    Tests run in parallel (pytest-xdist), so two tests must never share tables: one clearing a table
+    while another counts its rows would fail either at random.
+    """
+    base = os.environ.get("EDGEKIT_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("EDGEKIT_TEST_POSTGRES_URL is unset: start a server with `eval \"$(.ci/start-postgres)\"` "
+                    "(bash .ci/run does)")
+    import secrets
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = f"t_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(base, autocommit=True, connect_timeout=10) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(base, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def runner():
     """The standalone on-device runner imported as a module (the same loader `edgekit.data` uses)."""

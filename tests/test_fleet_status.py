@@ -174,17 +174,10 @@ def test_status_shows_the_rollout_wave_and_a_process_service(tmp_path, edgekit_h
     assert devices["a"]["service"] == "stopped" and devices["b"]["service"] == "none"
 
 
-def test_pull_into_a_shared_postgresql_store_is_incremental(tmp_path):
-    import os
-
-    url = os.environ.get("EDGEKIT_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("EDGEKIT_TEST_POSTGRES_URL is unset: start a server with `eval \"$(.ci/start-postgres)\"`")
+def test_pull_into_a_shared_postgresql_store_is_incremental(tmp_path, postgres_url):
     from edgekit.fleet.store import open_store
 
-    with open_store(url) as store, store.transaction() as run:
-        for table in ("samples", "predictions", "feedback", "shadow", "cursors", "models", "devices"):
-            run(f"DELETE FROM {table}")
+    url = postgres_url
     fleet = make_fleet(tmp_path, rows=40, sample_every=2)
     _, first = invoke("fleet", "pull", fleet, "--store", url, "--json")
     simulate.add_rows(log_path(tmp_path, "b"), MODEL_SHA, LABELS, simulate.synthetic_answers(2, LABELS), seed=9)

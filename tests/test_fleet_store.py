@@ -35,19 +35,21 @@ def _pull(store, device: str, ids: range, sample: bytes | None = b"same bytes") 
     return store.ingest(batch)
 
 
-def _stores(tmp_path):
+def _stores(tmp_path, postgres_url: str | None = None):
+    """An SQLite store, then (when the test server runs) a PostgreSQL one in the test's own database."""
     yield open_store(str(tmp_path / "store.db"))
-    url = os.environ.get("EDGEKIT_TEST_POSTGRES_URL")
-    if url:
-        store = open_store(url)
-        with store.transaction() as run:  # a fresh schema per test on the shared server
-            for table in ("samples", "predictions", "feedback", "shadow", "cursors", "models", "devices"):
-                run(f"DELETE FROM {table}")
-        yield store
+    if postgres_url:
+        yield open_store(postgres_url)
 
 
-def test_duplicate_sample_bytes_are_stored_once_and_rows_keep_device_model_and_time(tmp_path):
-    for store in _stores(tmp_path):
+@pytest.fixture
+def optional_postgres_url(request) -> str | None:
+    """The test's own PostgreSQL database, or None where no server runs (SQLite is tested either way)."""
+    return request.getfixturevalue("postgres_url") if os.environ.get("EDGEKIT_TEST_POSTGRES_URL") else None
+
+
+def test_duplicate_sample_bytes_are_stored_once_and_rows_keep_device_model_and_time(tmp_path, optional_postgres_url):
+    for store in _stores(tmp_path, optional_postgres_url):
         with store:
             assert _pull(store, "a", range(1, 4))["samples"] == 1
             counts = _pull(store, "b", range(1, 3))
@@ -68,8 +70,8 @@ def test_sqlite_samples_are_files_named_by_content(tmp_path):
     assert len(files) == 1 and files[0].read_bytes() == b"\xff\xd8 jpeg"
 
 
-def test_a_failing_pull_writes_nothing_and_keeps_the_cursor(tmp_path):
-    for store in _stores(tmp_path):
+def test_a_failing_pull_writes_nothing_and_keeps_the_cursor(tmp_path, optional_postgres_url):
+    for store in _stores(tmp_path, optional_postgres_url):
         with store:
             _pull(store, "a", range(1, 3))
             bad = _batch("a", range(3, 6))
@@ -101,11 +103,8 @@ def test_unwritable_or_unknown_store_is_one_line(tmp_path):
         open_store("mysql://h/db")
 
 
-def test_postgresql_store_keeps_samples_as_bytea(tmp_path):
-    url = os.environ.get("EDGEKIT_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("EDGEKIT_TEST_POSTGRES_URL is unset: start a server with `eval \"$(.ci/start-postgres)\"`")
-    store = list(_stores(tmp_path))[-1]
+def test_postgresql_store_keeps_samples_as_bytea(tmp_path, postgres_url):
+    store = open_store(postgres_url)
     with store:
         _pull(store, "a", range(1, 2), sample=b"pg bytes")
         digest = store.query("SELECT sample_sha256 FROM predictions")[0][0]

@@ -393,7 +393,8 @@ runpy.run_module("edgekit.cli", run_name="__main__")
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_postgresql_study_and_run_trials_at_the_same_time(tmp_path, digits_folder):
+def test_two_workers_share_one_postgresql_study_and_run_trials_at_the_same_time(tmp_path, digits_folder,
+                                                                                postgres_url):
     """Two `tune --join` processes on one study: both run trials, with overlapping trial windows, and
     together make exactly the study's trials, each once.
 
@@ -402,13 +403,9 @@ def test_two_workers_share_one_postgresql_study_and_run_trials_at_the_same_time(
     makes the overlap certain if the product lets two workers run at once; one that serialised them
     (a lock around trials) would leave the other worker outside until the timeout, and fail here.
     """
-    url = os.environ.get("EDGEKIT_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("EDGEKIT_TEST_POSTGRES_URL is unset: start a server with `eval \"$(.ci/start-postgres)\"` "
-                    "(bash .ci/run does)")
     from edgekit.tune.study import create, load_config
 
-    name = f"two-workers-{os.getpid()}-{tmp_path.name}"
+    url, name = postgres_url, "two-workers"
     space = write_space(tmp_path / "space.yaml", SPACE)
     config = load_config(device=str(local_profile(tmp_path / "d.yaml")), max_latency_ms=1000.0,
                          space_path=str(space), max_size_kb=1000.0, data=str(digits_folder), runs=3, warmup=1,
