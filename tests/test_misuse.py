@@ -66,7 +66,7 @@ CASES = [
     (["devices", "show", "nope"], "unknown device 'nope'"),
     (["bench", "{run}", "--runs", "0"], "--runs 0: must be a whole number of timed runs from 1"),
     (["bench", "{run}", "--threads", "0"], "thread counts must be a whole number of threads from 1"),
-    (["bench", "{run}", "--images", "{tmp}/no-images"], "no-images: no such image folder"),
+    (["bench", "{run}", "--images", "{tmp}/no-images"], "no-images: must be an existing folder of images"),
     (["bench", "{run}", "--device", "nope"], "unknown device 'nope'"),
     (["recipes", "show", "int9"], "unknown recipe 'int9'"),
 ]

@@ -458,3 +458,32 @@ def test_tune_pareto_plot_places_labels_like_bench_so_they_never_overlap(tmp_pat
     config = type("Config", (), {"max_latency_ms": 6.0})()
     assert report.pareto_plot(rows, config, "tiny", tmp_path / "pareto.png")
     assert len(boxes) == 12 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_a_trial_started_over_the_limit_by_a_racing_worker_never_runs_and_is_not_reported():
+    """Two workers that finish a trial at the same moment both see room for one more; the one whose new
+    trial got the later number finds the limit used up, stops, and its trial is neither run nor counted."""
+    from edgekit.tune.report import trial_rows
+    from edgekit.tune.study import TrialLimit, _objective
+
+    study = optuna.create_study(directions=["maximize"])
+    study.enqueue_trial({"x": 1})
+    for _ in range(2):  # another worker's two trials: one finished, one still running
+        study.ask()
+    study.tell(0, 1.0)
+    limit = TrialLimit(2)
+    assert limit.remaining(study) == 0 and not limit.beyond(study, study.trials[1])
+
+    ran = []
+
+    class Context:  # run_candidate is never reached for a trial beyond the limit
+        def __getattr__(self, name):
+            ran.append(name)
+            raise AssertionError("a trial beyond the limit touched the tune context")
+
+    study.optimize(_objective(Context(), limit), n_trials=3)
+    extra = study.trials[2]
+    assert not ran and len(study.trials) == 3  # stopped after the one extra trial
+    assert extra.state == optuna.trial.TrialState.FAIL and "beyond_limit" in extra.user_attrs
+    assert limit.used(study) == 2 and limit.beyond(study, extra)
+    assert [row["trial"] for row in trial_rows(study)] == [0, 1]

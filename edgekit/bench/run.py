@@ -23,7 +23,7 @@ from edgekit import manifests
 from edgekit.artifacts import recover_swaps, sha256_file, visible_glob
 from edgekit.bench import accuracy, inputs
 from edgekit.bench.rows import BenchRow, DeviceAccuracy, Placement, measured
-from edgekit.config import THREADS, Range, from_mapping
+from edgekit.config import THREADS, Check, Range, from_mapping, validate
 from edgekit.data import load_dataset, load_pixels
 from edgekit.devices import DeviceProfile, runner_path
 from edgekit.errors import EdgekitError
@@ -56,33 +56,35 @@ class BenchModel:
         return sha256_file(self.path)
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+THREAD_COUNTS = Check(f"{THREADS.text} (or unset)",
+                      lambda counts: all(t is None or t in THREADS for t in counts) and len(counts) <= 16)
+PAIRED_ROUNDS = Check("0 (off) or 2..1000", lambda n: _whole(n) and (n == 0 or 2 <= n <= 1000))
+IMAGE_FOLDER = Check("an existing folder of images", lambda path: Path(path).is_dir())
+
+
 @dataclass(frozen=True)
 class BenchSettings:
-    threads: tuple[int | None, ...] = (None,)
-    runs: int = 50
-    warmup: int = 5
-    min_seconds: float = 2.0
+    threads: tuple[int | None, ...] = THREAD_COUNTS.field((None,))
+    runs: int = RUNS.field(50)
+    warmup: int = WARMUP.field(5)
+    min_seconds: float = MIN_SECONDS.field(2.0)
     max_images: int = 64
     delegate: str | None = None
     timeout_s: float = 600
     accept_new_host_key: bool = False
     runtime: str | None = None  # None: the profile's (auto: the first interpreter the device has)
-    images: Path | None = None  # a folder of images for models without an edgekit manifest
-    accuracy_samples: int | None = None  # None: the whole validation split, and only when runtimes differ
-    paired_rounds: int = 10  # interleaved rounds of each variant against float32 (0: none)
+    images: Path | None = IMAGE_FOLDER.field(None)  # a folder of images for models without an edgekit manifest
+    # None: the whole validation split, and only when runtimes differ
+    accuracy_samples: int | None = ACCURACY_SAMPLES.field(None)
+    paired_rounds: int = PAIRED_ROUNDS.field(10)  # interleaved rounds of each variant against float32 (0: none)
 
     def check(self) -> None:
-        """Impossible settings are one line before anything is copied to a device."""
-        RUNS.check(self.runs, "--runs")
-        WARMUP.check(self.warmup, "--warmup")
-        MIN_SECONDS.check(self.min_seconds, "--min-seconds")
-        ACCURACY_SAMPLES.check(self.accuracy_samples, "--accuracy-samples")
-        for threads in self.threads:
-            THREADS.check(threads, "--threads")
-        if self.paired_rounds < 0 or self.paired_rounds == 1 or self.paired_rounds > 1000:
-            raise EdgekitError(f"--paired-rounds {self.paired_rounds}: must be 0 (off) or 2..1000")
-        if self.images is not None and not Path(self.images).is_dir():
-            raise EdgekitError(f"{self.images}: no such image folder (--images)")
+        """Impossible settings are one line (naming the option) before anything is copied to a device."""
+        validate(self)
 
 
 @dataclass

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 from edgekit.bench.run import BenchSettings
-from edgekit.config import ACCURACY, LATENCY_MS, Range
+from edgekit.config import ACCURACY, LATENCY_MS, Range, validate
 
 TRIALS = Range(1, 100_000, "trials")
 TIMEOUT_S = Range(0, 30 * 86_400, "seconds", integer=False, above=True)
 SIZE_KB = Range(0, 10_000_000, "KB", integer=False, above=True)
 
 
-def check_options(*, trials: int | None = None, timeout: float | None = None, max_latency_ms: float | None = None,
-                  max_size_kb: float | None = None, min_accuracy: float | None = None, runs: int = 50,
-                  warmup: int = 5, min_seconds: float = 2.0, threads: int | None = None, **_) -> None:
+@dataclass(frozen=True)
+class TuneLimits:
+    """What a study is asked to stay within; None is unset (the timing settings are `BenchSettings`')."""
+
+    trials: int | None = TRIALS.field(None)
+    timeout: float | None = TIMEOUT_S.field(None)
+    max_latency_ms: float | None = LATENCY_MS.field(None)
+    max_size_kb: float | None = SIZE_KB.field(None)
+    min_accuracy: float | None = ACCURACY.field(None)
+
+
+def check_options(*, runs: int = 50, warmup: int = 5, min_seconds: float = 2.0, threads: int | None = None,
+                  **options) -> None:
     """Every number in its range, one line naming the option otherwise (the rest of `options` is the
     study's own business: device, data, space)."""
-    TRIALS.check(trials, "--trials")
-    TIMEOUT_S.check(timeout, "--timeout")
-    LATENCY_MS.check(max_latency_ms, "--max-latency-ms")
-    SIZE_KB.check(max_size_kb, "--max-size-kb")
-    ACCURACY.check(min_accuracy, "--min-accuracy")
+    names = {f.name for f in dataclasses.fields(TuneLimits)}
+    validate(TuneLimits(**{name: value for name, value in options.items() if name in names}))
     BenchSettings(threads=(threads,), runs=runs, warmup=warmup, min_seconds=min_seconds).check()

@@ -14,6 +14,7 @@ from edgekit import manifests, render
 from edgekit.artifacts import write_json_atomic, write_text_atomic
 from edgekit.render import ParetoPoint, csv_text, fmt, markdown_table
 
+BEYOND_LIMIT = "beyond_limit"  # user attribute of a trial a racing worker started over --trials (tune.study)
 COLUMNS = ("trial", "state", "width", "image_size", "recipe", "epochs", "learning_rate", "accuracy", "p90_ms",
            "size_kb", "feasible", "probe_p90_ms", "probe_cached", "note", "run_dir", "variant_dir", "bench_dir",
            "worker", "duration_s", "estimated_s")
@@ -23,6 +24,8 @@ def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs, params = t.user_attrs, t.params
+        if BEYOND_LIMIT in attrs:  # never ran
+            continue
         probe = attrs.get("probe") or {}
         state = "rejected" if "rejected" in attrs else t.state.name.lower()
         if t.state == TrialState.FAIL and "interrupted" in attrs:

@@ -34,7 +34,7 @@ from edgekit.tune.candidate import Budget, CandidateFailed, describe, precheck, 
 from edgekit.tune.cost import TrainRate, cost_lines, measure_rate, study_cost
 from edgekit.tune.latency import DeviceUnreachable, probe_latency
 from edgekit.tune.options import check_options
-from edgekit.tune.report import unsatisfied, write_report
+from edgekit.tune.report import BEYOND_LIMIT, unsatisfied, write_report
 from edgekit.tune.space import SearchSpace, load_space, space_from_mapping
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,7 @@ class TrialLimit:
         self.n = n
 
     def used(self, study) -> int:
-        trials = study.get_trials(deepcopy=False)
-        return sum(1 for t in trials if t.state in COUNTED or (t.state == TrialState.FAIL and "error" in t.user_attrs))
+        return self.used_by(study.get_trials(deepcopy=False))
 
     def remaining(self, study) -> int | None:
         return None if self.n is None else self.n - self.used(study)
@@ -308,6 +307,19 @@ class TrialLimit:
     def __call__(self, study, trial) -> None:
         if self.n is not None and self.used(study) >= self.n:
             study.stop()
+
+    def beyond(self, study, trial) -> bool:
+        """This just-started trial is one too many: two workers that finished a trial at the same moment
+        both saw room for one more. Trial numbers are handed out in order by the storage, so the later
+        one finds the earlier trials already using up the limit."""
+        if self.n is None:
+            return False
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+        return self.used_by(earlier) >= self.n
+
+    @staticmethod
+    def used_by(trials) -> int:
+        return sum(1 for t in trials if t.state in COUNTED or (t.state == TrialState.FAIL and "error" in t.user_attrs))
 
 
 def check_satisfiable(ctx: Context) -> None:
@@ -355,8 +367,12 @@ def estimate_cost(ctx: Context, trials: int | None) -> dict:
     return cost
 
 
-def _objective(ctx: Context):
+def _objective(ctx: Context, limit: TrialLimit):
     def objective(trial):
+        if limit.beyond(trial.study, trial):
+            trial.set_user_attr(BEYOND_LIMIT, f"not run: the study already had its {limit.n} trials")
+            trial.study.stop()
+            return None  # FAIL without an error: not counted, not reported, never trained
         try:
             return run_candidate(trial, ctx)
         except CandidateFailed as exc:
@@ -381,12 +397,13 @@ def run_tune(study, tune_dir: Path, trials: int | None, timeout: float | None) -
             ctx.deadline = started + timeout
         if limit.remaining(study) is None or limit.remaining(study) > 0:
             left = None if ctx.deadline is None else max(ctx.deadline - time.time(), 1.0)
-            study.optimize(_objective(ctx), timeout=left, callbacks=[limit], gc_after_trial=True)
+            study.optimize(_objective(ctx, limit), timeout=left, callbacks=[limit], gc_after_trial=True)
     except DeviceUnreachable as exc:
         stopped = str(exc)
     finally:
         write_report(tune_dir, study, ctx.config)
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    finished = [t for t in study.get_trials(deepcopy=False)
+                if t.state.is_finished() and BEYOND_LIMIT not in t.user_attrs]
     if stopped:
         raise EdgekitError(f"{stopped}; the study stopped cleanly, its {len(finished)} finished trials kept in "
                            f"{tune_dir}; fix the device, then continue with `edgekit tune --resume {tune_dir}`")
