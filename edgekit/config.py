@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -32,6 +33,8 @@ def _shown(value: Any) -> str:
     """A value as a user would have typed it (5, not 5.0; no thousands commas; a word without quotes)."""
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)  # a path is shown whole: the error must name the file
     if isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float)) for v in value):
         value = ",".join(map(_shown, value))  # as a comma-separated option is typed: --waves canary,all
     return value if isinstance(value, str) and len(value) <= 80 else _short(value)
