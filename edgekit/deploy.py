@@ -17,7 +17,7 @@ from edgekit.device_python import fix as fix_device
 from edgekit.device_state import CurrentModel, read_current, write_current
 from edgekit.devices import RUNNER_NAME, SHIPPED_DIR, DeviceProfile, runner_path, user_devices_dir
 from edgekit.errors import EdgekitError
-from edgekit.render import TERMINAL_WIDTH, fit_table
+from edgekit.render import TERMINAL_WIDTH, spill_table
 from edgekit.service import check_service_possible, install_service
 from edgekit.transport.targets import make_target
 
@@ -234,7 +234,7 @@ def doctor_text(report: dict, width: int | None = TERMINAL_WIDTH) -> str:
         rows = [{"name": r.get("name"), "available": "yes" if r.get("available") else "no",
                  "version": r.get("version"), "error": r.get("error"),
                  "install": " && ".join((r.get("install") or "-").splitlines())} for r in runtimes]
-        lines += ["", "runtimes:"] + _table_lines(rows, width)
+        lines += ["", "runtimes:"] + spill_table(rows, width)
     for section in ("edgetpu", "device"):
         if isinstance(report.get(section), dict):
             lines += ["", f"{section}:"] + [f"  {k:<14} {v}" for k, v in report[section].items()]
@@ -242,7 +242,7 @@ def doctor_text(report: dict, width: int | None = TERMINAL_WIDTH) -> str:
         if key in nested or not isinstance(value, (dict, list)):
             continue
         if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            lines += ["", f"{key}:"] + _table_lines([{"name": k, **v} for k, v in value.items()], width)
+            lines += ["", f"{key}:"] + spill_table([{"name": k, **v} for k, v in value.items()], width)
         else:
             lines += ["", f"{key}: {json.dumps(value)}"]
     if report.get("missing"):  # commands, one per line, to paste on the device
@@ -251,28 +251,3 @@ def doctor_text(report: dict, width: int | None = TERMINAL_WIDTH) -> str:
         lines += ["", "or with edgekit:"] + [f"  {line}" for line in report["next"]]
     lines += [f"warning: {line}" for line in report.get("warnings") or []]
     return "\n".join(lines)
-
-
-def _table_lines(rows: list[dict], width: int | None) -> list[str]:
-    """An aligned table of `rows` (first key names the row), indented two spaces; with `width`, the
-    longest columns go under it as `name column: value` lines until it fits (nothing is cut short)."""
-    headers = list(dict.fromkeys(key for row in rows for key in row))
-    cells = [[_cell(row.get(h)) for h in headers] for row in rows]
-    hidden: list[str] = []
-    if width is not None:
-        longest = sorted(headers[1:], key=lambda h: -max(len(row[headers.index(h)]) for row in cells))
-        _, _, hidden = fit_table(headers, cells, width - 2, drop=tuple(longest), keep=tuple(headers))
-    shown = [i for i, h in enumerate(headers) if h not in hidden]
-    widths = {i: max(len(headers[i]), *(len(row[i]) for row in cells)) for i in shown}
-    lines = ["  " + " ".join(headers[i].ljust(widths[i]) for i in shown).rstrip()]
-    lines += ["  " + " ".join(row[i].ljust(widths[i]) for i in shown).rstrip() for row in cells]
-    for row in cells:
-        lines += [f"  {row[0]} {headers[i]}: {row[i]}" for i, h in enumerate(headers) if h in hidden
-                  and row[i] != "-"]
-    return lines
-
-
-def _cell(value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return "-" if value is None or value == "" else str(value)

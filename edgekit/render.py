@@ -116,6 +116,31 @@ def markdown_table(headers: list[str], rows: list[list], width: int | None = Non
     return "\n".join(lines)
 
 
+def spill_table(rows: list[Mapping], width: int | None) -> list[str]:
+    """An aligned table of `rows` (the first key names the row), indented two spaces. With `width`, the
+    longest columns move under it as `name column: value` lines until it fits: nothing is cut short, so an
+    install command or an error stays whole and pasteable (`doctor`). Booleans read yes/no, None "-"."""
+    def cell(value) -> str:
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        return "-" if value is None or value == "" else str(value)
+
+    headers = list(dict.fromkeys(key for row in rows for key in row))
+    cells = [[cell(row.get(h)) for h in headers] for row in rows]
+    hidden: list[str] = []
+    if width is not None:
+        longest = sorted(headers[1:], key=lambda h: -max(len(row[headers.index(h)]) for row in cells))
+        _, _, hidden = fit_table(headers, cells, width - 2, drop=tuple(longest), keep=tuple(headers))
+    shown = [i for i, h in enumerate(headers) if h not in hidden]
+    widths = {i: max(len(headers[i]), *(len(row[i]) for row in cells)) for i in shown}
+    lines = ["  " + " ".join(headers[i].ljust(widths[i]) for i in shown).rstrip()]
+    lines += ["  " + " ".join(row[i].ljust(widths[i]) for i in shown).rstrip() for row in cells]
+    for row in cells:
+        lines += [f"  {row[0]} {headers[i]}: {row[i]}" for i, h in enumerate(headers) if h in hidden
+                  and row[i] != "-"]
+    return lines
+
+
 def csv_text(fields: Sequence[str], rows: Iterable[Mapping | Sequence]) -> str:
     """CSV (as Python's csv module writes it) with a header line; a row is a mapping (keys not in
     `fields` are left out, missing ones are empty) or a sequence in the order of `fields`."""
