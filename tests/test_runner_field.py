@@ -234,6 +234,23 @@ def test_start_removes_orphan_samples_and_forgets_missing_ones(runner, tmp_path)
     log.close()
 
 
+def test_writers_saving_the_same_sample_at_once_all_succeed(runner, tmp_path):
+    """Samples are named by content, so `serve`'s threads (or two runners on one log) can save the same
+    image at the same moment; each writes through its own temporary name, and the one file left is whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    target, data = str(tmp_path / "samples" / "same.jpg"), os.urandom(1 << 20)
+
+    def save_many(_):
+        for _ in range(25):
+            runner.write_file_durably(target, data, sync=False)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(save_many, range(4)))
+    assert [p.name for p in (tmp_path / "samples").iterdir()] == ["same.jpg"]
+    assert (tmp_path / "samples" / "same.jpg").read_bytes() == data
+
+
 def test_grouped_sync_fsyncs_wal_samples_and_folder_and_per_row_mode_fsyncs_the_folder(runner, tmp_path,
                                                                                       monkeypatch):
     synced = []

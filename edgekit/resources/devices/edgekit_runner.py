@@ -1349,9 +1349,11 @@ def fsync_path(path: str) -> None:
 
 def write_file_durably(path: str, data: bytes, sync: bool = True) -> None:
     """Write to a temporary name, (fsync,) rename: a sample file is whole or absent. With `sync`, the file
-    and then its directory are fsynced, so the rename itself survives a power cut."""
+    and then its directory are fsynced, so the rename itself survives a power cut. The temporary name is
+    this writer's own: samples are named by content, and two writers (`serve`'s threads, a second runner on
+    the same log) saving the same image must not rename each other's half-written file."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
