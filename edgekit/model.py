@@ -174,3 +174,18 @@ def load_keras_model(path: Path, trust: bool = False) -> keras.Model:
             raise EdgekitError(f"{path}: refusing to run code from the model ({TRUST_HINT}); pass --trust-model "
                                "if you trust its source") from None
         raise EdgekitError(f"{path}: not a loadable Keras model ({first[:160]})") from None
+
+
+def compile_for_training(model: keras.Model, learning_rate: float, run_eagerly: bool = False) -> None:
+    """Adam, sparse categorical cross-entropy on the softmax output, accuracy: the one way `train`, the
+    compression stages' fine-tuning and tune's cost probe compile a classifier.
+
+    Every variable the train step needs exists before `fit`: Adam's slots (`optimizer.build`) and the
+    accuracy metric's counters (a metric object, not the string "accuracy", which Keras turns into one
+    inside the first step). A `tf.function` that creates variables on its first call is traced twice;
+    this traces once, ~4.5 s less per compile for alpha 0.35 at 32 px on 2 cores.
+    """
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], run_eagerly=run_eagerly)
+    model.optimizer.build(model.trainable_variables)
+

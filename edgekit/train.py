@@ -35,7 +35,14 @@ from edgekit.compress.finetune import EpochProgress
 from edgekit.data import DataSpec, iter_pixel_batches, load_dataset, make_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.evaluate import KerasPredictor, evaluate_predictor
-from edgekit.model import ModelSpec, build_classifier, check_image_size, resolve_weights, set_body_trainable
+from edgekit.model import (
+    ModelSpec,
+    build_classifier,
+    check_image_size,
+    compile_for_training,
+    resolve_weights,
+    set_body_trainable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +161,6 @@ def _callbacks(run_dir: Path, phase: str, config: cfg.TrainConfig, epochs: int, 
     ]
 
 
-def _compile(model, learning_rate: float) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-
-
 def _phases(config: cfg.TrainConfig, pretrained: bool) -> list[tuple[str, int, int, float, int | None]]:
     """(name, first epoch, last epoch, learning rate, body layers trainable from) for each fit call."""
     if not pretrained:
@@ -256,7 +258,7 @@ def _fit_phases(config: cfg.TrainConfig, splits, model, strategy, work_dir: Path
         else:
             set_body_trainable(model, trainable_from)
         with strategy.scope():
-            _compile(model, learning_rate)
+            compile_for_training(model, learning_rate)
         phase_start = time.time()
         with contextlib.redirect_stdout(sys.stderr), _disk_errors(work_dir):  # stdout is for results
             history = model.fit(train_ds, validation_data=val_ds, initial_epoch=first, epochs=last,

@@ -14,6 +14,7 @@ import numpy as np
 from edgekit.compat import keras
 from edgekit.config import validate
 from edgekit.errors import EdgekitError
+from edgekit.model import compile_for_training
 
 
 def check_flat(model: keras.Model, stage: str) -> None:
@@ -95,12 +96,7 @@ def fine_tune(
     """
     if epochs < 0 or not learning_rate > 0:
         raise EdgekitError(f"fine-tune: epochs {epochs} must be >= 0 and learning_rate {learning_rate} > 0")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=["accuracy"],
-        run_eagerly=run_eagerly,
-    )
+    compile_for_training(model, learning_rate, run_eagerly)
     if epochs == 0:
         return keras.callbacks.History()
     return model.fit(

@@ -63,10 +63,10 @@ class TrainRate:
 def time_training_step(width: float, image_size: int, num_classes: int, batch_size: int) -> float:
     """Seconds per image of a training step of this candidate on random data (after one untimed step)."""
     from edgekit.compat import keras
-    from edgekit.model import ModelSpec, build_classifier
+    from edgekit.model import ModelSpec, build_classifier, compile_for_training
 
     model = build_classifier(ModelSpec(num_classes, image_size, width))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    compile_for_training(model, 1e-3)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype(np.float32)
     y = rng.integers(0, num_classes, batch_size)
