@@ -33,8 +33,12 @@ from _images import BATCH, edgekit_images, edgekit_pipeline, idg_flow, jpeg_fold
 
 from edgekit.compat import keras, tf  # noqa: E402
 from edgekit.config import TrainConfig  # noqa: E402
-from edgekit.model import ModelSpec, build_classifier, set_body_trainable  # noqa: E402
-from edgekit.train import _compile  # noqa: E402 - the exact optimizer, loss and metrics `edgekit train` uses
+from edgekit.model import (  # noqa: E402 - compile_for_training: the exact compile `edgekit train` uses
+    ModelSpec,
+    build_classifier,
+    compile_for_training,
+    set_body_trainable,
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ def build_model(setting: Setting, num_classes: int):
     model = build_classifier(ModelSpec(num_classes, setting.image_size, setting.alpha))
     if setting.frozen_body:
         set_body_trainable(model, None)
-    _compile(model, TrainConfig().learning_rate)
+    compile_for_training(model, TrainConfig().learning_rate)
     return model
 
 
