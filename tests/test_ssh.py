@@ -241,6 +241,9 @@ def test_hanging_command_times_out_and_is_stopped_on_the_device(sshd, tmp_path):
 
 
 def test_connection_dropped_mid_command_is_an_error(sshd, tmp_path):
+    """The sshd process above the command is killed. The client has a connection of its own (no shared
+    master): killing the process that serves a shared master would drop every other test's session on it,
+    which, with tests running in parallel, failed an unrelated test now and then."""
     pidfile = tmp_path / "pid"
     killed = []
 
@@ -255,7 +258,8 @@ def test_connection_dropped_mid_command_is_an_error(sshd, tmp_path):
     killer.start()
     try:
         with pytest.raises(EdgekitError) as error:
-            client(sshd).run(f"echo $$ > {pidfile}; exec sleep 20", timeout=15, what="bench")
+            client(sshd, options=(("ControlMaster", "no"),)).run(f"echo $$ > {pidfile}; exec sleep 20", timeout=15,
+                                                                 what="bench")
     finally:
         killer.join()
         for _, orphan in killed:
