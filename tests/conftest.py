@@ -6,7 +6,11 @@ per session and shared read-only.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,22 +73,61 @@ def digits_folder(tmp_path_factory) -> Path:
     return export_digits(tmp_path_factory.mktemp("digits") / "data", image_size=32, limit_per_class=20)
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> object:
+    """Build a read-only session artifact once per test run, even with several pytest-xdist workers.
+
+    Without xdist this is `build(tmp_path_factory.mktemp(name))`. Under xdist the workers share the
+    parent of their temporary folders: the first to take an exclusive lock builds into `name/` and records
+    what `build` returned (JSON: paths as strings); the others wait on the lock and reuse it. Training and
+    converting the same tiny model in two workers at once would take both cores for twice as long.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent
+    directory, record = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this worker dies
+        if record.is_file():
+            return json.loads(record.read_text())
+        shutil.rmtree(directory, ignore_errors=True)  # a worker that died while building left half of it
+        directory.mkdir()
+        built = build(directory)
+        record.write_text(json.dumps(built))
+        return built
+
+
+TINY_VARIANTS = ("float32", "int8-ptq")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A finished run on the embedded digits: alpha 0.35, 32 px, 4 short epochs of 8 batches."""
+    """A finished run on the embedded digits (alpha 0.35, 32 px, 4 short epochs of 8 batches) with its
+    float32 and int8-ptq variants (one conversion each).
+
+    Tests write into it (more variants, reports), so under pytest-xdist each worker gets its own copy of
+    one pristine build that no test touches; the copy's variant manifests name the pristine run as their
+    parent, a path only `info` shows.
+    """
+    from edgekit.compress.pipeline import compress_all
     from edgekit.config import TrainConfig
+    from edgekit.recipes import load_recipe
     from edgekit.train import train
 
-    runs = tmp_path_factory.mktemp("runs")
-    result = train(TrainConfig(epochs=4, steps_per_epoch=8, name="tiny", runs_dir=str(runs), patience=10))
-    return result.run_dir
+    def build(runs: Path) -> str:
+        config = TrainConfig(epochs=4, steps_per_epoch=8, name="tiny", runs_dir=str(runs), patience=10)
+        run_dir = train(config).run_dir
+        compress_all(run_dir, [load_recipe(name) for name in TINY_VARIANTS])
+        return str(run_dir)
+
+    built = Path(built_once(tmp_path_factory, "tiny-run", build))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return built
+    copy = tmp_path_factory.mktemp("runs") / built.name
+    shutil.copytree(built, copy, symlinks=True)
+    return copy
 
 
 @pytest.fixture(scope="session")
-def variants(tiny_run):
-    """float32 and int8-ptq variants of the tiny run (one conversion each), shared by every module."""
-    from edgekit.compress.pipeline import compress_all
-    from edgekit.recipes import load_recipe
-
-    made = compress_all(tiny_run, [load_recipe("float32"), load_recipe("int8-ptq")])
-    return {variant.manifest.name: variant.directory for variant in made}
+def variants(tiny_run) -> dict[str, Path]:
+    """The tiny run's float32 and int8-ptq variants, shared by every module."""
+    return {name: tiny_run / "compressed" / name for name in TINY_VARIANTS}
