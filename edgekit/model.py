@@ -188,4 +188,3 @@ def compile_for_training(model: keras.Model, learning_rate: float, run_eagerly: 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], run_eagerly=run_eagerly)
     model.optimizer.build(model.trainable_variables)
-

@@ -32,7 +32,7 @@ def edgekit_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def postgres_url(request) -> str:
+def postgres_url() -> str:
     """A database of its own on the test PostgreSQL server, dropped afterwards.
 
     Tests run in parallel (pytest-xdist), so two tests must never share tables: one clearing a table

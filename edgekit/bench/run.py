@@ -56,13 +56,9 @@ class BenchModel:
         return sha256_file(self.path)
 
 
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 THREAD_COUNTS = Check(f"{THREADS.text} (or unset)",
                       lambda counts: all(t is None or t in THREADS for t in counts) and len(counts) <= 16)
-PAIRED_ROUNDS = Check("0 (off) or 2..1000", lambda n: _whole(n) and (n == 0 or 2 <= n <= 1000))
+PAIRED_ROUNDS = Check("0 (off) or 2..1000", lambda n: n in Range(0, 1000) and n != 1)
 IMAGE_FOLDER = Check("an existing folder of images", lambda path: Path(path).is_dir())
 
 
